@@ -1,0 +1,2 @@
+//! StormService API types and rules.
+#![forbid(unsafe_code)]
