@@ -1,2 +1,15 @@
-//! StormService API types and rules.
+//! StormService API types and the rules every part of Storm Rollouts shares.
+//!
+//! Everything here is pure: no I/O, no async, no clock. The webhook, the controller and the CLI call
+//! the same functions, so a rule lives in one place.
 #![forbid(unsafe_code)]
+
+pub mod errors;
+pub mod keys;
+pub mod types;
+pub mod units;
+
+pub use types::analysis::{AnalysisTemplate, AnalysisTemplateSpec};
+pub use types::policy::{RolloutPolicy, RolloutPolicySpec};
+pub use types::roleset::{RoleSet, RoleSetSpec};
+pub use types::stormservice::{StormService, StormServiceSpec};
