@@ -23,6 +23,9 @@ LOCK=$STATE.lock
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 NODE_COUNT=${STORM_CLUSTER_NODES:-3}
 READY_TIMEOUT=${STORM_CLUSTER_TIMEOUT:-120}
+# Everything on by default except what needs real nodes, clouds or volumes. Without the node
+# lifecycle controller kwok nodes are never tainted or evicted, even if kwok is paused.
+KCM_CONTROLLERS='*,-node-lifecycle-controller,-cloud-node-lifecycle-controller,-node-route-controller,-node-ipam-controller,-service-lb-controller,-persistentvolume-attach-detach-controller,-persistentvolume-expander-controller'
 
 log() { printf 'cluster.sh: %s\n' "$*" >&2; }
 die() {
@@ -172,6 +175,16 @@ EOF
 }
 
 # ---------------------------------------------------------------------------- readiness
+
+etcd_healthy() {
+	local body
+	if command -v curl >/dev/null; then
+		body=$(curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null) || return 1
+		[[ $body == *'"health":"true"'* ]]
+	else
+		(exec 3<>"/dev/tcp/127.0.0.1/$ETCD_PORT") 2>/dev/null
+	fi
+}
 
 apiserver_ready() {
 	[[ -s $KUBECONFIG_PATH ]] || return 1
@@ -332,6 +345,8 @@ EOF
 		--unsafe-no-fsync --quota-backend-bytes 2147483648 \
 		--snapshot-count 100000 --log-level warn
 
+	wait_for "etcd /health" "$READY_TIMEOUT" etcd_healthy
+
 	start kube-apiserver "$KUBE_DIR/kube-apiserver" \
 		--etcd-servers "http://127.0.0.1:$ETCD_PORT" \
 		--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
@@ -360,7 +375,8 @@ EOF
 		--service-account-private-key-file "$PKI/sa.key" \
 		--root-ca-file "$PKI/ca.crt" \
 		--cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
-		--controllers '*,-node-lifecycle-controller' \
+		--flex-volume-plugin-dir "$STATE/flexvolume" \
+		--controllers "$KCM_CONTROLLERS" \
 		--kube-api-qps 200 --kube-api-burst 400 \
 		--profiling=false \
 		--v 1

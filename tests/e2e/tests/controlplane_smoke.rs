@@ -1,0 +1,426 @@
+//! Smoke tests for the local control plane (tests/controlplane): scheduling onto kwok nodes,
+//! the failure/never-ready Pod stages, garbage collection, namespace deletion, CRD install and
+//! the pinned server version.
+//!
+//! Run: `cargo test -p storm-e2e --test controlplane_smoke` (starts the cluster if needed).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Node, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Api;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use storm_test_support::{
+    FAIL_LABEL, NEVER_READY_LABEL, TestNamespace, cluster, dump_logs_on_error, holds_for,
+    pod_is_ready, pod_phase, wait_for,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn pod(name: &str, labels: &[(&str, &str)]) -> Pod {
+    let mut all: BTreeMap<String, String> = [("app".to_string(), name.to_string())].into();
+    all.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(all),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "app".to_string(),
+                image: Some("registry.invalid/storm/app:1.0".to_string()),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+fn config_map(name: &str, owner: Option<&ConfigMap>) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            owner_references: owner.map(owner_ref).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        data: Some([("k".to_string(), "v".to_string())].into()),
+        ..ConfigMap::default()
+    }
+}
+
+fn owner_ref(cm: &ConfigMap) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".to_string(),
+        kind: "ConfigMap".to_string(),
+        name: cm.metadata.name.clone().unwrap_or_default(),
+        uid: cm.metadata.uid.clone().unwrap_or_default(),
+        ..OwnerReference::default()
+    }
+}
+
+async fn pod_status(pods: &Api<Pod>, name: &str) -> Result<Pod> {
+    pods.get(name)
+        .await
+        .with_context(|| format!("getting pod {name}"))
+}
+
+#[tokio::test]
+async fn three_untainted_kwok_nodes_are_ready() -> Result<()> {
+    dump_logs_on_error(
+        async {
+            let client = cluster()?.client().await?;
+            let nodes = Api::<Node>::all(client)
+                .list(&kube::api::ListParams::default().labels("type=kwok"))
+                .await?;
+            ensure!(
+                nodes.items.len() == 3,
+                "expected 3 kwok nodes, got {}",
+                nodes.items.len()
+            );
+            for node in &nodes.items {
+                let name = node.metadata.name.as_deref().unwrap_or("?");
+                let spec = node.spec.as_ref().context("node spec")?;
+                ensure!(
+                    spec.taints.as_ref().is_none_or(Vec::is_empty),
+                    "node {name} has taints: {:?}",
+                    spec.taints
+                );
+                let status = node.status.as_ref().context("node status")?;
+                let ready = status
+                    .conditions
+                    .as_ref()
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                ensure!(ready, "node {name} is not Ready");
+                let alloc = status.allocatable.as_ref().context("allocatable")?;
+                ensure!(
+                    alloc.get("cpu").map(|q| q.0.as_str()) == Some("32"),
+                    "node {name} cpu"
+                );
+                ensure!(
+                    alloc.get("pods").map(|q| q.0.as_str()) == Some("110"),
+                    "node {name} pods"
+                );
+            }
+            Ok(())
+        }
+        .await,
+    )
+}
+
+#[tokio::test]
+async fn pod_is_scheduled_onto_a_kwok_node_and_becomes_ready() -> Result<()> {
+    let ns = TestNamespace::new("pod-ready").await?;
+    let result = async {
+        let pods: Api<Pod> = ns.api();
+        pods.create(&PostParams::default(), &pod("web", &[]))
+            .await?;
+        let ready = wait_for("pod web Ready", TIMEOUT, || async {
+            let p = pod_status(&pods, "web").await?;
+            Ok(pod_is_ready(&p).then_some(p))
+        })
+        .await?;
+        let node = ready
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .context("ready pod has no nodeName")?;
+        ensure!(
+            node.starts_with("kwok-node-"),
+            "scheduled onto unexpected node {node}"
+        );
+        let scheduled = ready
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c.type_ == "PodScheduled" && c.status == "True")
+            });
+        ensure!(
+            scheduled,
+            "PodScheduled condition missing: {:?}",
+            ready.status
+        );
+        ensure!(
+            pod_phase(&ready) == "Running",
+            "phase {}",
+            pod_phase(&ready)
+        );
+        let status = ready.status.as_ref().context("status")?;
+        ensure!(status.pod_ip.is_some(), "kwok gave the pod no IP");
+        let containers = status.container_statuses.as_deref().unwrap_or_default();
+        ensure!(
+            containers.len() == 1 && containers[0].ready,
+            "container statuses: {containers:?}"
+        );
+        Ok(())
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn pod_labelled_to_fail_is_reported_failed() -> Result<()> {
+    let ns = TestNamespace::new("pod-fail").await?;
+    let result = async {
+        let pods: Api<Pod> = ns.api();
+        pods.create(
+            &PostParams::default(),
+            &pod("crash", &[(FAIL_LABEL, "true")]),
+        )
+        .await?;
+        let failed = wait_for("pod crash Failed", TIMEOUT, || async {
+            let p = pod_status(&pods, "crash").await?;
+            ensure!(
+                !pod_is_ready(&p),
+                "a failing pod became Ready: {:?}",
+                p.status
+            );
+            Ok((pod_phase(&p) == "Failed").then_some(p))
+        })
+        .await?;
+        ensure!(!pod_is_ready(&failed), "failed pod is Ready");
+        let containers = failed
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .context("no container statuses")?;
+        let exit = containers[0]
+            .state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code);
+        ensure!(
+            exit == Some(1),
+            "expected exit code 1, got {exit:?} in {containers:?}"
+        );
+        // Stays failed: nothing moves it on.
+        holds_for("pod crash stays Failed", Duration::from_secs(2), || async {
+            Ok(pod_phase(&pod_status(&pods, "crash").await?) == "Failed")
+        })
+        .await
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn pod_labelled_never_ready_runs_but_stays_unready() -> Result<()> {
+    let ns = TestNamespace::new("pod-never-ready").await?;
+    let result = async {
+        let pods: Api<Pod> = ns.api();
+        pods.create(
+            &PostParams::default(),
+            &pod("stuck", &[(NEVER_READY_LABEL, "true")]),
+        )
+        .await?;
+        // A plain pod alongside shows the stages really ran in the same time window.
+        pods.create(&PostParams::default(), &pod("fine", &[]))
+            .await?;
+        wait_for("pod stuck Running", TIMEOUT, || async {
+            let p = pod_status(&pods, "stuck").await?;
+            ensure!(!pod_is_ready(&p), "never-ready pod became Ready");
+            Ok((pod_phase(&p) == "Running").then_some(()))
+        })
+        .await?;
+        wait_for("pod fine Ready", TIMEOUT, || async {
+            Ok(pod_is_ready(&pod_status(&pods, "fine").await?).then_some(()))
+        })
+        .await?;
+        holds_for(
+            "pod stuck Running and not Ready",
+            Duration::from_secs(5),
+            || async {
+                let p = pod_status(&pods, "stuck").await?;
+                Ok(pod_phase(&p) == "Running" && !pod_is_ready(&p))
+            },
+        )
+        .await
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn deleting_an_owner_garbage_collects_its_dependents() -> Result<()> {
+    let ns = TestNamespace::new("gc").await?;
+    let result = async {
+        let cms: Api<ConfigMap> = ns.api();
+        let pods: Api<Pod> = ns.api();
+        let owner = cms
+            .create(&PostParams::default(), &config_map("owner", None))
+            .await?;
+        cms.create(
+            &PostParams::default(),
+            &config_map("dependent", Some(&owner)),
+        )
+        .await?;
+        let mut owned_pod = pod("owned", &[]);
+        owned_pod.metadata.owner_references = Some(vec![owner_ref(&owner)]);
+        pods.create(&PostParams::default(), &owned_pod).await?;
+        // An unrelated object must survive.
+        cms.create(&PostParams::default(), &config_map("bystander", None))
+            .await?;
+        wait_for("pod owned Ready", TIMEOUT, || async {
+            Ok(pod_is_ready(&pod_status(&pods, "owned").await?).then_some(()))
+        })
+        .await?;
+
+        cms.delete("owner", &DeleteParams::background()).await?;
+        wait_for("garbage collection of dependents", TIMEOUT, || async {
+            let cm_gone = cms.get_opt("dependent").await?.is_none();
+            let pod_gone = pods.get_opt("owned").await?.is_none();
+            Ok((cm_gone && pod_gone).then_some(()))
+        })
+        .await?;
+        ensure!(
+            cms.get_opt("bystander").await?.is_some(),
+            "garbage collector removed an object without owner"
+        );
+        Ok(())
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn namespace_deletion_completes() -> Result<()> {
+    let ns = TestNamespace::new("ns-delete").await?;
+    let name = ns.name().to_string();
+    let client = ns.client();
+    let result = async {
+        let pods: Api<Pod> = ns.api();
+        let cms: Api<ConfigMap> = ns.api();
+        cms.create(&PostParams::default(), &config_map("data", None))
+            .await?;
+        pods.create(&PostParams::default(), &pod("web", &[]))
+            .await?;
+        wait_for("pod web Ready", TIMEOUT, || async {
+            Ok(pod_is_ready(&pod_status(&pods, "web").await?).then_some(()))
+        })
+        .await?;
+        let namespaces: Api<Namespace> = Api::all(client);
+        namespaces.delete(&name, &DeleteParams::default()).await?;
+        wait_for(&format!("namespace {name} to be gone"), TIMEOUT, || async {
+            Ok(namespaces.get_opt(&name).await?.is_none().then_some(()))
+        })
+        .await
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    // The namespace is already gone; Drop's delete is --ignore-not-found.
+    drop(ns);
+    Ok(())
+}
+
+#[tokio::test]
+async fn crds_apply_server_side_and_stormservices_are_served() -> Result<()> {
+    let cluster = cluster()?;
+    let dir = cluster.repo_root().join("manifests/crds");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        eprintln!(
+            "SKIPPED: no CRD manifests in {} yet (run `make manifests`); nothing to apply",
+            dir.display()
+        );
+        return Ok(());
+    }
+    dump_logs_on_error(
+        async {
+            let mut names = Vec::new();
+            for file in &files {
+                let out = cluster.kubectl_run([
+                    "apply".as_ref(),
+                    "--server-side".as_ref(),
+                    "--force-conflicts".as_ref(),
+                    "-o".as_ref(),
+                    "name".as_ref(),
+                    "-f".as_ref(),
+                    file.as_os_str(),
+                ])?;
+                names.extend(
+                    out.lines()
+                        .filter(|l| l.starts_with("customresourcedefinition"))
+                        .map(str::to_string),
+                );
+            }
+            ensure!(
+                !names.is_empty(),
+                "no CustomResourceDefinition among {files:?}"
+            );
+            let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+            wait.extend(names.iter().map(String::as_str));
+            cluster.kubectl_run(wait)?;
+            let out =
+                cluster.kubectl_run(["get", "stormservices", "--all-namespaces", "-o", "json"])?;
+            let list: serde_json::Value = serde_json::from_str(&out).context("parsing list")?;
+            ensure!(
+                list["kind"] == "List" || list["items"].is_array(),
+                "unexpected: {out}"
+            );
+            let resources = cluster.kubectl_run(["api-resources", "-o", "name"])?;
+            ensure!(
+                resources.lines().any(|l| l.starts_with("stormservices.")),
+                "stormservices missing from api-resources:\n{resources}"
+            );
+            Ok(())
+        }
+        .await,
+    )
+}
+
+#[test]
+fn kubectl_version_reports_the_pinned_server_version() -> Result<()> {
+    let cluster = cluster()?;
+    let go_mod_path = cluster.repo_root().join("tests/controlplane/kube/go.mod");
+    let go_mod = std::fs::read_to_string(&go_mod_path)
+        .with_context(|| format!("reading {}", go_mod_path.display()))?;
+    let pinned = go_mod
+        .lines()
+        .map(str::split_whitespace)
+        .filter_map(|mut w| {
+            let first = w.next()?;
+            let (module, version) = if first == "require" {
+                (w.next()?, w.next()?)
+            } else {
+                (first, w.next()?)
+            };
+            (module == "k8s.io/kubernetes").then(|| version.to_string())
+        })
+        .next()
+        .context("k8s.io/kubernetes not required in go.mod")?;
+    ensure!(
+        pinned.starts_with("v1.34."),
+        "go.mod pins {pinned}, expected v1.34.x"
+    );
+
+    let out = cluster.kubectl_run(["version", "-o", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing kubectl version")?;
+    let server = &v["serverVersion"];
+    if server.is_null() {
+        bail!("no serverVersion in {out}");
+    }
+    ensure!(
+        server["gitVersion"] == pinned.as_str(),
+        "server reports {server}, pinned {pinned}"
+    );
+    ensure!(
+        server["major"] == "1" && server["minor"] == "34",
+        "server reports {server}"
+    );
+    ensure!(server["gitTreeState"] == "clean", "server reports {server}");
+    Ok(())
+}
