@@ -4,8 +4,12 @@
 //! the same functions, so a rule lives in one place.
 #![forbid(unsafe_code)]
 
+pub mod defaults;
 pub mod errors;
 pub mod keys;
+pub mod policy;
+pub mod references;
+pub mod rules;
 pub mod types;
 pub mod units;
 

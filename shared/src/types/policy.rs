@@ -46,6 +46,9 @@ pub struct RolloutPolicySpec {
     /// before full promotion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_approval_before_promotion: Option<bool>,
+    /// Require every StormService to declare a `rolloutStrategy` (no plain rolling updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_rollout_strategy: Option<bool>,
     /// Require `autoRollback.enabled: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_auto_rollback: Option<bool>,

@@ -1,0 +1,61 @@
+//! Rules for automatic rollback.
+
+use super::check_wait;
+use crate::errors::{FieldError, FieldPath, Report};
+use crate::types::stormservice::{AutoRollback, RolloutStrategy};
+
+pub(super) fn check(ar: &AutoRollback, path: &FieldPath, report: &mut Report) {
+    if let Some(t) = &ar.on_timeout {
+        check_wait(t, path.child("onTimeout"), report);
+    }
+    let Some(of) = &ar.on_failure else { return };
+    let fp = path.child("onFailure");
+    if let Some(th) = &of.error_threshold {
+        let p = fp.child("errorThreshold");
+        match crate::units::int_or_string_percent(th) {
+            Ok(v) if v > 0.0 && v <= 100.0 => {}
+            Ok(v) => report.error(FieldError::invalid(
+                p,
+                th,
+                format!("must be a percentage in (0, 100], got {v}"),
+            )),
+            Err(e) => report.error(FieldError::invalid(p, th, e.to_string())),
+        }
+    }
+    if let Some(metric) = &of.error_rate {
+        super::analysis::check_metric(metric, &fp.child("errorRate"), None, report);
+        if of.error_threshold.is_none() {
+            report.warn(
+                fp.child("errorRate"),
+                "errorRate has no effect without errorThreshold; set errorThreshold (e.g. \"5%\")",
+            );
+        }
+    }
+}
+
+/// The seed's migration guide puts `autoRollback` under `canary:`. Admission moves it (see
+/// `defaults`); here we only catch the case it cannot fix: two different blocks.
+pub(super) fn check_placement(strategy: &RolloutStrategy, path: &FieldPath, report: &mut Report) {
+    let Some(legacy) = strategy
+        .canary
+        .as_ref()
+        .and_then(|c| c.auto_rollback.as_ref())
+    else {
+        return;
+    };
+    let legacy_path = path.child("canary").child("autoRollback");
+    match &strategy.auto_rollback {
+        Some(canonical) if canonical != legacy => report.error(FieldError::forbidden(
+            legacy_path,
+            "autoRollback is set both here and at spec.rolloutStrategy.autoRollback with different values; keep only spec.rolloutStrategy.autoRollback",
+        )),
+        Some(_) => report.warn(legacy_path, "duplicate of spec.rolloutStrategy.autoRollback; remove it"),
+        None => {
+            report.warn(
+                legacy_path.clone(),
+                "autoRollback belongs at spec.rolloutStrategy.autoRollback; admission moves it there",
+            );
+            check(legacy, &legacy_path, report);
+        }
+    }
+}

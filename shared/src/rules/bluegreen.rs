@@ -1,0 +1,46 @@
+//! Rules for blue-green rollouts.
+
+use super::{check_analysis_ref, names};
+use crate::errors::{FieldError, FieldPath, Report};
+use crate::types::stormservice::BlueGreenStrategy;
+
+/// Longest `scaleDownDelaySeconds`: one day. Longer keeps a full second copy of an LLM fleet for no reason.
+const MAX_SCALE_DOWN_DELAY: i32 = 24 * 3600;
+
+pub(super) fn check(bg: &BlueGreenStrategy, path: &FieldPath, report: &mut Report) {
+    for (field, value) in [
+        ("activeService", &bg.active_service),
+        ("previewService", &bg.preview_service),
+    ] {
+        if value.is_empty() {
+            report.error(FieldError::required(
+                path.child(field),
+                "the name of a Service in this namespace",
+            ));
+        } else if let Some(why) = names::dns1035_label(value) {
+            report.error(FieldError::invalid(path.child(field), value, why));
+        }
+    }
+    if !bg.active_service.is_empty() && bg.active_service == bg.preview_service {
+        report.error(FieldError::invalid(
+            path.child("previewService"),
+            &bg.preview_service,
+            "must differ from activeService: the preview must not receive production traffic",
+        ));
+    }
+    if let Some(d) = bg.scale_down_delay_seconds
+        && !(0..=MAX_SCALE_DOWN_DELAY).contains(&d)
+    {
+        report.error(FieldError::invalid(
+            path.child("scaleDownDelaySeconds"),
+            d,
+            "must be between 0 and 86400 (one day)",
+        ));
+    }
+    if let Some(a) = &bg.pre_promotion_analysis {
+        check_analysis_ref(a, &path.child("prePromotionAnalysis"), report);
+    }
+    if let Some(a) = &bg.post_promotion_analysis {
+        check_analysis_ref(a, &path.child("postPromotionAnalysis"), report);
+    }
+}

@@ -1,0 +1,187 @@
+//! Admission rules: every check that can be decided from the object (and the old object on update).
+//!
+//! The same functions run in the webhook, in `kubectl storm lint` and in the controller. Each returns
+//! every problem at once, with the field path, so a user fixes everything in one go.
+
+pub mod analysis;
+mod autorollback;
+mod bluegreen;
+mod canary;
+mod controls;
+pub mod names;
+pub mod policy_spec;
+mod routing;
+mod template;
+mod update;
+
+use crate::errors::{FieldError, FieldPath, Report};
+use crate::types::stormservice::{RolloutStrategy, RolloutStrategyType, StormService};
+
+pub use controls::{REASON_WAITING_FOR_APPROVAL, waiting_for_approval};
+pub use routing::routers as routing_routers;
+
+/// Validates a StormService. `old` is the stored object on update, `None` on create.
+pub fn validate_storm_service(obj: &StormService, old: Option<&StormService>) -> Report {
+    let mut report = Report::default();
+    let spec_path = FieldPath::new("spec");
+    template::check(&obj.spec, &spec_path, &mut report);
+    if let Some(strategy) = &obj.spec.rollout_strategy {
+        check_strategy(
+            obj,
+            strategy,
+            &spec_path.child("rolloutStrategy"),
+            &mut report,
+        );
+    }
+    controls::check(obj, &mut report);
+    if let Some(old) = old {
+        update::check(obj, old, &mut report);
+    }
+    report
+}
+
+fn check_strategy(
+    obj: &StormService,
+    strategy: &RolloutStrategy,
+    path: &FieldPath,
+    report: &mut Report,
+) {
+    let replicas = obj.spec.replicas.unwrap_or(1);
+    match strategy.type_ {
+        RolloutStrategyType::Canary => {
+            if strategy.blue_green.is_some() {
+                report.error(FieldError::forbidden(
+                    path.child("blueGreen"),
+                    "must not be set when type is Canary; remove it or set type: BlueGreen",
+                ));
+            }
+            match &strategy.canary {
+                Some(canary) => canary::check(canary, replicas, &path.child("canary"), report),
+                None => report.error(FieldError::required(
+                    path.child("canary"),
+                    "type Canary needs a canary block with steps",
+                )),
+            }
+        }
+        RolloutStrategyType::BlueGreen => {
+            if strategy.canary.is_some() {
+                report.error(FieldError::forbidden(
+                    path.child("canary"),
+                    "must not be set when type is BlueGreen; remove it or set type: Canary",
+                ));
+            }
+            match &strategy.blue_green {
+                Some(bg) => bluegreen::check(bg, &path.child("blueGreen"), report),
+                None => report.error(FieldError::required(
+                    path.child("blueGreen"),
+                    "type BlueGreen needs a blueGreen block with activeService and previewService",
+                )),
+            }
+        }
+    }
+    autorollback::check_placement(strategy, path, report);
+    if let Some(ar) = &strategy.auto_rollback {
+        autorollback::check(ar, &path.child("autoRollback"), report);
+    }
+}
+
+/// Reads a StormService from JSON, reporting a type mismatch with the path of the offending field.
+pub fn parse<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let raw = e.path().to_string();
+        let path = if raw == "." || raw.is_empty() {
+            "<root>".to_string()
+        } else {
+            raw
+        };
+        FieldError::invalid(FieldPath::new(&path), "…", e.inner().to_string())
+    })
+}
+
+/// Checks an analysis reference (`templates` and `args`) used by a step or a blue-green promotion.
+pub(crate) fn check_analysis_ref(
+    analysis: &crate::types::stormservice::AnalysisRef,
+    path: &FieldPath,
+    report: &mut Report,
+) {
+    if analysis.templates.is_empty() {
+        report.error(FieldError::required(
+            path.child("templates"),
+            "name at least one AnalysisTemplate, or remove the analysis block",
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, t) in analysis.templates.iter().enumerate() {
+        let p = path.child("templates").index(i).child("name");
+        if t.name.trim().is_empty() {
+            report.error(FieldError::required(p, "the name of an AnalysisTemplate"));
+            continue;
+        }
+        if let Some(why) = names::dns1123_subdomain(&t.name) {
+            report.error(FieldError::invalid(p.clone(), &t.name, why));
+        }
+        if !seen.insert((t.namespace.clone(), t.name.clone())) {
+            report.error(FieldError::duplicate(
+                p,
+                &t.name,
+                "each template may be named once",
+            ));
+        }
+    }
+    let mut args = std::collections::BTreeSet::new();
+    for (i, a) in analysis.args.iter().enumerate() {
+        let p = path.child("args").index(i).child("name");
+        if a.name.trim().is_empty() {
+            report.error(FieldError::required(p, "an argument needs a name"));
+        } else if !args.insert(a.name.clone()) {
+            report.error(FieldError::duplicate(
+                p,
+                &a.name,
+                "each argument may be given once",
+            ));
+        }
+    }
+}
+
+/// Checks a Go-style wait duration at `path` and reports why it is refused.
+pub(crate) fn check_wait(
+    text: &str,
+    path: FieldPath,
+    report: &mut Report,
+) -> Option<std::time::Duration> {
+    match crate::units::parse_wait(text) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            report.error(FieldError::invalid(path, text, e.to_string()));
+            None
+        }
+    }
+}
+
+/// Checks an int-or-string budget (`maxSurge`, `maxUnavailable`): a non-negative integer or a percentage.
+pub(crate) fn check_budget(
+    v: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
+    path: FieldPath,
+    report: &mut Report,
+) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match v {
+        IntOrString::Int(i) if *i < 0 => report.error(FieldError::invalid(
+            path,
+            i,
+            "must be greater than or equal to 0",
+        )),
+        IntOrString::Int(_) => {}
+        IntOrString::String(s) => {
+            let ok = s.trim().ends_with('%')
+                && crate::units::parse_percent(s).is_ok_and(|p| (0.0..=100.0).contains(&p));
+            if !ok {
+                report.error(FieldError::invalid(
+                    path,
+                    s,
+                    "must be an integer or a percentage between 0% and 100% (e.g. 1 or \"25%\")",
+                ));
+            }
+        }
+    }
+}
