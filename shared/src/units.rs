@@ -13,7 +13,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
     /// The text is not a duration at all.
-    #[error("must be a duration such as \"30s\", \"5m\" or \"1h30m\" (or whole seconds): {0}")]
+    #[error("must be a duration such as \"30s\", \"5m\" or \"1h30m\" (or whole seconds)")]
     Syntax(String),
     /// The duration is zero or negative.
     #[error("must be greater than zero")]
