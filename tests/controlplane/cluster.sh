@@ -24,7 +24,9 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 NODE_COUNT=${STORM_CLUSTER_NODES:-3}
 READY_TIMEOUT=${STORM_CLUSTER_TIMEOUT:-120}
 # Everything on by default except what needs real nodes, clouds or volumes. Without the node
-# lifecycle controller kwok nodes are never tainted or evicted, even if kwok is paused.
+# lifecycle controller kwok nodes are never tainted or evicted, even if kwok is paused; the
+# apiserver's TaintNodesByCondition admission is off too, as nothing would lift its
+# node.kubernetes.io/not-ready taint.
 KCM_CONTROLLERS='*,-node-lifecycle-controller,-cloud-node-lifecycle-controller,-node-route-controller,-node-ipam-controller,-service-lb-controller,-persistentvolume-attach-detach-controller,-persistentvolume-expander-controller'
 
 log() { printf 'cluster.sh: %s\n' "$*" >&2; }
@@ -358,6 +360,7 @@ EOF
 		--service-cluster-ip-range 10.96.0.0/16 \
 		--authorization-mode Node,RBAC \
 		--allow-privileged=true \
+		--disable-admission-plugins TaintNodesByCondition \
 		--endpoint-reconciler-type none \
 		--enable-priority-and-fairness=false \
 		--profiling=false \
