@@ -15,6 +15,9 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 STATE=${STORM_CLUSTER_DIR:-$REPO/.storm/cluster}
+# A relative STORM_CLUSTER_DIR is relative to the repo root (as in the Rust test harness).
+[[ $STATE == /* ]] || STATE=$REPO/$STATE
+STATE=$(realpath -m "$STATE")
 KUBECONFIG_PATH=$STATE/kubeconfig
 PKI=$STATE/pki
 LOGS=$STATE/logs
@@ -228,6 +231,8 @@ nodes_ready() {
 	((n >= NODE_COUNT))
 }
 
+reusable() { apiserver_ready && nodes_ready; }
+
 default_sa_ready() { kubectl_admin -n default get serviceaccount default >/dev/null 2>&1; }
 
 dump_logs() {
@@ -295,7 +300,8 @@ cmd_up() {
 	flock 9
 
 	if [[ -d $STATE ]]; then
-		if all_alive && apiserver_ready && nodes_ready; then
+		# All processes alive: reuse, allowing a busy machine some time to answer /readyz.
+		if all_alive && wait_for "the running cluster to answer" 60 reusable 2>/dev/null; then
 			print_ready
 			return 0
 		fi

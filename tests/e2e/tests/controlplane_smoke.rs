@@ -8,7 +8,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, Node, Pod, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
@@ -380,6 +385,100 @@ async fn crds_apply_server_side_and_stormservices_are_served() -> Result<()> {
         }
         .await,
     )
+}
+
+#[tokio::test]
+async fn url_webhook_on_loopback_is_accepted_and_called() -> Result<()> {
+    let ns = TestNamespace::new("webhook-url").await?;
+    let cluster = ns.cluster();
+    // A loopback port with nothing behind it: the API server must try to call it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("https://127.0.0.1:{port}/validate");
+    let config_name = format!("{}.storm.test", ns.name());
+    let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(ns.client());
+    let config = ValidatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(config_name.clone()),
+            ..ObjectMeta::default()
+        },
+        webhooks: Some(vec![ValidatingWebhook {
+            name: format!("deny.{config_name}"),
+            client_config: WebhookClientConfig {
+                url: Some(url.clone()),
+                ca_bundle: Some(ByteString(cluster.ca_pem()?)),
+                service: None,
+            },
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![String::new()]),
+                api_versions: Some(vec!["v1".to_string()]),
+                operations: Some(vec!["CREATE".to_string()]),
+                resources: Some(vec!["configmaps".to_string()]),
+                scope: Some("Namespaced".to_string()),
+            }]),
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(
+                    [(
+                        "kubernetes.io/metadata.name".to_string(),
+                        ns.name().to_string(),
+                    )]
+                    .into(),
+                ),
+                ..LabelSelector::default()
+            }),
+            failure_policy: Some("Fail".to_string()),
+            side_effects: "None".to_string(),
+            admission_review_versions: vec!["v1".to_string()],
+            timeout_seconds: Some(5),
+            ..ValidatingWebhook::default()
+        }]),
+    };
+    webhooks.create(&PostParams::default(), &config).await?;
+    let result = async {
+        let stored = webhooks.get(&config_name).await?;
+        let stored_url = stored
+            .webhooks
+            .as_ref()
+            .and_then(|w| w.first())
+            .and_then(|w| w.client_config.url.clone());
+        ensure!(
+            stored_url.as_deref() == Some(url.as_str()),
+            "stored url {stored_url:?}"
+        );
+        let cms: Api<ConfigMap> = ns.api();
+        let mut attempt = 0u32;
+        let message = wait_for("the API server to call the URL webhook", TIMEOUT, || {
+            attempt += 1;
+            let cm = config_map(&format!("probe-{attempt}"), None);
+            let cms = cms.clone();
+            async move {
+                match cms.create(&PostParams::default(), &cm).await {
+                    // The webhook configuration is not active yet.
+                    Ok(_) => Ok(None),
+                    Err(kube::Error::Api(status))
+                        if status.message.contains("failed calling webhook") =>
+                    {
+                        Ok(Some(status.message))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        })
+        .await?;
+        ensure!(
+            message.contains(&format!("127.0.0.1:{port}")),
+            "webhook error does not name the loopback URL: {message}"
+        );
+        Ok(())
+    }
+    .await;
+    let deleted = webhooks
+        .delete(&config_name, &DeleteParams::default())
+        .await;
+    dump_logs_on_error(result)?;
+    deleted?;
+    ns.cleanup().await
 }
 
 #[test]

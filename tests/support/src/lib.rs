@@ -55,9 +55,11 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| manifest.to_path_buf())
 }
 
+/// `STORM_CLUSTER_DIR` (relative to the repo root when relative, as in `cluster.sh`) or
+/// `<repo>/.storm/cluster`.
 fn state_dir(repo: &Path) -> PathBuf {
     match std::env::var_os("STORM_CLUSTER_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        Some(dir) if !dir.is_empty() => repo.join(dir),
         _ => repo.join(".storm").join("cluster"),
     }
 }
@@ -156,6 +158,13 @@ impl Cluster {
     /// Directory holding one log file per component.
     pub fn log_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
+    }
+
+    /// PEM of the cluster CA (signs the API server's and the admin's certificates); handy
+    /// as a webhook `caBundle` when the webhook serves a certificate from the same CA.
+    pub fn ca_pem(&self) -> Result<Vec<u8>> {
+        let path = self.state_dir.join("pki").join("ca.crt");
+        fs::read(&path).with_context(|| format!("reading {}", path.display()))
     }
 
     /// Repository root, for reaching `manifests/` and fixtures.
