@@ -114,26 +114,8 @@ build_kwok() {
 		pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
 		install -m 0644 "$src/kustomize/stage/$f" "$tmp/stages/$(basename "$f")"
 	done
-	# Our own extra stages stay in the repo (tests/controlplane/stages) and are passed to kwok
-	# by cluster.sh. Pods labelled for them must never take the stock
-	# ready path: add label exclusions right under the stock selector's matchExpressions.
-	awk '
-		{ print }
-		/^  selector:$/ { insel = 1; next }
-		insel && /^    matchExpressions:$/ {
-			print "    - key: '\''.metadata.labels[\"storm.test/fail\"]'\''"
-			print "      operator: '\''NotIn'\''"
-			print "      values:"
-			print "      - '\''true'\''"
-			print "    - key: '\''.metadata.labels[\"storm.test/never-ready\"]'\''"
-			print "      operator: '\''NotIn'\''"
-			print "      values:"
-			print "      - '\''true'\''"
-			insel = 0
-		}
-	' "$tmp/stages/pod-ready.yaml" >"$tmp/stages/pod-ready.yaml.new"
-	grep -q 'storm.test/fail' "$tmp/stages/pod-ready.yaml.new" || { log "could not patch pod-ready.yaml selector"; exit 1; }
-	mv "$tmp/stages/pod-ready.yaml.new" "$tmp/stages/pod-ready.yaml"
+	# Copied verbatim. Our own extra stages stay in the repo (tests/controlplane/stages) and
+	# cluster.sh excludes their labels from the stock pod-ready stage at start.
 	rm -rf "$KWOK_DIR" && mv "$tmp" "$KWOK_DIR"
 }
 

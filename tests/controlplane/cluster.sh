@@ -244,6 +244,44 @@ dump_logs() {
 	done
 }
 
+# ---------------------------------------------------------------------------- kwok stages
+
+# Pod labels handled by our own stages (stages/*.yaml next to this script).
+TEST_POD_LABELS=(storm.test/fail storm.test/crash-loop storm.test/never-ready)
+
+# prepare_stages <stock stage dir>: the stock stages (copied verbatim from the kwok module at
+# build time) plus ours into <state>/stages. Pods carrying one of our labels must never take
+# the stock ready path, so the stock pod-ready selector gets a `NotIn ["true"]` condition per
+# label, inserted right under its matchExpressions.
+prepare_stages() {
+	local stock=$1 f label
+	mkdir -p "$STATE/stages"
+	for f in "$stock"/*.yaml; do
+		if [[ $(basename "$f") == pod-ready.yaml ]]; then
+			awk -v labels="${TEST_POD_LABELS[*]}" '
+				{ print }
+				/^  selector:$/ { insel = 1; next }
+				insel && /^    matchExpressions:$/ {
+					n = split(labels, l, " ")
+					for (i = 1; i <= n; i++) {
+						printf "    - key: %s.metadata.labels[\"%s\"]%s\n", q, l[i], q
+						printf "      operator: %sNotIn%s\n", q, q
+						printf "      values:\n      - %strue%s\n", q, q
+					}
+					insel = 0
+				}
+			' q="'" "$f" >"$STATE/stages/stock-pod-ready.yaml"
+			for label in "${TEST_POD_LABELS[@]}"; do
+				grep -qF "labels[\"$label\"]" "$STATE/stages/stock-pod-ready.yaml" ||
+					die "could not exclude $label from kwok's pod-ready stage ($f changed?)"
+			done
+		else
+			cp "$f" "$STATE/stages/stock-$(basename "$f")"
+		fi
+	done
+	cp "$HERE"/stages/*.yaml "$STATE/stages/"
+}
+
 # ---------------------------------------------------------------------------- up
 
 nodes_manifest() {
@@ -399,8 +437,9 @@ EOF
 		--profiling=false \
 		--v 1
 
+	prepare_stages "$KWOK_DIR/stages"
 	local stages=() f
-	for f in "$KWOK_DIR"/stages/*.yaml "$HERE"/stages/*.yaml; do stages+=(--config "$f"); done
+	for f in "$STATE"/stages/*.yaml; do stages+=(--config "$f"); done
 	start kwok "$KWOK_DIR/kwok" \
 		--kubeconfig "$STATE/kwok.kubeconfig" \
 		"${stages[@]}" \

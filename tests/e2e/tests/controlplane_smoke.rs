@@ -18,8 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
 use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use storm_test_support::{
-    FAIL_LABEL, NEVER_READY_LABEL, TestNamespace, cluster, dump_logs_on_error, holds_for,
-    pod_is_ready, pod_phase, wait_for,
+    CRASH_LOOP_LABEL, FAIL_LABEL, NEVER_READY_LABEL, TestNamespace, cluster, dump_logs_on_error,
+    holds_for, pod_is_ready, pod_phase, wait_for,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -243,6 +243,59 @@ async fn pod_labelled_never_ready_runs_but_stays_unready() -> Result<()> {
             Duration::from_secs(5),
             || async {
                 let p = pod_status(&pods, "stuck").await?;
+                Ok(pod_phase(&p) == "Running" && !pod_is_ready(&p))
+            },
+        )
+        .await
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn pod_labelled_crash_loop_runs_in_crash_loop_back_off() -> Result<()> {
+    let ns = TestNamespace::new("pod-crash-loop").await?;
+    let result = async {
+        let pods: Api<Pod> = ns.api();
+        pods.create(
+            &PostParams::default(),
+            &pod("looping", &[(CRASH_LOOP_LABEL, "true")]),
+        )
+        .await?;
+        let looping = wait_for("pod looping Running", TIMEOUT, || async {
+            let p = pod_status(&pods, "looping").await?;
+            ensure!(!pod_is_ready(&p), "crash-looping pod became Ready");
+            Ok((pod_phase(&p) == "Running").then_some(p))
+        })
+        .await?;
+        let status = looping
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .context("no container status")?;
+        let waiting = status.state.as_ref().and_then(|s| s.waiting.as_ref());
+        ensure!(
+            waiting.and_then(|w| w.reason.as_deref()) == Some("CrashLoopBackOff"),
+            "state: {:?}",
+            status.state
+        );
+        let last_exit = status
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .map(|t| t.exit_code);
+        ensure!(last_exit == Some(1), "lastState: {:?}", status.last_state);
+        ensure!(
+            status.restart_count >= 1 && !status.ready,
+            "status: {status:?}"
+        );
+        holds_for(
+            "pod looping stays unready",
+            Duration::from_secs(3),
+            || async {
+                let p = pod_status(&pods, "looping").await?;
                 Ok(pod_phase(&p) == "Running" && !pod_is_ready(&p))
             },
         )

@@ -32,6 +32,10 @@ use kube::{Api, Client, Config};
 pub const TEST_NAMESPACE_LABEL: &str = "storm.test/e2e";
 /// Pod label: kwok drives the Pod to phase `Failed` (containers terminated, exit code 1).
 pub const FAIL_LABEL: &str = "storm.test/fail";
+/// Pod label: kwok makes the Pod look crash-looping: `Running`, containers waiting in
+/// `CrashLoopBackOff` after exit code 1, never `Ready`. Prefer it over [`FAIL_LABEL`] for
+/// Pods owned by a ReplicaSet, which replaces `Failed` Pods endlessly.
+pub const CRASH_LOOP_LABEL: &str = "storm.test/crash-loop";
 /// Pod label: kwok makes the Pod `Running` but never `Ready`.
 pub const NEVER_READY_LABEL: &str = "storm.test/never-ready";
 
