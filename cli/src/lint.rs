@@ -47,7 +47,11 @@ pub struct Linter {
 
 impl Linter {
     /// A linter with the CRD schemas of this build and the given RolloutPolicies.
-    pub fn new(policies: Vec<RolloutPolicy>) -> Result<Self, String> {
+    pub fn new(mut policies: Vec<RolloutPolicy>) -> Result<Self, String> {
+        // Offline there are no namespaces to select: every policy applies.
+        for p in &mut policies {
+            p.spec.namespace_selector = None;
+        }
         let mut schemas = BTreeMap::new();
         for crd in crate::crds::all() {
             schemas.insert(crd.spec.names.kind.clone(), KindSchema::from_crd(&crd)?);
@@ -94,23 +98,23 @@ impl Linter {
             }
         }
         let schema_errors = schema.check(&doc);
-        match kind {
-            "StormService" => match parse::<StormService>(&doc) {
-                Ok(obj) => {
-                    report.merge(validate_storm_service(&obj, None));
-                    report.merge(policy::apply(&self.policies, &BTreeMap::new(), &obj, &[]));
-                }
-                Err(e) => report.error(e),
-            },
-            "AnalysisTemplate" => match parse::<AnalysisTemplate>(&doc) {
-                Ok(obj) => report.merge(validate_analysis_template(&obj)),
-                Err(e) => report.error(e),
-            },
-            "RolloutPolicy" => match parse::<RolloutPolicy>(&doc) {
-                Ok(obj) => report.merge(validate_rollout_policy(&obj)),
-                Err(e) => report.error(e),
-            },
-            _ => {}
+        let parsed = match kind {
+            "StormService" => parse::<StormService>(&doc).map(|obj| {
+                report.merge(validate_storm_service(&obj, None));
+                report.merge(policy::apply(&self.policies, &BTreeMap::new(), &obj, &[]));
+            }),
+            "AnalysisTemplate" => parse::<AnalysisTemplate>(&doc)
+                .map(|obj| report.merge(validate_analysis_template(&obj))),
+            "RolloutPolicy" => {
+                parse::<RolloutPolicy>(&doc).map(|obj| report.merge(validate_rollout_policy(&obj)))
+            }
+            _ => Ok(()),
+        };
+        // A type error the schema already explains needs no second, terser message.
+        if let Err(e) = parsed
+            && schema_errors.is_empty()
+        {
+            report.error(e);
         }
         // Where a rule and the schema both name a field, the rule's message says more.
         for e in schema_errors

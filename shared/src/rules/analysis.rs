@@ -161,7 +161,8 @@ pub fn check_metric(
     }
     if let Some(declared) = declared {
         for (p, text) in texts {
-            for name in arg_references(text) {
+            let names: BTreeSet<String> = arg_references(text).into_iter().collect();
+            for name in names {
                 if !declared.contains(&name) {
                     report.error(FieldError::invalid(
                         p.clone(),

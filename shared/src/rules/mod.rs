@@ -85,16 +85,33 @@ fn check_strategy(
     }
 }
 
-/// Reads a StormService from JSON, reporting a type mismatch with the path of the offending field.
+/// Reads an object from JSON, reporting a type mismatch with the path and value of the offending field.
 pub fn parse<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, FieldError> {
+    use serde_path_to_error::Segment;
     serde_path_to_error::deserialize(value).map_err(|e| {
-        let raw = e.path().to_string();
-        let path = if raw == "." || raw.is_empty() {
-            "<root>".to_string()
+        let mut path = FieldPath::default();
+        let mut at = Some(value);
+        for seg in e.path().iter() {
+            match seg {
+                Segment::Seq { index } => {
+                    path = path.index(*index);
+                    at = at.and_then(|v| v.get(*index));
+                }
+                Segment::Map { key } => {
+                    path = path.child(key);
+                    at = at.and_then(|v| v.get(key));
+                }
+                Segment::Enum { variant } => path = path.child(variant),
+                Segment::Unknown => path = path.child("?"),
+            }
+        }
+        let path = if path.as_str().is_empty() {
+            FieldPath::new("<root>")
         } else {
-            raw
+            path
         };
-        FieldError::invalid(FieldPath::new(&path), "…", e.inner().to_string())
+        let shown = at.cloned().unwrap_or(serde_json::Value::Null);
+        FieldError::invalid(path, shown, e.inner().to_string())
     })
 }
 

@@ -1,4 +1,6 @@
 //! RoleSet: one replica of a StormService, running one or more roles, each a set of Pods.
+// Each printcolumn(...) repeats `type_ = ...`; clippy mistakes that for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
 
 use super::Condition;
 use k8s_openapi::api::core::v1::PodTemplateSpec;

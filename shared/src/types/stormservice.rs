@@ -1,4 +1,6 @@
 //! StormService: the AIBrix workload for LLM serving, plus this product's rollout strategies.
+// Each printcolumn(...) repeats `type_ = ...`; clippy mistakes that for a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
 
 use super::Condition;
 use super::analysis::Metric;

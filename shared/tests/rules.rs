@@ -1,0 +1,755 @@
+//! Every admission rule: an object it accepts and one it rejects, with the exact field path.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use storm_shared::StormService;
+use storm_shared::rules::{parse, validate_storm_service};
+
+const RS: &str = "/spec/rolloutStrategy";
+const CANARY: &str = "/spec/rolloutStrategy/canary";
+
+#[test]
+fn valid_canary_and_blue_green_are_accepted() {
+    accepts(&canary());
+    accepts(&blue_green());
+}
+
+#[test]
+fn strategy_type_needs_its_own_block_only() {
+    let mut v = canary();
+    set(&mut v, &format!("{RS}/type"), json!("BlueGreen"));
+    rejects(
+        &v,
+        &[
+            "spec.rolloutStrategy.blueGreen",
+            "spec.rolloutStrategy.canary",
+        ],
+    );
+
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{RS}/blueGreen"),
+        json!({"activeService": "a", "previewService": "b"}),
+    );
+    rejects(&v, &["spec.rolloutStrategy.blueGreen"]);
+
+    let mut v = blue_green();
+    set(&mut v, &format!("{RS}/type"), json!("Canary"));
+    rejects(
+        &v,
+        &[
+            "spec.rolloutStrategy.canary",
+            "spec.rolloutStrategy.blueGreen",
+        ],
+    );
+}
+
+#[test]
+fn canary_needs_steps() {
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps"), json!([]));
+    rejects(&v, &["spec.rolloutStrategy.canary.steps"]);
+}
+
+#[test]
+fn a_step_needs_content() {
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps/2"), json!({}));
+    rejects(&v, &["spec.rolloutStrategy.canary.steps[2]"]);
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/2"),
+        json!({"analysis": {"templates": [{"name": "t"}]}}),
+    );
+    accepts(&v);
+}
+
+#[test]
+fn weight_between_0_and_100() {
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps/3/weight"), json!(150));
+    let r = rejects(&v, &["spec.rolloutStrategy.canary.steps[3].weight"]);
+    assert_eq!(
+        r.errors[0].to_string(),
+        "spec.rolloutStrategy.canary.steps[3].weight: Invalid value: 150: must be between 0 and 100"
+    );
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps/0/weight"), json!(-1));
+    rejects(&v, &["spec.rolloutStrategy.canary.steps[0].weight"]);
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps/0/weight"), json!(0));
+    accepts(&v);
+}
+
+#[test]
+fn weights_do_not_decrease() {
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps/2/weight"), json!(20));
+    rejects(&v, &["spec.rolloutStrategy.canary.steps[2].weight"]);
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps/2/weight"), json!(25));
+    accepts(&v);
+}
+
+#[test]
+fn replica_steps_fit_the_service() {
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps/2"), json!({"replicas": 5}));
+    rejects(&v, &["spec.rolloutStrategy.canary.steps[2].replicas"]);
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps/2"), json!({"replicas": 4}));
+    accepts(&v);
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/2"),
+        json!({"replicas": 2, "weight": 50}),
+    );
+    rejects(&v, &["spec.rolloutStrategy.canary.steps[2].replicas"]);
+}
+
+#[test]
+fn pause_has_exactly_one_of_duration_and_approval() {
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/0/pause"),
+        json!({"duration": "5m", "untilApproval": true}),
+    );
+    rejects(&v, &["spec.rolloutStrategy.canary.steps[0].pause"]);
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps/0/pause"), json!({}));
+    rejects(&v, &["spec.rolloutStrategy.canary.steps[0].pause"]);
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/0/pause"),
+        json!({"untilApproval": false}),
+    );
+    rejects(&v, &["spec.rolloutStrategy.canary.steps[0].pause"]);
+}
+
+#[test]
+fn pause_durations_parse_and_are_sane() {
+    for bad in ["soon", "0s", "-5m", "200h", ""] {
+        let mut v = canary();
+        set(
+            &mut v,
+            &format!("{CANARY}/steps/0/pause/duration"),
+            json!(bad),
+        );
+        rejects(&v, &["spec.rolloutStrategy.canary.steps[0].pause.duration"]);
+    }
+    for good in ["30s", "1h30m", "90", "168h"] {
+        let mut v = canary();
+        set(
+            &mut v,
+            &format!("{CANARY}/steps/0/pause/duration"),
+            json!(good),
+        );
+        accepts(&v);
+    }
+}
+
+#[test]
+fn analysis_template_names_are_present_and_unique() {
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/1/analysis/templates"),
+        json!([{"name": "a"}, {"name": "a"}]),
+    );
+    rejects(
+        &v,
+        &["spec.rolloutStrategy.canary.steps[1].analysis.templates[1].name"],
+    );
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/1/analysis/templates"),
+        json!([{"name": ""}]),
+    );
+    rejects(
+        &v,
+        &["spec.rolloutStrategy.canary.steps[1].analysis.templates[0].name"],
+    );
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/1/analysis/templates"),
+        json!([]),
+    );
+    rejects(
+        &v,
+        &["spec.rolloutStrategy.canary.steps[1].analysis.templates"],
+    );
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/1/analysis/args"),
+        json!([{"name": "x", "value": "1"}, {"name": "x", "value": "2"}]),
+    );
+    rejects(
+        &v,
+        &["spec.rolloutStrategy.canary.steps[1].analysis.args[1].name"],
+    );
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/1/analysis/templates"),
+        json!([{"name": "a"}, {"name": "a", "namespace": "other"}]),
+    );
+    accepts(&v);
+}
+
+#[test]
+fn traffic_routing_names_exactly_one_router_with_its_fields() {
+    let tr = format!("{CANARY}/trafficRouting");
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{tr}/istio"),
+        json!({"virtualService": "vs"}),
+    );
+    rejects(&v, &["spec.rolloutStrategy.canary.trafficRouting"]);
+    let mut v = canary();
+    set(&mut v, &tr, json!({}));
+    rejects(&v, &["spec.rolloutStrategy.canary.trafficRouting"]);
+    let mut v = canary();
+    set(&mut v, &format!("{tr}/nginx/ingress"), json!(""));
+    rejects(
+        &v,
+        &["spec.rolloutStrategy.canary.trafficRouting.nginx.ingress"],
+    );
+    for (router, body, path) in [
+        (
+            "istio",
+            json!({"virtualService": ""}),
+            "spec.rolloutStrategy.canary.trafficRouting.istio.virtualService",
+        ),
+        (
+            "smi",
+            json!({"trafficSplit": "Bad_Name"}),
+            "spec.rolloutStrategy.canary.trafficRouting.smi.trafficSplit",
+        ),
+        (
+            "gatewayAPI",
+            json!({"httpRoute": ""}),
+            "spec.rolloutStrategy.canary.trafficRouting.gatewayAPI.httpRoute",
+        ),
+    ] {
+        let mut v = canary();
+        set(&mut v, &tr, json!({ router: body }));
+        rejects(&v, &[path]);
+    }
+    for (router, body) in [
+        (
+            "istio",
+            json!({"virtualService": "vs", "destinationRule": "dr"}),
+        ),
+        ("smi", json!({"trafficSplit": "split"})),
+        ("gatewayAPI", json!({"httpRoute": "route"})),
+    ] {
+        let mut v = canary();
+        set(&mut v, &tr, json!({ router: body }));
+        accepts(&v);
+    }
+}
+
+#[test]
+fn service_port_in_range() {
+    for bad in [0, 65536, 70000] {
+        let mut v = canary();
+        set(
+            &mut v,
+            &format!("{CANARY}/trafficRouting/nginx/servicePort"),
+            json!(bad),
+        );
+        rejects(
+            &v,
+            &["spec.rolloutStrategy.canary.trafficRouting.nginx.servicePort"],
+        );
+    }
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/trafficRouting/nginx/servicePort"),
+        json!(65535),
+    );
+    accepts(&v);
+}
+
+#[test]
+fn traffic_routing_needs_both_services() {
+    let mut v = canary();
+    remove(&mut v, &format!("{CANARY}/canaryService"));
+    rejects(&v, &["spec.rolloutStrategy.canary.canaryService"]);
+    let mut v = canary();
+    remove(&mut v, &format!("{CANARY}/stableService"));
+    remove(&mut v, &format!("{CANARY}/canaryService"));
+    rejects(
+        &v,
+        &[
+            "spec.rolloutStrategy.canary.stableService",
+            "spec.rolloutStrategy.canary.canaryService",
+        ],
+    );
+    // Without a router the Services are optional.
+    remove(&mut v, &format!("{CANARY}/trafficRouting"));
+    accepts(&v);
+}
+
+#[test]
+fn stable_and_canary_services_differ() {
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/canaryService"),
+        json!("my-app-stable"),
+    );
+    rejects(&v, &["spec.rolloutStrategy.canary.canaryService"]);
+}
+
+#[test]
+fn active_and_preview_services_differ() {
+    let mut v = blue_green();
+    set(
+        &mut v,
+        &format!("{RS}/blueGreen/previewService"),
+        json!("my-app-active"),
+    );
+    rejects(&v, &["spec.rolloutStrategy.blueGreen.previewService"]);
+    let mut v = blue_green();
+    set(&mut v, &format!("{RS}/blueGreen/activeService"), json!(""));
+    rejects(&v, &["spec.rolloutStrategy.blueGreen.activeService"]);
+}
+
+#[test]
+fn service_names_are_dns_1035_labels() {
+    for bad in ["My-App", "1app", "app_stable", "app-"] {
+        let mut v = canary();
+        set(&mut v, &format!("{CANARY}/stableService"), json!(bad));
+        rejects(&v, &["spec.rolloutStrategy.canary.stableService"]);
+        let mut v = blue_green();
+        set(
+            &mut v,
+            &format!("{RS}/blueGreen/previewService"),
+            json!(bad),
+        );
+        rejects(&v, &["spec.rolloutStrategy.blueGreen.previewService"]);
+    }
+}
+
+#[test]
+fn blue_green_scale_down_delay_is_bounded() {
+    let mut v = blue_green();
+    set(
+        &mut v,
+        &format!("{RS}/blueGreen/scaleDownDelaySeconds"),
+        json!(100_000),
+    );
+    rejects(
+        &v,
+        &["spec.rolloutStrategy.blueGreen.scaleDownDelaySeconds"],
+    );
+    set(
+        &mut v,
+        &format!("{RS}/blueGreen/scaleDownDelaySeconds"),
+        json!(600),
+    );
+    accepts(&v);
+}
+
+#[test]
+fn error_threshold_is_a_percentage_in_range() {
+    let p = format!("{RS}/autoRollback/onFailure/errorThreshold");
+    for bad in [
+        json!("150%"),
+        json!("0%"),
+        json!("five"),
+        json!(0),
+        json!(101),
+    ] {
+        let mut v = canary();
+        set(&mut v, &p, bad);
+        rejects(
+            &v,
+            &["spec.rolloutStrategy.autoRollback.onFailure.errorThreshold"],
+        );
+    }
+    for good in [json!("5%"), json!("0.5%"), json!(5), json!("100%")] {
+        let mut v = canary();
+        set(&mut v, &p, good);
+        accepts(&v);
+    }
+}
+
+#[test]
+fn on_timeout_parses() {
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{RS}/autoRollback/onTimeout"),
+        json!("half an hour"),
+    );
+    rejects(&v, &["spec.rolloutStrategy.autoRollback.onTimeout"]);
+    set(
+        &mut v,
+        &format!("{RS}/autoRollback/onTimeout"),
+        json!("30m"),
+    );
+    accepts(&v);
+}
+
+#[test]
+fn auto_rollback_given_twice_differently_is_denied() {
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{RS}/autoRollback"),
+        json!({"enabled": true}),
+    );
+    set(
+        &mut v,
+        &format!("{CANARY}/autoRollback"),
+        json!({"enabled": false}),
+    );
+    rejects(&v, &["spec.rolloutStrategy.canary.autoRollback"]);
+    // Only in the legacy place: valid, with a warning (admission moves it).
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/autoRollback"),
+        json!({"enabled": true}),
+    );
+    let r = accepts(&v);
+    assert!(warning_paths(&r).contains(&"spec.rolloutStrategy.canary.autoRollback".to_string()));
+}
+
+#[test]
+fn control_annotations_must_be_true() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/metadata/annotations",
+        json!({"stormservice.aibrix.ai/rollout-pause": "yes"}),
+    );
+    let r = rejects(
+        &v,
+        &["metadata.annotations[stormservice.aibrix.ai/rollout-pause]"],
+    );
+    assert!(r.errors[0].to_string().contains("must be \"true\""));
+    set(
+        &mut v,
+        "/metadata/annotations",
+        json!({"stormservice.aibrix.ai/rollout-pause": "true"}),
+    );
+    accepts(&v);
+}
+
+#[test]
+fn unknown_control_annotation_is_a_typo() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/metadata/annotations",
+        json!({"stormservice.aibrix.ai/rollout-promote": "true"}),
+    );
+    let r = rejects(
+        &v,
+        &["metadata.annotations[stormservice.aibrix.ai/rollout-promote]"],
+    );
+    assert!(r.errors[0].to_string().contains("supported values"));
+}
+
+#[test]
+fn abort_excludes_resume_and_approval() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/metadata/annotations",
+        json!({
+            "stormservice.aibrix.ai/rollout-abort": "true",
+            "stormservice.aibrix.ai/rollout-resume": "true",
+            "stormservice.aibrix.ai/rollout-approval": "true"
+        }),
+    );
+    rejects(
+        &v,
+        &[
+            "metadata.annotations[stormservice.aibrix.ai/rollout-resume]",
+            "metadata.annotations[stormservice.aibrix.ai/rollout-approval]",
+        ],
+    );
+    let mut v = canary();
+    set(
+        &mut v,
+        "/metadata/annotations",
+        json!({"stormservice.aibrix.ai/rollout-pause": "true", "stormservice.aibrix.ai/rollout-resume": "true"}),
+    );
+    rejects(
+        &v,
+        &["metadata.annotations[stormservice.aibrix.ai/rollout-resume]"],
+    );
+    let mut v = canary();
+    set(
+        &mut v,
+        "/metadata/annotations",
+        json!({"stormservice.aibrix.ai/rollout-abort": "true"}),
+    );
+    accepts(&v);
+}
+
+#[test]
+fn approval_warns_when_nothing_waits() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/metadata/annotations",
+        json!({"stormservice.aibrix.ai/rollout-approval": "true"}),
+    );
+    let r = accepts(&v);
+    assert_eq!(
+        warning_paths(&r),
+        vec!["metadata.annotations[stormservice.aibrix.ai/rollout-approval]"]
+    );
+    // Waiting at step 1 (untilApproval): no warning.
+    set(
+        &mut v,
+        "/status",
+        json!({"rolloutStatus": {"phase": "Paused", "currentStepIndex": 1}}),
+    );
+    let r = accepts(&v);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    // Paused at step 0 (a duration pause): warning again.
+    set(&mut v, "/status/rolloutStatus/currentStepIndex", json!(0));
+    assert_eq!(warning_paths(&accepts(&v)).len(), 1);
+    // The controller's condition reason also says it waits.
+    set(
+        &mut v,
+        "/status/rolloutStatus/conditions",
+        json!([{"type": "Paused", "status": "True", "reason": "WaitingForApproval"}]),
+    );
+    assert!(accepts(&v).warnings.is_empty());
+}
+
+#[test]
+fn retry_warns_unless_aborted_or_degraded() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/metadata/annotations",
+        json!({"stormservice.aibrix.ai/rollout-retry": "true"}),
+    );
+    assert_eq!(
+        warning_paths(&accepts(&v)),
+        vec!["metadata.annotations[stormservice.aibrix.ai/rollout-retry]"]
+    );
+    set(
+        &mut v,
+        "/status",
+        json!({"rolloutStatus": {"phase": "Aborted"}}),
+    );
+    assert!(accepts(&v).warnings.is_empty());
+}
+
+#[test]
+fn selector_must_match_template_labels() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/selector",
+        json!({"matchLabels": {"app": "other"}}),
+    );
+    rejects(&v, &["spec.template.metadata.labels"]);
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/selector",
+        json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["my-app"]}]}),
+    );
+    accepts(&v);
+    let mut v = canary();
+    set(&mut v, "/spec/selector", json!({}));
+    rejects(&v, &["spec.selector"]);
+}
+
+#[test]
+fn roles_are_named_unique_and_have_containers() {
+    let roles = "/spec/template/spec/roles";
+    let mut v = canary();
+    set(&mut v, roles, json!([]));
+    rejects(&v, &["spec.template.spec.roles"]);
+    let role = json!({"name": "server", "template": {"spec": {"containers": [{"name": "c", "image": "i"}]}}});
+    let mut v = canary();
+    set(&mut v, roles, json!([role.clone(), role.clone()]));
+    rejects(&v, &["spec.template.spec.roles[1].name"]);
+    let mut v = canary();
+    set(
+        &mut v,
+        roles,
+        json!([{"name": "Server_1", "template": {"spec": {"containers": []}}}]),
+    );
+    rejects(
+        &v,
+        &[
+            "spec.template.spec.roles[0].name",
+            "spec.template.spec.roles[0].template.spec.containers",
+        ],
+    );
+}
+
+#[test]
+fn budgets_are_integers_or_percentages() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/updateStrategy",
+        json!({"maxSurge": "lots", "maxUnavailable": -1}),
+    );
+    rejects(
+        &v,
+        &[
+            "spec.updateStrategy.maxSurge",
+            "spec.updateStrategy.maxUnavailable",
+        ],
+    );
+    set(
+        &mut v,
+        "/spec/updateStrategy",
+        json!({"maxSurge": "25%", "maxUnavailable": 1}),
+    );
+    accepts(&v);
+}
+
+#[test]
+fn warns_about_coarse_split_without_router() {
+    let mut v = canary();
+    remove(&mut v, &format!("{CANARY}/trafficRouting"));
+    set(&mut v, "/spec/replicas", json!(3));
+    let r = accepts(&v);
+    // 10% of 3 RoleSets is one RoleSet, a third of capacity; 25% and 50% also round.
+    assert!(warning_paths(&r).contains(&"spec.rolloutStrategy.canary.steps[0].weight".to_string()));
+    set(&mut v, "/spec/replicas", json!(10));
+    set(&mut v, &format!("{CANARY}/steps/1/weight"), json!(30));
+    assert!(accepts(&v).warnings.is_empty());
+}
+
+#[test]
+fn unknown_role_update_type_warns() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/updateStrategy",
+        json!({"type": "Sideways"}),
+    );
+    assert_eq!(
+        warning_paths(&accepts(&v)),
+        vec!["spec.template.spec.roles[0].updateStrategy.type"]
+    );
+}
+
+fn in_progress(v: &serde_json::Value, phase: &str) -> StormService {
+    let mut old = v.clone();
+    set(
+        &mut old,
+        "/status",
+        json!({"rolloutStatus": {"phase": phase, "currentStepIndex": 1}}),
+    );
+    parse(&old).expect("parses")
+}
+
+#[test]
+fn strategy_type_is_fixed_while_a_rollout_runs() {
+    let old = in_progress(&canary(), "Progressing");
+    let new: StormService = parse(&blue_green()).expect("parses");
+    let r = validate_storm_service(&new, Some(&old));
+    assert_eq!(error_paths(&r), vec!["spec.rolloutStrategy.type"]);
+    // Completed: free to change.
+    let old = in_progress(&canary(), "Completed");
+    assert!(validate_storm_service(&new, Some(&old)).is_valid());
+}
+
+#[test]
+fn router_is_fixed_while_a_rollout_runs() {
+    let old = in_progress(&canary(), "Paused");
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/trafficRouting"),
+        json!({"istio": {"virtualService": "vs"}}),
+    );
+    let new: StormService = parse(&v).expect("parses");
+    let r = validate_storm_service(&new, Some(&old));
+    assert_eq!(
+        error_paths(&r),
+        vec!["spec.rolloutStrategy.canary.trafficRouting"]
+    );
+    // Other edits (a step's pause) are fine while paused.
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/0/pause/duration"),
+        json!("1m"),
+    );
+    let new: StormService = parse(&v).expect("parses");
+    assert!(validate_storm_service(&new, Some(&old)).is_valid());
+    // Removing the strategy mid-rollout is refused too.
+    let mut v = canary();
+    remove(&mut v, RS);
+    let new: StormService = parse(&v).expect("parses");
+    assert_eq!(
+        error_paths(&validate_storm_service(&new, Some(&old))),
+        vec!["spec.rolloutStrategy"]
+    );
+}
+
+#[test]
+fn one_object_with_many_faults_reports_all_of_them() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/invalid/many-faults.yaml"
+    ))
+    .expect("fixture");
+    let doc: serde_json::Value =
+        serde_yaml::from_str(text.split("\n---\n").next().expect("doc")).expect("yaml");
+    let r = validate(&doc);
+    let paths = error_paths(&r);
+    for want in [
+        "spec.template.metadata.labels",
+        "spec.rolloutStrategy.canary.steps[1].weight",
+        "spec.rolloutStrategy.canary.steps[2].weight",
+        "spec.rolloutStrategy.canary.steps[2].pause",
+        "spec.rolloutStrategy.canary.steps[3]",
+        "spec.rolloutStrategy.canary.steps[4].replicas",
+        "spec.rolloutStrategy.canary.steps[5].pause.duration",
+        "spec.rolloutStrategy.canary.stableService",
+        "spec.rolloutStrategy.canary.canaryService",
+        "spec.rolloutStrategy.canary.trafficRouting",
+        "spec.rolloutStrategy.canary.trafficRouting.nginx.servicePort",
+        "spec.rolloutStrategy.autoRollback.onTimeout",
+        "spec.rolloutStrategy.autoRollback.onFailure.errorThreshold",
+        "metadata.annotations[stormservice.aibrix.ai/rollout-resume]",
+    ] {
+        assert!(
+            paths.contains(&want.to_string()),
+            "missing {want} in {paths:#?}"
+        );
+    }
+    assert!(r.errors.len() >= 16, "{}", r.errors.len());
+}
+
+#[test]
+fn type_errors_name_the_field() {
+    let mut v = canary();
+    set(&mut v, &format!("{CANARY}/steps/1/weight"), json!("ten"));
+    let e = parse::<StormService>(&v).expect_err("a string weight must not parse");
+    assert_eq!(
+        e.path.as_str(),
+        "spec.rolloutStrategy.canary.steps[1].weight"
+    );
+}
