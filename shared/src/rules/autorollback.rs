@@ -22,6 +22,9 @@ pub(super) fn check(ar: &AutoRollback, path: &FieldPath, report: &mut Report) {
             Err(e) => report.error(FieldError::invalid(p, th, e.to_string())),
         }
     }
+    if let Some(g) = &of.health_check_grace_period {
+        check_wait(g, fp.child("healthCheckGracePeriod"), report);
+    }
     if let Some(metric) = &of.error_rate {
         super::analysis::check_metric(metric, &fp.child("errorRate"), None, report);
         if of.error_threshold.is_none() {

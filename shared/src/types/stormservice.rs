@@ -406,6 +406,10 @@ pub struct RollbackTriggers {
     /// Roll back when the canary's error rate exceeds this percentage (`"5%"`), in (0, 100].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_threshold: Option<IntOrString>,
+    /// How long a canary Pod may stay unready (or not yet ready after creation) before it counts as
+    /// failing its health check (Go-style duration). Defaults to 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_grace_period: Option<String>,
     /// The metric that measures the canary's error rate in percent, for `errorThreshold`. Without it,
     /// the error rate is the share of canary Pods failing health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -485,6 +489,14 @@ pub struct RolloutStatus {
     /// A sentence for humans about where the rollout stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When work on the current step began, shifted by time spent paused: the progress deadline
+    /// (`autoRollback.onTimeout`) counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_start_time: Option<Time>,
+    /// Control annotations that have taken effect but may not be removed yet. The controller never
+    /// acts twice on an annotation listed here, even across a crash.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acknowledged_controls: Vec<String>,
 }
 
 /// Rollout phase.

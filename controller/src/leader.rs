@@ -1,0 +1,1 @@
+//! Leader election on a Lease (filled in by the controller-shell work).

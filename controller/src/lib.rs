@@ -1,0 +1,9 @@
+//! The Storm Rollouts controller: RoleSets and their Pods, and the rollouts of StormServices.
+#![forbid(unsafe_code)]
+
+pub mod context;
+pub mod leader;
+pub mod metrics;
+pub mod roleset;
+pub mod rollout;
+pub mod stormservice;

@@ -1,0 +1,1 @@
+//! Prometheus metrics of the controller (filled in by the controller-shell work).

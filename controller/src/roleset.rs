@@ -1,0 +1,1 @@
+//! The RoleSet controller: Pods for each role (filled in by the controller-shell work).

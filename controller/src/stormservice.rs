@@ -1,0 +1,1 @@
+//! The StormService controller: revisions, RoleSets and rollouts.
