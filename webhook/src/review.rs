@@ -1,0 +1,582 @@
+//! AdmissionReview in, AdmissionReview out.
+//!
+//! [`handle`] is the whole admission decision as a plain function: the request body and a view of
+//! the cluster (watch caches in production, maps in tests) go in, the HTTP status and the response
+//! body come out. No I/O, no clock, no API server calls, so it is unit-tested and fuzzed directly.
+//! Every rule comes from `storm_shared`; this module only routes by kind and speaks the wire format.
+
+use crate::metrics::{KindLabel, OperationLabel, Outcome, ResultLabel};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use storm_shared::errors::{ErrorKind, FieldError, Report, Warning};
+use storm_shared::references::ClusterLookup;
+use storm_shared::rules::{self, analysis, policy_spec};
+use storm_shared::types::GROUP;
+use storm_shared::{AnalysisTemplate, RolloutPolicy, StormService, defaults, policy, references};
+
+/// `apiVersion` of the only AdmissionReview version served (the configurations ask for `v1`).
+pub const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
+/// `kind` of an AdmissionReview.
+pub const REVIEW_KIND: &str = "AdmissionReview";
+
+/// What the review handler needs to know about the cluster beyond single objects.
+pub trait ClusterView: ClusterLookup {
+    /// Every RolloutPolicy in the cluster.
+    fn policies(&self) -> Vec<RolloutPolicy>;
+    /// The labels of a namespace (at least `kubernetes.io/metadata.name` when it is not cached).
+    fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String>;
+}
+
+/// Which webhook a review was sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Defaulting (JSON Patch).
+    Mutate,
+    /// Validation and policies.
+    Validate,
+}
+
+/// The answer to one HTTP request: status, JSON body and what to count and log.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status: 200 for every well-formed review (allowed or not), 400 for a body that isn't one.
+    pub http_status: u16,
+    /// JSON body: an AdmissionReview, or a `Status` explaining why the body was refused.
+    pub body: Vec<u8>,
+    /// Metric labels and log fields.
+    pub outcome: Outcome,
+}
+
+/// Why a request body is not a review this server can answer.
+#[derive(Debug, thiserror::Error)]
+pub enum BadReview {
+    /// Not JSON (syntax error, invalid UTF-8, too deeply nested, truncated).
+    #[error("request body is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// JSON, but not shaped like an AdmissionReview.
+    #[error("request body is not an admission.k8s.io/v1 AdmissionReview: {0}")]
+    NotAReview(serde_json::Error),
+    /// An AdmissionReview of another version or kind.
+    #[error(
+        "expected apiVersion {REVIEW_API_VERSION:?} kind {REVIEW_KIND:?}, got apiVersion {api_version:?} kind {kind:?}; configure admissionReviewVersions: [v1]"
+    )]
+    WrongType {
+        /// The `apiVersion` sent.
+        api_version: String,
+        /// The `kind` sent.
+        kind: String,
+    },
+    /// An AdmissionReview without `request`.
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    /// A request without `uid`, which the response must echo.
+    #[error("request.uid is missing or empty")]
+    NoUid,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewIn {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    request: Option<RequestIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn {
+    #[serde(default)]
+    uid: String,
+    #[serde(default)]
+    kind: Gvk,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    operation: String,
+    #[serde(default)]
+    object: Option<Value>,
+    #[serde(default)]
+    old_object: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct Gvk {
+    #[serde(default)]
+    group: String,
+    #[serde(default)]
+    kind: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReviewOut<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: ResponseOut<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseOut<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<StatusOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+/// A `metav1.Status`, as carried in a review response or as a 400 body.
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+struct StatusOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    api_version: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    status: &'static str,
+    code: u16,
+    reason: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<DetailsOut>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+struct DetailsOut {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    name: String,
+    group: &'static str,
+    kind: &'static str,
+    causes: Vec<CauseOut>,
+}
+
+#[derive(Serialize, Debug, Clone)]
+struct CauseOut {
+    reason: &'static str,
+    message: String,
+    field: String,
+}
+
+/// The decision about one object, before it is put on the wire.
+#[derive(Debug, Default)]
+struct Verdict {
+    denial: Option<StatusOut>,
+    patch: Option<Vec<u8>>,
+    warnings: Vec<String>,
+}
+
+impl Verdict {
+    fn allow(warnings: Vec<String>) -> Self {
+        Self {
+            warnings,
+            ..Self::default()
+        }
+    }
+
+    /// Denies with HTTP-like `code` 400: the review itself can't be judged (no object, wrong kind).
+    fn refuse(message: String) -> Self {
+        Self {
+            denial: Some(StatusOut {
+                api_version: None,
+                kind: None,
+                status: "Failure",
+                code: 400,
+                reason: "BadRequest",
+                message,
+                details: None,
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// Allows or denies from a report: errors deny (all of them, in one answer), warnings pass on.
+    fn from_report(report: Report, kind: &'static str, name: &str) -> Self {
+        let warnings = render_warnings(&report.warnings);
+        if report.errors.is_empty() {
+            return Self::allow(warnings);
+        }
+        let causes = report.errors.iter().map(cause).collect();
+        Self {
+            denial: Some(StatusOut {
+                api_version: None,
+                kind: None,
+                status: "Failure",
+                code: 422,
+                reason: "Invalid",
+                message: report.denial_message(),
+                details: Some(DetailsOut {
+                    name: name.to_string(),
+                    group: GROUP,
+                    kind,
+                    causes,
+                }),
+            }),
+            warnings,
+            patch: None,
+        }
+    }
+}
+
+fn cause(e: &FieldError) -> CauseOut {
+    let reason = match e.kind {
+        ErrorKind::Invalid(_) => "FieldValueInvalid",
+        ErrorKind::Required => "FieldValueRequired",
+        ErrorKind::Forbidden => "FieldValueForbidden",
+        ErrorKind::Duplicate(_) => "FieldValueDuplicate",
+        ErrorKind::NotSupported { .. } => "FieldValueNotSupported",
+    };
+    let field = e.path.as_str().to_string();
+    let full = e.to_string();
+    let message = full
+        .strip_prefix(&field)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .map(str::to_string)
+        .unwrap_or(full);
+    CauseOut {
+        reason,
+        message,
+        field,
+    }
+}
+
+/// Warnings as kubectl prints them, `path: message`, one line each, duplicates dropped.
+fn render_warnings(warnings: &[Warning]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(warnings.len());
+    for w in warnings {
+        let text = sanitize(&w.to_string());
+        if !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    out
+}
+
+/// Warnings travel in HTTP headers: no control characters (newlines would be cut or rejected).
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// Answers one request body sent to `endpoint`.
+pub fn handle(endpoint: Endpoint, body: &[u8], cluster: &dyn ClusterView) -> Answer {
+    let request = match parse_review(body) {
+        Ok(r) => r,
+        Err(e) => return bad_review(&e),
+    };
+    let kind = kind_label(&request.kind);
+    let operation = OperationLabel::from_operation(&request.operation);
+    let verdict = decide(endpoint, &request, kind, operation, cluster);
+    let result = match (&verdict.denial, &verdict.patch) {
+        (Some(_), _) => ResultLabel::Denied,
+        (None, Some(_)) => ResultLabel::Patched,
+        (None, None) => ResultLabel::Allowed,
+    };
+    let denial = verdict.denial.as_ref().map(|d| d.message.clone());
+    let response = ResponseOut {
+        uid: &request.uid,
+        allowed: verdict.denial.is_none(),
+        status: verdict.denial,
+        patch_type: verdict.patch.as_ref().map(|_| "JSONPatch"),
+        patch: verdict
+            .patch
+            .map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+        warnings: verdict.warnings,
+    };
+    let body = serde_json::to_vec(&ReviewOut {
+        api_version: REVIEW_API_VERSION,
+        kind: REVIEW_KIND,
+        response,
+    })
+    .unwrap_or_else(|e| {
+        // Serializing plain structs of strings can't fail; if it ever does, deny rather than allow.
+        format!(
+            r#"{{"apiVersion":"{REVIEW_API_VERSION}","kind":"{REVIEW_KIND}","response":{{"uid":{},"allowed":false,"status":{{"code":500,"message":"storm-webhook could not encode its answer: {}"}}}}}}"#,
+            serde_json::to_string(&request.uid).unwrap_or_else(|_| "\"\"".into()),
+            sanitize(&e.to_string()).replace('"', "'"),
+        )
+        .into_bytes()
+    });
+    Answer {
+        http_status: 200,
+        body,
+        outcome: Outcome {
+            kind,
+            operation,
+            result,
+            namespace: request.namespace.clone().unwrap_or_default(),
+            name: request.name.clone().unwrap_or_default(),
+            denial,
+        },
+    }
+}
+
+/// The fixed answer of the `/noop` endpoint: an allowed review with a constant uid. The benchmark's
+/// ceiling: same server, TLS and body handling, no admission work.
+pub fn noop_answer() -> Answer {
+    let body = format!(
+        r#"{{"apiVersion":"{REVIEW_API_VERSION}","kind":"{REVIEW_KIND}","response":{{"uid":"noop","allowed":true}}}}"#
+    );
+    Answer {
+        http_status: 200,
+        body: body.into_bytes(),
+        outcome: Outcome::bare(ResultLabel::Allowed),
+    }
+}
+
+fn parse_review(body: &[u8]) -> Result<RequestIn, BadReview> {
+    let review: ReviewIn = serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            BadReview::NotAReview(e)
+        } else {
+            BadReview::NotJson(e)
+        }
+    })?;
+    let api_version = review.api_version.unwrap_or_default();
+    let kind = review.kind.unwrap_or_default();
+    if api_version != REVIEW_API_VERSION || kind != REVIEW_KIND {
+        return Err(BadReview::WrongType { api_version, kind });
+    }
+    let request = review.request.ok_or(BadReview::NoRequest)?;
+    if request.uid.is_empty() {
+        return Err(BadReview::NoUid);
+    }
+    Ok(request)
+}
+
+fn bad_review(e: &BadReview) -> Answer {
+    let status = StatusOut {
+        api_version: Some("v1"),
+        kind: Some("Status"),
+        status: "Failure",
+        code: 400,
+        reason: "BadRequest",
+        message: sanitize(&e.to_string()),
+        details: None,
+    };
+    let body = serde_json::to_vec(&status).unwrap_or_else(|_| b"{}".to_vec());
+    Answer {
+        http_status: 400,
+        body,
+        outcome: Outcome {
+            denial: Some(status.message),
+            ..Outcome::bare(ResultLabel::BadRequest)
+        },
+    }
+}
+
+fn kind_label(gvk: &Gvk) -> KindLabel {
+    if gvk.group != GROUP {
+        return KindLabel::Other;
+    }
+    match gvk.kind.as_str() {
+        "StormService" => KindLabel::StormService,
+        "AnalysisTemplate" => KindLabel::AnalysisTemplate,
+        "RolloutPolicy" => KindLabel::RolloutPolicy,
+        _ => KindLabel::Other,
+    }
+}
+
+fn decide(
+    endpoint: Endpoint,
+    req: &RequestIn,
+    kind: KindLabel,
+    operation: OperationLabel,
+    cluster: &dyn ClusterView,
+) -> Verdict {
+    if matches!(kind, KindLabel::Other | KindLabel::None) {
+        let group = if req.kind.group.is_empty() {
+            "core"
+        } else {
+            &req.kind.group
+        };
+        return Verdict::refuse(format!(
+            "storm-webhook handles StormService, AnalysisTemplate and RolloutPolicy of {GROUP}, not {group} {:?}; check the rules of the webhook configuration",
+            req.kind.kind
+        ));
+    }
+    // Status and scale writes come from controllers; the rules are about the spec and metadata.
+    if req.sub_resource.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Verdict::allow(Vec::new());
+    }
+    match operation {
+        OperationLabel::Create | OperationLabel::Update => {}
+        OperationLabel::Delete | OperationLabel::Connect => return Verdict::allow(Vec::new()),
+        OperationLabel::Other => {
+            return Verdict::refuse(format!(
+                "request.operation {:?} is not one of CREATE, UPDATE, DELETE, CONNECT",
+                req.operation
+            ));
+        }
+    }
+    let Some(object) = req.object.as_ref() else {
+        return Verdict::refuse(format!(
+            "request.object is missing: a {} review must carry the object",
+            req.operation
+        ));
+    };
+    if !object.is_object() {
+        return Verdict::refuse("request.object is not a JSON object".into());
+    }
+    match (endpoint, kind) {
+        (Endpoint::Mutate, KindLabel::StormService) => mutate_storm_service(object),
+        // Nothing to default on the other kinds.
+        (Endpoint::Mutate, _) => Verdict::allow(Vec::new()),
+        (Endpoint::Validate, KindLabel::StormService) => {
+            let old = match (operation, req.old_object.as_ref()) {
+                (OperationLabel::Update, None) => {
+                    return Verdict::refuse(
+                        "request.oldObject is missing: an UPDATE review must carry the stored object"
+                            .into(),
+                    );
+                }
+                (OperationLabel::Update, Some(old)) => Some(old),
+                _ => None,
+            };
+            validate_storm_service(object, old, req.namespace.as_deref(), cluster)
+        }
+        (Endpoint::Validate, KindLabel::AnalysisTemplate) => {
+            match rules::parse::<AnalysisTemplate>(object) {
+                Ok(t) => Verdict::from_report(
+                    analysis::validate_analysis_template(&t),
+                    "AnalysisTemplate",
+                    &object_name(object),
+                ),
+                Err(e) => parse_denial(e, "AnalysisTemplate", object),
+            }
+        }
+        (Endpoint::Validate, KindLabel::RolloutPolicy) => {
+            match rules::parse::<RolloutPolicy>(object) {
+                Ok(p) => Verdict::from_report(
+                    policy_spec::validate_rollout_policy(&p),
+                    "RolloutPolicy",
+                    &object_name(object),
+                ),
+                Err(e) => parse_denial(e, "RolloutPolicy", object),
+            }
+        }
+        (Endpoint::Validate, KindLabel::Other | KindLabel::None) => Verdict::allow(Vec::new()),
+    }
+}
+
+fn object_name(object: &Value) -> String {
+    object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn parse_denial(e: FieldError, kind: &'static str, object: &Value) -> Verdict {
+    Verdict::from_report(
+        Report {
+            errors: vec![e],
+            warnings: Vec::new(),
+        },
+        kind,
+        &object_name(object),
+    )
+}
+
+fn mutate_storm_service(object: &Value) -> Verdict {
+    let defaulted = defaults::default_storm_service(object);
+    let warnings = render_warnings(&defaulted.warnings);
+    if defaulted.patch.is_empty() {
+        return Verdict::allow(warnings);
+    }
+    match serde_json::to_vec(&defaulted.patch) {
+        Ok(patch) => Verdict {
+            denial: None,
+            patch: Some(patch),
+            warnings,
+        },
+        Err(e) => Verdict::refuse(format!("could not encode the defaulting patch: {e}")),
+    }
+}
+
+fn validate_storm_service(
+    object: &Value,
+    old_object: Option<&Value>,
+    request_namespace: Option<&str>,
+    cluster: &dyn ClusterView,
+) -> Verdict {
+    let name = object_name(object);
+    let mut obj = match rules::parse::<StormService>(object) {
+        Ok(o) => o,
+        Err(e) => return parse_denial(e, "StormService", object),
+    };
+    if obj.metadata.namespace.is_none() {
+        obj.metadata.namespace = request_namespace.map(str::to_string);
+    }
+    // A stored object that fails newer rules must still be deletable: finalizer removal is an UPDATE.
+    if obj.metadata.deletion_timestamp.is_some() {
+        return Verdict::allow(Vec::new());
+    }
+    // The stored object was admitted once; if it no longer parses, judge the update as a create.
+    let old = old_object
+        .and_then(|o| rules::parse::<StormService>(o).ok())
+        .map(|mut o| {
+            if o.metadata.namespace.is_none() {
+                o.metadata.namespace = obj.metadata.namespace.clone();
+            }
+            o
+        });
+    let mut report = evaluate(&obj, old.as_ref(), cluster);
+    if let Some(old) = &old
+        && !report.errors.is_empty()
+    {
+        ratchet(&mut report, &evaluate(old, None, cluster));
+    }
+    Verdict::from_report(report, "StormService", &name)
+}
+
+/// Rules, references and policies for one StormService.
+fn evaluate(obj: &StormService, old: Option<&StormService>, cluster: &dyn ClusterView) -> Report {
+    let mut report = rules::validate_storm_service(obj, old);
+    let refs = references::check_references(obj, cluster);
+    let namespace = obj.metadata.namespace.as_deref().unwrap_or("default");
+    let labels = cluster.namespace_labels(namespace);
+    let policies = cluster.policies();
+    report.merge(policy::apply(&policies, &labels, obj, &refs));
+    report
+}
+
+/// On update, errors the stored object already had become warnings: a rule or policy added after
+/// an object was stored must not block unrelated updates (annotations, finalizers, scaling).
+fn ratchet(report: &mut Report, old: &Report) {
+    let before: std::collections::HashSet<String> =
+        old.errors.iter().map(ToString::to_string).collect();
+    let (kept, existing): (Vec<_>, Vec<_>) = std::mem::take(&mut report.errors)
+        .into_iter()
+        .partition(|e| !before.contains(&e.to_string()));
+    report.errors = kept;
+    for e in existing {
+        let c = cause(&e);
+        report.warn(
+            e.path.clone(),
+            format!(
+                "{} (already true of the stored object; admitted, but fix it)",
+                c.message
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+#[path = "review_tests.rs"]
+mod tests;

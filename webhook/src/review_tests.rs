@@ -1,0 +1,664 @@
+//! Unit tests of the review handler: wire format, every kind, policies, references, bad input.
+
+use super::*;
+use serde_json::json;
+use storm_shared::references::{Presence, RouteInfo, ServiceInfo};
+
+/// A cluster made of maps.
+#[derive(Default)]
+struct FakeCluster {
+    services: BTreeMap<(String, String), ServiceInfo>,
+    templates: Vec<(String, String)>,
+    policies: Vec<RolloutPolicy>,
+    namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// When false, every lookup is `Unknown` (caches not synced / kind not installed).
+    known: bool,
+}
+
+impl ClusterLookup for FakeCluster {
+    fn service(&self, namespace: &str, name: &str) -> Presence<ServiceInfo> {
+        if !self.known {
+            return Presence::Unknown;
+        }
+        match self.services.get(&(namespace.into(), name.into())) {
+            Some(s) => Presence::Found(s.clone()),
+            None => Presence::Missing,
+        }
+    }
+    fn ingress(&self, _: &str, _: &str) -> Presence<RouteInfo> {
+        Presence::Unknown
+    }
+    fn virtual_service(&self, _: &str, _: &str) -> Presence<RouteInfo> {
+        Presence::Unknown
+    }
+    fn destination_rule(&self, _: &str, _: &str) -> Presence<()> {
+        Presence::Unknown
+    }
+    fn traffic_split(&self, _: &str, _: &str) -> Presence<RouteInfo> {
+        Presence::Unknown
+    }
+    fn http_route(&self, _: &str, _: &str) -> Presence<RouteInfo> {
+        Presence::Unknown
+    }
+    fn analysis_template(&self, namespace: &str, name: &str) -> Presence<()> {
+        if !self.known {
+            return Presence::Unknown;
+        }
+        if self
+            .templates
+            .contains(&(namespace.to_string(), name.to_string()))
+        {
+            Presence::Found(())
+        } else {
+            Presence::Missing
+        }
+    }
+}
+
+impl ClusterView for FakeCluster {
+    fn policies(&self) -> Vec<RolloutPolicy> {
+        self.policies.clone()
+    }
+    fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.namespace_labels
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn fixture(rel: &str) -> Value {
+    let path = format!("{}/../tests/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let first = serde_yaml::Deserializer::from_str(&text).next().unwrap();
+    serde::Deserialize::deserialize(first).unwrap()
+}
+
+fn review_of(operation: &str, kind: &str, object: Option<Value>, old: Option<Value>) -> Vec<u8> {
+    let mut request = json!({
+        "uid": "0000-1111",
+        "kind": {"group": GROUP, "version": "v1alpha1", "kind": kind},
+        "resource": {"group": GROUP, "version": "v1alpha1", "resource": "whatever"},
+        "namespace": "team-a",
+        "name": object.as_ref().and_then(|o| o.pointer("/metadata/name")).cloned().unwrap_or(Value::Null),
+        "operation": operation,
+        "userInfo": {"username": "someone"},
+    });
+    if let Some(o) = object {
+        request["object"] = o;
+    }
+    if let Some(o) = old {
+        request["oldObject"] = o;
+    }
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": request,
+    }))
+    .unwrap()
+}
+
+/// The response of a review answered with HTTP 200.
+fn response(answer: &Answer) -> Value {
+    assert_eq!(
+        answer.http_status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let v: Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(v["kind"], "AdmissionReview");
+    assert_eq!(v["response"]["uid"], "0000-1111");
+    v["response"].clone()
+}
+
+fn warnings(resp: &Value) -> Vec<String> {
+    resp["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn validate(cluster: &FakeCluster, object: Value) -> Value {
+    response(&handle(
+        Endpoint::Validate,
+        &review_of("CREATE", "StormService", Some(object), None),
+        cluster,
+    ))
+}
+
+/// The paths the webhook must name for `many-faults.yaml` (schema-level faults excluded: the API
+/// server's schema check reports those before any validating webhook runs).
+const MANY_FAULTS_PATHS: &[&str] = &[
+    "spec.template.metadata.labels",
+    "spec.rolloutStrategy.canary.stableService",
+    "spec.rolloutStrategy.canary.canaryService",
+    "spec.rolloutStrategy.canary.steps[2].weight",
+    "spec.rolloutStrategy.canary.steps[2].pause",
+    "spec.rolloutStrategy.canary.steps[3]",
+    "spec.rolloutStrategy.canary.steps[4].replicas",
+    "spec.rolloutStrategy.canary.steps[5].pause.duration",
+    "spec.rolloutStrategy.canary.trafficRouting",
+    "spec.rolloutStrategy.autoRollback.onFailure.errorThreshold",
+    "spec.rolloutStrategy.autoRollback.onTimeout",
+    "metadata.annotations[stormservice.aibrix.ai/rollout-resume]",
+];
+
+#[test]
+fn many_faults_are_denied_all_at_once() {
+    let resp = validate(&FakeCluster::default(), fixture("invalid/many-faults.yaml"));
+    assert_eq!(resp["allowed"], false);
+    let status = &resp["status"];
+    assert_eq!(status["code"], 422);
+    assert_eq!(status["reason"], "Invalid");
+    let message = status["message"].as_str().unwrap();
+    let causes = status["details"]["causes"].as_array().unwrap();
+    assert_eq!(status["details"]["kind"], "StormService");
+    assert_eq!(status["details"]["name"], "broken");
+    for path in MANY_FAULTS_PATHS {
+        assert!(
+            message.contains(&format!("{path}:")),
+            "{path} missing from {message}"
+        );
+        assert!(
+            causes.iter().any(|c| c["field"] == *path),
+            "{path} missing from causes {causes:?}"
+        );
+    }
+    // The message is exactly what the shared rules say; causes carry one error each, without the path.
+    let obj: StormService = rules::parse(&fixture("invalid/many-faults.yaml")).unwrap();
+    let mut obj = obj;
+    obj.metadata.namespace = Some("team-a".into());
+    let report = rules::validate_storm_service(&obj, None);
+    assert_eq!(message, report.denial_message());
+    assert_eq!(causes.len(), report.errors.len());
+    for c in causes {
+        let m = c["message"].as_str().unwrap();
+        assert!(!m.starts_with(c["field"].as_str().unwrap()), "{m}");
+    }
+}
+
+#[test]
+fn a_valid_storm_service_is_allowed_and_defaulted() {
+    let obj = fixture("seed/13-migration-after.yaml");
+    let cluster = FakeCluster::default();
+    assert_eq!(validate(&cluster, obj.clone())["allowed"], true);
+
+    let answer = handle(
+        Endpoint::Mutate,
+        &review_of("CREATE", "StormService", Some(obj.clone()), None),
+        &cluster,
+    );
+    assert_eq!(answer.outcome.result, ResultLabel::Patched);
+    let resp = response(&answer);
+    assert_eq!(resp["allowed"], true);
+    assert_eq!(resp["patchType"], "JSONPatch");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(resp["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut patched = obj.clone();
+    json_patch::patch(&mut patched, &patch).unwrap();
+    let ar = &patched["spec"]["rolloutStrategy"]["autoRollback"];
+    assert_eq!(ar["enabled"], true);
+    assert_eq!(ar["onFailure"]["healthCheckFailure"], true);
+    assert_eq!(ar["onFailure"]["analysisFailure"], true);
+    assert_eq!(ar["onTimeout"], "30m");
+    assert!(
+        patched["spec"]["rolloutStrategy"]["canary"]
+            .get("autoRollback")
+            .is_none()
+    );
+    let w = warnings(&resp);
+    assert!(
+        w.iter()
+            .any(|w| w.starts_with("spec.rolloutStrategy.canary.autoRollback: ")),
+        "{w:?}"
+    );
+    // Idempotent: the defaulted object needs no patch.
+    let again = handle(
+        Endpoint::Mutate,
+        &review_of("CREATE", "StormService", Some(patched.clone()), None),
+        &cluster,
+    );
+    let resp = response(&again);
+    assert!(resp.get("patch").is_none(), "{resp}");
+    assert_eq!(again.outcome.result, ResultLabel::Allowed);
+    assert_eq!(validate(&cluster, patched)["allowed"], true);
+}
+
+#[test]
+fn every_seed_and_aibrix_fixture_passes() {
+    let dir = format!("{}/../tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let mut seen = 0;
+    for sub in ["seed", "aibrix"] {
+        let mut files: Vec<_> = std::fs::read_dir(format!("{dir}/{sub}"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+                let Some(kind) = v["kind"].as_str() else {
+                    continue;
+                };
+                if !["StormService", "AnalysisTemplate", "RolloutPolicy"].contains(&kind) {
+                    continue;
+                }
+                seen += 1;
+                let cluster = FakeCluster::default();
+                // What the API server stores is the defaulted object.
+                let mut obj = v.clone();
+                if kind == "StormService" {
+                    defaults::apply_defaults(&mut obj).unwrap();
+                }
+                let resp = response(&handle(
+                    Endpoint::Validate,
+                    &review_of("CREATE", kind, Some(obj), None),
+                    &cluster,
+                ));
+                assert_eq!(resp["allowed"], true, "{}: {resp}", file.display());
+            }
+        }
+    }
+    assert!(seen > 10, "only {seen} objects found");
+}
+
+fn service(selector: &[(&str, &str)], ports: &[i32]) -> ServiceInfo {
+    ServiceInfo {
+        selector: selector
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ports: ports.to_vec(),
+    }
+}
+
+fn policy(name: &str, spec: Value) -> RolloutPolicy {
+    serde_json::from_value(json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1",
+        "kind": "RolloutPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn nginx_service() -> Value {
+    let mut obj = fixture("seed/04-routing-nginx.yaml");
+    defaults::apply_defaults(&mut obj).unwrap();
+    obj
+}
+
+#[test]
+fn missing_references_warn_and_deny_under_a_policy() {
+    let mut cluster = FakeCluster {
+        known: true,
+        ..FakeCluster::default()
+    };
+    cluster.services.insert(
+        ("team-a".into(), "my-app-stable".into()),
+        service(&[("app", "my-app")], &[80]),
+    );
+    let resp = validate(&cluster, nginx_service());
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let w = warnings(&resp);
+    assert!(
+        w.iter().any(|w| w.starts_with(
+            "spec.rolloutStrategy.canary.canaryService: Service \"my-app-canary\" does not exist"
+        )),
+        "{w:?}"
+    );
+
+    cluster.policies.push(policy(
+        "strict-refs",
+        json!({"requireReferencedObjects": true}),
+    ));
+    let resp = validate(&cluster, nginx_service());
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.rolloutStrategy.canary.canaryService: Forbidden: violates RolloutPolicy strict-refs"),
+        "{message}"
+    );
+
+    cluster.services.insert(
+        ("team-a".into(), "my-app-canary".into()),
+        service(&[("app", "my-app")], &[80]),
+    );
+    let resp = validate(&cluster, nginx_service());
+    assert_eq!(resp["allowed"], true, "{resp}");
+}
+
+#[test]
+fn policies_enforce_or_warn_in_the_namespaces_they_select() {
+    let mut cluster = FakeCluster::default();
+    cluster.namespace_labels.insert(
+        "team-a".into(),
+        [("tier".to_string(), "prod".to_string())].into(),
+    );
+    let selector = json!({"matchLabels": {"tier": "prod"}});
+    cluster.policies.push(policy(
+        "small-first-step",
+        json!({"namespaceSelector": selector, "mode": "Enforce", "maxFirstStepWeight": 10}),
+    ));
+    cluster.policies.push(policy(
+        "want-approval",
+        json!({"namespaceSelector": selector, "mode": "Warn", "requireApprovalBeforePromotion": true}),
+    ));
+    // First step 20% (over the limit), and no approval step.
+    let mut obj = nginx_service();
+    obj["spec"]["rolloutStrategy"]["canary"]["steps"] = json!([{"weight": 20}, {"weight": 60}]);
+    let resp = validate(&cluster, obj.clone());
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(message.contains("small-first-step"), "{message}");
+    assert!(
+        warnings(&resp)
+            .iter()
+            .any(|w| w.contains("violates RolloutPolicy want-approval")),
+        "{resp}"
+    );
+
+    // Another namespace: neither policy applies.
+    cluster.namespace_labels.insert(
+        "team-a".into(),
+        [("tier".to_string(), "dev".to_string())].into(),
+    );
+    let resp = validate(&cluster, obj);
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(
+        warnings(&resp).iter().all(|w| !w.contains("RolloutPolicy")),
+        "{resp}"
+    );
+}
+
+#[test]
+fn updates_keep_old_problems_as_warnings_and_deny_new_ones() {
+    let cluster = FakeCluster::default();
+    let mut old = nginx_service();
+    // Stored before the rule existed: duplicate Service names.
+    old["spec"]["rolloutStrategy"]["canary"]["canaryService"] = json!("my-app-stable");
+    let mut new = old.clone();
+    new["metadata"]["annotations"] = json!({"team": "a"});
+    let resp = response(&handle(
+        Endpoint::Validate,
+        &review_of(
+            "UPDATE",
+            "StormService",
+            Some(new.clone()),
+            Some(old.clone()),
+        ),
+        &cluster,
+    ));
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(
+        warnings(&resp)
+            .iter()
+            .any(|w| w.contains("already true of the stored object")),
+        "{resp}"
+    );
+    // A new error on top is denied, and only the new one is reported as an error.
+    new["spec"]["rolloutStrategy"]["canary"]["steps"] = json!([{"weight": 20}, {"weight": 10}]);
+    let resp = response(&handle(
+        Endpoint::Validate,
+        &review_of("UPDATE", "StormService", Some(new), Some(old.clone())),
+        &cluster,
+    ));
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let causes = resp["status"]["details"]["causes"].as_array().unwrap();
+    assert!(
+        causes
+            .iter()
+            .all(|c| c["field"] != "spec.rolloutStrategy.canary.canaryService"),
+        "{causes:?}"
+    );
+    // UPDATE without oldObject is refused; a finalizer-removing update of a deleted object passes.
+    let resp = response(&handle(
+        Endpoint::Validate,
+        &review_of("UPDATE", "StormService", Some(old.clone()), None),
+        &cluster,
+    ));
+    assert_eq!(resp["allowed"], false);
+    assert_eq!(resp["status"]["code"], 400);
+    let mut deleting = fixture("invalid/many-faults.yaml");
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    let resp = response(&handle(
+        Endpoint::Validate,
+        &review_of(
+            "UPDATE",
+            "StormService",
+            Some(deleting.clone()),
+            Some(deleting),
+        ),
+        &cluster,
+    ));
+    assert_eq!(resp["allowed"], true, "{resp}");
+}
+
+#[test]
+fn delete_connect_and_subresources_are_allowed() {
+    let cluster = FakeCluster::default();
+    for op in ["DELETE", "CONNECT"] {
+        let resp = response(&handle(
+            Endpoint::Validate,
+            &review_of(op, "StormService", None, Some(json!({}))),
+            &cluster,
+        ));
+        assert_eq!(resp["allowed"], true, "{op}");
+    }
+    let mut body: Value = serde_json::from_slice(&review_of(
+        "UPDATE",
+        "StormService",
+        Some(json!({"x": 1})),
+        None,
+    ))
+    .unwrap();
+    body["request"]["subResource"] = json!("status");
+    let resp = response(&handle(
+        Endpoint::Validate,
+        &serde_json::to_vec(&body).unwrap(),
+        &cluster,
+    ));
+    assert_eq!(resp["allowed"], true);
+}
+
+#[test]
+fn analysis_templates_and_policies_are_validated() {
+    let cluster = FakeCluster::default();
+    let bad_template = json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "t", "namespace": "team-a"},
+        "spec": {"metrics": []}
+    });
+    let resp = response(&handle(
+        Endpoint::Validate,
+        &review_of("CREATE", "AnalysisTemplate", Some(bad_template), None),
+        &cluster,
+    ));
+    assert_eq!(resp["allowed"], false);
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.metrics: Required value"),
+        "{resp}"
+    );
+    assert_eq!(resp["status"]["details"]["kind"], "AnalysisTemplate");
+
+    let bad_policy = json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "RolloutPolicy",
+        "metadata": {"name": "p"},
+        "spec": {"minOnTimeout": "1h", "maxOnTimeout": "10m", "allowedRouters": []}
+    });
+    let resp = response(&handle(
+        Endpoint::Validate,
+        &review_of("CREATE", "RolloutPolicy", Some(bad_policy), None),
+        &cluster,
+    ));
+    assert_eq!(resp["allowed"], false);
+    let msg = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("spec.minOnTimeout") && msg.contains("spec.allowedRouters"),
+        "{msg}"
+    );
+    // A type error is a denial naming the field, not a 400.
+    let typed = json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "RolloutPolicy",
+        "metadata": {"name": "p"},
+        "spec": {"maxFirstStepWeight": "ten"}
+    });
+    let resp = response(&handle(
+        Endpoint::Validate,
+        &review_of("CREATE", "RolloutPolicy", Some(typed), None),
+        &cluster,
+    ));
+    assert_eq!(resp["allowed"], false);
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maxFirstStepWeight"),
+        "{resp}"
+    );
+    // Mutating the other kinds is a no-op.
+    let resp = response(&handle(
+        Endpoint::Mutate,
+        &review_of("CREATE", "RolloutPolicy", Some(json!({"spec": {}})), None),
+        &cluster,
+    ));
+    assert_eq!(resp["allowed"], true);
+    assert!(resp.get("patch").is_none());
+}
+
+/// Bodies that are not reviews get a 400 with a reason; reviews that can't be judged are denied
+/// with code 400. Never a panic.
+#[test]
+fn bad_input_gets_a_clear_answer() {
+    let cluster = FakeCluster::default();
+    let deep = "[".repeat(100_000);
+    let deep_object = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"1","operation":"CREATE","kind":{{"group":"{GROUP}","kind":"StormService"}},"object":{}{}}}}}"#,
+        "{\"a\":".repeat(200),
+        "1}".repeat(200)
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("empty", Vec::new(), "not valid JSON"),
+        ("garbage", b"hello".to_vec(), "not valid JSON"),
+        (
+            "invalid utf-8",
+            b"{\"apiVersion\":\"\xff\xfe\"}".to_vec(),
+            "not valid JSON",
+        ),
+        ("deep nesting", deep.into_bytes(), "request body is not"),
+        ("deep object", deep_object.into_bytes(), "not valid JSON"),
+        ("array", b"[1,2]".to_vec(), "not an admission.k8s.io/v1"),
+        (
+            "wrong types",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":5}}"#
+                .to_vec(),
+            "not an admission.k8s.io/v1",
+        ),
+        (
+            "other version",
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"1"}}"#
+                .to_vec(),
+            "admissionReviewVersions",
+        ),
+        (
+            "a pod",
+            br#"{"apiVersion":"v1","kind":"Pod"}"#.to_vec(),
+            "expected apiVersion",
+        ),
+        (
+            "no request",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+            "no request",
+        ),
+        (
+            "no uid",
+            br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#
+                .to_vec(),
+            "uid",
+        ),
+    ];
+    for (name, body, expect) in cases {
+        for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+            let answer = handle(endpoint, &body, &cluster);
+            assert_eq!(answer.http_status, 400, "{name}");
+            assert_eq!(answer.outcome.result, ResultLabel::BadRequest, "{name}");
+            let status: Value = serde_json::from_slice(&answer.body).unwrap();
+            assert_eq!(status["kind"], "Status", "{name}");
+            assert_eq!(status["code"], 400, "{name}");
+            let msg = status["message"].as_str().unwrap();
+            assert!(msg.contains(expect), "{name}: {msg}");
+        }
+    }
+
+    let refused: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "missing object",
+            review_of("CREATE", "StormService", None, None),
+            "request.object is missing",
+        ),
+        (
+            "object not an object",
+            review_of("CREATE", "StormService", Some(json!([1])), None),
+            "not a JSON object",
+        ),
+        (
+            "unknown kind",
+            review_of("CREATE", "Widget", Some(json!({})), None),
+            "not orchestration.aibrix.ai \"Widget\"",
+        ),
+        (
+            "unknown operation",
+            review_of("PATCH", "StormService", Some(json!({})), None),
+            "PATCH",
+        ),
+    ];
+    for (name, body, expect) in refused {
+        for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+            let resp = response(&handle(endpoint, &body, &cluster));
+            assert_eq!(resp["allowed"], false, "{name}");
+            assert_eq!(resp["status"]["code"], 400, "{name}");
+            let msg = resp["status"]["message"].as_str().unwrap();
+            assert!(msg.contains(expect), "{name}: {msg}");
+        }
+    }
+    // A pod review sent here by a misconfigured rule: denied, saying why.
+    let mut pod: Value =
+        serde_json::from_slice(&review_of("CREATE", "Pod", Some(json!({})), None)).unwrap();
+    pod["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "Pod"});
+    let resp = response(&handle(
+        Endpoint::Validate,
+        &serde_json::to_vec(&pod).unwrap(),
+        &cluster,
+    ));
+    assert!(
+        resp["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not core \"Pod\""),
+        "{resp}"
+    );
+}
+
+#[test]
+fn warnings_are_single_lines() {
+    let w = [Warning::new(
+        storm_shared::errors::FieldPath::new("spec"),
+        "line one\nline two\r\tend",
+    )];
+    assert_eq!(render_warnings(&w), ["spec: line one line two  end"]);
+}
+
+#[test]
+fn noop_is_a_fixed_allowed_review() {
+    let a = noop_answer();
+    let v: Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(v["response"]["allowed"], true);
+}

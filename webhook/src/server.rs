@@ -1,0 +1,254 @@
+//! HTTPS: routes, body limit, TLS with the reloading resolver, connections and graceful shutdown.
+
+use crate::certs::ReloadingResolver;
+use crate::lookups::Caches;
+use crate::metrics::{EndpointLabel, Metrics, Outcome, ResultLabel};
+use crate::review::{self, Answer, Endpoint};
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Largest request body accepted. An object is at most ~1.5 MiB in etcd and a review of an update
+/// carries two of them; anything bigger is not from the API server.
+pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
+/// A client gets this long to finish the TLS handshake, and to send request headers.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, open connections get this long to finish their requests.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the handlers share.
+pub struct AppState {
+    /// Watch caches behind the rules.
+    pub caches: Arc<Caches>,
+    /// Request metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The routes: `/mutate`, `/validate`, `/noop`, `/healthz`, `/readyz`, `/metrics`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/validate", post(validate))
+        .route("/noop", post(noop))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn mutate(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    answer(&state, EndpointLabel::Mutate, Some(Endpoint::Mutate), body)
+}
+
+async fn validate(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    answer(
+        &state,
+        EndpointLabel::Validate,
+        Some(Endpoint::Validate),
+        body,
+    )
+}
+
+async fn noop(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    answer(&state, EndpointLabel::Noop, None, body)
+}
+
+fn answer(
+    state: &AppState,
+    label: EndpointLabel,
+    endpoint: Option<Endpoint>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let text = rejection.body_text();
+            let outcome = Outcome {
+                denial: Some(text.clone()),
+                ..Outcome::bare(ResultLabel::BadRequest)
+            };
+            state.metrics.observe(label, &outcome, started.elapsed());
+            tracing::warn!(endpoint = label.as_str(), %status, reason = %text, "request body refused");
+            let status_body = serde_json::json!({
+                "apiVersion": "v1", "kind": "Status", "status": "Failure",
+                "code": status.as_u16(),
+                "reason": if status == StatusCode::PAYLOAD_TOO_LARGE { "RequestEntityTooLarge" } else { "BadRequest" },
+                "message": format!("request body refused: {text} (limit {BODY_LIMIT} bytes)"),
+            });
+            return (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                status_body.to_string(),
+            )
+                .into_response();
+        }
+    };
+    let Answer {
+        http_status,
+        body,
+        outcome,
+    } = match endpoint {
+        Some(e) => review::handle(e, &body, state.caches.as_ref()),
+        None => review::noop_answer(),
+    };
+    state.metrics.observe(label, &outcome, started.elapsed());
+    log(label, &outcome);
+    Response::builder()
+        .status(StatusCode::from_u16(http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn log(endpoint: EndpointLabel, o: &Outcome) {
+    match o.result {
+        ResultLabel::Denied => tracing::info!(
+            endpoint = endpoint.as_str(),
+            kind = o.kind.as_str(),
+            operation = o.operation.as_str(),
+            namespace = %o.namespace,
+            name = %o.name,
+            reason = o.denial.as_deref().unwrap_or_default(),
+            "denied"
+        ),
+        ResultLabel::BadRequest => tracing::warn!(
+            endpoint = endpoint.as_str(),
+            reason = o.denial.as_deref().unwrap_or_default(),
+            "not an admission review"
+        ),
+        ResultLabel::Allowed | ResultLabel::Patched => tracing::debug!(
+            endpoint = endpoint.as_str(),
+            kind = o.kind.as_str(),
+            operation = o.operation.as_str(),
+            namespace = %o.namespace,
+            name = %o.name,
+            result = o.result.as_str(),
+            "admitted"
+        ),
+    }
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let ready = state.caches.ready();
+    state.metrics.set_ready(ready);
+    if ready {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "watch caches not synced yet",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// TLS 1.2 and 1.3 with the given provider, certificates from the resolver, HTTP/1.1.
+pub fn tls_config(
+    resolver: Arc<ReloadingResolver>,
+    provider: Arc<CryptoProvider>,
+) -> Result<ServerConfig, rustls::Error> {
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Accepts connections until `shutdown` resolves, then lets open requests finish (up to
+/// [`DRAIN_TIMEOUT`]). Each connection does its handshake in its own task, so a slow or broken
+/// client never holds up the others.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(tls), service);
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining open connections");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain timeout; closing them");
+    }
+}
