@@ -359,6 +359,8 @@ cmd_up() {
 
 	local started=$SECONDS
 	mkdir -p "$STATE" "$LOGS" "$PIDS" "$STATE/etcd"
+	# A failed start leaves no process behind; the state dir (logs) stays for inspection.
+	trap 'rc=$?; if ((rc != 0)); then log "up failed; stopping what was started (logs: $LOGS)"; stop_all; fi' EXIT
 	chmod 700 "$STATE" "$STATE/etcd"
 	gen_pki
 
@@ -452,6 +454,7 @@ EOF
 	kubectl_admin apply -f - <<<"$(nodes_manifest)" >/dev/null
 	wait_for "$NODE_COUNT Ready kwok nodes" "$READY_TIMEOUT" nodes_ready
 	wait_for "the default service account" "$READY_TIMEOUT" default_sa_ready
+	trap - EXIT
 	log "started in $((SECONDS - started))s"
 	print_ready
 }
