@@ -1,5 +1,286 @@
-//! Prometheus metrics of the controller (filled in by the controller-shell work).
+//! Prometheus metrics of the controller: reconcile latency and errors, the phase, step and weight of
+//! every rollout, and rollbacks. Served as OpenMetrics text on `/metrics`.
 
-/// The controller's metrics registry.
-#[derive(Default)]
-pub struct Metrics;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Every rollout phase, so `storm_rollout_phase` always has one series per phase (1 for the current,
+/// 0 for the others) and queries like `storm_rollout_phase{phase="Degraded"} == 1` work without `absent()`.
+pub const ROLLOUT_PHASES: [&str; 6] = [
+    "Healthy",
+    "Progressing",
+    "Paused",
+    "Completed",
+    "Degraded",
+    "Aborted",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+    error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RolloutLabels {
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    namespace: String,
+    name: String,
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+fn reconcile_histogram() -> Histogram {
+    // 1 ms .. ~16 s: a reconcile is a few API calls; anything slower than that is worth seeing as +Inf.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// The controller's metrics registry. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Metrics {
+    registry: Registry,
+    reconcile_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    reconcile_errors: Family<ErrorLabels, Counter>,
+    rollout_phase: Family<PhaseLabels, Gauge>,
+    rollout_step: Family<RolloutLabels, Gauge>,
+    rollout_weight: Family<RolloutLabels, Gauge>,
+    rollbacks: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered (and no series until something is observed).
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let reconcile_duration =
+            Family::<KindLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                reconcile_histogram as fn() -> Histogram,
+            );
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        let rollout_phase = Family::<PhaseLabels, Gauge>::default();
+        let rollout_step = Family::<RolloutLabels, Gauge>::default();
+        let rollout_weight = Family::<RolloutLabels, Gauge>::default();
+        let rollbacks = Family::<ReasonLabels, Counter>::default();
+        // Names are given without the `_total`/`_seconds` suffixes the encoder adds itself.
+        registry.register_with_unit(
+            "storm_reconcile_duration",
+            "Time spent in one reconcile, by resource kind",
+            prometheus_client::registry::Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        registry.register(
+            "storm_reconcile_errors",
+            "Reconciles that failed, by resource kind and error",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "storm_rollout_phase",
+            "1 for the current rollout phase of a StormService, 0 for the others",
+            rollout_phase.clone(),
+        );
+        registry.register(
+            "storm_rollout_step",
+            "Current canary step index of a StormService",
+            rollout_step.clone(),
+        );
+        registry.register(
+            "storm_rollout_weight",
+            "Current canary traffic weight of a StormService, in percent",
+            rollout_weight.clone(),
+        );
+        registry.register(
+            "storm_rollbacks",
+            "Rollbacks (automatic and manual aborts), by reason",
+            rollbacks.clone(),
+        );
+        Self {
+            registry,
+            reconcile_duration,
+            reconcile_errors,
+            rollout_phase,
+            rollout_step,
+            rollout_weight,
+            rollbacks,
+        }
+    }
+
+    /// Records one reconcile of `kind` (`RoleSet`, `StormService`) that took `seconds`; `error` is a
+    /// short, bounded label (an error variant name such as `CreatePod`), never a free-form message.
+    pub fn observe_reconcile(&self, kind: &'static str, seconds: f64, error: Option<&str>) {
+        self.reconcile_duration
+            .get_or_create(&KindLabels { kind })
+            .observe(seconds);
+        if let Some(error) = error {
+            self.reconcile_errors
+                .get_or_create(&ErrorLabels {
+                    kind,
+                    error: error.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// Publishes the rollout state of one StormService. An unknown `phase` sets every known phase to 0.
+    pub fn set_rollout(&self, namespace: &str, name: &str, phase: &str, step: i64, weight: i64) {
+        for known in ROLLOUT_PHASES {
+            let labels = PhaseLabels {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                phase: known,
+            };
+            self.rollout_phase
+                .get_or_create(&labels)
+                .set(i64::from(known == phase));
+        }
+        let labels = RolloutLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        self.rollout_step.get_or_create(&labels).set(step);
+        self.rollout_weight.get_or_create(&labels).set(weight);
+    }
+
+    /// Removes every series of a StormService that no longer exists, so deleted services don't linger.
+    pub fn forget_rollout(&self, namespace: &str, name: &str) {
+        for known in ROLLOUT_PHASES {
+            self.rollout_phase.remove(&PhaseLabels {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+                phase: known,
+            });
+        }
+        let labels = RolloutLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        };
+        self.rollout_step.remove(&labels);
+        self.rollout_weight.remove(&labels);
+    }
+
+    /// Counts one rollback; `reason` is one of the bounded reasons (`AnalysisFailed`, `Aborted`, ...).
+    pub fn rollback(&self, reason: &str) {
+        self.rollbacks
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// All metrics in the OpenMetrics text format (what `/metrics` serves).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error would only come from a broken metric
+        // implementation, and then a partial page beats a panic in the scrape handler.
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn reconcile_duration_and_errors_are_labelled_by_kind() {
+        let m = Metrics::new();
+        m.observe_reconcile("RoleSet", 0.003, None);
+        m.observe_reconcile("RoleSet", 0.5, Some("CreatePod"));
+        m.observe_reconcile("StormService", 0.01, None);
+        let text = m.encode();
+        assert_eq!(
+            line(
+                &text,
+                "storm_reconcile_duration_seconds_count{kind=\"RoleSet\"}"
+            ),
+            Some("storm_reconcile_duration_seconds_count{kind=\"RoleSet\"} 2")
+        );
+        assert!(text.contains("storm_reconcile_duration_seconds_count{kind=\"StormService\"} 1"));
+        assert!(
+            text.contains("storm_reconcile_errors_total{kind=\"RoleSet\",error=\"CreatePod\"} 1")
+        );
+        assert!(!text.contains("storm_reconcile_errors_total{kind=\"StormService\""));
+        assert!(text.contains("# TYPE storm_reconcile_duration_seconds histogram"));
+        assert!(text.contains("# UNIT storm_reconcile_duration_seconds seconds"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn set_rollout_marks_exactly_the_current_phase() {
+        let m = Metrics::new();
+        m.set_rollout("ns", "llm", "Progressing", 2, 40);
+        let text = m.encode();
+        for phase in ROLLOUT_PHASES {
+            let want = i32::from(phase == "Progressing");
+            let series = format!(
+                "storm_rollout_phase{{namespace=\"ns\",name=\"llm\",phase=\"{phase}\"}} {want}"
+            );
+            assert!(text.contains(&series), "missing {series} in\n{text}");
+        }
+        assert!(text.contains("storm_rollout_step{namespace=\"ns\",name=\"llm\"} 2"));
+        assert!(text.contains("storm_rollout_weight{namespace=\"ns\",name=\"llm\"} 40"));
+
+        // A transition moves the 1 and overwrites step and weight.
+        m.set_rollout("ns", "llm", "Completed", 3, 100);
+        let text = m.encode();
+        assert!(text.contains("phase=\"Progressing\"} 0"));
+        assert!(text.contains("phase=\"Completed\"} 1"));
+        assert!(text.contains("storm_rollout_weight{namespace=\"ns\",name=\"llm\"} 100"));
+    }
+
+    #[test]
+    fn forget_rollout_removes_only_that_service() {
+        let m = Metrics::new();
+        m.set_rollout("ns", "gone", "Healthy", 0, 0);
+        m.set_rollout("ns", "kept", "Paused", 1, 20);
+        m.forget_rollout("ns", "gone");
+        let text = m.encode();
+        assert!(!text.contains("name=\"gone\""), "{text}");
+        assert!(text.contains("storm_rollout_step{namespace=\"ns\",name=\"kept\"} 1"));
+        assert!(text.contains("name=\"kept\",phase=\"Paused\"} 1"));
+    }
+
+    #[test]
+    fn rollbacks_count_by_reason() {
+        let m = Metrics::new();
+        m.rollback("AnalysisFailed");
+        m.rollback("AnalysisFailed");
+        m.rollback("Aborted");
+        let text = m.encode();
+        assert!(text.contains("storm_rollbacks_total{reason=\"AnalysisFailed\"} 2"));
+        assert!(text.contains("storm_rollbacks_total{reason=\"Aborted\"} 1"));
+    }
+
+    #[test]
+    fn an_unused_registry_encodes_an_empty_page() {
+        // Families without series print nothing, not even their TYPE line.
+        assert_eq!(Metrics::default().encode(), "# EOF\n");
+    }
+}

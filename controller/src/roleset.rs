@@ -1,1 +1,327 @@
-//! The RoleSet controller: Pods for each role (filled in by the controller-shell work).
+//! The RoleSet controller: for each role of a RoleSet, `replicas` Pods named `<roleset>-<role>-<i>`,
+//! failed Pods replaced after a grace period, and the RoleSet's status. The decisions are pure
+//! functions in [`plan`] and [`status`]; this module watches, calls them and applies the result.
+
+pub mod plan;
+pub mod status;
+
+use crate::context::{Context, MANAGER};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use plan::{DeleteReason, PlanError};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use storm_shared::keys::AIBRIX_LABEL_ROLESET_NAME;
+use storm_shared::types::roleset::RoleSet;
+use tracing::{debug, info, warn};
+
+/// Kind label of this controller's metrics.
+pub const KIND: &str = "RoleSet";
+/// RoleSets reconciled at once. Each reconcile is a handful of API calls; 8 keeps a large fleet
+/// moving without flooding the API server's priority-and-fairness queue for this client.
+const CONCURRENCY: u16 = 8;
+/// Periodic re-check when nothing happens: watch events drive the work, this only heals a missed one.
+const RESYNC: Duration = Duration::from_secs(300);
+/// First delay after a failed reconcile; doubled per consecutive failure up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest delay between retries of a failing RoleSet.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// A reconcile of a RoleSet failed; each variant names the action that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The plan could not be made (the RoleSet lacks metadata).
+    #[error("planning Pods: {0}")]
+    PlanPods(#[from] PlanError),
+    /// The Pod cache stopped (its watch task ended), so owned Pods can't be known.
+    #[error("reading the Pod cache: the watch has stopped")]
+    ReadPodCache,
+    /// Creating a Pod failed.
+    #[error("creating Pod {name}: {source}")]
+    CreatePod {
+        /// Name of the Pod.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Deleting a Pod failed.
+    #[error("deleting Pod {name}: {source}")]
+    DeletePod {
+        /// Name of the Pod.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Writing the RoleSet's status failed.
+    #[error("patching RoleSet status: {0}")]
+    PatchStatus(#[source] kube::Error),
+}
+
+impl ReconcileError {
+    /// A short, bounded label for metrics (`storm_reconcile_errors_total{error=...}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::PlanPods(_) => "PlanPods",
+            Self::ReadPodCache => "ReadPodCache",
+            Self::CreatePod { .. } => "CreatePod",
+            Self::DeletePod { .. } => "DeletePod",
+            Self::PatchStatus(_) => "PatchStatus",
+        }
+    }
+}
+
+/// What the reconciles of this controller share.
+struct State {
+    ctx: Arc<Context>,
+    /// Pods carrying the `roleset-name` label, from one watch for all RoleSets.
+    pods: Store<Pod>,
+    /// Consecutive failures per RoleSet, for the retry backoff; cleared on success.
+    failures: Mutex<HashMap<ObjectRef<RoleSet>, u32>>,
+}
+
+/// Runs the RoleSet controller over all namespaces until `shutdown` completes; reconciles in
+/// flight then finish before this returns.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let client = ctx.client.clone();
+    let rolesets = Api::<RoleSet>::all(client.clone());
+    // Every Pod we create carries `roleset-name`. The selector is on that AIBrix label rather than
+    // our `stormservice.aibrix.ai/name`: a RoleSet applied on its own (as AIBrix allows) has no
+    // StormService, and its Pods must still be seen.
+    let pod_config = watcher::Config::default().labels(AIBRIX_LABEL_ROLESET_NAME);
+    let (reader, writer) = reflector::store::<Pod>();
+    // One Pod watch feeds both the cache the reconciles read and the owner-triggers of the
+    // controller (`owns_stream`), instead of `owns()` opening a second identical watch.
+    let pod_events = watcher(Api::<Pod>::all(client), pod_config)
+        .default_backoff()
+        .modify(|pod| pod.managed_fields_mut().clear())
+        .reflect(writer)
+        .touched_objects();
+
+    // `graceful_shutdown_on` wants a `Sync` future; the caller's need not be. A oneshot bridges.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+
+    let state = Arc::new(State {
+        ctx,
+        pods: reader,
+        failures: Mutex::new(HashMap::new()),
+    });
+    info!("RoleSet controller starting");
+    Controller::new(rolesets, watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .owns_stream(pod_events)
+        .graceful_shutdown_on(async move {
+            let _ = stop_rx.await;
+        })
+        .run(reconcile, error_policy, state)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
+                // Reconcile errors were logged by error_policy already.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => warn!(error = %e, "RoleSet controller"),
+            }
+        })
+        .await;
+    info!("RoleSet controller stopped");
+}
+
+async fn reconcile(roleset: Arc<RoleSet>, state: Arc<State>) -> Result<Action, ReconcileError> {
+    let started = Instant::now();
+    let result = reconcile_roleset(&roleset, &state).await;
+    state.ctx.metrics.observe_reconcile(
+        KIND,
+        started.elapsed().as_secs_f64(),
+        result.as_ref().err().map(ReconcileError::label),
+    );
+    if result.is_ok()
+        && let Ok(mut failures) = state.failures.lock()
+    {
+        failures.remove(&ObjectRef::from_obj(roleset.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, ReconcileError> {
+    let namespace = roleset.namespace().ok_or(PlanError::FindNamespace)?;
+    let name = roleset.name_any();
+    if roleset.meta().deletion_timestamp.is_some() {
+        // Garbage collection removes the Pods through their owner references; creating any now
+        // would only race it.
+        return Ok(Action::await_change());
+    }
+    // Until the first list of Pods has arrived an empty cache would read as "no Pods": every Pod
+    // would be re-created (harmless) and the status would claim none (wrong, and a write).
+    state
+        .pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| ReconcileError::ReadPodCache)?;
+    let owned_arcs = state.pods.state_filter(|p| plan::is_owned_by(p, roleset));
+    let owned: Vec<&Pod> = owned_arcs.iter().map(Arc::as_ref).collect();
+    let now = Timestamp::now();
+    let plan = plan::plan_pods(roleset, &owned, now)?;
+    let pods: Api<Pod> = Api::namespaced(state.ctx.client.clone(), &namespace);
+
+    for doomed in &plan.delete {
+        let params = DeleteParams {
+            // A stale cache must not delete a successor that took the name in the meantime.
+            preconditions: doomed.uid.clone().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match pods.delete(&doomed.name, &params).await {
+            Ok(_) => {}
+            // Gone already, or the name now belongs to another Pod: either way this one is gone.
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => continue,
+            Err(source) => {
+                return Err(ReconcileError::DeletePod {
+                    name: doomed.name.clone(),
+                    source,
+                });
+            }
+        }
+        let (reason, note) = match doomed.reason {
+            DeleteReason::Excess => ("SuccessfulDelete", format!("Deleted Pod {}", doomed.name)),
+            DeleteReason::Failed => (
+                "ReplacingFailedPod",
+                format!(
+                    "Deleted Pod {} after {}s in a terminal phase; it will be re-created",
+                    doomed.name,
+                    plan::FAILED_POD_GRACE.as_secs()
+                ),
+            ),
+        };
+        info!(%namespace, %name, pod = %doomed.name, reason, "deleted Pod");
+        publish(state, roleset, EventType::Normal, reason, note).await;
+    }
+
+    for pod in &plan.create {
+        let pod_name = pod.name_any();
+        match pods.create(&PostParams::default(), pod).await {
+            Ok(_) => {
+                info!(%namespace, %name, pod = %pod_name, "created Pod");
+                let note = format!("Created Pod {pod_name}");
+                publish(state, roleset, EventType::Normal, "SuccessfulCreate", note).await;
+            }
+            // Deterministic names make a repeated create (stale cache, retry) a no-op.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                debug!(%namespace, %name, pod = %pod_name, "Pod exists already");
+            }
+            Err(source) => {
+                return Err(ReconcileError::CreatePod {
+                    name: pod_name,
+                    source,
+                });
+            }
+        }
+    }
+
+    let status = status::compute_status(roleset, &owned, now);
+    if roleset.status.as_ref() != Some(&status) {
+        let api: Api<RoleSet> = Api::namespaced(state.ctx.client.clone(), &namespace);
+        let body = serde_json::json!({
+            "apiVersion": RoleSet::api_version(&()),
+            "kind": RoleSet::kind(&()),
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(ReconcileError::PatchStatus)?;
+        debug!(%namespace, %name, ready = status.ready_replicas, desired = status.replicas, "status written");
+    }
+
+    Ok(Action::requeue(plan.requeue_after.unwrap_or(RESYNC)))
+}
+
+/// Records a Kubernetes Event on the RoleSet. Best effort: a lost event must not fail the reconcile.
+async fn publish(state: &State, roleset: &RoleSet, type_: EventType, reason: &str, note: String) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "ReconcilePods".to_string(),
+        secondary: None,
+    };
+    if let Err(e) = state
+        .ctx
+        .recorder
+        .publish(&event, &roleset.object_ref(&()))
+        .await
+    {
+        warn!(namespace = ?roleset.namespace(), name = %roleset.name_any(), error = %e, "recording event failed");
+    }
+}
+
+fn error_policy(roleset: Arc<RoleSet>, error: &ReconcileError, state: Arc<State>) -> Action {
+    let failures = match state.failures.lock() {
+        Ok(mut map) => {
+            let n = map
+                .entry(ObjectRef::from_obj(roleset.as_ref()))
+                .or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        }
+        // A poisoned lock only loses the count; retry at the slowest pace.
+        Err(_) => u32::MAX,
+    };
+    let delay = backoff(failures);
+    warn!(
+        namespace = ?roleset.namespace(),
+        name = %roleset.name_any(),
+        error = %error,
+        failures,
+        retry_in = ?delay,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Delay before retry number `failures` (1-based): 1 s, 2 s, 4 s, … capped at [`MAX_BACKOFF`].
+pub fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    MIN_BACKOFF
+        .saturating_mul(1u32 << exponent)
+        .min(MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(4), Duration::from_secs(8));
+        assert_eq!(backoff(9), Duration::from_secs(256));
+        assert_eq!(backoff(10), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+        assert_eq!(backoff(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn error_labels_are_the_variant_names() {
+        let e = ReconcileError::PlanPods(PlanError::FindNamespace);
+        assert_eq!(e.label(), "PlanPods");
+        assert_eq!(ReconcileError::ReadPodCache.label(), "ReadPodCache");
+    }
+}

@@ -1,0 +1,269 @@
+//! Which Pods a RoleSet should have, and which of its Pods must go. Pure: no client, no clock
+//! (`now` is passed in), so every rule here is tested without a cluster.
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::{Resource, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use storm_shared::keys::{
+    AIBRIX_LABEL_ROLE_NAME, AIBRIX_LABEL_ROLESET_NAME, AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME,
+    LABEL_ROLE,
+};
+use storm_shared::types::roleset::{RoleSet, RoleSpec};
+
+/// How long a Pod stays in phase `Failed` before it is replaced.
+///
+/// Replacing at once would hide the failure: the StormService controller's health checks (which
+/// trigger automatic rollback of a bad canary) look for failed Pods, and a Pod that is deleted and
+/// recreated within one reconcile is never seen failed. 30 s is several of its reconcile periods,
+/// yet short enough that a stable revision recovers from a lost Pod quickly.
+pub const FAILED_POD_GRACE: Duration = Duration::from_secs(30);
+
+/// What the RoleSet controller has to do to the Pods of one RoleSet.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PodPlan {
+    /// Pods to create (complete objects, names deterministic so a repeated create is harmless).
+    pub create: Vec<Pod>,
+    /// Pods to delete, by name and UID (the UID guards against deleting a same-named successor).
+    pub delete: Vec<PodToDelete>,
+    /// When to look again although nothing may have changed: the moment a failed Pod's grace ends.
+    pub requeue_after: Option<Duration>,
+}
+
+/// A Pod the plan deletes, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodToDelete {
+    /// Name of the Pod.
+    pub name: String,
+    /// UID of the Pod as observed, used as a delete precondition.
+    pub uid: Option<String>,
+    /// Why it goes.
+    pub reason: DeleteReason,
+}
+
+/// Why a Pod is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteReason {
+    /// Its index is at or above the role's `replicas`, its role is gone, or its name fits no slot.
+    Excess,
+    /// It has been `Failed` (or `Succeeded`: a serving Pod must never exit) for [`FAILED_POD_GRACE`].
+    Failed,
+}
+
+/// The plan could not be made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// Pods need an owner reference to the RoleSet, which needs its name and UID.
+    #[error("building the owner reference: the RoleSet has no name or UID yet")]
+    BuildOwnerReference,
+    /// Pods are created in the RoleSet's namespace.
+    #[error("finding the namespace: the RoleSet has none")]
+    FindNamespace,
+}
+
+/// Desired Pods of a role: `replicas`, defaulting to 1, never negative.
+pub fn desired_replicas(role: &RoleSpec) -> i32 {
+    role.replicas.unwrap_or(1).max(0)
+}
+
+/// Name of the Pod at `index` of `role` in RoleSet `roleset`.
+pub fn pod_name(roleset: &str, role: &str, index: i32) -> String {
+    format!("{roleset}-{role}-{index}")
+}
+
+/// The index of `pod_name` if it is a slot of `role` in RoleSet `roleset`
+/// (`<roleset>-<role>-<digits>`). Role names are DNS labels, so a name fits at most one role.
+pub fn slot_index(roleset: &str, role: &str, pod_name: &str) -> Option<i32> {
+    let rest = pod_name.strip_prefix(roleset)?.strip_prefix('-')?;
+    let digits = rest.strip_prefix(role)?.strip_prefix('-')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // "01" would be a second name for slot 1: not one of ours.
+    if digits.len() > 1 && digits.starts_with('0') {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Roles of the spec, first occurrence of each name only (admission denies duplicates; the
+/// controller must still not plan two Pods under one name).
+pub fn unique_roles(roleset: &RoleSet) -> Vec<&RoleSpec> {
+    let mut seen = BTreeSet::new();
+    roleset
+        .spec
+        .roles
+        .iter()
+        .filter(|r| seen.insert(r.name.as_str()))
+        .collect()
+}
+
+/// Whether `pod` is controlled by `roleset` (same namespace, controller owner reference with its UID).
+pub fn is_owned_by(pod: &Pod, roleset: &RoleSet) -> bool {
+    let Some(uid) = roleset.meta().uid.as_deref() else {
+        return false;
+    };
+    pod.namespace() == roleset.namespace()
+        && pod
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// Whether the Pod is being deleted: it no longer counts, but is not deleted again.
+pub fn is_terminating(pod: &Pod) -> bool {
+    pod.meta().deletion_timestamp.is_some()
+}
+
+/// Whether the Pod ended for good (`Failed`, or `Succeeded`, which for a server is a failure too).
+pub fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Failed" | "Succeeded")
+    )
+}
+
+/// Whether the Pod's `Ready` condition is `True`.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// When a terminal Pod ended: the latest of its containers' `finishedAt` and its `Ready=False`
+/// transition. Pods don't record the moment their phase changed, so this is the closest evidence;
+/// without any, the start or creation time (a Pod can't have failed before it existed).
+pub fn terminal_since(pod: &Pod) -> Option<Timestamp> {
+    let status = pod.status.as_ref();
+    let finished = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref())
+        .map(|t| t.0);
+    let unready = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.type_ == "Ready" && c.status == "False")
+        .filter_map(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0);
+    finished.chain(unready).max().or_else(|| {
+        status
+            .and_then(|s| s.start_time.as_ref())
+            .or(pod.meta().creation_timestamp.as_ref())
+            .map(|t| t.0)
+    })
+}
+
+/// Decides the Pods to create and delete for `roleset`, given the Pods it owns (see [`is_owned_by`]).
+pub fn plan_pods(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Result<PodPlan, PlanError> {
+    let mut owner = roleset
+        .controller_owner_ref(&())
+        .ok_or(PlanError::BuildOwnerReference)?;
+    // Foreground deletion of a RoleSet (and of its StormService) then waits for the Pods.
+    owner.block_owner_deletion = Some(true);
+    let namespace = roleset.namespace().ok_or(PlanError::FindNamespace)?;
+    let rs_name = roleset.name_any();
+
+    let mut desired: BTreeMap<String, (&RoleSpec, i32)> = BTreeMap::new();
+    for role in unique_roles(roleset) {
+        for index in 0..desired_replicas(role) {
+            desired.insert(pod_name(&rs_name, &role.name, index), (role, index));
+        }
+    }
+
+    let mut plan = PodPlan::default();
+    let grace = SignedDuration::try_from(FAILED_POD_GRACE).unwrap_or(SignedDuration::ZERO);
+    // Names taken by an existing Pod, terminating or not: a create under such a name would only
+    // get AlreadyExists. A terminating Pod's slot is refilled when its deletion event arrives.
+    let mut taken = BTreeSet::new();
+    for pod in owned {
+        let name = pod.name_any();
+        taken.insert(name.clone());
+        if is_terminating(pod) {
+            continue;
+        }
+        let reason = if !desired.contains_key(&name) {
+            DeleteReason::Excess
+        } else if is_terminal(pod) {
+            match terminal_since(pod).and_then(|t| t.checked_add(grace).ok()) {
+                Some(due) if due > now => {
+                    let wait = Duration::try_from(due.duration_since(now)).unwrap_or_default();
+                    plan.requeue_after = Some(plan.requeue_after.map_or(wait, |w| w.min(wait)));
+                    continue;
+                }
+                _ => DeleteReason::Failed,
+            }
+        } else {
+            continue;
+        };
+        plan.delete.push(PodToDelete {
+            name,
+            uid: pod.meta().uid.clone(),
+            reason,
+        });
+    }
+
+    for (name, (role, _)) in &desired {
+        if !taken.contains(name) {
+            plan.create
+                .push(build_pod(roleset, role, name, &namespace, owner.clone()));
+        }
+    }
+    Ok(plan)
+}
+
+/// Labels of a role's Pods: the role template's, overlaid with the RoleSet's own (which carry the
+/// StormService name and revision, so Services can select a revision), then the role labels, ours
+/// and AIBrix's, so they can't be overridden by a template.
+pub fn pod_labels(roleset: &RoleSet, role: &RoleSpec) -> BTreeMap<String, String> {
+    let mut labels = role
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    labels.extend(roleset.labels().clone());
+    labels.insert(LABEL_ROLE.to_string(), role.name.clone());
+    let service = roleset
+        .labels()
+        .get(LABEL_NAME)
+        .or_else(|| roleset.labels().get(AIBRIX_LABEL_STORM_SERVICE_NAME));
+    if let Some(service) = service {
+        labels.insert(AIBRIX_LABEL_STORM_SERVICE_NAME.to_string(), service.clone());
+    }
+    labels.insert(AIBRIX_LABEL_ROLESET_NAME.to_string(), roleset.name_any());
+    labels.insert(AIBRIX_LABEL_ROLE_NAME.to_string(), role.name.clone());
+    labels
+}
+
+fn build_pod(
+    roleset: &RoleSet,
+    role: &RoleSpec,
+    name: &str,
+    namespace: &str,
+    owner: OwnerReference,
+) -> Pod {
+    let template_meta = role.template.metadata.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(pod_labels(roleset, role)),
+            annotations: template_meta.annotations,
+            finalizers: template_meta.finalizers,
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: role.template.spec.clone(),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+pub(crate) mod tests;

@@ -1,0 +1,136 @@
+//! The status a RoleSet should show for the Pods it owns. Pure, like the plan: the reconcile writes
+//! the result only when it differs from what is stored, so an unchanged world causes no write (and
+//! no watch event, and no further reconcile).
+
+use super::plan::{desired_replicas, is_ready, is_terminating, slot_index, unique_roles};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{Timestamp, Unit};
+use kube::ResourceExt;
+use storm_shared::types::Condition;
+use storm_shared::types::roleset::{RoleSet, RoleSetStatus, RoleStatus};
+
+/// Type of the condition saying whether every desired Pod is Ready.
+pub const CONDITION_READY: &str = "Ready";
+/// Reason of `Ready=True`.
+pub const REASON_ALL_PODS_READY: &str = "AllPodsReady";
+/// Reason of `Ready=False`.
+pub const REASON_PODS_NOT_READY: &str = "PodsNotReady";
+
+/// Computes the status of `roleset` from the Pods it owns, keeping the condition's timestamps
+/// from the stored status when nothing about the condition changed.
+pub fn compute_status(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> RoleSetStatus {
+    let rs_name = roleset.name_any();
+    // Whole seconds: what the API server would keep anyway, so a stored time compares equal.
+    let now = now.round(Unit::Second).unwrap_or(now);
+    let live: Vec<&Pod> = owned
+        .iter()
+        .copied()
+        .filter(|p| !is_terminating(p))
+        .collect();
+
+    let mut roles = Vec::new();
+    let mut desired_total = 0;
+    let mut ready_desired_total = 0;
+    let mut lagging = Vec::new();
+    for role in unique_roles(roleset) {
+        let desired = desired_replicas(role);
+        let mut existing = 0;
+        let mut ready = 0;
+        let mut ready_in_slots = 0;
+        for pod in &live {
+            let Some(index) = slot_index(&rs_name, &role.name, &pod.name_any()) else {
+                continue;
+            };
+            existing += 1;
+            if is_ready(pod) {
+                ready += 1;
+                if index < desired {
+                    ready_in_slots += 1;
+                }
+            }
+        }
+        ready_desired_total += ready_in_slots;
+        if ready_in_slots < desired {
+            lagging.push(format!("{}: {ready_in_slots}/{desired}", role.name));
+        }
+        desired_total += desired;
+        roles.push(RoleStatus {
+            name: role.name.clone(),
+            replicas: existing,
+            ready_replicas: ready,
+            not_ready_replicas: existing - ready,
+            // Pods are never updated in place: a new revision is a new RoleSet, so every Pod
+            // of this RoleSet runs its template.
+            updated_replicas: existing,
+            updated_ready_replicas: ready,
+        });
+    }
+    let ready_total: i32 = roles.iter().map(|r| r.ready_replicas).sum();
+    let all_ready = lagging.is_empty();
+    let message = if all_ready {
+        format!("{ready_desired_total}/{desired_total} Pods ready")
+    } else {
+        format!(
+            "{ready_desired_total}/{desired_total} Pods ready; waiting for {}",
+            lagging.join(", ")
+        )
+    };
+    let previous = roleset
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY));
+    let ready = ready_condition(all_ready, message, previous, now);
+
+    RoleSetStatus {
+        replicas: desired_total,
+        ready_replicas: ready_total,
+        roles,
+        conditions: vec![ready],
+        observed_generation: roleset.metadata.generation,
+    }
+}
+
+fn ready_condition(
+    all_ready: bool,
+    message: String,
+    previous: Option<&Condition>,
+    now: Timestamp,
+) -> Condition {
+    let status = if all_ready { "True" } else { "False" };
+    let reason = if all_ready {
+        REASON_ALL_PODS_READY
+    } else {
+        REASON_PODS_NOT_READY
+    };
+    let same_status = previous.is_some_and(|p| p.status == status);
+    let unchanged = same_status
+        && previous.is_some_and(|p| {
+            p.reason.as_deref() == Some(reason) && p.message.as_deref() == Some(message.as_str())
+        });
+    let now_time = || Some(Time(now));
+    Condition {
+        type_: CONDITION_READY.to_string(),
+        status: status.to_string(),
+        reason: Some(reason.to_string()),
+        message: Some(message),
+        last_update_time: if unchanged {
+            previous
+                .and_then(|p| p.last_update_time.clone())
+                .or_else(now_time)
+        } else {
+            now_time()
+        },
+        last_transition_time: if same_status {
+            previous
+                .and_then(|p| p.last_transition_time.clone())
+                .or_else(now_time)
+        } else {
+            now_time()
+        },
+    }
+}
+
+#[cfg(test)]
+#[path = "status_tests.rs"]
+mod tests;
