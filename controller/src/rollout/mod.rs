@@ -1,1 +1,323 @@
-//! The rollout state machine: pure functions from (spec, status, observed world, now) to a plan.
+//! The rollout state machine: a pure function from (spec, status, observed world, now) to a plan.
+//!
+//! No I/O and no clock here: `stormservice.rs` observes, calls [`decide`], and applies the plan.
+//! Deciding again on the status it returned, with the same observation, returns the same plan, so a
+//! controller restart at any point resumes at the same step.
+
+mod canary;
+mod controls;
+pub mod health;
+pub mod plan;
+pub mod revision;
+mod rolling;
+mod settings;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+pub use plan::{Input, Note, Observed, ObservedPod, ObservedRoleSet, Plan};
+use plan::{cond, reason, set_condition};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use storm_shared::types::stormservice::{
+    CanaryStatus, RolloutPhase, RolloutStatus, RolloutStrategyType, StormServiceStatus,
+};
+
+/// Decides what to do for one StormService.
+pub fn decide(input: &Input) -> Plan {
+    let mut m = Machine::new(input);
+    let controls = controls::take(&mut m);
+    if input.spec.paused == Some(true) {
+        // `spec.paused` freezes everything as it is (AIBrix semantics).
+        for rev in input.observed.revisions() {
+            m.scale.insert(rev.clone(), input.observed.existing(&rev));
+        }
+        controls.ignore_all(&mut m, "spec.paused is true");
+        return m.finish();
+    }
+    match m.stable.clone() {
+        None => first_deployment(&mut m, controls),
+        Some(stable) if stable == m.update => at_rest(&mut m, &stable, controls),
+        Some(stable) => {
+            m.start_if_new(&stable);
+            let strategy = input.spec.rollout_strategy.as_ref();
+            match strategy.map(|s| (s.type_, s)) {
+                None => rolling::run(&mut m, &stable, controls),
+                Some((RolloutStrategyType::Canary, s)) => match &s.canary {
+                    Some(c) => canary::run(&mut m, &stable, c, controls),
+                    None => rolling::run(&mut m, &stable, controls),
+                },
+                Some((RolloutStrategyType::BlueGreen, _)) => {
+                    // Blue-green lands with the traffic-routing work; until then, say so and
+                    // keep the stable revision serving rather than guessing.
+                    m.scale.insert(stable.clone(), m.replicas);
+                    m.set_phase(
+                        RolloutPhase::Paused,
+                        "blue-green rollouts are not available in this version; the stable revision keeps serving",
+                    );
+                    m.cond(
+                        cond::PAUSED,
+                        true,
+                        reason::STRATEGY_UNAVAILABLE,
+                        "blue-green rollouts are not available in this version",
+                    );
+                    controls.ignore_all(
+                        &mut m,
+                        "blue-green rollouts are not available in this version",
+                    );
+                }
+            }
+        }
+    }
+    m.finish()
+}
+
+/// Working state of one decision.
+pub(crate) struct Machine<'a> {
+    pub input: &'a Input<'a>,
+    pub replicas: i32,
+    pub update: String,
+    pub stable: Option<String>,
+    pub status: StormServiceStatus,
+    pub rs: RolloutStatus,
+    pub scale: BTreeMap<String, i32>,
+    pub services: Vec<(String, String)>,
+    pub weight: i32,
+    pub status_weight: Option<i32>,
+    pub notes: Vec<plan::Note>,
+    pub remove: Vec<String>,
+    pub requeue: Option<Duration>,
+    pub rollback: Option<String>,
+    pub now: Timestamp,
+}
+
+impl<'a> Machine<'a> {
+    fn new(input: &'a Input<'a>) -> Self {
+        let status = input.status.cloned().unwrap_or_default();
+        let rs = status.rollout_status.clone().unwrap_or_default();
+        Self {
+            input,
+            replicas: input.spec.replicas.unwrap_or(1).max(0),
+            update: revision::of_template(&input.spec.template),
+            stable: status.current_revision.clone(),
+            status,
+            rs,
+            scale: BTreeMap::new(),
+            services: Vec::new(),
+            weight: 0,
+            status_weight: None,
+            notes: Vec::new(),
+            remove: Vec::new(),
+            requeue: None,
+            rollback: None,
+            now: input.now,
+        }
+    }
+
+    pub fn note(&mut self, warning: bool, reason: &str, message: impl Into<String>) {
+        self.notes.push(plan::Note {
+            warning,
+            reason: reason.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn requeue_in(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+
+    pub fn set_phase(&mut self, phase: RolloutPhase, message: impl Into<String>) {
+        self.rs.phase = Some(phase);
+        self.rs.message = Some(message.into());
+    }
+
+    pub fn cond(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
+        set_condition(
+            &mut self.rs.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            self.now,
+        );
+    }
+
+    pub fn phase(&self) -> Option<RolloutPhase> {
+        self.rs.phase
+    }
+
+    pub fn since(&self, t: &Option<Time>) -> SignedDuration {
+        t.as_ref()
+            .map_or(SignedDuration::ZERO, |t| self.now.duration_since(t.0))
+    }
+
+    /// Pins the rollout's Services: stable to the stable revision, canary (or preview) to `canary_rev`.
+    pub fn pin_services(&mut self, stable_rev: &str, canary_rev: &str) {
+        let Some(strategy) = &self.input.spec.rollout_strategy else {
+            return;
+        };
+        if let Some(c) = &strategy.canary {
+            if let Some(s) = &c.stable_service {
+                self.services.push((s.clone(), stable_rev.to_string()));
+            }
+            if let Some(s) = &c.canary_service {
+                self.services.push((s.clone(), canary_rev.to_string()));
+            }
+        }
+        if let Some(bg) = &strategy.blue_green {
+            self.services
+                .push((bg.active_service.clone(), stable_rev.to_string()));
+            self.services
+                .push((bg.preview_service.clone(), canary_rev.to_string()));
+        }
+    }
+
+    /// Starts a rollout when the template moved to a revision that is not being rolled out yet.
+    fn start_if_new(&mut self, stable: &str) {
+        let previous = self.input.status.and_then(|s| s.update_revision.as_deref());
+        if previous == Some(self.update.as_str()) && self.rs.phase.is_some() {
+            return;
+        }
+        self.rs.current_step_index = Some(0);
+        self.rs.current_step_hash = None;
+        self.rs.pause_start_time = None;
+        self.rs.approved_step = None;
+        self.rs.step_start_time = Some(Time(self.now));
+        let msg = format!("rolling out revision {} (stable {stable})", self.update);
+        self.set_phase(RolloutPhase::Progressing, msg.clone());
+        self.cond(cond::PROGRESSING, true, reason::STARTED, &msg);
+        self.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
+        self.cond(cond::DEGRADED, false, reason::NOT_DEGRADED, "no failure");
+        self.status_weight = Some(0);
+        self.note(false, reason::STARTED, msg);
+    }
+
+    fn finish(mut self) -> Plan {
+        let obs = self.input.observed;
+        let name = self.input.name;
+        let mut st = self.status;
+        st.observed_generation = self.input.generation;
+        st.update_revision = Some(self.update.clone());
+        st.current_revision = self.stable.clone();
+        st.replicas = i32::try_from(obs.rolesets.len()).unwrap_or(i32::MAX);
+        st.ready_replicas = obs
+            .rolesets
+            .iter()
+            .filter(|r| r.ready)
+            .count()
+            .try_into()
+            .unwrap_or(i32::MAX);
+        st.not_ready_replicas = Some(st.replicas - st.ready_replicas);
+        st.current_replicas = self.stable.as_deref().map(|s| obs.existing(s));
+        st.updated_replicas = Some(obs.existing(&self.update));
+        st.updated_ready_replicas = Some(obs.ready(&self.update));
+        st.scaling_target_selector = Some(format!("{}={name}", storm_shared::keys::LABEL_NAME));
+        let ready = st.ready_replicas >= self.replicas;
+        let (r, m) = if ready {
+            (
+                "AllRoleSetsReady",
+                format!("{} of {} RoleSets ready", st.ready_replicas, self.replicas),
+            )
+        } else {
+            (
+                "RoleSetsNotReady",
+                format!("{} of {} RoleSets ready", st.ready_replicas, self.replicas),
+            )
+        };
+        set_condition(&mut st.conditions, "Ready", ready, r, &m, self.now);
+        if let Some(stable) = &self.stable {
+            let weight = self.status_weight.unwrap_or_else(|| {
+                self.rs
+                    .canary_status
+                    .as_ref()
+                    .map_or(0, |c| c.current_weight)
+            });
+            let in_rollout = *stable != self.update;
+            let previous_canary = self
+                .rs
+                .canary_status
+                .as_ref()
+                .and_then(|c| c.canary_rs.clone());
+            self.rs.canary_status = Some(CanaryStatus {
+                current_weight: weight,
+                stable_rs: Some(format!("{name}-{stable}")),
+                canary_rs: if in_rollout {
+                    Some(format!("{name}-{}", self.update))
+                } else {
+                    previous_canary
+                },
+            });
+        }
+        st.rollout_status = Some(self.rs);
+        Plan {
+            scale: self.scale,
+            services: self.services,
+            weight: self.weight,
+            status: st,
+            notes: self.notes,
+            remove_annotations: self.remove,
+            requeue_after: self.requeue,
+            rollback: self.rollback,
+        }
+    }
+}
+
+fn first_deployment(m: &mut Machine, controls: controls::Controls) {
+    let update = m.update.clone();
+    m.scale.insert(update.clone(), m.replicas);
+    m.pin_services(&update, &update);
+    controls.ignore_all(m, "no rollout is in progress (first deployment)");
+    let ready = m.input.observed.ready(&update);
+    if ready >= m.replicas && m.input.observed.existing(&update) == m.replicas {
+        m.stable = Some(update.clone());
+        let msg = format!(
+            "revision {update} is serving with all {} RoleSets ready",
+            m.replicas
+        );
+        m.set_phase(RolloutPhase::Healthy, msg.clone());
+        m.cond(cond::PROGRESSING, false, reason::HEALTHY, &msg);
+        m.note(false, reason::HEALTHY, msg);
+    } else {
+        let msg = format!(
+            "creating revision {update}: {ready} of {} RoleSets ready",
+            m.replicas
+        );
+        m.set_phase(RolloutPhase::Progressing, msg.clone());
+        m.cond(cond::PROGRESSING, true, reason::CREATING, &msg);
+    }
+}
+
+fn at_rest(m: &mut Machine, stable: &str, controls: controls::Controls) {
+    m.scale.insert(stable.to_string(), m.replicas);
+    m.pin_services(stable, stable);
+    controls.ignore_all(m, "no rollout is in progress");
+    match m.phase() {
+        Some(
+            RolloutPhase::Progressing
+            | RolloutPhase::Paused
+            | RolloutPhase::Degraded
+            | RolloutPhase::Aborted,
+        ) => {
+            // The template went back to the stable revision: that is a rollback too.
+            let msg = format!("template is back at the stable revision {stable}");
+            m.set_phase(RolloutPhase::Healthy, msg.clone());
+            m.cond(cond::PROGRESSING, false, reason::REVERTED, &msg);
+            m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
+            m.cond(cond::DEGRADED, false, reason::NOT_DEGRADED, "no failure");
+            m.rs.current_step_index = None;
+            m.rs.current_step_hash = None;
+            m.rs.pause_start_time = None;
+            m.rs.step_start_time = None;
+            m.rs.approved_step = None;
+            m.status_weight = Some(0);
+            m.note(false, reason::REVERTED, msg);
+        }
+        None => m.set_phase(
+            RolloutPhase::Healthy,
+            format!("revision {stable} is serving"),
+        ),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -493,6 +493,9 @@ pub struct RolloutStatus {
     /// (`autoRollback.onTimeout`) counts from here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step_start_time: Option<Time>,
+    /// The canary step whose manual approval has been given while its analysis still runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved_step: Option<i32>,
     /// Control annotations that have taken effect but may not be removed yet. The controller never
     /// acts twice on an annotation listed here, even across a crash.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

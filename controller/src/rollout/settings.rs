@@ -1,0 +1,77 @@
+//! Rollout settings with their defaults applied (the webhook defaults them too; the controller must
+//! not depend on it).
+
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::SignedDuration;
+use storm_shared::types::stormservice::{CanaryStrategy, StormServiceSpec};
+use storm_shared::units::{int_or_string_percent, parse_duration, scaled_value};
+
+/// Automatic rollback, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoRollback {
+    pub enabled: bool,
+    pub health_check: bool,
+    pub error_threshold: Option<f64>,
+    /// The metric-based error rate is measured by analysis; without it the Pod share is used.
+    pub error_rate_metric: bool,
+    pub timeout: SignedDuration,
+    pub grace: SignedDuration,
+}
+
+fn duration(text: Option<&str>, default_secs: i64) -> SignedDuration {
+    text.and_then(|t| parse_duration(t).ok())
+        .and_then(|d| SignedDuration::try_from(d).ok())
+        .unwrap_or(SignedDuration::from_secs(default_secs))
+}
+
+/// The autoRollback block in force (canonical place first, the legacy one under `canary:` second).
+pub fn auto_rollback(spec: &StormServiceSpec) -> AutoRollback {
+    let strategy = spec.rollout_strategy.as_ref();
+    let ar = strategy.and_then(|s| s.auto_rollback.as_ref()).or_else(|| {
+        strategy
+            .and_then(|s| s.canary.as_ref())
+            .and_then(|c| c.auto_rollback.as_ref())
+    });
+    let of = ar.and_then(|a| a.on_failure.as_ref());
+    AutoRollback {
+        enabled: ar.and_then(|a| a.enabled).unwrap_or(true),
+        health_check: of.and_then(|f| f.health_check_failure).unwrap_or(true),
+        error_threshold: of
+            .and_then(|f| f.error_threshold.as_ref())
+            .and_then(|t| int_or_string_percent(t).ok()),
+        error_rate_metric: of.is_some_and(|f| f.error_rate.is_some()),
+        timeout: duration(ar.and_then(|a| a.on_timeout.as_deref()), 30 * 60),
+        grace: duration(
+            of.and_then(|f| f.health_check_grace_period.as_deref()),
+            5 * 60,
+        ),
+    }
+}
+
+/// (max surge, max unavailable) in RoleSets for a rollout of `replicas`; at least one of them is
+/// positive so a rollout can always move.
+pub fn budgets(
+    spec: &StormServiceSpec,
+    canary: Option<&CanaryStrategy>,
+    replicas: i32,
+) -> (i32, i32) {
+    let us = spec.update_strategy.as_ref();
+    let quarter = IntOrString::String("25%".into());
+    let surge = canary
+        .and_then(|c| c.max_surge.as_ref())
+        .or(us.and_then(|u| u.max_surge.as_ref()))
+        .unwrap_or(&quarter);
+    let unavailable = canary
+        .and_then(|c| c.max_unavailable.as_ref())
+        .or(us.and_then(|u| u.max_unavailable.as_ref()))
+        .unwrap_or(&quarter);
+    let surge = scaled_value(surge, replicas, true).unwrap_or(1).max(0);
+    let unavailable = scaled_value(unavailable, replicas, false)
+        .unwrap_or(0)
+        .clamp(0, replicas);
+    if surge == 0 && unavailable == 0 {
+        (1, 0)
+    } else {
+        (surge, unavailable)
+    }
+}

@@ -1,0 +1,621 @@
+//! The state machine against a simulated world: RoleSets appear when the plan asks for them and
+//! become Ready one decision later, unless the test says otherwise.
+
+use super::plan::{ObservedPod, ObservedRoleSet};
+use super::*;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use std::collections::{BTreeMap, BTreeSet};
+use storm_shared::types::stormservice::{RolloutPhase, StormServiceSpec, StormServiceStatus};
+
+const APPROVAL: &str = "stormservice.aibrix.ai/rollout-approval";
+const ABORT: &str = "stormservice.aibrix.ai/rollout-abort";
+const RETRY: &str = "stormservice.aibrix.ai/rollout-retry";
+const PAUSE: &str = "stormservice.aibrix.ai/rollout-pause";
+const RESUME: &str = "stormservice.aibrix.ai/rollout-resume";
+
+pub(super) struct Sim {
+    pub spec: StormServiceSpec,
+    pub status: Option<StormServiceStatus>,
+    pub annotations: BTreeMap<String, String>,
+    pub rolesets: Vec<ObservedRoleSet>,
+    pub now: Timestamp,
+    /// Revisions whose Pods fail.
+    pub failing: BTreeSet<String>,
+    /// Revisions whose RoleSets never become ready.
+    pub stuck: BTreeSet<String>,
+    /// Whether the controller "crashes" before removing annotations.
+    pub crash_before_annotation_removal: bool,
+    pub notes: Vec<Note>,
+    pub last: Option<Plan>,
+}
+
+pub(super) fn spec(steps: serde_json::Value, replicas: i32, image: &str) -> StormServiceSpec {
+    serde_json::from_value(serde_json::json!({
+        "replicas": replicas,
+        "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"roles": [{"name": "r", "template": {"spec": {"containers": [{"name": "c", "image": image}]}}}]}},
+        "rolloutStrategy": {"type": "Canary", "canary": {"steps": steps, "stableService": "s", "canaryService": "c"}}
+    }))
+    .expect("spec")
+}
+
+pub(super) fn seed_steps() -> serde_json::Value {
+    serde_json::json!([
+        {"weight": 10, "pause": {"duration": "5m"}},
+        {"weight": 25, "pause": {"untilApproval": true}},
+        {"weight": 50},
+        {"weight": 100}
+    ])
+}
+
+impl Sim {
+    pub fn new(spec: StormServiceSpec) -> Self {
+        Self {
+            spec,
+            status: None,
+            annotations: BTreeMap::new(),
+            rolesets: Vec::new(),
+            now: Timestamp::from_second(1_700_000_000).expect("ts"),
+            failing: BTreeSet::new(),
+            stuck: BTreeSet::new(),
+            crash_before_annotation_removal: false,
+            notes: Vec::new(),
+            last: None,
+        }
+    }
+
+    pub fn observed(&self) -> Observed {
+        let pods = self
+            .rolesets
+            .iter()
+            .map(|r| ObservedPod {
+                name: format!("{}-pod", r.name),
+                revision: r.revision.clone(),
+                ready: r.ready && !self.failing.contains(&r.revision),
+                failed: self.failing.contains(&r.revision),
+                crash_looping: false,
+                unready_since: None,
+            })
+            .collect();
+        Observed {
+            rolesets: self.rolesets.clone(),
+            pods,
+        }
+    }
+
+    pub fn decide_once(&self) -> Plan {
+        let observed = self.observed();
+        let input = Input {
+            name: "svc",
+            generation: Some(1),
+            spec: &self.spec,
+            status: self.status.as_ref(),
+            annotations: &self.annotations,
+            observed: &observed,
+            now: self.now,
+        };
+        decide(&input)
+    }
+
+    /// One reconcile: decide, write status, remove annotations, then the world moves.
+    pub fn tick(&mut self) -> Plan {
+        let plan = self.decide_once();
+        self.status = Some(plan.status.clone());
+        if !self.crash_before_annotation_removal {
+            for a in &plan.remove_annotations {
+                self.annotations.remove(a);
+            }
+        }
+        self.notes.extend(plan.notes.clone());
+        // RoleSets made in the previous tick become ready now; new ones are created unready.
+        for r in &mut self.rolesets {
+            if !self.stuck.contains(&r.revision) {
+                r.ready = true;
+            }
+        }
+        let revisions: BTreeSet<String> = self
+            .rolesets
+            .iter()
+            .map(|r| r.revision.clone())
+            .chain(plan.scale.keys().cloned())
+            .collect();
+        for rev in revisions {
+            let want = usize::try_from(*plan.scale.get(&rev).unwrap_or(&0)).unwrap_or(0);
+            let have: Vec<usize> = self
+                .rolesets
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.revision == rev)
+                .map(|(i, _)| i)
+                .collect();
+            if have.len() > want {
+                let drop: BTreeSet<usize> = have[want..].iter().copied().collect();
+                let mut i = 0;
+                self.rolesets.retain(|_| {
+                    let keep = !drop.contains(&i);
+                    i += 1;
+                    keep
+                });
+            }
+            for n in have.len()..want {
+                self.rolesets.push(ObservedRoleSet {
+                    name: format!("svc-{rev}-{n}"),
+                    revision: rev.clone(),
+                    ready: false,
+                });
+            }
+        }
+        self.last = Some(plan.clone());
+        plan
+    }
+
+    pub fn advance(&mut self, secs: i64) {
+        self.now += SignedDuration::from_secs(secs);
+    }
+
+    pub fn phase(&self) -> Option<RolloutPhase> {
+        self.status.as_ref()?.rollout_status.as_ref()?.phase
+    }
+
+    pub fn step(&self) -> Option<i32> {
+        self.status
+            .as_ref()?
+            .rollout_status
+            .as_ref()?
+            .current_step_index
+    }
+
+    pub fn paused_reason(&self) -> Option<String> {
+        let rs = self.status.as_ref()?.rollout_status.as_ref()?;
+        rs.conditions
+            .iter()
+            .find(|c| c.type_ == "Paused" && c.status == "True")
+            .and_then(|c| c.reason.clone())
+    }
+
+    pub fn weight(&self) -> i32 {
+        self.status
+            .as_ref()
+            .and_then(|s| s.rollout_status.as_ref())
+            .and_then(|r| r.canary_status.as_ref())
+            .map_or(0, |c| c.current_weight)
+    }
+
+    pub fn count(&self, rev: &str) -> usize {
+        self.rolesets.iter().filter(|r| r.revision == rev).count()
+    }
+
+    pub fn settle(&mut self, ticks: usize) {
+        for _ in 0..ticks {
+            self.tick();
+        }
+    }
+
+    pub fn annotate(&mut self, key: &str) {
+        self.annotations.insert(key.into(), "true".into());
+    }
+
+    pub fn set_image(&mut self, image: &str) {
+        let role = &mut self.spec.template.spec.as_mut().expect("spec").roles[0];
+        role.template.spec.as_mut().expect("pod").containers[0].image = Some(image.into());
+    }
+
+    pub fn revision(&self) -> String {
+        revision::of_template(&self.spec.template)
+    }
+
+    pub fn stable(&self) -> Option<String> {
+        self.status.as_ref()?.current_revision.clone()
+    }
+}
+
+fn deployed(steps: serde_json::Value, replicas: i32) -> (Sim, String) {
+    let mut sim = Sim::new(spec(steps, replicas, "app:v1"));
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Healthy));
+    let v1 = sim.revision();
+    assert_eq!(sim.stable(), Some(v1.clone()));
+    assert_eq!(sim.count(&v1), usize::try_from(replicas).expect("replicas"));
+    (sim, v1)
+}
+
+#[test]
+fn first_deployment_becomes_healthy() {
+    let (sim, v1) = deployed(seed_steps(), 4);
+    let plan = sim.last.as_ref().expect("plan");
+    assert_eq!(plan.scale.get(&v1), Some(&4));
+    assert!(plan.services.contains(&("s".into(), v1.clone())));
+}
+
+#[test]
+fn seed_canary_completes_after_one_approval() {
+    let (mut sim, v1) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Paused));
+    assert_eq!(sim.paused_reason().as_deref(), Some("PauseDuration"));
+    assert_eq!(sim.step(), Some(0));
+    assert_eq!(sim.weight(), 10);
+    assert_eq!((sim.count(&v2), sim.count(&v1)), (1, 3));
+    let requeue = sim
+        .last
+        .as_ref()
+        .and_then(|p| p.requeue_after)
+        .expect("requeue at the pause end");
+    assert!(
+        requeue <= std::time::Duration::from_secs(300)
+            && requeue > std::time::Duration::from_secs(290),
+        "{requeue:?}"
+    );
+    sim.advance(299);
+    sim.settle(2);
+    assert_eq!(sim.step(), Some(0), "the pause is not over yet");
+    sim.advance(2);
+    sim.settle(3);
+    assert_eq!(sim.step(), Some(1));
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+    assert_eq!(sim.weight(), 25);
+    sim.annotate(APPROVAL);
+    sim.settle(8);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
+    assert_eq!(sim.stable(), Some(v2.clone()));
+    assert_eq!((sim.count(&v2), sim.count(&v1)), (4, 0));
+    assert_eq!(sim.weight(), 100);
+    assert!(sim.annotations.is_empty());
+    let plan = sim.last.as_ref().expect("plan");
+    assert!(
+        plan.services.contains(&("s".into(), v2.clone()))
+            && plan.services.contains(&("c".into(), v2))
+    );
+}
+
+#[test]
+fn approval_when_nothing_waits_is_dropped_not_remembered() {
+    let (mut sim, _) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    sim.settle(3);
+    assert_eq!(sim.paused_reason().as_deref(), Some("PauseDuration"));
+    sim.annotate(APPROVAL);
+    sim.tick();
+    assert!(sim.annotations.is_empty(), "the annotation is removed");
+    assert!(
+        sim.notes
+            .iter()
+            .any(|n| n.warning && n.reason == "ControlIgnored")
+    );
+    sim.advance(301);
+    sim.settle(3);
+    assert_eq!(
+        sim.paused_reason().as_deref(),
+        Some("WaitingForApproval"),
+        "the early approval did not count"
+    );
+}
+
+#[test]
+fn an_approval_never_skips_two_gates_even_across_a_crash() {
+    let steps = serde_json::json!([
+        {"weight": 25, "pause": {"untilApproval": true}},
+        {"weight": 50, "pause": {"untilApproval": true}}
+    ]);
+    let (mut sim, _) = deployed(steps, 4);
+    sim.set_image("app:v2");
+    sim.settle(3);
+    assert_eq!(
+        (sim.step(), sim.paused_reason().as_deref()),
+        (Some(0), Some("WaitingForApproval"))
+    );
+    // The controller acts and writes status, then dies before removing the annotation, again and again.
+    sim.crash_before_annotation_removal = true;
+    sim.annotate(APPROVAL);
+    sim.settle(6);
+    assert_eq!(sim.step(), Some(1));
+    assert_eq!(
+        sim.paused_reason().as_deref(),
+        Some("WaitingForApproval"),
+        "the second gate still waits"
+    );
+    assert_eq!(
+        sim.notes.iter().filter(|n| n.reason == "Approved").count(),
+        1
+    );
+    // Once it can remove the annotation, the acknowledgement goes too, and a new approval acts.
+    sim.crash_before_annotation_removal = false;
+    sim.tick();
+    assert!(sim.annotations.is_empty());
+    sim.tick();
+    let rs = sim
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_status.as_ref())
+        .expect("rs");
+    assert!(rs.acknowledged_controls.is_empty());
+    sim.annotate(APPROVAL);
+    sim.settle(6);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
+}
+
+#[test]
+fn abort_returns_everything_to_stable_and_retry_restarts() {
+    let (mut sim, v1) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(3);
+    sim.advance(301);
+    sim.settle(3);
+    sim.annotate(APPROVAL);
+    sim.settle(2);
+    assert_eq!(sim.weight(), 50, "at the 50% step");
+    sim.annotate(ABORT);
+    let plan = sim.tick();
+    assert_eq!(sim.phase(), Some(RolloutPhase::Aborted));
+    assert_eq!(plan.weight, 0, "traffic goes back at once");
+    assert!(
+        plan.services.iter().all(|(_, rev)| *rev == v1),
+        "{:?}",
+        plan.services
+    );
+    sim.settle(3);
+    assert_eq!((sim.count(&v1), sim.count(&v2)), (4, 0));
+    assert_eq!(
+        sim.phase(),
+        Some(RolloutPhase::Aborted),
+        "stays aborted while the template differs"
+    );
+    sim.annotate(RETRY);
+    sim.settle(3);
+    assert_eq!(sim.step(), Some(0));
+    assert_eq!(sim.paused_reason().as_deref(), Some("PauseDuration"));
+}
+
+#[test]
+fn canary_is_scaled_down_only_when_stable_is_whole() {
+    let (mut sim, v1) = deployed(
+        serde_json::json!([{"weight": 50, "pause": {"untilApproval": true}}]),
+        4,
+    );
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(4);
+    assert_eq!((sim.count(&v1), sim.count(&v2)), (2, 2));
+    sim.annotate(ABORT);
+    let plan = sim.tick();
+    // Stable has 2 of 4 ready: the canary keeps its RoleSets this round.
+    assert_eq!(plan.scale.get(&v1), Some(&4));
+    assert_eq!(plan.scale.get(&v2), Some(&2));
+    sim.settle(2);
+    assert_eq!(sim.count(&v2), 0);
+}
+
+#[test]
+fn failing_canary_pods_roll_back_automatically() {
+    let (mut sim, v1) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.failing.insert(v2.clone());
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Degraded));
+    let rs = sim
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_status.clone())
+        .expect("rs");
+    let degraded = rs
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("condition");
+    assert_eq!(degraded.reason.as_deref(), Some("HealthCheckFailed"));
+    assert_eq!(
+        sim.last
+            .as_ref()
+            .and_then(|p| p.rollback.clone())
+            .as_deref(),
+        None,
+        "reported once, when triggered"
+    );
+    assert!(sim.notes.iter().any(|n| n.reason == "HealthCheckFailed"));
+    sim.settle(3);
+    assert_eq!((sim.count(&v1), sim.count(&v2)), (4, 0));
+    assert_eq!(sim.weight(), 0);
+}
+
+#[test]
+fn disabled_auto_rollback_stops_in_place() {
+    let mut s = spec(seed_steps(), 4, "app:v1");
+    s.rollout_strategy.as_mut().expect("rs").auto_rollback =
+        Some(serde_json::from_value(serde_json::json!({"enabled": false})).expect("ar"));
+    let mut sim = Sim::new(s);
+    sim.settle(3);
+    let v1 = sim.revision();
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.failing.insert(v2.clone());
+    sim.settle(4);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Degraded));
+    assert_eq!((sim.count(&v1), sim.count(&v2)), (3, 1), "nothing moves");
+    sim.annotate(ABORT);
+    sim.settle(4);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Aborted));
+    assert_eq!((sim.count(&v1), sim.count(&v2)), (4, 0));
+}
+
+#[test]
+fn error_threshold_counts_the_share_of_failing_pods() {
+    let mut s = spec(
+        serde_json::json!([{"weight": 50, "pause": {"untilApproval": true}}]),
+        4,
+        "app:v1",
+    );
+    s.rollout_strategy.as_mut().expect("rs").auto_rollback = Some(
+        serde_json::from_value(serde_json::json!({"onFailure": {"healthCheckFailure": false, "errorThreshold": "40%"}}))
+            .expect("ar"),
+    );
+    let mut sim = Sim::new(s);
+    sim.settle(3);
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.failing.insert(v2);
+    sim.settle(3);
+    let rs = sim
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_status.clone())
+        .expect("rs");
+    let degraded = rs
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("condition");
+    assert_eq!(degraded.reason.as_deref(), Some("ErrorThresholdExceeded"));
+}
+
+#[test]
+fn stuck_step_hits_the_progress_deadline_excluding_paused_time() {
+    let mut s = spec(seed_steps(), 4, "app:v1");
+    s.rollout_strategy.as_mut().expect("rs").auto_rollback =
+        Some(serde_json::from_value(serde_json::json!({"onTimeout": "10m"})).expect("ar"));
+    let mut sim = Sim::new(s);
+    sim.settle(3);
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.stuck.insert(v2);
+    sim.settle(2);
+    sim.advance(300);
+    sim.tick();
+    sim.annotate(PAUSE);
+    sim.tick();
+    assert_eq!(sim.paused_reason().as_deref(), Some("PausedByUser"));
+    sim.advance(3600);
+    sim.tick();
+    assert_eq!(
+        sim.phase(),
+        Some(RolloutPhase::Paused),
+        "paused time does not count"
+    );
+    sim.annotate(RESUME);
+    sim.tick();
+    sim.advance(240);
+    sim.tick();
+    assert_eq!(
+        sim.phase(),
+        Some(RolloutPhase::Progressing),
+        "9 minutes of progress time so far"
+    );
+    sim.advance(120);
+    sim.tick();
+    assert_eq!(sim.phase(), Some(RolloutPhase::Degraded));
+    let rs = sim
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_status.clone())
+        .expect("rs");
+    let degraded = rs
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .expect("condition");
+    assert_eq!(degraded.reason.as_deref(), Some("ProgressDeadlineExceeded"));
+}
+
+#[test]
+fn reverting_the_template_is_a_rollback_to_healthy() {
+    let (mut sim, v1) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    sim.settle(3);
+    sim.set_image("app:v1");
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Healthy));
+    assert_eq!(sim.count(&v1), 4);
+    assert_eq!(sim.rolesets.len(), 4);
+}
+
+#[test]
+fn analysis_steps_wait_rather_than_pass() {
+    let (mut sim, _) = deployed(
+        serde_json::json!([{"weight": 50, "analysis": {"templates": [{"name": "t"}]}}]),
+        2,
+    );
+    sim.set_image("app:v2");
+    sim.settle(5);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Paused));
+    assert_eq!(sim.paused_reason().as_deref(), Some("AnalysisUnavailable"));
+    assert_eq!(sim.step(), Some(0));
+}
+
+#[test]
+fn an_edited_step_starts_over() {
+    let (mut sim, _) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    sim.settle(2);
+    sim.advance(200);
+    sim.tick();
+    // 200 s into a 5 m pause, the user makes it 4 m: the pause restarts from now.
+    let steps = &mut sim
+        .spec
+        .rollout_strategy
+        .as_mut()
+        .expect("rs")
+        .canary
+        .as_mut()
+        .expect("canary")
+        .steps;
+    steps[0].pause.as_mut().expect("pause").duration = Some("4m".into());
+    sim.tick();
+    sim.advance(200);
+    sim.tick();
+    assert_eq!(sim.step(), Some(0));
+    sim.advance(41);
+    sim.settle(2);
+    assert_eq!(sim.step(), Some(1));
+}
+
+#[test]
+fn replaying_an_observation_changes_nothing() {
+    let (mut sim, _) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    for _ in 0..6 {
+        sim.tick();
+        let first = sim.decide_once();
+        let mut again = Sim::new(sim.spec.clone());
+        again.status = Some(first.status.clone());
+        again.rolesets = sim.rolesets.clone();
+        again.now = sim.now;
+        again.annotations = sim.annotations.clone();
+        let second = again.decide_once();
+        assert_eq!(first.status, second.status);
+        assert_eq!(first.scale, second.scale);
+        assert_eq!(first.services, second.services);
+        assert!(second.notes.is_empty(), "{:?}", second.notes);
+        sim.advance(120);
+    }
+}
+
+#[test]
+fn plain_rolling_update_respects_budgets() {
+    let mut s = spec(serde_json::json!([]), 4, "app:v1");
+    s.rollout_strategy = None;
+    s.update_strategy = Some(
+        serde_json::from_value(serde_json::json!({"maxSurge": 1, "maxUnavailable": 0}))
+            .expect("us"),
+    );
+    let mut sim = Sim::new(s);
+    sim.settle(3);
+    let v1 = sim.revision();
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    for _ in 0..20 {
+        sim.tick();
+        let ready = sim.rolesets.iter().filter(|r| r.ready).count();
+        assert!(sim.rolesets.len() <= 5, "surge of 1");
+        assert!(
+            ready >= 4 || sim.count(&v2) < 2,
+            "never below 4 ready once moving: {:?}",
+            sim.rolesets
+        );
+    }
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
+    assert_eq!((sim.count(&v1), sim.count(&v2)), (0, 4));
+}
+
+mod properties;

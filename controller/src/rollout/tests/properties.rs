@@ -1,0 +1,107 @@
+//! Property tests: random controls, failures and time against the invariants of DESIGN.md §3.
+
+use super::*;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Event {
+    Tick,
+    Wait(i64),
+    Approve,
+    Abort,
+    Retry,
+    Pause,
+    Resume,
+    Fail,
+    Heal,
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        6 => Just(Event::Tick),
+        2 => (1i64..400).prop_map(Event::Wait),
+        2 => Just(Event::Approve),
+        1 => Just(Event::Abort),
+        1 => Just(Event::Retry),
+        1 => Just(Event::Pause),
+        1 => Just(Event::Resume),
+        1 => Just(Event::Fail),
+        1 => Just(Event::Heal),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold(events in prop::collection::vec(event(), 1..60), replicas in 1i32..7, router in any::<bool>()) {
+        let mut s = spec(seed_steps(), replicas, "app:v1");
+        if router {
+            s.rollout_strategy.as_mut().expect("rs").canary.as_mut().expect("c").traffic_routing =
+                Some(serde_json::from_value(serde_json::json!({"nginx": {"ingress": "i", "servicePort": 80}})).expect("tr"));
+        }
+        let mut sim = Sim::new(s);
+        sim.settle(3);
+        let v1 = sim.revision();
+        sim.set_image("app:v2");
+        let v2 = sim.revision();
+        let (_, unavailable) = settings::budgets(&sim.spec, sim.spec.rollout_strategy.as_ref().and_then(|r| r.canary.as_ref()), replicas);
+        let mut approvals_given = 0usize;
+        for e in events {
+            match e {
+                Event::Tick => {}
+                Event::Wait(s) => sim.advance(s),
+                Event::Approve => { sim.annotate(APPROVAL); approvals_given += 1; }
+                Event::Abort => sim.annotate(ABORT),
+                Event::Retry => sim.annotate(RETRY),
+                Event::Pause => sim.annotate(PAUSE),
+                Event::Resume => sim.annotate(RESUME),
+                Event::Fail => { sim.failing.insert(v2.clone()); }
+                Event::Heal => { sim.failing.remove(&v2); }
+            }
+            let canary_ready_before: i32 =
+                sim.rolesets.iter().filter(|r| r.ready && r.revision == v2).count().try_into().unwrap_or(0);
+            let stable_before = sim.stable();
+            let plan = sim.tick();
+            let rs = plan.status.rollout_status.clone().unwrap_or_default();
+            // The weight never exceeds the current step's.
+            if let Some(idx) = rs.current_step_index.and_then(|i| usize::try_from(i).ok()) {
+                let steps = &sim.spec.rollout_strategy.as_ref().expect("rs").canary.as_ref().expect("c").steps;
+                let t = canary::target(steps, idx, replicas, router);
+                prop_assert!(plan.weight <= t.weight.max(if rs.phase == Some(RolloutPhase::Completed) { 100 } else { 0 }),
+                    "weight {} over step {idx}'s {}", plan.weight, t.weight);
+            }
+            // Aborted or rolled back: all traffic on stable, Services pinned to stable.
+            if matches!(rs.phase, Some(RolloutPhase::Aborted)) || plan.rollback.is_some() {
+                prop_assert_eq!(plan.weight, 0);
+                prop_assert!(plan.services.iter().all(|(_, r)| *r == v1));
+                prop_assert_eq!(plan.scale.get(&v1).copied(), Some(replicas));
+            }
+            // Capacity: stable is only scaled down as far as ready canary RoleSets make up for it,
+            // so ready RoleSets never drop below replicas − maxUnavailable.
+            if stable_before == Some(v1.clone()) && sim.stable() == Some(v1.clone()) {
+                let stable_planned = plan.scale.get(&v1).copied().unwrap_or(0);
+                prop_assert!(
+                    stable_planned + canary_ready_before >= replicas - unavailable,
+                    "stable planned {stable_planned} + canary ready {canary_ready_before} < {}", replicas - unavailable
+                );
+            }
+            let promoting = rs.current_step_index.is_some_and(|i| i >= 4);
+            if router && !promoting && rs.phase != Some(RolloutPhase::Completed) && sim.stable() == Some(v1.clone()) {
+                prop_assert_eq!(plan.scale.get(&v1).copied().unwrap_or(0), replicas, "with a router stable keeps full size");
+            }
+            // Every approval acts at most once.
+            let approved = sim.notes.iter().filter(|n| n.reason == "Approved").count();
+            prop_assert!(approved <= approvals_given);
+        }
+        // Whatever happened, an abort brings everything back to stable.
+        sim.failing.clear();
+        sim.annotate(ABORT);
+        sim.settle(6);
+        if sim.stable() == Some(v1.clone()) {
+            prop_assert_eq!(sim.count(&v1), usize::try_from(replicas).expect("r"));
+            prop_assert_eq!(sim.count(&v2), 0);
+            prop_assert_eq!(sim.last.as_ref().expect("plan").weight, 0);
+        }
+    }
+}
