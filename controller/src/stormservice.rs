@@ -1,1 +1,493 @@
-//! The StormService controller: revisions, RoleSets and rollouts.
+//! The StormService controller: observes RoleSets and Pods, asks the rollout state machine what to
+//! do, and applies its plan: status first, then Services (traffic), then RoleSets (capacity).
+
+use crate::context::{Context, MANAGER};
+use crate::rollout::{self, Input, Observed, ObservedPod, ObservedRoleSet, Plan};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME, LABEL_REVISION};
+use storm_shared::types::API_VERSION;
+use storm_shared::types::roleset::RoleSetSpec;
+use storm_shared::{RoleSet, StormService};
+use tracing::{debug, info, warn};
+
+/// Field manager for the Service selectors the controller pins.
+const ROUTING_MANAGER: &str = "storm-controller-routing";
+/// Reconciles at most this many StormServices at once.
+const CONCURRENCY: u16 = 16;
+/// Look again this often even when nothing happens (pauses requeue at their exact end).
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What went wrong in a reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing the status failed.
+    #[error("writing status: {0}")]
+    WriteStatus(#[source] kube::Error),
+    /// Removing acted-on control annotations failed.
+    #[error("removing control annotations: {0}")]
+    RemoveAnnotations(#[source] kube::Error),
+    /// Pinning a Service's selector failed.
+    #[error("pinning Service {0}: {1}")]
+    PinService(String, #[source] kube::Error),
+    /// Creating a RoleSet failed.
+    #[error("creating RoleSet {0}: {1}")]
+    CreateRoleSet(String, #[source] kube::Error),
+    /// Deleting a RoleSet failed.
+    #[error("deleting RoleSet {0}: {1}")]
+    DeleteRoleSet(String, #[source] kube::Error),
+    /// The object has no namespace.
+    #[error("StormService has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    fn label(&self) -> &'static str {
+        match self {
+            Error::WriteStatus(_) => "write_status",
+            Error::RemoveAnnotations(_) => "remove_annotations",
+            Error::PinService(..) => "pin_service",
+            Error::CreateRoleSet(..) => "create_roleset",
+            Error::DeleteRoleSet(..) => "delete_roleset",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+struct State {
+    ctx: Arc<Context>,
+    rolesets: Store<RoleSet>,
+    pods: Store<Pod>,
+    services: Store<Service>,
+}
+
+/// Runs the StormService controller over all namespaces until `shutdown` completes.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let client = ctx.client.clone();
+    let labelled = watcher::Config::default().labels(LABEL_NAME);
+    let (rolesets, rs_writer) = reflector::store::<RoleSet>();
+    let roleset_events = watcher(Api::<RoleSet>::all(client.clone()), labelled.clone())
+        .default_backoff()
+        .modify(|r| r.managed_fields_mut().clear())
+        .reflect(rs_writer)
+        .touched_objects();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_events = watcher(Api::<Pod>::all(client.clone()), labelled)
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear())
+        .reflect(pod_writer)
+        .touched_objects();
+    let (services, svc_writer) = reflector::store::<Service>();
+    let svc_reflector = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|s| s.managed_fields_mut().clear())
+    .reflect(svc_writer)
+    .applied_objects()
+    .for_each(|_| async {});
+    tokio::spawn(svc_reflector);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+    let state = Arc::new(State {
+        ctx,
+        rolesets,
+        pods,
+        services,
+    });
+    info!("StormService controller starting");
+    Controller::new(Api::<StormService>::all(client), watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .owns_stream(roleset_events)
+        .watches_stream(pod_events, |pod: Pod| {
+            let name = pod.labels().get(LABEL_NAME)?.clone();
+            Some(ObjectRef::<StormService>::new(&name).within(&pod.namespace()?))
+        })
+        .graceful_shutdown_on(async move {
+            let _ = stop_rx.await;
+        })
+        .run(reconcile, error_policy, state)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => warn!(error = %e, "StormService controller"),
+            }
+        })
+        .await;
+    info!("StormService controller stopped");
+}
+
+fn error_policy(obj: Arc<StormService>, err: &Error, state: Arc<State>) -> Action {
+    warn!(namespace = ?obj.namespace(), name = %obj.name_any(), error = %err, "reconcile failed");
+    state
+        .ctx
+        .metrics
+        .observe_reconcile("StormService", 0.0, Some(err.label()));
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// What the controller sees of one StormService, from its caches.
+fn observe(state: &State, ns: &str, name: &str) -> Observed {
+    let mine = |labels: &BTreeMap<String, String>| {
+        labels.get(LABEL_NAME).map(String::as_str) == Some(name)
+    };
+    let rolesets = state
+        .rolesets
+        .state()
+        .iter()
+        .filter(|r| {
+            r.namespace().as_deref() == Some(ns)
+                && mine(r.labels())
+                && r.meta().deletion_timestamp.is_none()
+        })
+        .map(|r| ObservedRoleSet {
+            name: r.name_any(),
+            revision: r.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
+            ready: r.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            }),
+        })
+        .collect();
+    let pods = state
+        .pods
+        .state()
+        .iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns)
+                && mine(p.labels())
+                && p.meta().deletion_timestamp.is_none()
+        })
+        .map(|p| observe_pod(p))
+        .collect();
+    Observed { rolesets, pods }
+}
+
+/// A Pod's health as the rollout sees it.
+pub fn observe_pod(p: &Pod) -> ObservedPod {
+    let status = p.status.as_ref();
+    let ready_cond = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+    let ready = ready_cond.is_some_and(|c| c.status == "True");
+    let crash_looping = status
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.restart_count >= 3
+                    || c.state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .and_then(|w| w.reason.as_deref())
+                        == Some("CrashLoopBackOff")
+            })
+        });
+    let unready_since = if ready {
+        None
+    } else {
+        ready_cond
+            .and_then(|c| c.last_transition_time.as_ref())
+            .or(p.meta().creation_timestamp.as_ref())
+            .map(|t| t.0)
+    };
+    ObservedPod {
+        name: p.name_any(),
+        revision: p.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
+        ready,
+        failed: status.and_then(|s| s.phase.as_deref()) == Some("Failed"),
+        crash_looping,
+        unready_since,
+    }
+}
+
+async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let name = obj.name_any();
+    if obj.meta().deletion_timestamp.is_some() {
+        state.ctx.metrics.forget_rollout(&ns, &name);
+        return Ok(Action::await_change());
+    }
+    let observed = observe(&state, &ns, &name);
+    let annotations = obj.annotations().clone();
+    let input = Input {
+        name: &name,
+        generation: obj.meta().generation,
+        spec: &obj.spec,
+        status: obj.status.as_ref(),
+        annotations: &annotations,
+        observed: &observed,
+        now: Timestamp::now(),
+    };
+    let plan = rollout::decide(&input);
+    let result = apply(&obj, &ns, &name, &observed, &plan, &state).await;
+    let rs = plan.status.rollout_status.as_ref();
+    state.ctx.metrics.set_rollout(
+        &ns,
+        &name,
+        rs.and_then(|r| r.phase).map_or("Healthy", phase_name),
+        i64::from(rs.and_then(|r| r.current_step_index).unwrap_or(0)),
+        i64::from(
+            rs.and_then(|r| r.canary_status.as_ref())
+                .map_or(0, |c| c.current_weight),
+        ),
+    );
+    state.ctx.metrics.observe_reconcile(
+        "StormService",
+        started.elapsed().as_secs_f64(),
+        result.as_ref().err().map(Error::label),
+    );
+    result?;
+    let after = plan
+        .requeue_after
+        .map_or(RESYNC, |d| d.clamp(Duration::from_secs(1), RESYNC));
+    Ok(Action::requeue(after))
+}
+
+fn phase_name(p: storm_shared::types::stormservice::RolloutPhase) -> &'static str {
+    use storm_shared::types::stormservice::RolloutPhase::*;
+    match p {
+        Healthy => "Healthy",
+        Progressing => "Progressing",
+        Paused => "Paused",
+        Completed => "Completed",
+        Degraded => "Degraded",
+        Aborted => "Aborted",
+    }
+}
+
+async fn apply(
+    obj: &StormService,
+    ns: &str,
+    name: &str,
+    observed: &Observed,
+    plan: &Plan,
+    state: &State,
+) -> Result<(), Error> {
+    let client = state.ctx.client.clone();
+    let api: Api<StormService> = Api::namespaced(client.clone(), ns);
+    // 1. Status: the decision, including the controls it acted on, is recorded before anything else.
+    if obj.status.as_ref() != Some(&plan.status) {
+        let body =
+            json!({"apiVersion": API_VERSION, "kind": "StormService", "status": plan.status});
+        api.patch_status(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(Error::WriteStatus)?;
+    }
+    // 2. Controls that acted go away (they are acknowledged in the status just written).
+    if !plan.remove_annotations.is_empty() {
+        let nulls: serde_json::Map<String, serde_json::Value> = plan
+            .remove_annotations
+            .iter()
+            .map(|k| (k.clone(), serde_json::Value::Null))
+            .collect();
+        let body = json!({"metadata": {"annotations": nulls}});
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .map_err(Error::RemoveAnnotations)?;
+    }
+    // 3. Events.
+    let reference = obj.object_ref(&());
+    for note in &plan.notes {
+        let ev = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.clone(),
+            note: Some(note.message.clone()),
+            action: "Rollout".into(),
+            secondary: None,
+        };
+        if let Err(e) = state.ctx.recorder.publish(&ev, &reference).await {
+            warn!(namespace = ns, name, error = %e, "recording event");
+        }
+    }
+    if let Some(reason) = &plan.rollback {
+        state.ctx.metrics.rollback(reason);
+    }
+    // 4. Traffic before capacity: Services select their revision first.
+    pin_services(ns, plan, state).await?;
+    // 5. Capacity: create what is missing, then delete what is too much.
+    scale(obj, ns, name, observed, plan, state).await
+}
+
+async fn pin_services(ns: &str, plan: &Plan, state: &State) -> Result<(), Error> {
+    let api: Api<Service> = Api::namespaced(state.ctx.client.clone(), ns);
+    for (svc, rev) in &plan.services {
+        let Some(current) = state.services.get(&ObjectRef::new(svc).within(ns)) else {
+            // A missing Service is the user's to create; admission already warned about it.
+            debug!(namespace = ns, service = %svc, "Service not found; not pinned");
+            continue;
+        };
+        let pinned = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .and_then(|s| s.get(LABEL_REVISION))
+            .map(String::as_str);
+        if pinned == Some(rev.as_str()) {
+            continue;
+        }
+        let body = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc},
+                          "spec": {"selector": {LABEL_REVISION: rev}}});
+        api.patch(
+            svc,
+            &PatchParams::apply(ROUTING_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|e| Error::PinService(svc.clone(), e))?;
+        info!(namespace = ns, service = %svc, revision = %rev, "Service pinned");
+    }
+    Ok(())
+}
+
+/// The index of a RoleSet named `<service>-<revision>-<index>`.
+fn index_of(roleset: &str, prefix: &str) -> Option<i32> {
+    roleset.strip_prefix(prefix)?.parse().ok()
+}
+
+async fn scale(
+    obj: &StormService,
+    ns: &str,
+    name: &str,
+    observed: &Observed,
+    plan: &Plan,
+    state: &State,
+) -> Result<(), Error> {
+    let api: Api<RoleSet> = Api::namespaced(state.ctx.client.clone(), ns);
+    let revisions: BTreeSet<String> = observed
+        .revisions()
+        .into_iter()
+        .chain(plan.scale.keys().cloned())
+        .collect();
+    let mut deletions = Vec::new();
+    for rev in revisions {
+        let want = plan.scale.get(&rev).copied().unwrap_or(0);
+        let prefix = format!("{name}-{rev}-");
+        let have: BTreeSet<i32> = observed
+            .rolesets
+            .iter()
+            .filter(|r| r.revision == rev)
+            .filter_map(|r| index_of(&r.name, &prefix))
+            .collect();
+        for i in (0..want).filter(|i| !have.contains(i)) {
+            let rs = roleset_for(obj, &rev, i);
+            match api.create(&PostParams::default(), &rs).await {
+                Ok(_) => info!(namespace = ns, roleset = %rs.name_any(), "RoleSet created"),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(Error::CreateRoleSet(rs.name_any(), e)),
+            }
+        }
+        for r in observed.rolesets.iter().filter(|r| r.revision == rev) {
+            if index_of(&r.name, &prefix).is_none_or(|i| i >= want) {
+                deletions.push(r.name.clone());
+            }
+        }
+    }
+    for d in deletions {
+        match api.delete(&d, &DeleteParams::background()).await {
+            Ok(_) => info!(namespace = ns, roleset = %d, "RoleSet deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(Error::DeleteRoleSet(d, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The RoleSet with index `i` of revision `rev`.
+fn roleset_for(obj: &StormService, rev: &str, i: i32) -> RoleSet {
+    let name = obj.name_any();
+    let tpl_meta = obj.spec.template.metadata.clone().unwrap_or_default();
+    let mut labels = tpl_meta.labels.unwrap_or_default();
+    labels.insert(LABEL_NAME.into(), name.clone());
+    labels.insert(LABEL_REVISION.into(), rev.to_string());
+    labels.insert(AIBRIX_LABEL_STORM_SERVICE_NAME.into(), name.clone());
+    let mut rs = RoleSet::new(
+        &format!("{name}-{rev}-{i}"),
+        obj.spec
+            .template
+            .spec
+            .clone()
+            .unwrap_or_else(RoleSetSpec::default),
+    );
+    rs.metadata.namespace = obj.namespace();
+    rs.metadata.labels = Some(labels);
+    rs.metadata.annotations = tpl_meta.annotations;
+    rs.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: API_VERSION.into(),
+        kind: "StormService".into(),
+        name,
+        uid: obj.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    rs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roleset_names_and_labels() {
+        let obj: StormService = serde_json::from_value(json!({
+            "apiVersion": API_VERSION, "kind": "StormService",
+            "metadata": {"name": "svc", "namespace": "ns", "uid": "u-1"},
+            "spec": {"template": {"metadata": {"labels": {"app": "a"}}, "spec": {"roles": [{"name": "r"}]}}}
+        }))
+        .expect("object");
+        let rs = roleset_for(&obj, "abc", 2);
+        assert_eq!(rs.name_any(), "svc-abc-2");
+        assert_eq!(rs.labels().get("app").map(String::as_str), Some("a"));
+        assert_eq!(
+            rs.labels().get(LABEL_REVISION).map(String::as_str),
+            Some("abc")
+        );
+        let owner = &rs.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
+        assert_eq!(index_of("svc-abc-12", "svc-abc-"), Some(12));
+        assert_eq!(index_of("svc-abcd-1", "svc-abc-"), None);
+    }
+
+    #[test]
+    fn pod_health_from_status() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p", "labels": {LABEL_REVISION: "r"}, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "status": {"phase": "Running",
+                       "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:01:00Z"}],
+                       "containerStatuses": [{"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 5}]}
+        }))
+        .expect("pod");
+        let o = observe_pod(&pod);
+        assert!(!o.ready && o.crash_looping && !o.failed);
+        assert_eq!(o.unready_since.map(|t| t.as_second()), Some(1_767_225_660));
+        assert_eq!(o.revision, "r");
+    }
+}
