@@ -131,6 +131,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
                 // Reconcile errors were logged by error_policy already.
                 Err(controller::Error::ReconcilerFailed(..)) => {}
+                // A Pod event for a RoleSet that was just deleted: nothing left to do.
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    debug!(namespace = ?obj.namespace, name = %obj.name, "RoleSet gone")
+                }
                 Err(e) => warn!(error = %e, "RoleSet controller"),
             }
         })
