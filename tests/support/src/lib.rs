@@ -171,6 +171,67 @@ impl Cluster {
         fs::read(&path).with_context(|| format!("reading {}", path.display()))
     }
 
+    /// Directory with the cluster PKI (`ca.crt`, `ca.key`, ...): sign a webhook serving
+    /// certificate with the CA and [`Cluster::ca_pem`] is its `caBundle`.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.state_dir.join("pki")
+    }
+
+    /// Applies every `manifests/crds/*.yaml` with `kubectl apply --server-side` (once per
+    /// process) and waits until the CRDs are Established. Returns the applied
+    /// `customresourcedefinition.apiextensions.k8s.io/<name>` resource names; empty when the
+    /// directory holds no manifests.
+    ///
+    /// Install CRDs early: the garbage collector re-discovers resources every 30 s, so until
+    /// then it may not act on owner references to custom resources of new CRDs.
+    pub fn install_crds(&self) -> Result<Vec<String>> {
+        static CRDS: OnceLock<std::result::Result<Vec<String>, String>> = OnceLock::new();
+        CRDS.get_or_init(|| self.apply_crds().map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(|e| anyhow!("installing CRDs: {e}"))
+    }
+
+    fn apply_crds(&self) -> Result<Vec<String>> {
+        let dir = self.repo_root.join("manifests").join("crds");
+        let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        let mut names = Vec::new();
+        for file in &files {
+            let mut args: Vec<&std::ffi::OsStr> = [
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-o",
+                "name",
+                "-f",
+            ]
+            .iter()
+            .map(std::ffi::OsStr::new)
+            .collect();
+            args.push(file.as_os_str());
+            let out = self.kubectl_run(args)?;
+            names.extend(
+                out.lines()
+                    .map(str::trim)
+                    .filter(|l| l.starts_with("customresourcedefinition"))
+                    .map(str::to_string),
+            );
+        }
+        if !files.is_empty() && names.is_empty() {
+            bail!("no CustomResourceDefinition in {files:?}");
+        }
+        if !names.is_empty() {
+            let mut wait = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+            wait.extend(names.iter().map(String::as_str));
+            self.kubectl_run(wait)?;
+        }
+        Ok(names)
+    }
+
     /// Repository root, for reaching `manifests/` and fixtures.
     pub fn repo_root(&self) -> &Path {
         &self.repo_root
