@@ -46,7 +46,27 @@ fn build_controller() -> Result<PathBuf> {
     let repo = cluster()?.repo_root().to_path_buf();
     // `cargo test` builds only this package's targets; the controller binary is another package's.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    // `cargo test` gives this process the variables it sets for a package (CARGO_PKG_NAME,
+    // CARGO_MANIFEST_DIR, ...). Build scripts such as ring's rerun when those change, so passing
+    // them on would rebuild ring and everything above it here and again in the next plain build.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ];
+        if per_package.iter().any(|p| key.starts_with(p)) {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let out = cmd
         .args([
             "build",
             "-p",
