@@ -20,8 +20,15 @@ pub struct Context {
 impl Context {
     /// A context for `client`, reporting events as `instance` (the Pod name, when known).
     pub fn new(client: kube::Client, metrics: Arc<Metrics>, instance: Option<String>) -> Self {
-        let reporter = Reporter { controller: MANAGER.into(), instance };
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance,
+        };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, metrics, recorder }
+        Self {
+            client,
+            metrics,
+            recorder,
+        }
     }
 }

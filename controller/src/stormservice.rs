@@ -4,8 +4,10 @@
 use crate::context::{Context, MANAGER};
 use crate::rollout::{self, Input, Observed, ObservedPod, ObservedRoleSet, Plan};
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{self, Action, Controller};
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME, LABEL_REVISION};
 use storm_shared::types::API_VERSION;
 use storm_shared::types::roleset::RoleSetSpec;
+use storm_shared::types::stormservice::{RoleSetTemplateSpec, TemplateMetadata};
 use storm_shared::{RoleSet, StormService};
 use tracing::{debug, info, warn};
 
@@ -49,6 +52,12 @@ pub enum Error {
     /// Deleting a RoleSet failed.
     #[error("deleting RoleSet {0}: {1}")]
     DeleteRoleSet(String, #[source] kube::Error),
+    /// Recording a revision's template failed.
+    #[error("recording revision {0}: {1}")]
+    RecordRevision(String, #[source] kube::Error),
+    /// A revision must be scaled up but its template is known nowhere.
+    #[error("no template known for revision {0}: its ControllerRevision and RoleSets are gone")]
+    UnknownRevision(String),
     /// The object has no namespace.
     #[error("StormService has no namespace")]
     NoNamespace,
@@ -62,6 +71,8 @@ impl Error {
             Error::PinService(..) => "pin_service",
             Error::CreateRoleSet(..) => "create_roleset",
             Error::DeleteRoleSet(..) => "delete_roleset",
+            Error::RecordRevision(..) => "record_revision",
+            Error::UnknownRevision(_) => "unknown_revision",
             Error::NoNamespace => "no_namespace",
         }
     }
@@ -72,6 +83,7 @@ struct State {
     rolesets: Store<RoleSet>,
     pods: Store<Pod>,
     services: Store<Service>,
+    revisions: Store<ControllerRevision>,
 }
 
 /// Runs the StormService controller over all namespaces until `shutdown` completes.
@@ -102,6 +114,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .for_each(|_| async {});
     tokio::spawn(svc_reflector);
 
+    let (revisions, rev_writer) = reflector::store::<ControllerRevision>();
+    let rev_reflector = watcher(
+        Api::<ControllerRevision>::all(client.clone()),
+        watcher::Config::default().labels(LABEL_NAME),
+    )
+    .default_backoff()
+    .modify(|r| r.managed_fields_mut().clear())
+    .reflect(rev_writer)
+    .applied_objects()
+    .for_each(|_| async {});
+    tokio::spawn(rev_reflector);
+
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
@@ -112,6 +136,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         rolesets,
         pods,
         services,
+        revisions,
     });
     info!("StormService controller starting");
     Controller::new(Api::<StormService>::all(client), watcher::Config::default())
@@ -129,6 +154,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             match result {
                 Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
                 Err(controller::Error::ReconcilerFailed(..)) => {}
+                // Deleted between the trigger and the reconcile: nothing to do.
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    debug!(%obj, "gone before reconcile")
+                }
                 Err(e) => warn!(error = %e, "StormService controller"),
             }
         })
@@ -321,7 +350,10 @@ async fn apply(
             },
             reason: note.reason.clone(),
             note: Some(note.message.clone()),
-            action: "Rollout".into(),
+            // The recorder folds events with the same (type, reason, action) into one series, which
+            // would hide "Step 1 completed" under "Step 0 completed": the action carries the
+            // specific message so distinct transitions stay distinct events.
+            action: note.message.chars().take(128).collect(),
             secondary: None,
         };
         if let Err(e) = state.ctx.recorder.publish(&ev, &reference).await {
@@ -331,9 +363,12 @@ async fn apply(
     if let Some(reason) = &plan.rollback {
         state.ctx.metrics.rollback(reason);
     }
-    // 4. Traffic before capacity: Services select their revision first.
+    // 4. The template of the revision being rolled out is kept, so its RoleSets can be recreated
+    //    after the template moves on (abort, rollback, a stable RoleSet lost).
+    record_revision(obj, ns, name, state).await?;
+    // 5. Traffic before capacity: Services select their revision first.
     pin_services(ns, plan, state).await?;
-    // 5. Capacity: create what is missing, then delete what is too much.
+    // 6. Capacity: create what is missing, then delete what is too much.
     scale(obj, ns, name, observed, plan, state).await
 }
 
@@ -397,8 +432,19 @@ async fn scale(
             .filter(|r| r.revision == rev)
             .filter_map(|r| index_of(&r.name, &prefix))
             .collect();
-        for i in (0..want).filter(|i| !have.contains(i)) {
-            let rs = roleset_for(obj, &rev, i);
+        let missing: Vec<i32> = (0..want).filter(|i| !have.contains(i)).collect();
+        let template = if missing.is_empty() {
+            None
+        } else {
+            Some(template_of(obj, &rev, ns, name, state)?)
+        };
+        for i in missing {
+            let rs = roleset_for(
+                obj,
+                template.as_ref().unwrap_or(&obj.spec.template),
+                &rev,
+                i,
+            );
             match api.create(&PostParams::default(), &rs).await {
                 Ok(_) => info!(namespace = ns, roleset = %rs.name_any(), "RoleSet created"),
                 Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -421,10 +467,127 @@ async fn scale(
     Ok(())
 }
 
-/// The RoleSet with index `i` of revision `rev`.
-fn roleset_for(obj: &StormService, rev: &str, i: i32) -> RoleSet {
+/// Name of the ControllerRevision holding a revision's template.
+fn revision_name(name: &str, rev: &str) -> String {
+    format!("{name}-{rev}")
+}
+
+/// Stores the current template as a ControllerRevision, once per revision.
+async fn record_revision(
+    obj: &StormService,
+    ns: &str,
+    name: &str,
+    state: &State,
+) -> Result<(), Error> {
+    let rev = rollout::revision::of_template(&obj.spec.template);
+    let cr_name = revision_name(name, &rev);
+    if state
+        .revisions
+        .get(&ObjectRef::new(&cr_name).within(ns))
+        .is_some()
+    {
+        return Ok(());
+    }
+    let number = state
+        .revisions
+        .state()
+        .iter()
+        .filter(|r| {
+            r.namespace().as_deref() == Some(ns)
+                && r.labels().get(LABEL_NAME).map(String::as_str) == Some(name)
+        })
+        .map(|r| r.revision)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut cr = ControllerRevision {
+        data: Some(RawExtension(
+            serde_json::to_value(&obj.spec.template).unwrap_or_default(),
+        )),
+        revision: number,
+        ..Default::default()
+    };
+    cr.metadata.name = Some(cr_name.clone());
+    cr.metadata.namespace = Some(ns.to_string());
+    cr.metadata.labels = Some(BTreeMap::from([
+        (LABEL_NAME.to_string(), name.to_string()),
+        (LABEL_REVISION.to_string(), rev),
+    ]));
+    cr.metadata.owner_references = Some(vec![owner(obj)]);
+    let api: Api<ControllerRevision> = Api::namespaced(state.ctx.client.clone(), ns);
+    match api.create(&PostParams::default(), &cr).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(Error::RecordRevision(cr_name, e)),
+    }
+}
+
+/// The template of a revision: the current one, its ControllerRevision, or a surviving RoleSet's.
+fn template_of(
+    obj: &StormService,
+    rev: &str,
+    ns: &str,
+    name: &str,
+    state: &State,
+) -> Result<RoleSetTemplateSpec, Error> {
+    if rollout::revision::of_template(&obj.spec.template) == rev {
+        return Ok(obj.spec.template.clone());
+    }
+    if let Some(cr) = state
+        .revisions
+        .get(&ObjectRef::new(&revision_name(name, rev)).within(ns))
+        && let Some(Ok(t)) = cr
+            .data
+            .as_ref()
+            .map(|d| serde_json::from_value::<RoleSetTemplateSpec>(d.0.clone()))
+    {
+        return Ok(t);
+    }
+    // The oldest surviving RoleSet of the revision (lowest index) that is not going away.
+    let survivor = state
+        .rolesets
+        .state()
+        .into_iter()
+        .filter(|r| {
+            r.namespace().as_deref() == Some(ns)
+                && r.meta().deletion_timestamp.is_none()
+                && r.labels().get(LABEL_NAME).map(String::as_str) == Some(name)
+                && r.labels().get(LABEL_REVISION).map(String::as_str) == Some(rev)
+        })
+        .min_by_key(|r| index_of(&r.name_any(), &format!("{name}-{rev}-")).unwrap_or(i32::MAX));
+    match survivor {
+        Some(r) => {
+            let mut labels = r.labels().clone();
+            labels.remove(LABEL_NAME);
+            labels.remove(LABEL_REVISION);
+            labels.remove(AIBRIX_LABEL_STORM_SERVICE_NAME);
+            Ok(RoleSetTemplateSpec {
+                metadata: Some(TemplateMetadata {
+                    labels: Some(labels),
+                    annotations: r.metadata.annotations.clone(),
+                }),
+                spec: Some(r.spec.clone()),
+            })
+        }
+        None => Err(Error::UnknownRevision(rev.to_string())),
+    }
+}
+
+fn owner(obj: &StormService) -> OwnerReference {
+    OwnerReference {
+        api_version: API_VERSION.into(),
+        kind: "StormService".into(),
+        name: obj.name_any(),
+        uid: obj.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// The RoleSet with index `i` of revision `rev`, made from that revision's template.
+fn roleset_for(obj: &StormService, template: &RoleSetTemplateSpec, rev: &str, i: i32) -> RoleSet {
     let name = obj.name_any();
-    let tpl_meta = obj.spec.template.metadata.clone().unwrap_or_default();
+    let tpl_meta = template.metadata.clone().unwrap_or_default();
     let mut labels = tpl_meta.labels.unwrap_or_default();
     labels.insert(LABEL_NAME.into(), name.clone());
     labels.insert(LABEL_REVISION.into(), rev.to_string());
@@ -463,7 +626,7 @@ mod tests {
             "spec": {"template": {"metadata": {"labels": {"app": "a"}}, "spec": {"roles": [{"name": "r"}]}}}
         }))
         .expect("object");
-        let rs = roleset_for(&obj, "abc", 2);
+        let rs = roleset_for(&obj, &obj.spec.template, "abc", 2);
         assert_eq!(rs.name_any(), "svc-abc-2");
         assert_eq!(rs.labels().get("app").map(String::as_str), Some("a"));
         assert_eq!(

@@ -486,6 +486,7 @@ fn progress(
         // The step is complete.
         let msg = format!("Step {idx} completed successfully");
         m.rs.current_step_index = Some(idx_i32 + 1);
+        m.rs.current_step_hash = None;
         m.rs.pause_start_time = None;
         m.rs.approved_step = None;
         m.rs.step_start_time = Some(Time(m.now));
