@@ -1,13 +1,17 @@
 //! `kubectl-storm`: rollout status, manual controls and offline lint for StormServices.
 #![forbid(unsafe_code)]
 
+mod controls;
 mod crds;
 mod lint;
 mod schema;
+mod set_image;
+mod status;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use storm_shared::types::stormservice::RolloutPhase;
 
 #[derive(Parser)]
 #[command(
@@ -16,8 +20,35 @@ use std::process::ExitCode;
     about = "Progressive delivery for AIBrix StormServices"
 )]
 struct Cli {
+    /// Namespace of the StormService (default: the kubeconfig context's).
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Phases `status --wait-for` can wait for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum WaitPhase {
+    Healthy,
+    Progressing,
+    Paused,
+    Completed,
+    Degraded,
+    Aborted,
+}
+
+impl From<WaitPhase> for RolloutPhase {
+    fn from(p: WaitPhase) -> Self {
+        match p {
+            WaitPhase::Healthy => RolloutPhase::Healthy,
+            WaitPhase::Progressing => RolloutPhase::Progressing,
+            WaitPhase::Paused => RolloutPhase::Paused,
+            WaitPhase::Completed => RolloutPhase::Completed,
+            WaitPhase::Degraded => RolloutPhase::Degraded,
+            WaitPhase::Aborted => RolloutPhase::Aborted,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -38,6 +69,54 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Show where a rollout stands: steps, weight, RoleSets per revision, conditions, events.
+    ///
+    /// Exit codes with --wait-for: 0 the phase was reached, 1 the rollout failed (Degraded or
+    /// Aborted) first, 3 the timeout passed, 2 the StormService could not be read.
+    Status {
+        /// Name of the StormService.
+        name: String,
+        /// Keep watching and print the status again on every change.
+        #[arg(short, long)]
+        watch: bool,
+        /// Return when the rollout reaches this phase.
+        #[arg(long, value_enum)]
+        wait_for: Option<WaitPhase>,
+        /// How long --wait-for (or --watch) may take, e.g. 10m.
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+    },
+    /// Approve a step (or a blue-green promotion) that waits for manual approval.
+    #[command(alias = "approve")]
+    Promote {
+        /// Name of the StormService.
+        name: String,
+    },
+    /// Pause a running rollout.
+    Pause {
+        /// Name of the StormService.
+        name: String,
+    },
+    /// Resume a paused rollout (or one stopped after a failure with autoRollback disabled).
+    Resume {
+        /// Name of the StormService.
+        name: String,
+    },
+    /// Abort the rollout: all traffic and capacity back on the stable revision.
+    Abort {
+        /// Name of the StormService.
+        name: String,
+    },
+    /// Restart an Aborted or Degraded rollout at step 0.
+    Retry {
+        /// Name of the StormService.
+        name: String,
+    },
+    /// Set container images of a StormService's roles, starting a rollout.
+    Set {
+        #[command(subcommand)]
+        what: SetCommand,
+    },
     /// Print the CustomResourceDefinitions (or write them, one file each, into --out-dir).
     Crds {
         /// Directory to write one YAML file per CRD into.
@@ -46,9 +125,72 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum SetCommand {
+    /// `set image NAME ROLE[/CONTAINER]=IMAGE...`: like `kubectl set image`, for StormService roles.
+    Image {
+        /// Name of the StormService.
+        name: String,
+        /// One or more ROLE=IMAGE or ROLE/CONTAINER=IMAGE.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let namespace = cli.namespace.clone();
     match cli.command {
+        Command::Status {
+            name,
+            watch,
+            wait_for,
+            timeout,
+        } => {
+            let timeout = match storm_shared::units::parse_duration(&timeout) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: --timeout {timeout:?}: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            online(namespace, move |client, ns| async move {
+                match status::run(
+                    &client,
+                    &ns,
+                    &name,
+                    watch,
+                    wait_for.map(Into::into),
+                    timeout,
+                )
+                .await
+                {
+                    Ok(status::WaitOutcome::Reached) => Ok(ExitCode::SUCCESS),
+                    Ok(status::WaitOutcome::Failed(why)) => {
+                        eprintln!("rollout failed: {why}");
+                        Ok(ExitCode::from(1))
+                    }
+                    Ok(status::WaitOutcome::TimedOut) => {
+                        eprintln!("timed out");
+                        Ok(ExitCode::from(3))
+                    }
+                    Err(e) => Err(e),
+                }
+            })
+        }
+        Command::Promote { name } => control(namespace, name, controls::Control::Approve),
+        Command::Pause { name } => control(namespace, name, controls::Control::Pause),
+        Command::Resume { name } => control(namespace, name, controls::Control::Resume),
+        Command::Abort { name } => control(namespace, name, controls::Control::Abort),
+        Command::Retry { name } => control(namespace, name, controls::Control::Retry),
+        Command::Set {
+            what: SetCommand::Image { name, images },
+        } => online(namespace, move |client, ns| async move {
+            let api = kube::Api::namespaced(client, &ns);
+            let msg = set_image::run(&api, &name, &images).await?;
+            println!("{msg}");
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Lint {
             files,
             policy,
@@ -120,4 +262,67 @@ fn run_lint(files: &[PathBuf], policy: Option<&std::path::Path>, quiet: bool) ->
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn control(namespace: Option<String>, name: String, c: controls::Control) -> ExitCode {
+    online(namespace, move |client, ns| async move {
+        let api = kube::Api::namespaced(client, &ns);
+        match controls::run(&api, &name, c).await {
+            Ok(msg) => {
+                println!("{msg}");
+                Ok(ExitCode::SUCCESS)
+            }
+            // The action does not apply: say why, exit 1 (scripts can tell it from a failure to talk).
+            Err(msg) if msg.contains("cannot ") => {
+                eprintln!("{msg}");
+                Ok(ExitCode::from(1))
+            }
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Runs a command that talks to the cluster: a client from the kubeconfig, the namespace from the
+/// flag or the context. Errors reaching the cluster exit 2.
+fn online<F, Fut>(namespace: Option<String>, f: F) -> ExitCode
+where
+    F: FnOnce(kube::Client, String) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, String>>,
+{
+    // One crypto provider, chosen here: the rest of the process must not pick another.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        let config = match kube::Config::infer().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: no usable kubeconfig: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let ns = namespace.unwrap_or_else(|| config.default_namespace.clone());
+        let client = match kube::Client::try_from(config) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: building the client: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match f(client, ns).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
 }

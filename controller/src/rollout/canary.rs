@@ -421,6 +421,15 @@ fn progress(
         }
         // Reached: the step's pause and analysis run together.
         let step = &steps[idx];
+        m.cond(
+            cond::PROGRESSING,
+            true,
+            reason::STEP_REACHED,
+            &format!(
+                "step {idx} reached: canary at weight {} with {} RoleSets ready",
+                t.weight, t.canary
+            ),
+        );
         let idx_i32 = i32::try_from(idx).unwrap_or(i32::MAX);
         let mut waiting: Option<(&str, String)> = None;
         if let Some(pause) = &step.pause {
@@ -457,13 +466,13 @@ fn progress(
                     let left = d - elapsed;
                     m.requeue_in(std::time::Duration::try_from(left).unwrap_or_default());
                     if waiting.is_none() {
+                        // The end time, not a countdown: the message stays the same on every
+                        // reconcile, so the status is written once per pause.
+                        let until = (start + d).strftime("%Y-%m-%dT%H:%M:%SZ");
+                        let text = pause.duration.as_deref().unwrap_or("");
                         waiting = Some((
                             reason::PAUSE_DURATION,
-                            format!(
-                                "step {idx}: pausing for {}, {}s left",
-                                pause.duration.as_deref().unwrap_or(""),
-                                left.as_secs()
-                            ),
+                            format!("step {idx}: pausing {text}, until {until}"),
                         ));
                     }
                 }

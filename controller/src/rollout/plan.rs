@@ -191,6 +191,8 @@ pub mod reason {
     pub const STARTED: &str = "RolloutStarted";
     /// A step completed.
     pub const STEP_COMPLETE: &str = "StepComplete";
+    /// The current step's canary is in place; its pause and analysis run.
+    pub const STEP_REACHED: &str = "StepReached";
     /// Working towards the current step.
     pub const STEP_PROGRESSING: &str = "StepProgressing";
     /// The canary is being promoted.

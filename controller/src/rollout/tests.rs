@@ -619,3 +619,18 @@ fn plain_rolling_update_respects_budgets() {
 }
 
 mod properties;
+
+#[test]
+fn waiting_out_a_pause_does_not_rewrite_the_status() {
+    let (mut sim, _) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    sim.settle(3);
+    assert_eq!(sim.paused_reason().as_deref(), Some("PauseDuration"));
+    let before = sim.decide_once().status;
+    sim.advance(60);
+    let after = sim.decide_once().status;
+    assert_eq!(
+        before, after,
+        "a countdown in the status would rewrite it on every reconcile"
+    );
+}

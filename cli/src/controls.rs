@@ -1,0 +1,190 @@
+//! `kubectl storm promote|approve|pause|resume|abort|retry`: the seed's control annotations, set only
+//! when they can act, with a message that says why not otherwise.
+
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+use storm_shared::StormService;
+use storm_shared::keys::{
+    ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
+};
+use storm_shared::rules::waiting_for_approval;
+use storm_shared::types::stormservice::RolloutPhase;
+
+/// A manual control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Approve a step (or blue-green promotion) that waits for approval.
+    Approve,
+    /// Pause a running rollout.
+    Pause,
+    /// Resume a paused (or stopped) rollout.
+    Resume,
+    /// Abort the rollout: everything back on stable.
+    Abort,
+    /// Restart an aborted or degraded rollout at step 0.
+    Retry,
+}
+
+impl Control {
+    /// The annotation the control sets.
+    pub fn annotation(self) -> &'static str {
+        match self {
+            Control::Approve => ANNOTATION_APPROVAL,
+            Control::Pause => ANNOTATION_PAUSE,
+            Control::Resume => ANNOTATION_RESUME,
+            Control::Abort => ANNOTATION_ABORT,
+            Control::Retry => ANNOTATION_RETRY,
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        match self {
+            Control::Approve => "approved",
+            Control::Pause => "pause requested",
+            Control::Resume => "resume requested",
+            Control::Abort => "abort requested",
+            Control::Retry => "retry requested",
+        }
+    }
+}
+
+fn phase_of(obj: &StormService) -> Option<RolloutPhase> {
+    obj.status.as_ref()?.rollout_status.as_ref()?.phase
+}
+
+fn paused_by_user(obj: &StormService) -> bool {
+    let Some(rs) = obj.status.as_ref().and_then(|s| s.rollout_status.as_ref()) else {
+        return false;
+    };
+    rs.conditions.iter().any(|c| {
+        c.type_ == "Paused" && c.status == "True" && c.reason.as_deref() == Some("PausedByUser")
+    })
+}
+
+/// Why a control cannot act on the object as it stands, or `None` when it can.
+pub fn refusal(control: Control, obj: &StormService) -> Option<String> {
+    let phase = phase_of(obj);
+    let in_rollout = matches!(
+        phase,
+        Some(RolloutPhase::Progressing | RolloutPhase::Paused)
+    );
+    let shown = phase.map_or("no rollout yet".to_string(), |p| format!("phase {p:?}"));
+    match control {
+        Control::Approve if !waiting_for_approval(obj) => Some(format!(
+            "nothing is waiting for approval ({shown}); see `kubectl storm status {}`",
+            obj.name_any()
+        )),
+        Control::Pause if !in_rollout => Some(format!("no rollout is running ({shown})")),
+        Control::Pause if paused_by_user(obj) => Some("the rollout is already paused".into()),
+        Control::Resume if !paused_by_user(obj) && phase != Some(RolloutPhase::Degraded) => {
+            Some(format!("the rollout is not paused ({shown})"))
+        }
+        Control::Abort if !in_rollout && phase != Some(RolloutPhase::Degraded) => {
+            Some(format!("no rollout is in progress ({shown})"))
+        }
+        Control::Retry
+            if !matches!(phase, Some(RolloutPhase::Aborted | RolloutPhase::Degraded)) =>
+        {
+            Some(format!(
+                "retry only restarts an Aborted or Degraded rollout ({shown})"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Sets the control's annotation if it can act; returns what to tell the user.
+pub async fn run(api: &Api<StormService>, name: &str, control: Control) -> Result<String, String> {
+    let obj = api
+        .get(name)
+        .await
+        .map_err(|e| format!("reading StormService {name}: {e}"))?;
+    if let Some(why) = refusal(control, &obj) {
+        return Err(format!(
+            "{name}: cannot {}: {why}",
+            format!("{control:?}").to_lowercase()
+        ));
+    }
+    let body = json!({"metadata": {"annotations": {control.annotation(): "true"}}});
+    api.patch(
+        name,
+        &PatchParams {
+            field_manager: Some("kubectl-storm".into()),
+            ..Default::default()
+        },
+        &Patch::Merge(&body),
+    )
+    .await
+    .map_err(|e| format!("annotating StormService {name}: {e}"))?;
+    Ok(format!(
+        "stormservice/{name} {} ({}=true)",
+        control.verb(),
+        control.annotation()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(status: serde_json::Value, steps: serde_json::Value) -> StormService {
+        serde_json::from_value(json!({
+            "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "StormService",
+            "metadata": {"name": "a"},
+            "spec": {"template": {}, "rolloutStrategy": {"type": "Canary", "canary": {"steps": steps}}},
+            "status": status
+        }))
+        .expect("object")
+    }
+
+    #[test]
+    fn approve_only_when_waiting() {
+        let steps = json!([{"weight": 10, "pause": {"untilApproval": true}}]);
+        let waiting = obj(
+            json!({"rolloutStatus": {"phase": "Paused", "currentStepIndex": 0}}),
+            steps.clone(),
+        );
+        assert_eq!(refusal(Control::Approve, &waiting), None);
+        let running = obj(
+            json!({"rolloutStatus": {"phase": "Progressing", "currentStepIndex": 0}}),
+            steps,
+        );
+        assert!(
+            refusal(Control::Approve, &running)
+                .expect("refused")
+                .contains("nothing is waiting")
+        );
+    }
+
+    #[test]
+    fn other_controls_follow_the_phase() {
+        let steps = json!([{"weight": 10}]);
+        let progressing = obj(
+            json!({"rolloutStatus": {"phase": "Progressing"}}),
+            steps.clone(),
+        );
+        assert_eq!(refusal(Control::Pause, &progressing), None);
+        assert_eq!(refusal(Control::Abort, &progressing), None);
+        assert!(refusal(Control::Resume, &progressing).is_some());
+        assert!(refusal(Control::Retry, &progressing).is_some());
+        let aborted = obj(
+            json!({"rolloutStatus": {"phase": "Aborted"}}),
+            steps.clone(),
+        );
+        assert_eq!(refusal(Control::Retry, &aborted), None);
+        assert!(refusal(Control::Abort, &aborted).is_some());
+        let paused = obj(
+            json!({"rolloutStatus": {"phase": "Paused", "conditions": [{"type": "Paused", "status": "True", "reason": "PausedByUser"}]}}),
+            steps.clone(),
+        );
+        assert_eq!(refusal(Control::Resume, &paused), None);
+        assert!(refusal(Control::Pause, &paused).is_some());
+        let completed = obj(json!({"rolloutStatus": {"phase": "Completed"}}), steps);
+        assert!(
+            refusal(Control::Abort, &completed)
+                .expect("refused")
+                .contains("no rollout")
+        );
+    }
+}
