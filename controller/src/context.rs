@@ -15,6 +15,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Kubernetes Events.
     pub recorder: Recorder,
+    /// Watch only this namespace (tests, or a per-namespace install); all namespaces when `None`.
+    pub namespace: Option<String>,
 }
 
 impl Context {
@@ -29,6 +31,25 @@ impl Context {
             client,
             metrics,
             recorder,
+            namespace: None,
+        }
+    }
+
+    /// The same context, limited to one namespace.
+    pub fn in_namespace(mut self, namespace: Option<String>) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// An API for `K` over the watched namespace(s).
+    pub fn api<K>(&self) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(ns) => kube::Api::namespaced(self.client.clone(), ns),
+            None => kube::Api::all(self.client.clone()),
         }
     }
 }

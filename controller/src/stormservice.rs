@@ -88,35 +88,31 @@ struct State {
 
 /// Runs the StormService controller over all namespaces until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let client = ctx.client.clone();
     let labelled = watcher::Config::default().labels(LABEL_NAME);
     let (rolesets, rs_writer) = reflector::store::<RoleSet>();
-    let roleset_events = watcher(Api::<RoleSet>::all(client.clone()), labelled.clone())
+    let roleset_events = watcher(ctx.api::<RoleSet>(), labelled.clone())
         .default_backoff()
         .modify(|r| r.managed_fields_mut().clear())
         .reflect(rs_writer)
         .touched_objects();
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let pod_events = watcher(Api::<Pod>::all(client.clone()), labelled)
+    let pod_events = watcher(ctx.api::<Pod>(), labelled)
         .default_backoff()
         .modify(|p| p.managed_fields_mut().clear())
         .reflect(pod_writer)
         .touched_objects();
     let (services, svc_writer) = reflector::store::<Service>();
-    let svc_reflector = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|s| s.managed_fields_mut().clear())
-    .reflect(svc_writer)
-    .applied_objects()
-    .for_each(|_| async {});
+    let svc_reflector = watcher(ctx.api::<Service>(), watcher::Config::default())
+        .default_backoff()
+        .modify(|s| s.managed_fields_mut().clear())
+        .reflect(svc_writer)
+        .applied_objects()
+        .for_each(|_| async {});
     tokio::spawn(svc_reflector);
 
     let (revisions, rev_writer) = reflector::store::<ControllerRevision>();
     let rev_reflector = watcher(
-        Api::<ControllerRevision>::all(client.clone()),
+        ctx.api::<ControllerRevision>(),
         watcher::Config::default().labels(LABEL_NAME),
     )
     .default_backoff()
@@ -139,7 +135,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         revisions,
     });
     info!("StormService controller starting");
-    Controller::new(Api::<StormService>::all(client), watcher::Config::default())
+    Controller::new(state.ctx.api::<StormService>(), watcher::Config::default())
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(roleset_events)
         .watches_stream(pod_events, |pod: Pod| {

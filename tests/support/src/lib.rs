@@ -12,6 +12,8 @@
 //!   shared with `cluster.sh`.
 //! - `STORM_KEEP_NAMESPACES=1`: do not delete test namespaces (debugging).
 
+pub mod process;
+
 use std::fmt::Debug;
 use std::fs::{self, File};
 use std::future::Future;

@@ -1,0 +1,256 @@
+//! The product's binaries as child processes of a test: built once per test process, started
+//! against the test cluster, killed (and their logs shown on failure) when dropped.
+
+use crate::Cluster;
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+/// Builds a binary of the workspace once per test process and returns its path.
+///
+/// `cargo test` builds only the tested package's targets, so another package's binary is built
+/// here. Cargo serialises concurrent builds of the shared target dir itself.
+pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
+    static BUILT: OnceLock<Mutex<BTreeMap<String, std::result::Result<PathBuf, String>>>> =
+        OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(BTreeMap::new()));
+    let mut built = built.lock().map_err(|_| anyhow!("binary cache poisoned"))?;
+    let key = format!("{package}/{bin}");
+    let entry = built
+        .entry(key)
+        .or_insert_with(|| build(package, bin).map_err(|e| format!("{e:#}")));
+    entry.clone().map_err(|e| anyhow!("building {bin}: {e}"))
+}
+
+fn build(package: &str, bin: &str) -> Result<PathBuf> {
+    let repo = crate::repo_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    // `cargo test` hands its per-package variables to this process. Build scripts (ring's among
+    // them) rerun when those change, so passing them on would rebuild half the tree, twice.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+            "CARGO_RUSTC_CURRENT_DIR",
+            "OUT_DIR",
+        ];
+        if per_package.iter().any(|p| key.starts_with(p)) {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let out = cmd
+        .args([
+            "build",
+            "-p",
+            package,
+            "--bin",
+            bin,
+            "--message-format=json-render-diagnostics",
+        ])
+        .current_dir(&repo)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running cargo build -p {package}"))?;
+    ensure!(
+        out.status.success(),
+        "cargo build -p {package} failed ({})",
+        out.status
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["target"]["name"] == bin)
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .with_context(|| format!("cargo build reported no {bin} executable"))
+}
+
+/// A free TCP port on loopback (bound and released; the child binds it a moment later).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A child process with its log in a file.
+pub struct Process {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program` with `args` and `env`, stdout and stderr into a log file.
+    pub fn start(
+        name: &str,
+        program: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Result<Self> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log =
+            std::env::temp_dir().join(format!("storm-e2e-{name}-{}-{seq}.log", std::process::id()));
+        let mut p = Self {
+            name: name.into(),
+            program,
+            args,
+            env,
+            child: None,
+            log,
+        };
+        p.spawn()?;
+        Ok(p)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        writeln!(
+            file,
+            "---- start {} {}",
+            self.program.display(),
+            self.args.join(" ")
+        )?;
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {}", self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills the process with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().context("killing")?;
+            c.wait().context("waiting")?;
+        }
+        Ok(())
+    }
+
+    /// Starts the process again with the same arguments (after [`Process::kill`]).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill()?;
+        self.spawn()
+    }
+
+    /// Fails if the process has exited.
+    pub fn ensure_running(&mut self) -> Result<()> {
+        match self.child.as_mut().map(Child::try_wait) {
+            None => bail!("{} is not running", self.name),
+            Some(Ok(Some(status))) => bail!(
+                "{} exited ({status}); log:\n{}",
+                self.name,
+                self.log_tail(60)
+            ),
+            Some(Ok(None)) => Ok(()),
+            Some(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// The last `n` lines of the log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "{} log ({}):\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(80)
+            );
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// `storm-controller` running against the test cluster, limited to one namespace so tests that
+/// run at the same time never act on each other's objects.
+pub struct Controller {
+    /// The process.
+    pub process: Process,
+    /// Port of /metrics, /healthz and /readyz.
+    pub http_port: u16,
+}
+
+impl Controller {
+    /// Starts the controller for `namespace`.
+    pub fn start(cluster: &Cluster, namespace: &str) -> Result<Self> {
+        let program = binary("storm-controller", "storm-controller")?;
+        let http_port = free_port()?;
+        let args = vec![
+            "--leader-elect=false".to_string(),
+            "--namespace".into(),
+            namespace.into(),
+            "--metrics-addr".into(),
+            format!("127.0.0.1:{http_port}"),
+        ];
+        let env = vec![
+            (
+                "KUBECONFIG".to_string(),
+                cluster.kubeconfig().display().to_string(),
+            ),
+            (
+                "RUST_LOG".to_string(),
+                "info,storm_controller=debug".to_string(),
+            ),
+        ];
+        let process = Process::start("storm-controller", program, args, env)?;
+        Ok(Self { process, http_port })
+    }
+
+    /// `GET path` on the controller's HTTP port: (status code, body).
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.http_port, path)
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("malformed HTTP response: {response:.200}"))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
