@@ -14,6 +14,9 @@ use storm_webhook::metrics::Metrics;
 use storm_webhook::registration::{self, Target};
 use storm_webhook::server::{self, AppState};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Admission webhook for Storm Rollouts (StormService, AnalysisTemplate, RolloutPolicy).
 #[derive(Parser, Debug)]
 #[command(version, args_conflicts_with_subcommands = true)]

@@ -9,6 +9,7 @@ use crate::metrics::{KindLabel, OperationLabel, Outcome, ResultLabel};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use storm_shared::errors::{ErrorKind, FieldError, Report, Warning};
 use storm_shared::references::ClusterLookup;
@@ -78,18 +79,20 @@ pub enum BadReview {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ReviewIn {
+struct ReviewIn<'a> {
     #[serde(default)]
     api_version: Option<String>,
     #[serde(default)]
     kind: Option<String>,
-    #[serde(default)]
-    request: Option<RequestIn>,
+    #[serde(default, borrow)]
+    request: Option<RequestIn<'a>>,
 }
 
+/// The request; `object` and `oldObject` stay raw JSON until a kind needs them, so each is parsed
+/// once, straight into the type the rules want.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn {
+struct RequestIn<'a> {
     #[serde(default)]
     uid: String,
     #[serde(default)]
@@ -102,10 +105,29 @@ struct RequestIn {
     name: Option<String>,
     #[serde(default)]
     operation: String,
-    #[serde(default)]
-    object: Option<Value>,
-    #[serde(default)]
-    old_object: Option<Value>,
+    #[serde(default, borrow)]
+    object: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    old_object: Option<&'a RawValue>,
+}
+
+/// A raw JSON value that is present and not `null`.
+fn present(raw: Option<&RawValue>) -> Option<&RawValue> {
+    raw.filter(|r| r.get() != "null")
+}
+
+/// A raw JSON value as a tree (it was valid JSON when the envelope parsed).
+fn tree(raw: &RawValue) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
+}
+
+/// Parses an object into a typed resource: straight from the raw text when it fits (the common
+/// case), through the shared `parse` for the field path of the first type error when it doesn't.
+fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, FieldError> {
+    match serde_json::from_str(raw.get()) {
+        Ok(t) => Ok(t),
+        Err(_) => rules::parse::<T>(&tree(raw)),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -339,8 +361,8 @@ pub fn noop_answer() -> Answer {
     }
 }
 
-fn parse_review(body: &[u8]) -> Result<RequestIn, BadReview> {
-    let review: ReviewIn = serde_json::from_slice(body).map_err(|e| {
+fn parse_review(body: &[u8]) -> Result<RequestIn<'_>, BadReview> {
+    let review: ReviewIn<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
             BadReview::NotAReview(e)
         } else {
@@ -394,7 +416,7 @@ fn kind_label(gvk: &Gvk) -> KindLabel {
 
 fn decide(
     endpoint: Endpoint,
-    req: &RequestIn,
+    req: &RequestIn<'_>,
     kind: KindLabel,
     operation: OperationLabel,
     cluster: &dyn ClusterView,
@@ -424,21 +446,21 @@ fn decide(
             ));
         }
     }
-    let Some(object) = req.object.as_ref() else {
+    let Some(object) = present(req.object) else {
         return Verdict::refuse(format!(
             "request.object is missing: a {} review must carry the object",
             req.operation
         ));
     };
-    if !object.is_object() {
+    if !object.get().starts_with('{') {
         return Verdict::refuse("request.object is not a JSON object".into());
     }
     match (endpoint, kind) {
-        (Endpoint::Mutate, KindLabel::StormService) => mutate_storm_service(object),
+        (Endpoint::Mutate, KindLabel::StormService) => mutate_storm_service(&tree(object)),
         // Nothing to default on the other kinds.
         (Endpoint::Mutate, _) => Verdict::allow(Vec::new()),
         (Endpoint::Validate, KindLabel::StormService) => {
-            let old = match (operation, req.old_object.as_ref()) {
+            let old = match (operation, present(req.old_object)) {
                 (OperationLabel::Update, None) => {
                     return Verdict::refuse(
                         "request.oldObject is missing: an UPDATE review must carry the stored object"
@@ -451,25 +473,23 @@ fn decide(
             validate_storm_service(object, old, req.namespace.as_deref(), cluster)
         }
         (Endpoint::Validate, KindLabel::AnalysisTemplate) => {
-            match rules::parse::<AnalysisTemplate>(object) {
+            match typed::<AnalysisTemplate>(object) {
                 Ok(t) => Verdict::from_report(
                     analysis::validate_analysis_template(&t),
                     "AnalysisTemplate",
-                    &object_name(object),
+                    t.metadata.name.as_deref().unwrap_or_default(),
                 ),
-                Err(e) => parse_denial(e, "AnalysisTemplate", object),
+                Err(e) => parse_denial(e, "AnalysisTemplate", &tree(object)),
             }
         }
-        (Endpoint::Validate, KindLabel::RolloutPolicy) => {
-            match rules::parse::<RolloutPolicy>(object) {
-                Ok(p) => Verdict::from_report(
-                    policy_spec::validate_rollout_policy(&p),
-                    "RolloutPolicy",
-                    &object_name(object),
-                ),
-                Err(e) => parse_denial(e, "RolloutPolicy", object),
-            }
-        }
+        (Endpoint::Validate, KindLabel::RolloutPolicy) => match typed::<RolloutPolicy>(object) {
+            Ok(p) => Verdict::from_report(
+                policy_spec::validate_rollout_policy(&p),
+                "RolloutPolicy",
+                p.metadata.name.as_deref().unwrap_or_default(),
+            ),
+            Err(e) => parse_denial(e, "RolloutPolicy", &tree(object)),
+        },
         (Endpoint::Validate, KindLabel::Other | KindLabel::None) => Verdict::allow(Vec::new()),
     }
 }
@@ -510,16 +530,16 @@ fn mutate_storm_service(object: &Value) -> Verdict {
 }
 
 fn validate_storm_service(
-    object: &Value,
-    old_object: Option<&Value>,
+    object: &RawValue,
+    old_object: Option<&RawValue>,
     request_namespace: Option<&str>,
     cluster: &dyn ClusterView,
 ) -> Verdict {
-    let name = object_name(object);
-    let mut obj = match rules::parse::<StormService>(object) {
+    let mut obj = match typed::<StormService>(object) {
         Ok(o) => o,
-        Err(e) => return parse_denial(e, "StormService", object),
+        Err(e) => return parse_denial(e, "StormService", &tree(object)),
     };
+    let name = obj.metadata.name.clone().unwrap_or_default();
     if obj.metadata.namespace.is_none() {
         obj.metadata.namespace = request_namespace.map(str::to_string);
     }
@@ -529,7 +549,7 @@ fn validate_storm_service(
     }
     // The stored object was admitted once; if it no longer parses, judge the update as a create.
     let old = old_object
-        .and_then(|o| rules::parse::<StormService>(o).ok())
+        .and_then(|o| serde_json::from_str::<StormService>(o.get()).ok())
         .map(|mut o| {
             if o.metadata.namespace.is_none() {
                 o.metadata.namespace = obj.metadata.namespace.clone();

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Webhook benchmark: AdmissionReviews of a realistic StormService (webhook/bench/review.json) to
+# /validate over HTTPS with keep-alive on loopback, then the same load against /noop (a fixed answer
+# from the same server: the ceiling). Load generator: wrk (Debian package, installed if missing).
+# Writes target/bench/webhook.json. The webhook runs --offline (no cluster): reference lookups answer
+# "unknown" and there are no RolloutPolicies, which costs the same map lookups as a synced cache.
+#
+#   STORM_BENCH_SECONDS (10)   length of each measured run
+#   STORM_BENCH_CONNECTIONS (16), STORM_BENCH_THREADS (1)   wrk settings
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+OUT=$REPO/target/bench
+SECONDS_RUN=${STORM_BENCH_SECONDS:-10}
+CONNS=${STORM_BENCH_CONNECTIONS:-16}
+THREADS=${STORM_BENCH_THREADS:-1}
+BIN=$REPO/target/release/storm-webhook
+log() { printf 'bench-webhook: %s\n' "$*" >&2; }
+
+if ! command -v wrk >/dev/null; then
+	log "installing wrk (apt)"
+	if ! apt-get install -y wrk >/dev/null 2>&1; then
+		apt-get update >/dev/null && apt-get install -y wrk >/dev/null
+	fi
+fi
+
+log "building storm-webhook (release)"
+(cd "$REPO" && cargo build --release --quiet -p storm-webhook)
+
+mkdir -p "$OUT"
+rm -rf "$OUT/certs"
+"$BIN" certs --out-dir "$OUT/certs" --host 127.0.0.1 2>/dev/null
+rm -f "$OUT/webhook.port"
+"$BIN" --offline --listen 127.0.0.1:0 --port-file "$OUT/webhook.port" \
+	--tls-cert "$OUT/certs/tls.crt" --tls-key "$OUT/certs/tls.key" >"$OUT/webhook.log" 2>&1 &
+PID=$!
+cleanup() {
+	kill "$PID" 2>/dev/null || true
+	wait "$PID" 2>/dev/null || true
+}
+trap cleanup EXIT
+for _ in $(seq 1 100); do
+	[[ -s $OUT/webhook.port ]] && break
+	sleep 0.1
+done
+PORT=$(cat "$OUT/webhook.port")
+BASE=https://127.0.0.1:$PORT
+CURL=(curl -sS --cacert "$OUT/certs/ca.crt")
+"${CURL[@]}" "$BASE/healthz" >/dev/null
+
+# The review must really be judged (allowed, no error), or the numbers mean nothing.
+answer=$("${CURL[@]}" -X POST -H 'Content-Type: application/json' --data-binary @"$HERE/review.json" "$BASE/validate")
+grep -q '"allowed":true' <<<"$answer" || {
+	log "unexpected answer: $answer"
+	exit 1
+}
+
+run() { # run <path> <seconds>
+	STORM_BENCH_BODY=$HERE/review.json wrk -t"$THREADS" -c"$CONNS" -d"$2"s --latency \
+		-s "$HERE/post.lua" "$BASE$1" | tee -a "$OUT/wrk.log" | sed -n 's/^STORM_BENCH //p'
+}
+: >"$OUT/wrk.log"
+log "warm-up"
+run /validate 2 >/dev/null
+log "measuring /validate for ${SECONDS_RUN}s ($CONNS connections)"
+validate=$(run /validate "$SECONDS_RUN")
+log "measuring /noop for ${SECONDS_RUN}s"
+noop=$(run /noop "$SECONDS_RUN")
+rss_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$PID/status")
+
+field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
+rps=$(field "$validate" rps)
+noop_rps=$(field "$noop" rps)
+errors=$(($(field "$validate" errors) + $(field "$noop" errors)))
+cat >"$OUT/webhook.json" <<JSON
+{
+  "endpoint": "/validate",
+  "connections": $CONNS,
+  "seconds": $SECONDS_RUN,
+  "reviews_per_sec": $rps,
+  "p50_ms": $(field "$validate" p50_ms),
+  "p90_ms": $(field "$validate" p90_ms),
+  "p99_ms": $(field "$validate" p99_ms),
+  "max_ms": $(field "$validate" max_ms),
+  "noop_reviews_per_sec": $noop_rps,
+  "noop_p99_ms": $(field "$noop" p99_ms),
+  "ratio_to_noop": $(awk -v a="$rps" -v b="$noop_rps" 'BEGIN {printf "%.3f", a / b}'),
+  "rss_mib": $(awk -v k="$rss_kib" 'BEGIN {printf "%.1f", k / 1024}'),
+  "errors": $errors
+}
+JSON
+cat "$OUT/webhook.json"
+((errors == 0)) || {
+	log "$errors requests failed"
+	exit 1
+}
