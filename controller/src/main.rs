@@ -212,10 +212,8 @@ async fn run(args: Args) -> Result<(), RunError> {
 }
 
 /// Completes once `stop` turns true (or its sender is gone).
-fn stopped(mut stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
-    async move {
-        let _ = stop.wait_for(|s| *s).await;
-    }
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// Completes on the first SIGTERM (Kubernetes stopping the Pod) or SIGINT (Ctrl-C).
