@@ -47,6 +47,10 @@ struct Args {
         default_value = "roleset,stormservice"
     )]
     controllers: Vec<ControllerName>,
+    /// Watch only this namespace (all namespaces when absent): a per-namespace install, or tests
+    /// that share a cluster.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -120,11 +124,10 @@ async fn run(args: Args) -> Result<(), RunError> {
         .map_err(RunError::LoadKubeConfig)?;
     let metrics = Arc::new(Metrics::new());
     let identity = leader::identity();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        metrics.clone(),
-        Some(identity.clone()),
-    ));
+    let ctx = Arc::new(
+        Context::new(client.clone(), metrics.clone(), Some(identity.clone()))
+            .in_namespace(args.namespace.clone()),
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let signals = shutdown_signals()?;

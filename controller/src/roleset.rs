@@ -91,8 +91,7 @@ struct State {
 /// Runs the RoleSet controller over all namespaces until `shutdown` completes; reconciles in
 /// flight then finish before this returns.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let client = ctx.client.clone();
-    let rolesets = Api::<RoleSet>::all(client.clone());
+    let rolesets = ctx.api::<RoleSet>();
     // Every Pod we create carries `roleset-name`. The selector is on that AIBrix label rather than
     // our `stormservice.aibrix.ai/name`: a RoleSet applied on its own (as AIBrix allows) has no
     // StormService, and its Pods must still be seen.
@@ -100,7 +99,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let (reader, writer) = reflector::store::<Pod>();
     // One Pod watch feeds both the cache the reconciles read and the owner-triggers of the
     // controller (`owns_stream`), instead of `owns()` opening a second identical watch.
-    let pod_events = watcher(Api::<Pod>::all(client), pod_config)
+    let pod_events = watcher(ctx.api::<Pod>(), pod_config)
         .default_backoff()
         .modify(|pod| pod.managed_fields_mut().clear())
         .reflect(writer)
