@@ -65,6 +65,10 @@ enum ControllerName {
     Stormservice,
 }
 
+/// How long in-flight reconciles get to finish after SIGTERM, within the Pod's default 30 s
+/// termination grace, leaving time to release the Lease.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 /// Starting or running the controller failed.
 #[derive(Debug, thiserror::Error)]
 enum RunError {
@@ -197,8 +201,16 @@ async fn run(args: Args) -> Result<(), RunError> {
             None => std::future::pending::<()>().await,
         }
     };
+    let mut stop = stop_rx.clone();
+    let overdue = async move {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
     tokio::select! {
         _ = async { while controllers.join_next().await.is_some() {} } => {}
+        _ = overdue => {
+            warn!(grace = ?SHUTDOWN_GRACE, "reconciles still running after shutdown was requested; stopping anyway");
+        }
         _ = lost => {
             // Another replica may be reconciling already; the only safe move is to stop at once.
             // Exiting (non-zero) lets Kubernetes restart us as a fresh candidate.

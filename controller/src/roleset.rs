@@ -6,7 +6,7 @@ pub mod plan;
 pub mod status;
 
 use crate::context::{Context, MANAGER};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -31,6 +31,8 @@ pub const KIND: &str = "RoleSet";
 const CONCURRENCY: u16 = 8;
 /// Periodic re-check when nothing happens: watch events drive the work, this only heals a missed one.
 const RESYNC: Duration = Duration::from_secs(300);
+/// Retry delay while the Pod cache is still loading (only right after start).
+const POD_CACHE_RETRY: Duration = Duration::from_millis(500);
 /// First delay after a failed reconcile; doubled per consecutive failure up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 /// Longest delay between retries of a failing RoleSet.
@@ -166,12 +168,14 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, R
         return Ok(Action::await_change());
     }
     // Until the first list of Pods has arrived an empty cache would read as "no Pods": every Pod
-    // would be re-created (harmless) and the status would claim none (wrong, and a write).
-    state
-        .pods
-        .wait_until_ready()
-        .await
-        .map_err(|_| ReconcileError::ReadPodCache)?;
+    // would be re-created (harmless) and the status would claim none (wrong, and a write). Don't
+    // wait for it here: the Pod watch is driven by this controller's own trigger stream, which
+    // graceful shutdown stops first, so a reconcile waiting for it would block shutdown forever.
+    match state.pods.wait_until_ready().now_or_never() {
+        Some(Ok(())) => {}
+        Some(Err(_)) => return Err(ReconcileError::ReadPodCache),
+        None => return Ok(Action::requeue(POD_CACHE_RETRY)),
+    }
     let owned_arcs = state.pods.state_filter(|p| plan::is_owned_by(p, roleset));
     let owned: Vec<&Pod> = owned_arcs.iter().map(Arc::as_ref).collect();
     let now = Timestamp::now();

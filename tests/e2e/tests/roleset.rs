@@ -14,7 +14,10 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use storm_shared::keys::{
@@ -102,8 +105,17 @@ struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    /// Starts the RoleSet controller against the test cluster, metrics on a free local port.
+    /// Starts the RoleSet controller alone, without leader election, against the test cluster.
     fn start(cluster: &Cluster) -> Result<Self> {
+        Self::start_with(
+            cluster,
+            &["--leader-elect=false", "--controllers=roleset"],
+            &[],
+        )
+    }
+
+    /// Starts the controller with `args` (plus a free local metrics port) and extra `env`.
+    fn start_with(cluster: &Cluster, args: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let binary = controller_binary()?;
         let metrics_port = free_port()?;
         let log = std::env::temp_dir().join(format!(
@@ -113,14 +125,11 @@ impl ControllerProcess {
         let log_file =
             std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(&binary)
-            .args([
-                "--leader-elect=false",
-                "--controllers=roleset",
-                "--metrics-addr",
-                &format!("127.0.0.1:{metrics_port}"),
-            ])
+            .args(args)
+            .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
             .env("KUBECONFIG", cluster.kubeconfig())
             .env("RUST_LOG", "info,storm_controller=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file)
@@ -164,6 +173,40 @@ impl ControllerProcess {
             );
         }
         Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns its exit code (None: killed by a signal).
+    async fn wait_exit(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "storm-controller still running after {timeout:?}; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sends SIGTERM, as Kubernetes does when it stops a Pod.
+    fn terminate(&self) -> Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill -TERM")?;
+        ensure!(status.success(), "kill -TERM failed ({status})");
+        Ok(())
+    }
+
+    /// Whether this process has reconciled any RoleSet, according to its own /metrics.
+    fn has_reconciled(&self) -> Result<bool> {
+        let (code, body) = self.http_get("/metrics")?;
+        ensure!(code == 200, "/metrics answered {code}");
+        Ok(body.contains("storm_reconcile_duration_seconds_count{kind=\"RoleSet\"}"))
     }
 
     fn log_tail(&self) -> String {
@@ -574,6 +617,161 @@ async fn a_failed_pod_is_replaced_only_after_its_grace_period() -> Result<()> {
         })
         .await?;
         controller.ensure_running()
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Leader election of the binary (here because it drives the same controller child process).
+// Each test uses its own namespace for the Lease, so tests and other suites never compete.
+
+const LEASE: &str = "storm-controller";
+
+fn lease_held_by(holder: &str, renewed: Timestamp) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(LEASE.to_string()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.to_string()),
+            lease_duration_seconds: Some(15),
+            acquire_time: Some(MicroTime(renewed)),
+            renew_time: Some(MicroTime(renewed)),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+async fn holder(leases: &Api<Lease>) -> Result<Option<String>> {
+    Ok(leases
+        .get_opt(LEASE)
+        .await?
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity))
+}
+
+#[tokio::test]
+async fn a_standby_waits_takes_over_an_expired_lease_and_exits_when_it_loses_it() -> Result<()> {
+    let ns = TestNamespace::new("rs-leader").await?;
+    install_crds(ns.cluster())?;
+    let leases: Api<Lease> = ns.api();
+    let result = async {
+        // Build first: the standby checks below must fit into the other leader's 15 s.
+        controller_binary()?;
+        // Another replica leads (its Lease is fresh for the next 15 s).
+        leases
+            .create(
+                &PostParams::default(),
+                &lease_held_by("other", Timestamp::now()),
+            )
+            .await?;
+        let mut controller = ControllerProcess::start_with(
+            ns.cluster(),
+            &[
+                "--leader-elect",
+                "--lease-namespace",
+                ns.name(),
+                "--controllers=roleset",
+            ],
+            &[("POD_NAME", "e2e-candidate")],
+        )?;
+        // Ready as a standby (so a Deployment rollout never waits for leadership) ...
+        wait_for("standby /readyz 200", TIMEOUT, || async {
+            Ok((controller.http_get("/readyz").ok().map(|r| r.0) == Some(200)).then_some(()))
+        })
+        .await?;
+        // ... but not reconciling, and not touching the live Lease.
+        holds_for("standby stays idle", Duration::from_secs(4), || async {
+            Ok(!controller.has_reconciled()? && holder(&leases).await?.as_deref() == Some("other"))
+        })
+        .await?;
+
+        // The other leader dies: its Lease stops being renewed and expires.
+        let stale = Timestamp::now() - SignedDuration::from_secs(60);
+        let mut lease = leases.get(LEASE).await?;
+        lease.spec = lease_held_by("other", stale).spec;
+        leases
+            .replace(LEASE, &PostParams::default(), &lease)
+            .await?;
+        wait_for(
+            "the standby takes the Lease",
+            Duration::from_secs(10),
+            || async {
+                Ok((holder(&leases).await?.as_deref() == Some("e2e-candidate")).then_some(()))
+            },
+        )
+        .await?;
+        let spec = leases.get(LEASE).await?.spec.unwrap_or_default();
+        assert_eq!(spec.lease_transitions, Some(1));
+        assert_eq!(spec.lease_duration_seconds, Some(15));
+
+        // Leading, it reconciles.
+        let rolesets: Api<RoleSet> = ns.api();
+        rolesets
+            .create(
+                &PostParams::default(),
+                &roleset("llm-r1-0", vec![role("decode", 1, &[])]),
+            )
+            .await?;
+        wait_for("the leader reconciles", TIMEOUT, || async {
+            Ok(controller.has_reconciled()?.then_some(()))
+        })
+        .await?;
+        // Renewals keep moving renewTime forward.
+        let first = leases.get(LEASE).await?.spec.and_then(|s| s.renew_time);
+        wait_for("a renewal", Duration::from_secs(10), || async {
+            let now = leases.get(LEASE).await?.spec.and_then(|s| s.renew_time);
+            Ok((now > first).then_some(()))
+        })
+        .await?;
+
+        // Someone else takes the Lease (a network partition healed, say): the process must stop
+        // reconciling at once, and does so by exiting non-zero.
+        let mut lease = leases.get(LEASE).await?;
+        lease.spec = lease_held_by("other", Timestamp::now()).spec;
+        leases
+            .replace(LEASE, &PostParams::default(), &lease)
+            .await?;
+        let code = controller.wait_exit(Duration::from_secs(10)).await?;
+        assert_eq!(code, Some(1), "exit code after losing leadership");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn sigterm_stops_gracefully_and_releases_the_lease() -> Result<()> {
+    let ns = TestNamespace::new("rs-release").await?;
+    install_crds(ns.cluster())?;
+    let leases: Api<Lease> = ns.api();
+    let result = async {
+        let mut controller = ControllerProcess::start_with(
+            ns.cluster(),
+            &[
+                "--leader-elect=true",
+                "--lease-namespace",
+                ns.name(),
+                "--controllers=roleset",
+            ],
+            &[("POD_NAME", "e2e-leader")],
+        )?;
+        wait_for("the Lease is created and held", TIMEOUT, || async {
+            Ok((holder(&leases).await?.as_deref() == Some("e2e-leader")).then_some(()))
+        })
+        .await?;
+        controller.terminate()?;
+        // Well under the binary's 20 s shutdown cap: reconciles must actually finish, not time out.
+        let code = controller.wait_exit(Duration::from_secs(10)).await?;
+        assert_eq!(code, Some(0), "exit code after SIGTERM");
+        // Released: no holder, so a successor need not wait out the 15 s.
+        assert_eq!(holder(&leases).await?, None);
+        Ok::<_, anyhow::Error>(())
     }
     .await;
     dump_logs_on_error(result)?;
