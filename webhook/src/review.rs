@@ -53,7 +53,10 @@ pub struct Answer {
 /// Why a request body is not a review this server can answer.
 #[derive(Debug, thiserror::Error)]
 pub enum BadReview {
-    /// Not JSON (syntax error, invalid UTF-8, too deeply nested, truncated).
+    /// Not UTF-8, so not JSON.
+    #[error("request body is not valid JSON: not UTF-8: {0}")]
+    NotUtf8(std::str::Utf8Error),
+    /// Not JSON (syntax error, too deeply nested, truncated).
     #[error("request body is not valid JSON: {0}")]
     NotJson(serde_json::Error),
     /// JSON, but not shaped like an AdmissionReview.
@@ -362,7 +365,9 @@ pub fn noop_answer() -> Answer {
 }
 
 fn parse_review(body: &[u8]) -> Result<RequestIn<'_>, BadReview> {
-    let review: ReviewIn<'_> = serde_json::from_slice(body).map_err(|e| {
+    // Checked up front: serde_json skips unknown fields without looking inside their strings.
+    let body = std::str::from_utf8(body).map_err(BadReview::NotUtf8)?;
+    let review: ReviewIn<'_> = serde_json::from_str(body).map_err(|e| {
         if e.is_data() {
             BadReview::NotAReview(e)
         } else {
@@ -456,7 +461,9 @@ fn decide(
         return Verdict::refuse("request.object is not a JSON object".into());
     }
     match (endpoint, kind) {
-        (Endpoint::Mutate, KindLabel::StormService) => mutate_storm_service(&tree(object)),
+        (Endpoint::Mutate, KindLabel::StormService) => {
+            mutate_storm_service(&tree(object), present(req.old_object).map(tree).as_ref())
+        }
         // Nothing to default on the other kinds.
         (Endpoint::Mutate, _) => Verdict::allow(Vec::new()),
         (Endpoint::Validate, KindLabel::StormService) => {
@@ -513,13 +520,56 @@ fn parse_denial(e: FieldError, kind: &'static str, object: &Value) -> Verdict {
     )
 }
 
-fn mutate_storm_service(object: &Value) -> Verdict {
-    let defaulted = defaults::default_storm_service(object);
+const LEGACY_AUTO_ROLLBACK: &str = "/spec/rolloutStrategy/canary/autoRollback";
+const AUTO_ROLLBACK: &str = "/spec/rolloutStrategy/autoRollback";
+
+/// On an update, whether `canary.autoRollback` is the user's newest word and the canonical block
+/// a leftover of an earlier move. `kubectl apply` of a manifest that keeps `autoRollback` under
+/// `canary` re-adds it on every apply (it is in the last-applied configuration, not in the live
+/// object), beside the block the first admission moved and defaulted. When this update left the
+/// canonical block as stored, the block under `canary` is what the user means now.
+fn legacy_replaces_canonical(object: &Value, old: &Value) -> bool {
+    let set = |v: &Value, p: &str| v.pointer(p).filter(|v| !v.is_null()).cloned();
+    match (
+        set(object, LEGACY_AUTO_ROLLBACK),
+        set(object, AUTO_ROLLBACK),
+    ) {
+        (Some(legacy), Some(canonical)) => {
+            legacy != canonical && set(old, AUTO_ROLLBACK).as_ref() == Some(&canonical)
+        }
+        _ => false,
+    }
+}
+
+fn mutate_storm_service(object: &Value, old: Option<&Value>) -> Verdict {
+    let mut patch = Vec::new();
+    let mut doc = std::borrow::Cow::Borrowed(object);
+    if old.is_some_and(|old| legacy_replaces_canonical(object, old)) {
+        patch.push(json_patch::PatchOperation::Remove(
+            json_patch::RemoveOperation {
+                path: json_patch::jsonptr::PointerBuf::from_tokens([
+                    "spec",
+                    "rolloutStrategy",
+                    "autoRollback",
+                ]),
+            },
+        ));
+        if let Some(strategy) = doc
+            .to_mut()
+            .pointer_mut("/spec/rolloutStrategy")
+            .and_then(Value::as_object_mut)
+        {
+            strategy.remove("autoRollback");
+        }
+    }
+    // Defaulting then moves the block under canary to the canonical place and fills it in.
+    let defaulted = defaults::default_storm_service(&doc);
+    patch.extend(defaulted.patch);
     let warnings = render_warnings(&defaulted.warnings);
-    if defaulted.patch.is_empty() {
+    if patch.is_empty() {
         return Verdict::allow(warnings);
     }
-    match serde_json::to_vec(&defaulted.patch) {
+    match serde_json::to_vec(&patch) {
         Ok(patch) => Verdict {
             denial: None,
             patch: Some(patch),

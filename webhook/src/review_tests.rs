@@ -228,6 +228,62 @@ fn a_valid_storm_service_is_allowed_and_defaulted() {
     assert_eq!(validate(&cluster, patched)["allowed"], true);
 }
 
+/// `kubectl apply` of the migration manifest a second time: the patch re-adds `canary.autoRollback`
+/// beside the block the first admission moved. The block under canary wins, moved again.
+#[test]
+fn reapplying_a_manifest_with_autorollback_under_canary_is_defaulted_again() {
+    let cluster = FakeCluster::default();
+    let mut stored = fixture("seed/13-migration-after.yaml");
+    defaults::apply_defaults(&mut stored).unwrap();
+    let mut reapplied = stored.clone();
+    let legacy = json!({"enabled": false, "onFailure": {"healthCheckFailure": true}});
+    reapplied["spec"]["rolloutStrategy"]["canary"]["autoRollback"] = legacy;
+    let answer = handle(
+        Endpoint::Mutate,
+        &review_of(
+            "UPDATE",
+            "StormService",
+            Some(reapplied.clone()),
+            Some(stored.clone()),
+        ),
+        &cluster,
+    );
+    let resp = response(&answer);
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(resp["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut patched = reapplied.clone();
+    json_patch::patch(&mut patched, &patch).unwrap();
+    let ar = &patched["spec"]["rolloutStrategy"]["autoRollback"];
+    assert_eq!(ar["enabled"], false, "{patched}");
+    assert_eq!(ar["onTimeout"], "30m");
+    assert!(
+        patched["spec"]["rolloutStrategy"]["canary"]
+            .get("autoRollback")
+            .is_none()
+    );
+    let resp = response(&handle(
+        Endpoint::Validate,
+        &review_of(
+            "UPDATE",
+            "StormService",
+            Some(patched),
+            Some(stored.clone()),
+        ),
+        &cluster,
+    ));
+    assert_eq!(resp["allowed"], true, "{resp}");
+    // On create, two different blocks are ambiguous: left alone, and validation denies.
+    let answer = handle(
+        Endpoint::Mutate,
+        &review_of("CREATE", "StormService", Some(reapplied.clone()), None),
+        &cluster,
+    );
+    assert_eq!(answer.outcome.result, ResultLabel::Allowed);
+    assert_eq!(validate(&cluster, reapplied)["allowed"], false);
+}
+
 #[test]
 fn every_seed_and_aibrix_fixture_passes() {
     let dir = format!("{}/../tests/fixtures", env!("CARGO_MANIFEST_DIR"));
@@ -551,7 +607,7 @@ fn bad_input_gets_a_clear_answer() {
         (
             "invalid utf-8",
             b"{\"apiVersion\":\"\xff\xfe\"}".to_vec(),
-            "not valid JSON",
+            "not UTF-8",
         ),
         ("deep nesting", deep.into_bytes(), "request body is not"),
         ("deep object", deep_object.into_bytes(), "not valid JSON"),

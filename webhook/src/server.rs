@@ -5,9 +5,9 @@ use crate::lookups::Caches;
 use crate::metrics::{EndpointLabel, Metrics, Outcome, ResultLabel};
 use crate::review::{self, Answer, Endpoint};
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -46,48 +46,74 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
 
-async fn mutate(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    answer(&state, EndpointLabel::Mutate, Some(Endpoint::Mutate), body)
+async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    answer(
+        &state,
+        EndpointLabel::Mutate,
+        Some(Endpoint::Mutate),
+        &headers,
+        body,
+    )
+    .await
 }
 
-async fn validate(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
+async fn validate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     answer(
         &state,
         EndpointLabel::Validate,
         Some(Endpoint::Validate),
+        &headers,
         body,
     )
+    .await
 }
 
-async fn noop(
-    State(state): State<Arc<AppState>>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> Response {
-    answer(&state, EndpointLabel::Noop, None, body)
+async fn noop(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    answer(&state, EndpointLabel::Noop, None, &headers, body).await
 }
 
-fn answer(
+/// Reads the body (refusing an oversized one by its Content-Length before reading it, so a client
+/// waiting for `100 Continue` never sends it), answers, counts and logs.
+async fn answer(
     state: &AppState,
     label: EndpointLabel,
     endpoint: Option<Endpoint>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    headers: &HeaderMap,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = match declared {
+        Some(n) if n > BODY_LIMIT as u64 => Err((
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("length limit exceeded: Content-Length is {n}"),
+        )),
+        _ => axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
+            let too_big = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                || e.to_string().contains("length limit");
+            if too_big {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "length limit exceeded".to_string(),
+                )
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                )
+            }
+        }),
+    };
     let body = match body {
         Ok(b) => b,
-        Err(rejection) => {
-            let status = rejection.status();
-            let text = rejection.body_text();
+        Err((status, text)) => {
             let outcome = Outcome {
                 denial: Some(text.clone()),
                 ..Outcome::bare(ResultLabel::BadRequest)

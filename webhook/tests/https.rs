@@ -212,7 +212,14 @@ async fn bad_input_over_https_gets_clear_answers_and_the_server_stays_up() {
     let deep = "[".repeat(200_000).into_bytes();
     let big = vec![b' '; server::BODY_LIMIT + 1];
     // (case, method, path, body, expected HTTP status, text the answer must contain)
-    type Case = (&'static str, &'static str, &'static str, Vec<u8>, u16, &'static str);
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Vec<u8>,
+        u16,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         (
             "empty",
