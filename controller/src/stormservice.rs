@@ -385,15 +385,16 @@ async fn pin_services(ns: &str, plan: &Plan, state: &State) -> Result<(), Error>
         if pinned == Some(rev.as_str()) {
             continue;
         }
-        let body = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": svc},
-                          "spec": {"selector": {LABEL_REVISION: rev}}});
-        api.patch(
-            svc,
-            &PatchParams::apply(ROUTING_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .map_err(|e| Error::PinService(svc.clone(), e))?;
+        // A Service's selector is an atomic map: server-side apply would replace the user's keys.
+        // A merge patch adds or updates our one key and leaves theirs alone.
+        let body = json!({"spec": {"selector": {LABEL_REVISION: rev}}});
+        let params = PatchParams {
+            field_manager: Some(ROUTING_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch(svc, &params, &Patch::Merge(&body))
+            .await
+            .map_err(|e| Error::PinService(svc.clone(), e))?;
         info!(namespace = ns, service = %svc, revision = %rev, "Service pinned");
     }
     Ok(())

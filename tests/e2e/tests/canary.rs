@@ -163,12 +163,27 @@ async fn rolesets(env: &Env) -> Result<std::collections::BTreeMap<String, usize>
     Ok(out)
 }
 
-async fn revisions(env: &Env) -> Result<(String, String)> {
+/// The stable revision, at rest.
+async fn stable_revision(env: &Env) -> Result<String> {
     let s = env.api.get("app").await?.status.context("status")?;
-    Ok((
-        s.current_revision.context("currentRevision")?,
-        s.update_revision.context("updateRevision")?,
-    ))
+    s.current_revision.context("currentRevision")
+}
+
+/// (stable, canary) revisions once the controller has seen the template change.
+async fn revisions(env: &Env) -> Result<(String, String)> {
+    wait_for(
+        "the controller to see the new template",
+        TIMEOUT,
+        || async {
+            let obj = env.api.get("app").await?;
+            let s = obj.status.context("status")?;
+            let current = s.current_revision.context("currentRevision")?;
+            let update = s.update_revision.context("updateRevision")?;
+            let seen = s.observed_generation == obj.metadata.generation;
+            Ok((seen && current != update).then_some((current, update)))
+        },
+    )
+    .await
 }
 
 async fn service_revision(env: &Env, name: &str) -> Result<Option<String>> {
@@ -295,7 +310,7 @@ async fn failing_canary_pods_are_rolled_back() -> Result<()> {
     let env = setup("canary-health").await?;
     create(&env, storm_service(3, seed_steps(), None)).await?;
     wait_phase(&env, RolloutPhase::Healthy, None).await?;
-    let (v1, _) = revisions(&env).await?;
+    let v1 = stable_revision(&env).await?;
     // The new revision's Pods carry the label that makes kwok fail them.
     let patch = json!([{"op": "add", "path": "/spec/template/spec/roles/0/template/metadata/labels/storm.test~1fail", "value": "true"}]);
     env.api
