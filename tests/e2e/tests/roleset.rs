@@ -106,10 +106,17 @@ struct ControllerProcess {
 
 impl ControllerProcess {
     /// Starts the RoleSet controller alone, without leader election, against the test cluster.
-    fn start(cluster: &Cluster) -> Result<Self> {
+    /// Watching only `namespace` keeps concurrent tests (and other suites) from acting on each
+    /// other's objects.
+    fn start(cluster: &Cluster, namespace: &str) -> Result<Self> {
         Self::start_with(
             cluster,
-            &["--leader-elect=false", "--controllers=roleset"],
+            &[
+                "--leader-elect=false",
+                "--controllers=roleset",
+                "--namespace",
+                namespace,
+            ],
             &[],
         )
     }
@@ -263,7 +270,7 @@ async fn setup(prefix: &str) -> Result<(TestNamespace, ControllerProcess)> {
     let ns = TestNamespace::new(prefix).await?;
     let cluster = ns.cluster();
     install_crds(cluster)?;
-    let controller = ControllerProcess::start(cluster)?;
+    let controller = ControllerProcess::start(cluster, ns.name())?;
     Ok((ns, controller))
 }
 
@@ -771,6 +778,144 @@ async fn sigterm_stops_gracefully_and_releases_the_lease() -> Result<()> {
         assert_eq!(code, Some(0), "exit code after SIGTERM");
         // Released: no holder, so a successor need not wait out the 15 s.
         assert_eq!(holder(&leases).await?, None);
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// RBAC: the binary under its own ServiceAccount and manifests/controller's roles.
+
+/// Applies the controller's ServiceAccount and RBAC from manifests/controller and returns a
+/// kubeconfig file authenticating as that ServiceAccount.
+fn service_account_kubeconfig(cluster: &Cluster) -> Result<PathBuf> {
+    // The Namespace belongs to manifests/webhook; create it only if this cluster lacks it.
+    let ns = cluster.kubectl_run([
+        "get",
+        "namespace",
+        "storm-system",
+        "--ignore-not-found",
+        "-o",
+        "name",
+    ])?;
+    if ns.trim().is_empty() {
+        cluster.kubectl_run(["create", "namespace", "storm-system"])?;
+    }
+    cluster.kubectl_run([
+        "apply",
+        "-n",
+        "storm-system",
+        "-f",
+        "manifests/controller/serviceaccount.yaml",
+        "-f",
+        "manifests/controller/rbac.yaml",
+    ])?;
+    let token = cluster.kubectl_run([
+        "create",
+        "token",
+        "storm-controller",
+        "-n",
+        "storm-system",
+        "--duration=30m",
+    ])?;
+    let admin = std::fs::read_to_string(cluster.kubeconfig())?;
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server:"))
+        .map(str::trim)
+        .context("no server in the admin kubeconfig")?
+        .to_string();
+    let dir = std::env::temp_dir().join(format!("storm-e2e-sa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ca = dir.join("ca.crt");
+    std::fs::write(&ca, cluster.ca_pem()?)?;
+    let kubeconfig = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: sa\n\
+         clusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority: {}\n\
+         users:\n- name: sa\n  user:\n    token: {}\n\
+         contexts:\n- name: sa\n  context:\n    cluster: c\n    user: sa\n",
+        ca.display(),
+        token.trim()
+    );
+    std::fs::write(&kubeconfig, text)?;
+    Ok(kubeconfig)
+}
+
+#[tokio::test]
+async fn runs_under_its_own_service_account_and_rbac() -> Result<()> {
+    let ns = TestNamespace::new("rs-rbac").await?;
+    let cluster = ns.cluster();
+    install_crds(cluster)?;
+    let result = async {
+        let kubeconfig = service_account_kubeconfig(cluster)?;
+        let kubeconfig = kubeconfig.to_str().context("non-UTF-8 temp path")?;
+        let identity = format!("e2e-rbac-{}", std::process::id());
+        // All namespaces, as deployed (cluster-wide list/watch), and leader election in
+        // storm-system (the namespaced Lease Role).
+        let mut controller = ControllerProcess::start_with(
+            cluster,
+            &[
+                "--leader-elect",
+                "--lease-namespace",
+                "storm-system",
+                "--controllers=roleset",
+            ],
+            &[("KUBECONFIG", kubeconfig), ("POD_NAME", &identity)],
+        )?;
+        let leases: Api<Lease> = Api::namespaced(ns.client(), "storm-system");
+        // A Lease left by an earlier, killed run expires within its 15 s.
+        wait_for(
+            "leadership in storm-system",
+            Duration::from_secs(30),
+            || async {
+                Ok((holder(&leases).await?.as_deref() == Some(identity.as_str())).then_some(()))
+            },
+        )
+        .await?;
+
+        let rolesets: Api<RoleSet> = ns.api();
+        let pods: Api<Pod> = ns.api();
+        rolesets
+            .create(
+                &PostParams::default(),
+                &roleset(
+                    "llm-r1-0",
+                    vec![role("prefill", 1, &[]), role("decode", 2, &[])],
+                ),
+            )
+            .await?;
+        wait_for("Pods created and status written", TIMEOUT, || async {
+            let n = pods_of(&pods, "llm-r1-0").await?.len();
+            let status = rolesets.get("llm-r1-0").await?.status.unwrap_or_default();
+            Ok((n == 3 && status.ready_replicas == 3).then_some(()))
+        })
+        .await?;
+        // Events about the RoleSet were recorded (events.k8s.io create).
+        let events = cluster.kubectl_run([
+            "get",
+            "events.events.k8s.io",
+            "-n",
+            ns.name(),
+            "--field-selector",
+            "reason=SuccessfulCreate,regarding.kind=RoleSet",
+            "-o",
+            "name",
+        ])?;
+        ensure!(
+            !events.trim().is_empty(),
+            "no SuccessfulCreate events for the RoleSet"
+        );
+        controller.ensure_running()?;
+        // RBAC denials read `User "system:serviceaccount:..." cannot <verb> resource ...`; other
+        // 403s (a terminating namespace of another test) are not about our roles.
+        let log = std::fs::read_to_string(&controller.log)?;
+        let denied = log
+            .lines()
+            .any(|l| l.contains("forbidden") && l.contains(" cannot "));
+        ensure!(!denied, "RBAC denied something:\n{}", controller.log_tail());
         Ok::<_, anyhow::Error>(())
     }
     .await;
