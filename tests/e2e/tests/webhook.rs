@@ -9,6 +9,7 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -670,4 +671,115 @@ async fn bad_input_over_https_gets_a_clear_answer() -> Result<()> {
         "{metrics}"
     );
     Ok(())
+}
+
+/// A kubeconfig for the cluster that authenticates with `token`.
+fn token_kubeconfig(token: &str, dir: &Path) -> Result<PathBuf> {
+    let c = cluster()?;
+    let raw = c.kubectl_run([
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "--flatten",
+        "-o",
+        "json",
+    ])?;
+    let admin: Value = serde_json::from_str(&raw)?;
+    let cl = &admin["clusters"][0]["cluster"];
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {
+            "server": cl["server"],
+            "certificate-authority-data": cl["certificate-authority-data"],
+        }}],
+        "users": [{"name": "storm-webhook", "user": {"token": token}}],
+        "contexts": [{"name": "storm-webhook", "context": {"cluster": "local", "user": "storm-webhook"}}],
+        "current-context": "storm-webhook",
+    });
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, config.to_string())?;
+    Ok(path)
+}
+
+/// The shipped RBAC (manifests/webhook/rbac.yaml) is enough for every watch cache: the webhook
+/// running as its ServiceAccount becomes ready and logs no `forbidden`.
+#[tokio::test]
+async fn the_webhook_is_ready_under_its_own_least_privilege_role() -> Result<()> {
+    let w = webhook()?;
+    let c = cluster()?;
+    let result = async {
+        let manifests = c.repo_root().join("manifests/webhook");
+        for f in ["namespace.yaml", "rbac.yaml"] {
+            let file = manifests.join(f);
+            c.kubectl_run([OsStr::new("apply"), OsStr::new("-f"), file.as_os_str()])?;
+        }
+        let token = c.kubectl_run([
+            "-n",
+            "storm-system",
+            "create",
+            "token",
+            "storm-webhook",
+            "--duration=1h",
+        ])?;
+        let dir =
+            std::env::temp_dir().join(format!("storm-e2e-webhook-rbac-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let kubeconfig = token_kubeconfig(token.trim(), &dir)?;
+        let port_file = dir.join("port");
+        let certs = w.ca.parent().context("certs dir")?;
+        let bin = process::binary("storm-webhook", "storm-webhook")?;
+        let mut p = process::Process::start(
+            "webhook-rbac",
+            bin,
+            vec![
+                "--listen=127.0.0.1:0".into(),
+                format!("--port-file={}", port_file.display()),
+                format!("--tls-cert={}", certs.join("tls.crt").display()),
+                format!("--tls-key={}", certs.join("tls.key").display()),
+            ],
+            vec![("KUBECONFIG".into(), kubeconfig.display().to_string())],
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ready = loop {
+            p.ensure_running()?;
+            if let Ok(port) = std::fs::read_to_string(&port_file) {
+                let local = Webhook {
+                    url: format!("https://127.0.0.1:{}", port.trim()),
+                    ca: w.ca.clone(),
+                };
+                if let Ok((200, _)) = curl(&local, "GET", "/readyz", None) {
+                    break true;
+                }
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        let log = p.log_tail(200);
+        ensure!(ready, "not ready within 60s as its ServiceAccount:\n{log}");
+        ensure!(
+            !log.to_lowercase().contains("forbidden"),
+            "RBAC denied a watch:\n{log}"
+        );
+        for kind in [
+            "Service",
+            "Ingress",
+            "Namespace",
+            "AnalysisTemplate",
+            "RolloutPolicy",
+        ] {
+            ensure!(
+                log.contains(&format!("watch cache synced kind=\"{kind}\"")),
+                "{kind} cache never synced:\n{log}"
+            );
+        }
+        drop(p);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+    .await;
+    dump_logs_on_error(result)
 }
