@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME, LABEL_REVISION};
 use storm_shared::types::API_VERSION;
-use storm_shared::types::roleset::RoleSetSpec;
 use storm_shared::types::stormservice::{RoleSetTemplateSpec, TemplateMetadata};
 use storm_shared::{RoleSet, StormService};
 use tracing::{debug, info, warn};
@@ -591,11 +590,7 @@ fn roleset_for(obj: &StormService, template: &RoleSetTemplateSpec, rev: &str, i:
     labels.insert(AIBRIX_LABEL_STORM_SERVICE_NAME.into(), name.clone());
     let mut rs = RoleSet::new(
         &format!("{name}-{rev}-{i}"),
-        obj.spec
-            .template
-            .spec
-            .clone()
-            .unwrap_or_else(RoleSetSpec::default),
+        obj.spec.template.spec.clone().unwrap_or_default(),
     );
     rs.metadata.namespace = obj.namespace();
     rs.metadata.labels = Some(labels);

@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn percent_and_summary() {
         let now = Timestamp::from_second(1_000_000).expect("ts");
-        let mut pods = vec![pod(true, 0, now), pod(false, 600, now)];
+        let mut pods = [pod(true, 0, now), pod(false, 600, now)];
         pods[1].name = "bad".into();
         let h = of_revision(pods.iter(), "r", SignedDuration::from_secs(60), now);
         assert_eq!(h.failing_percent(), 50.0);
