@@ -4,6 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 
 include tests/controlplane/controlplane.mk
+include tests/dev/dev.mk
 
 .PHONY: help
 help: ## List the targets
