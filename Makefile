@@ -8,7 +8,11 @@ include tests/dev/dev.mk
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+.PHONY: demo
+demo: ## The main job: a canary rollout on the local control plane, end to end
+	@tests/demo/demo.sh
 
 .PHONY: build
 build: ## Build every binary (release)

@@ -29,6 +29,7 @@ struct Cli {
 
 /// Phases `status --wait-for` can wait for.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
+#[value(rename_all = "PascalCase")]
 enum WaitPhase {
     Healthy,
     Progressing,
@@ -80,7 +81,7 @@ enum Command {
         #[arg(short, long)]
         watch: bool,
         /// Return when the rollout reaches this phase.
-        #[arg(long, value_enum)]
+        #[arg(long, value_enum, ignore_case = true)]
         wait_for: Option<WaitPhase>,
         /// How long --wait-for (or --watch) may take, e.g. 10m.
         #[arg(long, default_value = "10m")]

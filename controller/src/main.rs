@@ -51,6 +51,9 @@ struct Args {
     /// that share a cluster.
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Write the bound metrics port to this file once listening (with `--metrics-addr ...:0`).
+    #[arg(long)]
+    port_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,6 +84,11 @@ enum RunError {
     },
     #[error("installing the signal handlers: {0}")]
     InstallSignalHandlers(#[source] std::io::Error),
+    #[error("writing the port file {path}: {source}")]
+    WritePortFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 fn main() -> ExitCode {
@@ -150,6 +158,14 @@ async fn run(args: Args) -> Result<(), RunError> {
         })?;
     let bound = listener.local_addr().unwrap_or(args.metrics_addr);
     info!(addr = %bound, "serving /metrics, /healthz and /readyz");
+    if let Some(path) = &args.port_file {
+        std::fs::write(path, format!("{}\n", bound.port())).map_err(|source| {
+            RunError::WritePortFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
     let server = tokio::spawn(serve(
         listener,
         metrics.clone(),

@@ -3,9 +3,9 @@
 STORM_DEV_MK_DIR := $(dir $(lastword $(MAKEFILE_LIST)))
 
 .PHONY: dev-up dev-down dev-status bench-webhook
-dev-up: ## Control plane + CRDs + webhook (URL mode, free loopback port); reuses what already runs
+dev-up: ## Control plane + CRDs + webhook (URL mode) + controller on free loopback ports; reuses what runs
 	@$(STORM_DEV_MK_DIR)dev.sh up
-dev-down: ## Unregister the webhook and stop what dev-up started (the control plane stays)
+dev-down: ## Unregister the webhook, stop the webhook and controller (the control plane stays)
 	@$(STORM_DEV_MK_DIR)dev.sh down
 dev-status: ## PIDs, ports and readiness of the dev stack
 	@$(STORM_DEV_MK_DIR)dev.sh status

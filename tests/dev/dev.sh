@@ -10,7 +10,7 @@
 #
 # State: ${STORM_DEV_DIR:-<repo>/.storm/dev} (certificates, PIDs, ports, logs); with a non-default
 # STORM_CLUSTER_DIR it defaults to "$STORM_CLUSTER_DIR.dev", so each cluster has its own stack.
-# STORM_WEBHOOK_BIN: use this binary instead of building target/debug/storm-webhook.
+# STORM_WEBHOOK_BIN / STORM_CONTROLLER_BIN: use these binaries instead of building them.
 #
 # Components are started by start_component/stop_component; a second binary (the controller) gets a
 # start_<name> function and an entry in COMPONENTS.
@@ -28,7 +28,7 @@ else
 fi
 KUBECONFIG_PATH=$CLUSTER_DIR/kubeconfig
 CERTS=$DEV/certs
-COMPONENTS=(webhook)
+COMPONENTS=(webhook controller)
 READY_TIMEOUT=${STORM_DEV_TIMEOUT:-90}
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
@@ -157,6 +157,49 @@ unregister_webhook() {
 	[[ -s $KUBECONFIG_PATH ]] || return 0
 	kubectl_dev delete mutatingwebhookconfiguration,validatingwebhookconfiguration storm-webhook \
 		--ignore-not-found --request-timeout=10s >/dev/null 2>&1 || log "could not delete the webhook configurations"
+}
+
+# ---------------------------------------------------------------------------- controller
+
+controller_ready() {
+	[[ -s $DEV/controller.port ]] &&
+		curl -fsS --max-time 2 "http://127.0.0.1:$(cat "$DEV/controller.port")/healthz" >/dev/null 2>&1
+}
+
+controller_binary() {
+	if [[ -n ${STORM_CONTROLLER_BIN:-} ]]; then
+		echo "$STORM_CONTROLLER_BIN"
+		return
+	fi
+	log "building storm-controller"
+	(cd "$REPO" && cargo build --quiet -p storm-controller --bin storm-controller) >&2
+	echo "${CARGO_TARGET_DIR:-$REPO/target}/debug/storm-controller"
+}
+
+start_controller() {
+	local bin port
+	bin=$(controller_binary)
+	[[ -x $bin ]] || die "no controller binary at $bin"
+	if current controller "$bin" && controller_ready; then
+		log "controller already running (pid $(pid_of controller))"
+		return
+	fi
+	stop_component controller
+	# One local process: no leader election (a cluster runs two replicas with it on).
+	start_component controller "$bin" --leader-elect=false --metrics-addr 127.0.0.1:0 \
+		--port-file "$DEV/controller.port"
+	wait_for_port controller
+	port=$(cat "$DEV/controller.port")
+	local deadline=$((SECONDS + READY_TIMEOUT))
+	until controller_ready; do
+		alive controller || {
+			tail -n 30 "$DEV/controller.log" >&2 || true
+			die "controller exited (log: $DEV/controller.log)"
+		}
+		((SECONDS < deadline)) || die "controller not healthy within ${READY_TIMEOUT}s (log: $DEV/controller.log)"
+		sleep 0.2
+	done
+	log "controller running (pid $(pid_of controller), metrics http://127.0.0.1:$port/metrics)"
 }
 
 # ---------------------------------------------------------------------------- commands
