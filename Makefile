@@ -35,5 +35,15 @@ unit: ## Unit, property and CLI tests (no cluster)
 e2e: cluster-up ## End-to-end suites against the local control plane
 	$(CARGO) test -p storm-e2e -- --test-threads=4
 
+.PHONY: demo-check
+demo-check: ## Run the demo non-interactively and check its end state (then stop the dev stack)
+	@STORM_DEMO_NAMESPACE=storm-demo-ci tests/demo/demo.sh > target/demo-check.log 2>&1 \
+		|| { tail -n 60 target/demo-check.log; $(MAKE) --no-print-directory dev-down; exit 1; }
+	@phase=$$(KUBECONFIG=.storm/cluster/kubeconfig kubectl -n storm-demo-ci get stormservice my-app \
+		-o jsonpath='{.status.rolloutStatus.phase} {.status.currentRevision} {.status.updateRevision}'); \
+	set -- $$phase; $(MAKE) --no-print-directory dev-down >/dev/null 2>&1; \
+	if [ "$$1" = Completed ] && [ "$$2" = "$$3" ]; then echo "demo-check: 1 passed, 0 failed"; \
+	else echo "demo-check: end state '$$phase' is not a completed rollout"; echo "demo-check: 0 passed, 1 failed"; exit 1; fi
+
 .PHONY: test
-test: lint unit e2e ## Everything CI runs
+test: lint unit e2e demo-check ## Everything CI runs

@@ -28,7 +28,10 @@ else
 fi
 KUBECONFIG_PATH=$CLUSTER_DIR/kubeconfig
 CERTS=$DEV/certs
-COMPONENTS=(webhook controller)
+# STORM_DEV_COMPONENTS: which components `up` starts (default both). The controller watches every
+# namespace, so suites that run their own namespace-scoped controllers start only the webhook.
+ALL_COMPONENTS=(webhook controller)
+read -r -a COMPONENTS <<<"${STORM_DEV_COMPONENTS:-${ALL_COMPONENTS[*]}}"
 READY_TIMEOUT=${STORM_DEV_TIMEOUT:-90}
 
 log() { printf 'dev.sh: %s\n' "$*" >&2; }
@@ -229,8 +232,8 @@ cmd_down() {
 	flock 9
 	unregister_webhook
 	local c
-	for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
-		c=${COMPONENTS[i]}
+	for ((i = ${#ALL_COMPONENTS[@]} - 1; i >= 0; i--)); do
+		c=${ALL_COMPONENTS[i]}
 		stop_component "$c"
 	done
 	log "stopped"
@@ -238,7 +241,7 @@ cmd_down() {
 
 cmd_status() {
 	local c
-	for c in "${COMPONENTS[@]}"; do
+	for c in "${ALL_COMPONENTS[@]}"; do
 		if alive "$c"; then
 			printf '%-10s running  pid %s  port %s  log %s\n' "$c" "$(pid_of "$c")" "$(cat "$DEV/$c.port" 2>/dev/null)" "$DEV/$c.log"
 		else

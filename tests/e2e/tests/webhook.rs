@@ -40,6 +40,9 @@ fn start_webhook() -> Result<Webhook> {
         .arg(&script)
         .arg("up")
         .env("STORM_WEBHOOK_BIN", &bin)
+        // Only the webhook: the dev controller would watch every namespace, including the ones
+        // where other suites run their own controllers.
+        .env("STORM_DEV_COMPONENTS", "webhook")
         .current_dir(cluster.repo_root())
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
