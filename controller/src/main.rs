@@ -175,9 +175,12 @@ async fn run(args: Args) -> Result<(), RunError> {
     tokio::spawn(mark_ready_when_api_answers(client.clone(), ready));
 
     let candidate = Candidate::new(client.clone(), &args.lease_namespace, identity.clone());
-    let mut leading = if args.leader_elect {
+    // The election has its own stop signal: once leading, it keeps renewing until the controllers
+    // have stopped, so the Lease can't expire (and a standby start) under reconciles still finishing.
+    let (election_stop, election_stop_rx) = watch::channel(false);
+    let mut election = if args.leader_elect {
         info!(%identity, namespace = %args.lease_namespace, lease = leader::LEASE_NAME, "waiting for leadership");
-        let (mut leading, _task) = leader::spawn(candidate.clone(), stop_rx.clone());
+        let (mut leading, task) = leader::spawn(candidate.clone(), election_stop_rx);
         let mut stop = stop_rx.clone();
         tokio::select! {
             won = leading.wait_for(|l| *l) => {
@@ -187,12 +190,14 @@ async fn run(args: Args) -> Result<(), RunError> {
                 }
             }
             _ = stop.wait_for(|s| *s) => {
+                let _ = election_stop.send(true);
+                let _ = task.await;
                 let _ = server.await;
                 return Ok(());
             }
         }
         info!(%identity, "leading; starting controllers");
-        Some(leading)
+        Some((leading, task))
     } else {
         info!("leader election disabled; starting controllers");
         None
@@ -207,7 +212,7 @@ async fn run(args: Args) -> Result<(), RunError> {
     }
 
     let lost = async {
-        match leading.as_mut() {
+        match election.as_mut().map(|(leading, _)| leading) {
             Some(rx) => {
                 // Err: the election task ended because we are stopping, not because we lost.
                 if rx.wait_for(|l| !*l).await.is_err() {
@@ -234,7 +239,9 @@ async fn run(args: Args) -> Result<(), RunError> {
             std::process::exit(1);
         }
     }
-    if args.leader_elect {
+    if let Some((_, task)) = election {
+        let _ = election_stop.send(true);
+        let _ = task.await;
         candidate.release().await;
     }
     let _ = server.await;
