@@ -23,6 +23,9 @@ pub const RENEW_INTERVAL: Duration = Duration::from_secs(2);
 /// it has stopped before any other replica can legitimately take over.
 pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Longest one read-and-write round may take; well under [`RENEW_DEADLINE`].
+pub const ROUND_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// What a candidate does with the Lease as it finds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -121,6 +124,9 @@ pub enum LeaseError {
     /// Creating, taking over or renewing the Lease failed (other than losing a race).
     #[error("writing Lease {LEASE_NAME}: {0}")]
     Write(#[source] kube::Error),
+    /// A round took longer than [`ROUND_TIMEOUT`].
+    #[error("renewing Lease {LEASE_NAME}: no answer within {ROUND_TIMEOUT:?}")]
+    TimedOut,
 }
 
 /// A candidate for the Lease in one namespace.
@@ -224,7 +230,11 @@ pub fn spawn(
         let mut last_renewal: Option<tokio::time::Instant> = None;
         loop {
             let leading = *leading_tx.borrow();
-            match candidate.try_acquire_or_renew().await {
+            // A hung request must not outlive the renew deadline unnoticed.
+            let round = tokio::time::timeout(ROUND_TIMEOUT, candidate.try_acquire_or_renew())
+                .await
+                .unwrap_or(Err(LeaseError::TimedOut));
+            match round {
                 Ok(true) => {
                     last_renewal = Some(tokio::time::Instant::now());
                     leading_tx.send_if_modified(|l| !std::mem::replace(l, true));
