@@ -90,8 +90,8 @@ struct State {
     failures: Mutex<HashMap<ObjectRef<RoleSet>, u32>>,
 }
 
-/// Runs the RoleSet controller over all namespaces until `shutdown` completes; reconciles in
-/// flight then finish before this returns.
+/// Runs the RoleSet controller over the context's namespace (all namespaces when it has none)
+/// until `shutdown` completes; reconciles in flight then finish before this returns.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
     let rolesets = ctx.api::<RoleSet>();
     // Every Pod we create carries `roleset-name`. The selector is on that AIBrix label rather than
