@@ -16,18 +16,27 @@ use std::time::Duration;
 /// `cargo test` builds only the tested package's targets, so another package's binary is built
 /// here. Cargo serialises concurrent builds of the shared target dir itself.
 pub fn binary(package: &str, bin: &str) -> Result<PathBuf> {
+    built(package, bin, false)
+}
+
+/// Like [`binary`], built with `--release` (benchmarks).
+pub fn release_binary(package: &str, bin: &str) -> Result<PathBuf> {
+    built(package, bin, true)
+}
+
+fn built(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
     static BUILT: OnceLock<Mutex<BTreeMap<String, std::result::Result<PathBuf, String>>>> =
         OnceLock::new();
     let built = BUILT.get_or_init(|| Mutex::new(BTreeMap::new()));
     let mut built = built.lock().map_err(|_| anyhow!("binary cache poisoned"))?;
-    let key = format!("{package}/{bin}");
+    let key = format!("{package}/{bin}/{release}");
     let entry = built
         .entry(key)
-        .or_insert_with(|| build(package, bin).map_err(|e| format!("{e:#}")));
+        .or_insert_with(|| build(package, bin, release).map_err(|e| format!("{e:#}")));
     entry.clone().map_err(|e| anyhow!("building {bin}: {e}"))
 }
 
-fn build(package: &str, bin: &str) -> Result<PathBuf> {
+fn build(package: &str, bin: &str, release: bool) -> Result<PathBuf> {
     let repo = crate::repo_root();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
@@ -49,9 +58,12 @@ fn build(package: &str, bin: &str) -> Result<PathBuf> {
             cmd.env_remove(key.as_ref());
         }
     }
+    cmd.arg("build");
+    if release {
+        cmd.arg("--release");
+    }
     let out = cmd
         .args([
-            "build",
             "-p",
             package,
             "--bin",
@@ -139,6 +151,11 @@ impl Process {
         Ok(())
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Kills the process with SIGKILL, as a crash would, and waits for it.
     pub fn kill(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {
@@ -204,7 +221,21 @@ pub struct Controller {
 impl Controller {
     /// Starts the controller for `namespace`.
     pub fn start(cluster: &Cluster, namespace: &str) -> Result<Self> {
-        let program = binary("storm-controller", "storm-controller")?;
+        Self::start_program(
+            cluster,
+            namespace,
+            binary("storm-controller", "storm-controller")?,
+            "info,storm_controller=debug",
+        )
+    }
+
+    /// Starts `program` (a controller build) for `namespace` with `RUST_LOG=log`.
+    pub fn start_program(
+        cluster: &Cluster,
+        namespace: &str,
+        program: PathBuf,
+        log: &str,
+    ) -> Result<Self> {
         let http_port = free_port()?;
         let args = vec![
             "--leader-elect=false".to_string(),
@@ -218,10 +249,7 @@ impl Controller {
                 "KUBECONFIG".to_string(),
                 cluster.kubeconfig().display().to_string(),
             ),
-            (
-                "RUST_LOG".to_string(),
-                "info,storm_controller=debug".to_string(),
-            ),
+            ("RUST_LOG".to_string(), log.to_string()),
         ];
         let process = Process::start("storm-controller", program, args, env)?;
         Ok(Self { process, http_port })

@@ -1,0 +1,312 @@
+//! `make bench-controller`: N StormServices (2 RoleSets of 2 Pods each) through a 3-step canary at
+//! once on the local control plane, then aborts on a subset, measuring the controller.
+//!
+//! Writes `target/bench/controller.json`: services, seconds_to_all_completed, controller_peak_rss_mib,
+//! controller_cpu_seconds, api_requests (the controller's own, from its metrics), and
+//! abort_to_stable_ms_p50/p99 (abort annotation → all traffic and capacity back on stable).
+//!
+//! Usage: cargo run --release -p storm-e2e --example bench_controller -- [SERVICES] [ABORTS]
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+use storm_shared::keys::{LABEL_NAME, LABEL_REVISION};
+use storm_shared::types::stormservice::RolloutPhase;
+use storm_shared::{RoleSet, StormService};
+use storm_test_support::process::{Controller, release_binary};
+use storm_test_support::{TestNamespace, wait_for};
+
+const APPROVAL: &str = "stormservice.aibrix.ai/rollout-approval";
+const ABORT: &str = "stormservice.aibrix.ai/rollout-abort";
+
+fn service(name: &str) -> Value {
+    json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1",
+        "kind": "StormService",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"roles": [{"name": "server", "replicas": 2, "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "server", "image": "app:v1"}]}
+                }}]}
+            },
+            "rolloutStrategy": {"type": "Canary", "canary": {
+                "stableService": format!("{name}-stable"),
+                "canaryService": format!("{name}-canary"),
+                "steps": [
+                    {"weight": 50, "pause": {"duration": "1s"}},
+                    {"weight": 50, "pause": {"untilApproval": true}},
+                    {"weight": 100}
+                ]
+            }}
+        }
+    })
+}
+
+fn phase(obj: &StormService) -> Option<RolloutPhase> {
+    obj.status.as_ref()?.rollout_status.as_ref()?.phase
+}
+
+fn waiting_for_approval(obj: &StormService) -> bool {
+    storm_shared::rules::waiting_for_approval(obj)
+}
+
+async fn set_image(api: &Api<StormService>, name: &str, image: &str) -> Result<()> {
+    let patch: json_patch::Patch = serde_json::from_value(json!([{
+        "op": "replace",
+        "path": "/spec/template/spec/roles/0/template/spec/containers/0/image",
+        "value": image
+    }]))?;
+    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+        .await?;
+    Ok(())
+}
+
+async fn annotate(api: &Api<StormService>, name: &str, key: &str) -> Result<()> {
+    let body = json!({"metadata": {"annotations": {key: "true"}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    Ok(())
+}
+
+/// Reads a process's peak RSS (MiB) and CPU seconds from /proc.
+fn proc_usage(pid: u32) -> Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmHWM")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; after the command they are the 12th and 13th.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok((hwm_kib / 1024.0, ticks / 100.0))
+}
+
+/// Sum of a counter family in Prometheus text.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let n: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(200);
+    let aborts: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(20)
+        .min(n);
+    let ns = TestNamespace::new("bench-controller").await?;
+    let cluster = ns.cluster();
+    cluster.install_crds()?;
+    let program = release_binary("storm-controller", "storm-controller")?;
+    let mut controller = Controller::start_program(cluster, ns.name(), program, "warn")?;
+    let pid = controller.process.pid().context("controller pid")?;
+    let api: Api<StormService> = ns.api();
+    let services: Api<Service> = ns.api();
+    let names: Vec<String> = (0..n).map(|i| format!("svc-{i:04}")).collect();
+    eprintln!("bench: creating {n} StormServices in {}", ns.name());
+    for name in &names {
+        for suffix in ["stable", "canary"] {
+            let svc: Service = serde_json::from_value(json!({
+                "metadata": {"name": format!("{name}-{suffix}")},
+                "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}
+            }))?;
+            services.create(&PostParams::default(), &svc).await?;
+        }
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(service(name))?,
+        )
+        .await?;
+    }
+    let all_in = |want: RolloutPhase| {
+        let api = api.clone();
+        async move {
+            let list = api.list(&ListParams::default()).await?;
+            let done = list.items.iter().filter(|o| phase(o) == Some(want)).count();
+            Ok::<_, anyhow::Error>((done, list.items))
+        }
+    };
+    wait_for(
+        "every StormService Healthy",
+        Duration::from_secs(600),
+        || async {
+            let (done, _) = all_in(RolloutPhase::Healthy).await?;
+            Ok((done == n).then_some(()))
+        },
+    )
+    .await?;
+    eprintln!("bench: all healthy; rolling out");
+    let started = Instant::now();
+    for name in &names {
+        set_image(&api, name, "app:v2").await?;
+    }
+    let mut approved: BTreeSet<String> = BTreeSet::new();
+    loop {
+        let list = api.list(&ListParams::default()).await?;
+        let completed = list
+            .items
+            .iter()
+            .filter(|o| phase(o) == Some(RolloutPhase::Completed))
+            .count();
+        for obj in &list.items {
+            if waiting_for_approval(obj) && approved.insert(obj.name_any()) {
+                annotate(&api, &obj.name_any(), APPROVAL).await?;
+            }
+        }
+        if completed == n {
+            break;
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(900),
+            "rollouts did not complete: {completed} of {n}"
+        );
+        controller.process.ensure_running()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let seconds_to_all_completed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "bench: all {n} completed in {seconds_to_all_completed:.1}s; measuring aborts on {aborts}"
+    );
+
+    // Abort latency: roll out v3 on a subset, abort each once it waits for approval.
+    let subset: Vec<String> = names.iter().take(aborts).cloned().collect();
+    for name in &subset {
+        set_image(&api, name, "app:v3").await?;
+    }
+    wait_for(
+        "the abort subset waiting for approval",
+        Duration::from_secs(300),
+        || async {
+            let mut ready = 0;
+            for name in &subset {
+                if waiting_for_approval(&api.get(name).await?) {
+                    ready += 1;
+                }
+            }
+            Ok((ready == subset.len()).then_some(()))
+        },
+    )
+    .await?;
+    let rolesets: Api<RoleSet> = ns.api();
+    let mut pending: BTreeMap<String, (Instant, String)> = BTreeMap::new();
+    for name in &subset {
+        let stable = api
+            .get(name)
+            .await?
+            .status
+            .and_then(|s| s.current_revision)
+            .context("stable")?;
+        annotate(&api, name, ABORT).await?;
+        pending.insert(name.clone(), (Instant::now(), stable));
+    }
+    let mut latencies = Vec::new();
+    while !pending.is_empty() {
+        let svcs = services.list(&ListParams::default()).await?;
+        let sets = rolesets.list(&ListParams::default()).await?;
+        let mut done = Vec::new();
+        for (name, (t0, stable)) in &pending {
+            let selects_stable = |s: &str| {
+                svcs.items.iter().any(|x| {
+                    x.name_any() == format!("{name}-{s}")
+                        && x.spec
+                            .as_ref()
+                            .and_then(|sp| sp.selector.as_ref())
+                            .and_then(|m| m.get(LABEL_REVISION))
+                            == Some(stable)
+                })
+            };
+            let mine: Vec<&RoleSet> = sets
+                .items
+                .iter()
+                .filter(|r| {
+                    r.labels().get(LABEL_NAME) == Some(name)
+                        && r.metadata.deletion_timestamp.is_none()
+                })
+                .collect();
+            let on_stable = mine
+                .iter()
+                .all(|r| r.labels().get(LABEL_REVISION) == Some(stable));
+            let ready = mine
+                .iter()
+                .filter(|r| {
+                    r.status.as_ref().is_some_and(|s| {
+                        s.conditions
+                            .iter()
+                            .any(|c| c.type_ == "Ready" && c.status == "True")
+                    })
+                })
+                .count();
+            if selects_stable("stable") && selects_stable("canary") && on_stable && ready == 2 {
+                latencies.push(t0.elapsed().as_secs_f64() * 1000.0);
+                done.push(name.clone());
+            }
+        }
+        for d in done {
+            pending.remove(&d);
+        }
+        ensure!(latencies.len() + pending.len() == subset.len());
+        if pending
+            .values()
+            .any(|(t0, _)| t0.elapsed() > Duration::from_secs(120))
+        {
+            anyhow::bail!(
+                "aborts did not land within 120s: {:?}",
+                pending.keys().collect::<Vec<_>>()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies.sort_by(f64::total_cmp);
+    let (rss, cpu) = proc_usage(pid)?;
+    let (_, metrics) = controller.http_get("/metrics")?;
+    let api_requests = metric_sum(&metrics, "storm_kube_requests_total");
+    let report = json!({
+        "services": n,
+        "rolesets_per_service": 2,
+        "pods_per_roleset": 2,
+        "steps": 3,
+        "seconds_to_all_completed": (seconds_to_all_completed * 10.0).round() / 10.0,
+        "controller_peak_rss_mib": (rss * 10.0).round() / 10.0,
+        "controller_cpu_seconds": (cpu * 100.0).round() / 100.0,
+        "api_requests": api_requests,
+        "aborts": subset.len(),
+        "abort_to_stable_ms_p50": percentile(&latencies, 0.5).round(),
+        "abort_to_stable_ms_p99": percentile(&latencies, 0.99).round(),
+        "note": "abort latency is observed by polling every 20 ms plus list calls; the local control plane shares the machine's 2 cores with the controller"
+    });
+    let dir = storm_test_support::repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("controller.json"),
+        serde_json::to_string_pretty(&report)? + "\n",
+    )?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    drop(controller);
+    ns.cleanup().await
+}
