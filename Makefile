@@ -45,5 +45,12 @@ demo-check: ## Run the demo non-interactively and check its end state (then stop
 	if [ "$$1" = Completed ] && [ "$$2" = "$$3" ]; then echo "demo-check: 1 passed, 0 failed"; \
 	else echo "demo-check: end state '$$phase' is not a completed rollout"; echo "demo-check: 0 passed, 1 failed"; exit 1; fi
 
+.PHONY: bench-controller
+bench-controller: cluster-up ## N StormServices through a canary (N=200) -> target/bench/controller.json
+	$(CARGO) run --release -q -p storm-e2e --example bench_controller -- $(or $(N),200) $(or $(ABORTS),20)
+
+.PHONY: bench
+bench: bench-webhook bench-controller ## Every benchmark; numbers in target/bench/
+
 .PHONY: test
 test: lint unit e2e demo-check ## Everything CI runs
