@@ -371,3 +371,113 @@ fn slot_index_parses_only_our_names() {
     assert_eq!(slot_index("rs", "decode", "rs-decode-0-1"), None);
     assert_eq!(slot_index("rs", "decode", "rs2-decode-0"), None);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    const ROLES: [&str; 3] = ["prefill", "decode", "router"];
+
+    /// A Pod somewhere in the name space the plan could produce (or not).
+    #[derive(Debug, Clone)]
+    struct Existing {
+        role: usize,
+        index: i32,
+        phase: &'static str,
+        terminating: bool,
+    }
+
+    fn existing_strategy() -> impl Strategy<Value = Existing> {
+        (
+            0..ROLES.len(),
+            0..6i32,
+            prop_oneof![Just("Running"), Just("Pending"), Just("Failed")],
+            any::<bool>(),
+        )
+            .prop_map(|(role, index, phase, terminating)| Existing {
+                role,
+                index,
+                phase,
+                terminating,
+            })
+    }
+
+    fn world(rs: &RoleSet, pods: &[Existing]) -> Vec<Pod> {
+        let mut seen = BTreeSet::new();
+        pods.iter()
+            .filter_map(|e| {
+                let name = pod_name("llm-abc123-0", ROLES[e.role], e.index);
+                if !seen.insert(name.clone()) {
+                    return None;
+                }
+                // Failed long before NOW, so past its grace.
+                let mut pod = existing(rs, &name, e.phase, e.phase == "Running");
+                if e.terminating {
+                    pod.metadata.deletion_timestamp = Some(Time(ts("2026-01-01T00:09:59Z")));
+                }
+                Some(pod)
+            })
+            .collect()
+    }
+
+    /// Applies a plan the way the cluster would: deletions start terminating, creations appear.
+    fn apply(world: &mut Vec<Pod>, plan: &PodPlan) {
+        for d in &plan.delete {
+            for p in world.iter_mut().filter(|p| p.name_any() == d.name) {
+                p.metadata.deletion_timestamp = Some(Time(ts(NOW)));
+            }
+        }
+        world.extend(plan.create.iter().cloned());
+    }
+
+    proptest! {
+        #[test]
+        fn plans_are_safe_and_converge(
+            replicas in proptest::collection::vec(proptest::option::of(0..4i32), 0..=3),
+            pods in proptest::collection::vec(existing_strategy(), 0..12),
+        ) {
+            let roles: Vec<RoleSpec> = replicas
+                .iter()
+                .enumerate()
+                .map(|(i, r)| role(ROLES[i], *r))
+                .collect();
+            let rs = roleset(roles);
+            let desired: BTreeSet<String> = rs
+                .spec
+                .roles
+                .iter()
+                .flat_map(|r| (0..desired_replicas(r)).map(|i| pod_name("llm-abc123-0", &r.name, i)))
+                .collect();
+            let mut pods = world(&rs, &pods);
+
+            for _round in 0..3 {
+                let refs: Vec<&Pod> = pods.iter().collect();
+                let plan = plan_pods(&rs, &refs, ts(NOW)).unwrap();
+                let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
+                for pod in &plan.create {
+                    // Only desired slots, never over an existing name, always ours.
+                    prop_assert!(desired.contains(&pod.name_any()));
+                    prop_assert!(!names.contains(&pod.name_any()));
+                    prop_assert!(is_owned_by(pod, &rs));
+                }
+                for d in &plan.delete {
+                    let pod = pods.iter().find(|p| p.name_any() == d.name).unwrap();
+                    // Never twice, never a healthy Pod in a desired slot.
+                    prop_assert!(!is_terminating(pod));
+                    prop_assert!(!desired.contains(&d.name) || is_terminal(pod));
+                }
+                apply(&mut pods, &plan);
+                // Terminating Pods finish going away before the next round.
+                pods.retain(|p| !is_terminating(p));
+            }
+
+            // At rest: exactly the desired Pods, healthy, and nothing left to do.
+            let refs: Vec<&Pod> = pods.iter().collect();
+            let plan = plan_pods(&rs, &refs, ts(NOW)).unwrap();
+            prop_assert_eq!(plan, PodPlan::default());
+            let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
+            prop_assert_eq!(names, desired);
+        }
+    }
+}
