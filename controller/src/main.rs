@@ -130,11 +130,24 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-async fn run(args: Args) -> Result<(), RunError> {
-    let client = kube::Client::try_default()
+/// A client from the usual configuration (KUBECONFIG, in-cluster) that counts every request it sends
+/// in `storm_kube_requests_total`: the load the controller puts on the API server.
+async fn counting_client(metrics: Arc<Metrics>) -> Result<kube::Client, RunError> {
+    let config = kube::Config::infer()
         .await
-        .map_err(RunError::LoadKubeConfig)?;
+        .map_err(|e| RunError::LoadKubeConfig(kube::Error::InferConfig(e)))?;
+    let builder =
+        kube::client::ClientBuilder::try_from(config).map_err(RunError::LoadKubeConfig)?;
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        metrics.kube_request(req.method(), req.uri().query());
+        req
+    });
+    Ok(builder.with_layer(&count).build())
+}
+
+async fn run(args: Args) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
+    let client = counting_client(metrics.clone()).await?;
     let identity = leader::identity();
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone(), Some(identity.clone()))

@@ -44,6 +44,11 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerbLabels {
+    verb: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -62,6 +67,7 @@ pub struct Metrics {
     rollout_step: Family<RolloutLabels, Gauge>,
     rollout_weight: Family<RolloutLabels, Gauge>,
     rollbacks: Family<ReasonLabels, Counter>,
+    kube_requests: Family<VerbLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -115,8 +121,15 @@ impl Metrics {
             "Rollbacks (automatic and manual aborts), by reason",
             rollbacks.clone(),
         );
+        let kube_requests = Family::<VerbLabels, Counter>::default();
+        registry.register(
+            "storm_kube_requests",
+            "Requests the controller sent to the Kubernetes API server, by verb (watch counted apart)",
+            kube_requests.clone(),
+        );
         Self {
             registry,
+            kube_requests,
             reconcile_duration,
             reconcile_errors,
             rollout_phase,
@@ -124,6 +137,24 @@ impl Metrics {
             rollout_weight,
             rollbacks,
         }
+    }
+
+    /// Counts one request to the API server: its HTTP method, or `WATCH` for watch requests.
+    pub fn kube_request(&self, method: &http::Method, query: Option<&str>) {
+        let verb =
+            if query.is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1")) {
+                "WATCH"
+            } else {
+                match *method {
+                    http::Method::GET => "GET",
+                    http::Method::POST => "POST",
+                    http::Method::PUT => "PUT",
+                    http::Method::PATCH => "PATCH",
+                    http::Method::DELETE => "DELETE",
+                    _ => "OTHER",
+                }
+            };
+        self.kube_requests.get_or_create(&VerbLabels { verb }).inc();
     }
 
     /// Records one reconcile of `kind` (`RoleSet`, `StormService`) that took `seconds`; `error` is a
@@ -206,6 +237,28 @@ mod tests {
 
     fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
         text.lines().find(|l| l.starts_with(prefix))
+    }
+
+    #[test]
+    fn kube_requests_are_counted_by_verb_with_watches_apart() {
+        let m = Metrics::new();
+        m.kube_request(&http::Method::GET, Some("labelSelector=a"));
+        m.kube_request(&http::Method::GET, Some("watch=true&resourceVersion=1"));
+        m.kube_request(&http::Method::PATCH, None);
+        m.kube_request(&http::Method::PATCH, None);
+        let text = m.encode();
+        assert_eq!(
+            line(&text, "storm_kube_requests_total{verb=\"GET\"}"),
+            Some("storm_kube_requests_total{verb=\"GET\"} 1")
+        );
+        assert_eq!(
+            line(&text, "storm_kube_requests_total{verb=\"WATCH\"}"),
+            Some("storm_kube_requests_total{verb=\"WATCH\"} 1")
+        );
+        assert_eq!(
+            line(&text, "storm_kube_requests_total{verb=\"PATCH\"}"),
+            Some("storm_kube_requests_total{verb=\"PATCH\"} 2")
+        );
     }
 
     #[test]
