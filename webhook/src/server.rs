@@ -26,6 +26,8 @@ use tokio_rustls::TlsAcceptor;
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
 /// A client gets this long to finish the TLS handshake, and to send request headers.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body must arrive within this long (the API server sends it at once).
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, open connections get this long to finish their requests.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -94,22 +96,29 @@ async fn answer(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("length limit exceeded: Content-Length is {n}"),
         )),
-        _ => axum::body::to_bytes(body, BODY_LIMIT).await.map_err(|e| {
-            let too_big = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if too_big {
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "length limit exceeded".to_string(),
-                )
-            } else {
-                (
-                    StatusCode::BAD_REQUEST,
-                    format!("reading the request body: {e}"),
-                )
-            }
-        }),
+        _ => match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await
+        {
+            Ok(read) => read.map_err(|e| {
+                let too_big = std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                    || e.to_string().contains("length limit");
+                if too_big {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "length limit exceeded".to_string(),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("reading the request body: {e}"),
+                    )
+                }
+            }),
+            Err(_) => Err((
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+            )),
+        },
     };
     let body = match body {
         Ok(b) => b,
@@ -123,7 +132,11 @@ async fn answer(
             let status_body = serde_json::json!({
                 "apiVersion": "v1", "kind": "Status", "status": "Failure",
                 "code": status.as_u16(),
-                "reason": if status == StatusCode::PAYLOAD_TOO_LARGE { "RequestEntityTooLarge" } else { "BadRequest" },
+                "reason": match status {
+                    StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+                    StatusCode::REQUEST_TIMEOUT => "Timeout",
+                    _ => "BadRequest",
+                },
                 "message": format!("request body refused: {text} (limit {BODY_LIMIT} bytes)"),
             });
             return (

@@ -280,6 +280,32 @@ async fn bad_input_over_https_gets_clear_answers_and_the_server_stays_up() {
         assert_eq!(status, want, "{name}: {body}");
         assert!(body.contains(text), "{name}: {body}");
     }
+    // A chunked body (no Content-Length) over the limit is cut off while it is read.
+    let chunks: Vec<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> = (0..4)
+        .map(|_| {
+            Ok(hyper::body::Frame::data(Bytes::from(vec![
+                b' ';
+                1024 * 1024
+            ])))
+        })
+        .collect();
+    let streamed = http_body_util::StreamBody::new(futures::stream::iter(chunks));
+    let chunked: Client<hyper_rustls::HttpsConnector<HttpConnector>, _> =
+        Client::builder(TokioExecutor::new()).build(
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(client_config(&ca))
+                .https_only()
+                .enable_http1()
+                .build(),
+        );
+    let req = hyper::Request::post(server.url("/validate"))
+        .body(streamed)
+        .unwrap();
+    match chunked.request(req).await {
+        Ok(resp) => assert_eq!(resp.status().as_u16(), 413),
+        // The server may close the connection before the client finished sending: also a refusal.
+        Err(e) => eprintln!("chunked oversize body: connection closed by the server ({e:?})"),
+    }
     // Reviews that can't be judged: allowed false with the reason, HTTP 200.
     for (name, body, text) in [
         (
