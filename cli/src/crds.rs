@@ -7,12 +7,68 @@ use storm_shared::{AnalysisTemplate, RoleSet, RolloutPolicy, StormService};
 
 /// Every CRD of the product, in install order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         StormService::crd(),
         RoleSet::crd(),
         AnalysisTemplate::crd(),
         RolloutPolicy::crd(),
     ]
+    .into_iter()
+    .map(without_pod_template_docs)
+    .collect()
+}
+
+/// Drops the descriptions inside embedded Pod templates. They are Kubernetes' own Pod docs (kubectl
+/// explain pod.spec has them), and they make up most of the schema: with them the StormService CRD
+/// is ~360 KB, too large for client-side `kubectl apply`'s 256 KB last-applied annotation; without
+/// them it is ~85 KB. Our own fields keep every description.
+fn without_pod_template_docs(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let Ok(mut v) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    strip_in_pod_templates(&mut v);
+    serde_json::from_value(v).unwrap_or(crd)
+}
+
+fn strip_in_pod_templates(node: &mut serde_json::Value) {
+    let Some(map) = node.as_object_mut() else {
+        return;
+    };
+    let is_pod_template = map
+        .get("properties")
+        .and_then(|p| p.get("spec"))
+        .and_then(|s| s.get("properties"))
+        .is_some_and(|p| p.get("containers").is_some());
+    if is_pod_template {
+        if let Some(props) = map.get_mut("properties") {
+            strip_descriptions(props);
+        }
+        return;
+    }
+    for v in map.values_mut() {
+        match v {
+            serde_json::Value::Array(items) => items.iter_mut().for_each(strip_in_pod_templates),
+            other => strip_in_pod_templates(other),
+        }
+    }
+}
+
+fn strip_descriptions(node: &mut serde_json::Value) {
+    match node {
+        serde_json::Value::Object(map) => {
+            // "description" here is a schema keyword, not a property named so: property names live
+            // one level down, under "properties".
+            if map
+                .get("description")
+                .is_some_and(serde_json::Value::is_string)
+            {
+                map.remove("description");
+            }
+            map.values_mut().for_each(strip_descriptions);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_descriptions),
+        _ => {}
+    }
 }
 
 /// One CRD as the YAML document written to `manifests/crds/`.
@@ -47,6 +103,34 @@ pub fn stream() -> Result<String, serde_yaml::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crds_fit_client_side_apply_and_keep_our_docs() {
+        for crd in all() {
+            let size = serde_json::to_string(&crd).expect("json").len();
+            assert!(
+                size < 200_000,
+                "{} is {size} bytes",
+                crd.metadata.name.unwrap_or_default()
+            );
+        }
+        let text = serde_json::to_string(&StormService::crd()).expect("json");
+        let stripped = serde_json::to_string(&all()[0]).expect("json");
+        assert!(
+            text.contains(
+                "Wait until the `stormservice.aibrix.ai/rollout-approval=true` annotation"
+            )
+        );
+        assert!(
+            stripped.contains(
+                "Wait until the `stormservice.aibrix.ai/rollout-approval=true` annotation"
+            )
+        );
+        assert!(
+            stripped.contains("Template of the role's Pods."),
+            "the template field itself keeps its doc"
+        );
+    }
 
     /// CI fails when someone changes the types without `make manifests`.
     #[test]
