@@ -105,6 +105,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_top_kustomization_lists_every_crd() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/kustomization.yaml");
+        let text = std::fs::read_to_string(&path).expect("manifests/kustomization.yaml");
+        for crd in all() {
+            let entry = format!("- crds/{}", file_name(&crd));
+            assert!(text.contains(&entry), "{} lacks {entry}", path.display());
+        }
+    }
+
+    #[test]
     fn crds_fit_client_side_apply_and_keep_our_docs() {
         for crd in all() {
             let size = serde_json::to_string(&crd).expect("json").len();
