@@ -62,6 +62,15 @@ fn paused_by_user(obj: &StormService) -> bool {
     })
 }
 
+/// Why a control did not act.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// It does not apply to the rollout as it stands; the message says why.
+    Refused(String),
+    /// The API server could not be read or written.
+    Api(String),
+}
+
 /// Why a control cannot act on the object as it stands, or `None` when it can.
 pub fn refusal(control: Control, obj: &StormService) -> Option<String> {
     let phase = phase_of(obj);
@@ -95,16 +104,20 @@ pub fn refusal(control: Control, obj: &StormService) -> Option<String> {
 }
 
 /// Sets the control's annotation if it can act; returns what to tell the user.
-pub async fn run(api: &Api<StormService>, name: &str, control: Control) -> Result<String, String> {
+pub async fn run(
+    api: &Api<StormService>,
+    name: &str,
+    control: Control,
+) -> Result<String, ControlError> {
     let obj = api
         .get(name)
         .await
-        .map_err(|e| format!("reading StormService {name}: {e}"))?;
+        .map_err(|e| ControlError::Api(format!("reading StormService {name}: {e}")))?;
     if let Some(why) = refusal(control, &obj) {
-        return Err(format!(
+        return Err(ControlError::Refused(format!(
             "{name}: cannot {}: {why}",
             format!("{control:?}").to_lowercase()
-        ));
+        )));
     }
     let body = json!({"metadata": {"annotations": {control.annotation(): "true"}}});
     api.patch(

@@ -274,11 +274,11 @@ fn control(namespace: Option<String>, name: String, c: controls::Control) -> Exi
                 Ok(ExitCode::SUCCESS)
             }
             // The action does not apply: say why, exit 1 (scripts can tell it from a failure to talk).
-            Err(msg) if msg.contains("cannot ") => {
+            Err(controls::ControlError::Refused(msg)) => {
                 eprintln!("{msg}");
                 Ok(ExitCode::from(1))
             }
-            Err(e) => Err(e),
+            Err(controls::ControlError::Api(e)) => Err(e),
         }
     })
 }
