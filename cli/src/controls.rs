@@ -129,7 +129,7 @@ pub async fn run(
         &Patch::Merge(&body),
     )
     .await
-    .map_err(|e| format!("annotating StormService {name}: {e}"))?;
+    .map_err(|e| ControlError::Api(format!("annotating StormService {name}: {e}")))?;
     Ok(format!(
         "stormservice/{name} {} ({}=true)",
         control.verb(),
