@@ -8,7 +8,7 @@
 //! Usage: cargo run --release -p storm-e2e --example bench_controller -- [SERVICES] [ABORTS]
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -77,6 +77,49 @@ async fn annotate(api: &Api<StormService>, name: &str, key: &str) -> Result<()> 
     Ok(())
 }
 
+/// Adds kwok fake nodes so `pods` Pods fit (110 per node), beside the cluster's own; returns their names.
+async fn add_nodes(client: &kube::Client, pods: usize) -> Result<Vec<String>> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let count = pods.div_ceil(100);
+    let mut names = Vec::new();
+    for i in 0..count {
+        let name = format!("storm-bench-node-{i}");
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
+                         "labels": {"type": "kwok", "kubernetes.io/hostname": name}},
+            "status": {
+                "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110"},
+                "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110"}
+            }
+        }))?;
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        names.push(name);
+    }
+    wait_for(
+        "the bench nodes Ready",
+        Duration::from_secs(120),
+        || async {
+            let mut ready = 0;
+            for n in &names {
+                let node = nodes.get(n).await?;
+                let conds = node.status.and_then(|s| s.conditions).unwrap_or_default();
+                ready += usize::from(
+                    conds
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True"),
+                );
+            }
+            Ok((ready == names.len()).then_some(()))
+        },
+    )
+    .await?;
+    Ok(names)
+}
+
 /// Reads a process's peak RSS (MiB) and CPU seconds from /proc.
 fn proc_usage(pid: u32) -> Result<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -126,6 +169,8 @@ async fn main() -> Result<()> {
     let program = release_binary("storm-controller", "storm-controller")?;
     let mut controller = Controller::start_program(cluster, ns.name(), program, "warn")?;
     let pid = controller.process.pid().context("controller pid")?;
+    // Each service runs 4 Pods, and up to 6 during its canary.
+    let bench_nodes = add_nodes(&ns.client(), n * 6).await?;
     let api: Api<StormService> = ns.api();
     let services: Api<Service> = ns.api();
     let names: Vec<String> = (0..n).map(|i| format!("svc-{i:04}")).collect();
@@ -308,5 +353,10 @@ async fn main() -> Result<()> {
     )?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     drop(controller);
-    ns.cleanup().await
+    ns.cleanup().await?;
+    let nodes: Api<Node> = Api::all(cluster.client().await?);
+    for n in bench_nodes {
+        nodes.delete(&n, &Default::default()).await?;
+    }
+    Ok(())
 }
