@@ -7,6 +7,8 @@
 #
 #   STORM_BENCH_SECONDS (10)   length of each measured run
 #   STORM_BENCH_CONNECTIONS (16), STORM_BENCH_THREADS (1)   wrk settings
+#   STORM_BENCH_WORKERS        webhook --worker-threads (default: one per core)
+#   STORM_BENCH_BIN            benchmark this binary instead of building target/release/storm-webhook
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -15,7 +17,7 @@ OUT=$REPO/target/bench
 SECONDS_RUN=${STORM_BENCH_SECONDS:-10}
 CONNS=${STORM_BENCH_CONNECTIONS:-16}
 THREADS=${STORM_BENCH_THREADS:-1}
-BIN=$REPO/target/release/storm-webhook
+BIN=${STORM_BENCH_BIN:-$REPO/target/release/storm-webhook}
 log() { printf 'bench-webhook: %s\n' "$*" >&2; }
 
 if ! command -v wrk >/dev/null; then
@@ -25,14 +27,16 @@ if ! command -v wrk >/dev/null; then
 	fi
 fi
 
-log "building storm-webhook (release)"
-(cd "$REPO" && cargo build --release --quiet -p storm-webhook)
+if [[ -z ${STORM_BENCH_BIN:-} ]]; then
+	log "building storm-webhook (release)"
+	(cd "$REPO" && cargo build --release --quiet -p storm-webhook)
+fi
 
 mkdir -p "$OUT"
 rm -rf "$OUT/certs"
 "$BIN" certs --out-dir "$OUT/certs" --host 127.0.0.1 2>/dev/null
 rm -f "$OUT/webhook.port"
-"$BIN" --offline --listen 127.0.0.1:0 --port-file "$OUT/webhook.port" \
+"$BIN" --offline ${STORM_BENCH_WORKERS:+--worker-threads "$STORM_BENCH_WORKERS"} --listen 127.0.0.1:0 --port-file "$OUT/webhook.port" \
 	--tls-cert "$OUT/certs/tls.crt" --tls-key "$OUT/certs/tls.key" >"$OUT/webhook.log" 2>&1 &
 PID=$!
 cleanup() {

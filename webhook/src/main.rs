@@ -54,6 +54,9 @@ struct ServeArgs {
     /// How often the certificate files are checked for changes, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     cert_poll_ms: u64,
+    /// Async worker threads (default: one per core).
+    #[arg(long, env = "STORM_WEBHOOK_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// Don't talk to a cluster: every reference lookup is unknown, no policies. For benchmarks.
     #[arg(long)]
     offline: bool,
@@ -203,10 +206,11 @@ fn serve_main(args: ServeArgs) -> ExitCode {
     {
         tracing::debug!("a rustls crypto provider was already installed");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
