@@ -133,10 +133,18 @@ start_webhook() {
 		log "generating certificates in $CERTS"
 		"$bin" certs --out-dir "$CERTS" --host 127.0.0.1 --dns localhost >/dev/null 2>&1
 	fi
+	local replacing=false
 	if current webhook "$bin" && webhook_ready; then
 		log "webhook already running (pid $(pid_of webhook), $(webhook_url))"
 	else
-		stop_component webhook
+		# A running webhook of another build keeps answering (and stays registered) until the new
+		# one is ready and registered: StormService writes never hit a gap.
+		if alive webhook; then
+			mv "$DEV/webhook.pid" "$DEV/webhook-old.pid"
+			replacing=true
+		else
+			stop_component webhook
+		fi
 		start_component webhook "$bin" --listen 127.0.0.1:0 --port-file "$DEV/webhook.port" \
 			--tls-cert "$CERTS/tls.crt" --tls-key "$CERTS/tls.key"
 		wait_for_port webhook
@@ -154,6 +162,11 @@ start_webhook() {
 	"$bin" registration --url "$(webhook_url)" --ca-bundle "$CERTS/ca.crt" >"$DEV/webhook-configurations.json"
 	kubectl_dev apply -f "$DEV/webhook-configurations.json" >/dev/null
 	log "webhook configurations registered (URL mode)"
+	if $replacing; then
+		# The API server may still hold a connection or two to the old one: let them finish.
+		sleep 1
+		stop_component webhook-old
+	fi
 }
 
 unregister_webhook() {
@@ -231,6 +244,7 @@ cmd_down() {
 	exec 9>"$DEV/lock"
 	flock 9
 	unregister_webhook
+	stop_component webhook-old
 	local c
 	for ((i = ${#ALL_COMPONENTS[@]} - 1; i >= 0; i--)); do
 		c=${ALL_COMPONENTS[i]}
