@@ -1,6 +1,7 @@
 //! The Storm Rollouts controller: RoleSets and their Pods, and the rollouts of StormServices.
 #![forbid(unsafe_code)]
 
+pub mod cache;
 pub mod context;
 pub mod leader;
 pub mod metrics;

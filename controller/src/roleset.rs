@@ -103,7 +103,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // controller (`owns_stream`), instead of `owns()` opening a second identical watch.
     let pod_events = watcher(ctx.api::<Pod>(), pod_config)
         .default_backoff()
-        .modify(|pod| pod.managed_fields_mut().clear())
+        .modify(crate::cache::slim_pod)
         .reflect(writer)
         .touched_objects();
 

@@ -97,13 +97,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let (pods, pod_writer) = reflector::store::<Pod>();
     let pod_events = watcher(ctx.api::<Pod>(), labelled)
         .default_backoff()
-        .modify(|p| p.managed_fields_mut().clear())
+        .modify(crate::cache::slim_pod)
         .reflect(pod_writer)
         .touched_objects();
     let (services, svc_writer) = reflector::store::<Service>();
     let svc_reflector = watcher(ctx.api::<Service>(), watcher::Config::default())
         .default_backoff()
-        .modify(|s| s.managed_fields_mut().clear())
+        .modify(crate::cache::slim_service)
         .reflect(svc_writer)
         .applied_objects()
         .for_each(|_| async {});

@@ -1,0 +1,40 @@
+//! What the controllers keep of watched objects. The caches hold every Pod and Service they watch;
+//! dropping the parts no reconcile reads keeps memory flat as the number of StormServices grows.
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::ResourceExt;
+
+/// Keeps of a Pod only what the controllers read (labels, phase, readiness, restarts): the caches hold
+/// every Pod of every StormService, and Pod specs are most of a Pod's size.
+pub fn slim_pod(p: &mut Pod) {
+    p.managed_fields_mut().clear();
+    p.annotations_mut().clear();
+    p.spec = None;
+    if let Some(status) = p.status.as_mut() {
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
+        status.pod_ips = None;
+        status.host_ips = None;
+        status.resource_claim_statuses = None;
+        for c in status.container_statuses.iter_mut().flatten() {
+            c.last_state = None;
+            c.image_id = String::new();
+            c.volume_mounts = None;
+            c.allocated_resources = None;
+            c.resources = None;
+        }
+    }
+}
+
+/// Keeps of a Service only its selector: that is all the controller pins or compares.
+pub fn slim_service(s: &mut Service) {
+    s.managed_fields_mut().clear();
+    s.annotations_mut().clear();
+    s.status = None;
+    if let Some(spec) = s.spec.as_mut() {
+        *spec = k8s_openapi::api::core::v1::ServiceSpec {
+            selector: spec.selector.take(),
+            ..Default::default()
+        };
+    }
+}
