@@ -32,7 +32,9 @@ unit: ## Unit, property and CLI tests (no cluster)
 	$(CARGO) test --workspace --exclude storm-e2e
 
 .PHONY: e2e
-e2e: cluster-up ## End-to-end suites against the local control plane
+e2e: cluster-up ## End-to-end suites against the local control plane (stops the dev stack first)
+	@# The dev stack's controller watches every namespace: it would act beside the suites' own.
+	@tests/dev/dev.sh down >/dev/null 2>&1 || true
 	$(CARGO) test -p storm-e2e -- --test-threads=4
 
 .PHONY: demo-check
@@ -47,6 +49,7 @@ demo-check: ## Run the demo non-interactively and check its end state (then stop
 
 .PHONY: bench-controller
 bench-controller: cluster-up ## N StormServices through a canary (N=200) -> target/bench/controller.json
+	@tests/dev/dev.sh down >/dev/null 2>&1 || true
 	$(CARGO) run --release -q -p storm-e2e --example bench_controller -- $(or $(N),200) $(or $(ABORTS),20)
 
 .PHONY: bench
