@@ -26,6 +26,9 @@ use tokio_rustls::TlsAcceptor;
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
 /// A client gets this long to finish the TLS handshake, and to send request headers.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An oversized body declared up to this size is read and discarded before the 413, so a client
+/// that doesn't wait for `100 Continue` reads the answer instead of a broken pipe.
+pub const DRAIN_LIMIT: u64 = 4 * BODY_LIMIT as u64;
 /// A request body must arrive within this long (the API server sends it at once).
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// On shutdown, open connections get this long to finish their requests.
@@ -92,10 +95,20 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let body = match declared {
-        Some(n) if n > BODY_LIMIT as u64 => Err((
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("length limit exceeded: Content-Length is {n}"),
-        )),
+        Some(n) if n > BODY_LIMIT as u64 => {
+            // A client that waits for `100 Continue` gets the answer before sending anything. One
+            // that sends at once gets it after its body (up to a bound), not a reset mid-write.
+            let waits = headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            if !waits && n <= DRAIN_LIMIT {
+                let _ = tokio::time::timeout(BODY_TIMEOUT, drain(body)).await;
+            }
+            Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("length limit exceeded: Content-Length is {n}"),
+            ))
+        }
         _ => match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, BODY_LIMIT)).await
         {
             Ok(read) => read.map_err(|e| {
@@ -162,6 +175,13 @@ async fn answer(
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Reads and discards a refused body.
+async fn drain(body: Body) {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    while let Some(Ok(_)) = stream.next().await {}
 }
 
 fn log(endpoint: EndpointLabel, o: &Outcome) {
