@@ -322,7 +322,15 @@ async fn apply(
         .await
         .map_err(Error::WriteStatus)?;
     }
-    // 2. Controls that acted go away (they are acknowledged in the status just written).
+    // 2. The template of the revision being rolled out is kept, so its RoleSets can be recreated
+    //    after the template moves on (abort, rollback, a stable RoleSet lost).
+    record_revision(obj, ns, name, state).await?;
+    // 3. Traffic before capacity (an abort must move traffic at once): Services select their revision first.
+    pin_services(ns, plan, state).await?;
+    // 4. Capacity: create what is missing, then delete what is too much. A failure here is returned
+    //    after the events: the decision was recorded and its events must not be lost.
+    let scaled = scale(obj, ns, name, observed, plan, state).await;
+    // 5. Controls that acted go away (they are acknowledged in the status just written).
     if !plan.remove_annotations.is_empty() {
         let nulls: serde_json::Map<String, serde_json::Value> = plan
             .remove_annotations
@@ -334,7 +342,7 @@ async fn apply(
             .await
             .map_err(Error::RemoveAnnotations)?;
     }
-    // 3. Events.
+    // 6. Events, last: the record of what happened, not part of it.
     let reference = obj.object_ref(&());
     for note in &plan.notes {
         let ev = Event {
@@ -358,13 +366,7 @@ async fn apply(
     if let Some(reason) = &plan.rollback {
         state.ctx.metrics.rollback(reason);
     }
-    // 4. The template of the revision being rolled out is kept, so its RoleSets can be recreated
-    //    after the template moves on (abort, rollback, a stable RoleSet lost).
-    record_revision(obj, ns, name, state).await?;
-    // 5. Traffic before capacity: Services select their revision first.
-    pin_services(ns, plan, state).await?;
-    // 6. Capacity: create what is missing, then delete what is too much.
-    scale(obj, ns, name, observed, plan, state).await
+    scaled
 }
 
 async fn pin_services(ns: &str, plan: &Plan, state: &State) -> Result<(), Error> {

@@ -136,6 +136,10 @@ async fn wait_phase(env: &Env, phase: RolloutPhase, step: Option<i32>) -> Result
         },
     )
     .await
+    .with_context(|| {
+        // What the controller was doing is the first thing to read when a rollout stalls.
+        format!("controller log:\n{}", env.controller.process.log_tail(60))
+    })
 }
 
 /// RoleSets per revision.
