@@ -302,12 +302,14 @@ pub async fn run(
         }
         let view = load(client, ns, name).await?;
         let text = render(&view);
-        if watch && text != last {
+        let outcome = judge(&view, wait_for);
+        // Watching prints every change; waiting alone prints where it ended.
+        if (watch || outcome.is_some()) && text != last {
             println!("---- {}", Timestamp::now().strftime("%H:%M:%S"));
             print!("{text}");
             last = text;
         }
-        if let Some(outcome) = judge(&view, wait_for) {
+        if let Some(outcome) = outcome {
             return Ok(outcome);
         }
     }

@@ -169,6 +169,20 @@ fn error_policy(obj: Arc<StormService>, err: &Error, state: Arc<State>) -> Actio
     Action::requeue(Duration::from_secs(5))
 }
 
+/// How soon to look again while the caches are still loading.
+const CACHE_RETRY: Duration = Duration::from_millis(500);
+
+fn caches_ready(state: &State) -> bool {
+    use futures::FutureExt;
+    let ready = |f: Option<Result<(), kube::runtime::reflector::store::WriterDropped>>| {
+        matches!(f, Some(Ok(())))
+    };
+    ready(state.rolesets.wait_until_ready().now_or_never())
+        && ready(state.pods.wait_until_ready().now_or_never())
+        && ready(state.services.wait_until_ready().now_or_never())
+        && ready(state.revisions.wait_until_ready().now_or_never())
+}
+
 /// What the controller sees of one StormService, from its caches.
 fn observe(state: &State, ns: &str, name: &str) -> Observed {
     let mine = |labels: &BTreeMap<String, String>| {
@@ -251,6 +265,12 @@ async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, 
     if obj.meta().deletion_timestamp.is_some() {
         state.ctx.metrics.forget_rollout(&ns, &name);
         return Ok(Action::await_change());
+    }
+    // An empty cache reads as "no RoleSets, no Pods": status counts would drop to zero and a
+    // decision would be made blind. Until every cache has its first list, look again shortly (not
+    // wait: these watches are driven by this controller's streams, which shutdown stops first).
+    if !caches_ready(&state) {
+        return Ok(Action::requeue(CACHE_RETRY));
     }
     let observed = observe(&state, &ns, &name);
     let annotations = obj.annotations().clone();
