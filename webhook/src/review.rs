@@ -462,7 +462,15 @@ fn decide(
     }
     match (endpoint, kind) {
         (Endpoint::Mutate, KindLabel::StormService) => {
-            mutate_storm_service(&tree(object), present(req.old_object).map(tree).as_ref())
+            let old = present(req.old_object);
+            let verdict = mutate_storm_service(&tree(object), old.map(tree).as_ref());
+            // The API server checks the CRD schema after mutating webhooks and before validating
+            // ones: an object with one out-of-range weight would get only the schema's complaint and
+            // none of ours. Judging the defaulted object here answers with every problem at once.
+            match judge_defaulted(object, &verdict, old, req.namespace.as_deref(), cluster) {
+                Some(denial) => denial,
+                None => verdict,
+            }
         }
         // Nothing to default on the other kinds.
         (Endpoint::Mutate, _) => Verdict::allow(Vec::new()),
@@ -539,6 +547,33 @@ fn legacy_replaces_canonical(object: &Value, old: &Value) -> bool {
         }
         _ => false,
     }
+}
+
+/// The validating verdict on the object as defaulting leaves it, when that verdict is a denial.
+fn judge_defaulted(
+    object: &RawValue,
+    defaulting: &Verdict,
+    old: Option<&RawValue>,
+    namespace: Option<&str>,
+    cluster: &dyn ClusterView,
+) -> Option<Verdict> {
+    if defaulting.denial.is_some() {
+        return None;
+    }
+    let mut doc = tree(object);
+    if let Some(patch) = &defaulting.patch {
+        let ops: json_patch::Patch = serde_json::from_slice(patch).ok()?;
+        json_patch::patch(&mut doc, &ops).ok()?;
+    }
+    let raw = serde_json::value::to_raw_value(&doc).ok()?;
+    // A type error (a string where a number goes) is the schema's to report, with all its others.
+    typed::<StormService>(&raw).ok()?;
+    let mut verdict = validate_storm_service(&raw, old, namespace, cluster);
+    verdict.denial.as_ref()?;
+    let mut warnings = defaulting.warnings.clone();
+    warnings.append(&mut verdict.warnings);
+    verdict.warnings = warnings;
+    Some(verdict)
 }
 
 fn mutate_storm_service(object: &Value, old: Option<&Value>) -> Verdict {

@@ -274,13 +274,14 @@ fn reapplying_a_manifest_with_autorollback_under_canary_is_defaulted_again() {
         &cluster,
     ));
     assert_eq!(resp["allowed"], true, "{resp}");
-    // On create, two different blocks are ambiguous: left alone, and validation denies.
+    // On create, two different blocks are ambiguous: defaulting leaves them alone, and the mutating
+    // answer already carries the validation's denial (it judges the defaulted object).
     let answer = handle(
         Endpoint::Mutate,
         &review_of("CREATE", "StormService", Some(reapplied.clone()), None),
         &cluster,
     );
-    assert_eq!(answer.outcome.result, ResultLabel::Allowed);
+    assert_eq!(answer.outcome.result, ResultLabel::Denied);
     assert_eq!(validate(&cluster, reapplied)["allowed"], false);
 }
 
@@ -717,4 +718,36 @@ fn noop_is_a_fixed_allowed_review() {
     let a = noop_answer();
     let v: Value = serde_json::from_slice(&a.body).unwrap();
     assert_eq!(v["response"]["allowed"], true);
+}
+
+#[test]
+fn the_mutating_answer_denies_with_every_problem_before_the_schema_speaks() {
+    let cluster = FakeCluster::default();
+    // Weight 150 and port 70000 break the CRD schema, which the API server checks after mutating
+    // webhooks: the mutating answer must already name them and every other fault.
+    let doc = fixture("invalid/many-faults.yaml");
+    let answer = handle(
+        Endpoint::Mutate,
+        &review_of("CREATE", "StormService", Some(doc), None),
+        &cluster,
+    );
+    assert_eq!(answer.outcome.result, ResultLabel::Denied);
+    let message = answer.outcome.denial.unwrap();
+    for path in [
+        "spec.rolloutStrategy.canary.steps[1].weight",
+        "spec.rolloutStrategy.canary.trafficRouting.nginx.servicePort",
+        "spec.template.metadata.labels",
+        "spec.rolloutStrategy.autoRollback.onTimeout",
+    ] {
+        assert!(message.contains(path), "{path} missing from {message}");
+    }
+    // A type error stays the schema's to report: defaulting is allowed through.
+    let mut typed_wrong = fixture("seed/01-canary.yaml");
+    typed_wrong["spec"]["rolloutStrategy"]["canary"]["steps"][0]["weight"] = json!("ten");
+    let answer = handle(
+        Endpoint::Mutate,
+        &review_of("CREATE", "StormService", Some(typed_wrong), None),
+        &cluster,
+    );
+    assert_ne!(answer.outcome.result, ResultLabel::Denied);
 }
