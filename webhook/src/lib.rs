@@ -10,4 +10,5 @@ pub mod lookups;
 pub mod metrics;
 pub mod registration;
 pub mod review;
+pub mod selfmanaged;
 pub mod server;

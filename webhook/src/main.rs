@@ -60,6 +60,23 @@ struct ServeArgs {
     /// Don't talk to a cluster: every reference lookup is unknown, no policies. For benchmarks.
     #[arg(long)]
     offline: bool,
+    /// Issue and keep our own certificates (no cert-manager): a CA and serving pair stored in
+    /// --self-managed-secret, written to --tls-cert/--tls-key, and the CA kept in the caBundle of the
+    /// --webhook-configuration webhook configurations.
+    #[arg(long)]
+    self_managed: bool,
+    /// NAMESPACE/NAME of the Secret holding the self-managed pair.
+    #[arg(long, default_value = "storm-system/storm-webhook-tls")]
+    self_managed_secret: String,
+    /// Name of the Mutating- and ValidatingWebhookConfiguration whose caBundle is kept.
+    #[arg(long, default_value = "storm-webhook")]
+    webhook_configuration: String,
+    /// Subject alternative names of a self-managed serving certificate (IPs or DNS names).
+    #[arg(long = "san", default_values_t = [
+        "storm-webhook.storm-system.svc".to_string(),
+        "storm-webhook.storm-system.svc.cluster.local".to_string(),
+    ])]
+    sans: Vec<String>,
     /// Log format.
     #[arg(long, env = "STORM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -246,6 +263,8 @@ enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("self-managed certificates: {0}")]
+    SelfManaged(String),
 }
 
 async fn serve(args: ServeArgs) -> Result<(), StartError> {
@@ -253,6 +272,38 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         return Err(StartError::NoCertificate);
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    if args.self_managed {
+        let client = kube::Client::try_default().await?;
+        let (namespace, secret) = args.self_managed_secret.split_once('/').ok_or_else(|| {
+            StartError::SelfManaged(format!(
+                "--self-managed-secret {:?}: expected NAMESPACE/NAME",
+                args.self_managed_secret
+            ))
+        })?;
+        let (ips, dns): (Vec<String>, Vec<String>) = args
+            .sans
+            .iter()
+            .cloned()
+            .partition(|s| s.parse::<std::net::IpAddr>().is_ok());
+        let settings = storm_webhook::selfmanaged::Settings {
+            namespace: namespace.to_string(),
+            secret: secret.to_string(),
+            configuration: args.webhook_configuration.clone(),
+            ips: ips.iter().filter_map(|i| i.parse().ok()).collect(),
+            dns,
+        };
+        let pair = storm_webhook::selfmanaged::ensure_pair(&client, &settings)
+            .await
+            .map_err(|e| StartError::SelfManaged(e.to_string()))?;
+        storm_webhook::selfmanaged::write_serving_pair(&pair, &cert, &key)
+            .map_err(|e| StartError::SelfManaged(e.to_string()))?;
+        tokio::spawn(storm_webhook::selfmanaged::keep_ca_bundles(
+            client,
+            settings.configuration.clone(),
+            pair.ca_pem.clone(),
+            Duration::from_secs(30),
+        ));
+    }
     let paths = PairPaths { cert, key };
     let resolver = Arc::new(ReloadingResolver::new(certs::load(&paths, &provider)?));
     let metrics = Arc::new(Metrics::new());

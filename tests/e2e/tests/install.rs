@@ -42,20 +42,31 @@ fn the_kustomization_installs_everything_on_a_dry_run() -> Result<()> {
     ] {
         ensure!(text.contains(object), "{object} missing from:\n{text}");
     }
+    // The self-managed certificate overlay: everything, plus the webhook issuing its own pair.
     let out = c
         .kubectl()
-        .args([
-            "apply",
-            "--server-side",
-            "-k",
-            "manifests/",
-            "--dry-run=server",
-        ])
+        .args(["kustomize", "certs/self-managed"])
         .output()?;
+    let rendered = String::from_utf8_lossy(&out.stdout);
     ensure!(
-        out.status.success(),
-        "server-side apply: {}",
+        out.status.success() && rendered.contains("- --self-managed"),
+        "{rendered:.300}"
+    );
+    let out = c
+        .kubectl()
+        .args(["apply", "-k", "certs/self-managed", "--dry-run=server"])
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    ensure!(out.status.success(), "self-managed overlay:\n{text}");
+    for object in [
+        "role.rbac.authorization.k8s.io/storm-webhook-certificates",
+        "clusterrole.rbac.authorization.k8s.io/storm-webhook-cabundle",
+    ] {
+        ensure!(text.contains(object), "{object} missing from:\n{text}");
+    }
     Ok(())
 }

@@ -1,0 +1,199 @@
+//! Self-managed webhook certificates against the local API server: the webhook issues its pair,
+//! stores it in a Secret, writes the CA into its configurations' caBundle, and the API server
+//! then reaches it over HTTPS with that CA.
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Secret;
+use serde_json::{Value, json};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use storm_test_support::process::{Process, binary, free_port};
+use storm_test_support::{TestNamespace, unique_name, wait_for};
+
+#[tokio::test]
+async fn self_managed_certificates_are_issued_stored_and_registered() -> Result<()> {
+    let ns = TestNamespace::new("wh-self").await?;
+    let cluster = ns.cluster();
+    cluster.install_crds()?;
+    let bin = binary("storm-webhook", "storm-webhook")?;
+    let port = free_port()?;
+    let name = unique_name("e2e-self");
+    // Our own configurations, URL mode, no caBundle yet, scoped to this test's namespace so the
+    // other suites' requests never reach this webhook.
+    let out = Command::new(&bin)
+        .args([
+            "registration",
+            "--url",
+            &format!("https://127.0.0.1:{port}"),
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "registration: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut list: Value = serde_json::from_slice(&out.stdout)?;
+    for item in list["items"].as_array_mut().context("a List")? {
+        item["metadata"]["name"] = json!(name);
+        for hook in item["webhooks"].as_array_mut().context("webhooks")? {
+            if let Some(cc) = hook["clientConfig"].as_object_mut() {
+                cc.remove("caBundle");
+            }
+            hook["namespaceSelector"] =
+                json!({"matchLabels": {"kubernetes.io/metadata.name": ns.name()}});
+        }
+    }
+    let mut apply = cluster
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    apply
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(serde_json::to_string(&list)?.as_bytes())?;
+    ensure!(
+        apply.wait_with_output()?.status.success(),
+        "registering the configurations"
+    );
+
+    let dir = std::env::temp_dir().join(format!("storm-e2e-self-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let args: Vec<String> = [
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--tls-cert",
+        &dir.join("tls.crt").display().to_string(),
+        "--tls-key",
+        &dir.join("tls.key").display().to_string(),
+        "--self-managed",
+        "--self-managed-secret",
+        &format!("{}/self-tls", ns.name()),
+        "--webhook-configuration",
+        &name,
+        "--san",
+        "127.0.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let env = vec![(
+        "KUBECONFIG".to_string(),
+        cluster.kubeconfig().display().to_string(),
+    )];
+    let mut webhook = Process::start("storm-webhook", bin, args, env)?;
+
+    let result = async {
+        // The pair is issued and stored.
+        let secrets = ns.api::<Secret>();
+        let ca = wait_for(
+            "the Secret with the issued pair",
+            Duration::from_secs(60),
+            || async {
+                let s = secrets.get_opt("self-tls").await?;
+                Ok(s.and_then(|s| s.data)
+                    .and_then(|d| d.get("ca.crt").map(|b| b.0.clone())))
+            },
+        )
+        .await?;
+        // Both configurations carry the CA.
+        let mutating: kube::Api<MutatingWebhookConfiguration> = kube::Api::all(ns.client());
+        let validating: kube::Api<ValidatingWebhookConfiguration> = kube::Api::all(ns.client());
+        wait_for(
+            "caBundle set on both configurations",
+            Duration::from_secs(60),
+            || async {
+                let m = mutating.get(&name).await?.webhooks.unwrap_or_default();
+                let v = validating.get(&name).await?.webhooks.unwrap_or_default();
+                let all_set = m
+                    .iter()
+                    .map(|w| &w.client_config)
+                    .chain(v.iter().map(|w| &w.client_config))
+                    .all(|cc| cc.ca_bundle.as_ref().map(|b| &b.0) == Some(&ca));
+                Ok((all_set && !m.is_empty() && !v.is_empty()).then_some(()))
+            },
+        )
+        .await?;
+        webhook.ensure_running()?;
+        // The API server reaches it with that CA: a broken StormService is denied in this namespace.
+        let out = ns
+            .kubectl()
+            .args(["apply", "-f", "tests/fixtures/invalid/demo-broken.yaml"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success(),
+            "the broken StormService was admitted"
+        );
+        ensure!(
+            stderr.contains("spec.rolloutStrategy.canary.trafficRouting: Forbidden"),
+            "{stderr}"
+        );
+        // And it was this webhook: its own metrics counted the review (HTTPS with the issued CA).
+        let ca_file = dir.join("ca.crt");
+        std::fs::write(&ca_file, &ca)?;
+        let out = Command::new("curl")
+            .args([
+                "-fsS",
+                "--cacert",
+                &ca_file.display().to_string(),
+                &format!("https://127.0.0.1:{port}/metrics"),
+            ])
+            .output()?;
+        let metrics = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("storm_webhook_requests_total{")
+                    && l.contains("kind=\"StormService\"")
+                    && l.contains("result=\"denied\"")),
+            "no denied StormService review counted:\n{metrics}"
+        );
+        // A restart (or a second replica) serves the stored pair rather than issuing another.
+        let stored = secrets.get("self-tls").await?.data.context("data")?;
+        let served = dir.join("tls.crt");
+        std::fs::remove_file(&served)?;
+        webhook.restart()?;
+        let written = wait_for(
+            "the restarted webhook to write its pair",
+            Duration::from_secs(60),
+            || async { Ok(std::fs::read(&served).ok()) },
+        )
+        .await?;
+        ensure!(
+            Some(&written) == stored.get("tls.crt").map(|b| &b.0),
+            "a new pair was issued on restart"
+        );
+        let again = secrets.get("self-tls").await?.data.context("data")?;
+        ensure!(
+            again.get("ca.crt").map(|b| &b.0) == Some(&ca),
+            "the CA changed on restart"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = cluster
+        .kubectl()
+        .args([
+            "delete",
+            "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+            &name,
+            "--ignore-not-found",
+        ])
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    ns.cleanup().await
+}

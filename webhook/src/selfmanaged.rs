@@ -1,0 +1,267 @@
+//! Self-managed certificates: the webhook issues its own CA and serving certificate, keeps them in a
+//! Secret (so every replica serves the same pair), and writes the CA into its webhook
+//! configurations' `caBundle` — for clusters without cert-manager.
+
+use crate::certs::{self, CertError};
+use base64::Engine;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Where the pair lives and whom it serves.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespace of the Secret.
+    pub namespace: String,
+    /// Name of the Secret (keys `ca.crt`, `tls.crt`, `tls.key`).
+    pub secret: String,
+    /// Name of the Mutating- and ValidatingWebhookConfiguration whose `caBundle` to keep.
+    pub configuration: String,
+    /// IP SANs of the serving certificate.
+    pub ips: Vec<IpAddr>,
+    /// DNS SANs of the serving certificate.
+    pub dns: Vec<String>,
+}
+
+/// What went wrong managing the certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum SelfManagedError {
+    /// Reading or creating the Secret failed.
+    #[error("Secret {0}: {1}")]
+    Secret(String, #[source] kube::Error),
+    /// The Secret exists but lacks a key.
+    #[error("Secret {0} has no {1}: delete it to have a new pair issued")]
+    Incomplete(String, &'static str),
+    /// Issuing the pair failed.
+    #[error("issuing the certificates: {0}")]
+    Issue(#[from] CertError),
+    /// Writing the serving pair for the server failed.
+    #[error("writing {0}: {1}")]
+    Write(String, #[source] std::io::Error),
+    /// Patching a webhook configuration failed.
+    #[error("patching the caBundle of {0}: {1}")]
+    Patch(String, #[source] kube::Error),
+}
+
+/// The pair to serve: from the Secret, or issued now and stored there. Of two replicas starting
+/// together, the one whose create loses reads the winner's pair.
+pub async fn ensure_pair(client: &Client, s: &Settings) -> Result<certs::Issued, SelfManagedError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &s.namespace);
+    let who = format!("{}/{}", s.namespace, s.secret);
+    if let Some(secret) = api
+        .get_opt(&s.secret)
+        .await
+        .map_err(|e| SelfManagedError::Secret(who.clone(), e))?
+    {
+        return from_secret(&secret, &who);
+    }
+    let (ca_pem, ca_key_pem) = certs::new_ca()?;
+    let (cert_pem, key_pem) = certs::issue(&ca_key_pem, &s.ips, &s.dns)?;
+    let mut secret = Secret {
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            (
+                "ca.crt".to_string(),
+                ByteString(ca_pem.clone().into_bytes()),
+            ),
+            (
+                "tls.crt".to_string(),
+                ByteString(cert_pem.clone().into_bytes()),
+            ),
+            (
+                "tls.key".to_string(),
+                ByteString(key_pem.clone().into_bytes()),
+            ),
+        ])),
+        ..Default::default()
+    };
+    secret.metadata.name = Some(s.secret.clone());
+    secret.metadata.labels = Some(BTreeMap::from([(
+        "app.kubernetes.io/name".to_string(),
+        "storm-webhook".to_string(),
+    )]));
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(secret = %who, "issued a self-managed CA and serving certificate");
+            Ok(certs::Issued {
+                ca_pem,
+                cert_pem,
+                key_pem,
+            })
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let secret = api
+                .get(&s.secret)
+                .await
+                .map_err(|e| SelfManagedError::Secret(who.clone(), e))?;
+            from_secret(&secret, &who)
+        }
+        Err(e) => Err(SelfManagedError::Secret(who, e)),
+    }
+}
+
+fn from_secret(secret: &Secret, who: &str) -> Result<certs::Issued, SelfManagedError> {
+    let data = secret.data.clone().unwrap_or_default();
+    let get = |key: &'static str| {
+        data.get(key)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .ok_or_else(|| SelfManagedError::Incomplete(who.to_string(), key))
+    };
+    Ok(certs::Issued {
+        ca_pem: get("ca.crt")?,
+        cert_pem: get("tls.crt")?,
+        key_pem: get("tls.key")?,
+    })
+}
+
+/// Writes the serving pair where the server reads (and re-reads) it.
+pub fn write_serving_pair(
+    pair: &certs::Issued,
+    cert: &Path,
+    key: &Path,
+) -> Result<(), SelfManagedError> {
+    for (path, text) in [(cert, &pair.cert_pem), (key, &pair.key_pem)] {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| SelfManagedError::Write(path.display().to_string(), e))?;
+    }
+    Ok(())
+}
+
+/// The JSON Patch setting `caBundle` on every webhook of a configuration with `webhooks` entries.
+pub fn ca_bundle_patch(webhooks: usize, ca_pem: &str) -> Value {
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    Value::Array(
+        (0..webhooks)
+            .map(|i| json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": bundle}))
+            .collect(),
+    )
+}
+
+/// Sets the CA in both configurations' `caBundle` where it differs. Returns how many were patched.
+pub async fn sync_ca_bundles(
+    client: &Client,
+    name: &str,
+    ca_pem: &str,
+) -> Result<usize, SelfManagedError> {
+    let wanted = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let mut patched = 0;
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    if let Some(cfg) = mutating
+        .get_opt(name)
+        .await
+        .map_err(|e| SelfManagedError::Patch(name.into(), e))?
+    {
+        let hooks = cfg.webhooks.unwrap_or_default();
+        let current: Vec<Option<String>> = hooks
+            .iter()
+            .map(|w| {
+                w.client_config
+                    .ca_bundle
+                    .as_ref()
+                    .map(|b| base64::engine::general_purpose::STANDARD.encode(&b.0))
+            })
+            .collect();
+        if current
+            .iter()
+            .any(|c| c.as_deref() != Some(wanted.as_str()))
+        {
+            let patch: json_patch::Patch =
+                serde_json::from_value(ca_bundle_patch(hooks.len(), ca_pem)).map_err(|e| {
+                    SelfManagedError::Write("caBundle patch".into(), std::io::Error::other(e))
+                })?;
+            mutating
+                .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                .await
+                .map_err(|e| SelfManagedError::Patch(name.into(), e))?;
+            patched += 1;
+        }
+    }
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    if let Some(cfg) = validating
+        .get_opt(name)
+        .await
+        .map_err(|e| SelfManagedError::Patch(name.into(), e))?
+    {
+        let hooks = cfg.webhooks.unwrap_or_default();
+        let current: Vec<Option<String>> = hooks
+            .iter()
+            .map(|w| {
+                w.client_config
+                    .ca_bundle
+                    .as_ref()
+                    .map(|b| base64::engine::general_purpose::STANDARD.encode(&b.0))
+            })
+            .collect();
+        if current
+            .iter()
+            .any(|c| c.as_deref() != Some(wanted.as_str()))
+        {
+            let patch: json_patch::Patch =
+                serde_json::from_value(ca_bundle_patch(hooks.len(), ca_pem)).map_err(|e| {
+                    SelfManagedError::Write("caBundle patch".into(), std::io::Error::other(e))
+                })?;
+            validating
+                .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
+                .await
+                .map_err(|e| SelfManagedError::Patch(name.into(), e))?;
+            patched += 1;
+        }
+    }
+    Ok(patched)
+}
+
+/// Keeps the `caBundle`s right: re-applying the manifests (which carry none) must not break
+/// admission for long.
+pub async fn keep_ca_bundles(client: Client, name: String, ca_pem: String, period: Duration) {
+    loop {
+        match sync_ca_bundles(&client, &name, &ca_pem).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(configuration = %name, patched = n, "caBundle set"),
+            Err(e) => tracing::warn!(error = %e, "keeping the caBundle"),
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_patch_sets_every_webhook() {
+        let p = ca_bundle_patch(2, "PEM");
+        let b = base64::engine::general_purpose::STANDARD.encode("PEM");
+        assert_eq!(
+            p,
+            json!([
+                {"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": b},
+                {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": b}
+            ])
+        );
+        assert!(serde_json::from_value::<json_patch::Patch>(p).is_ok());
+    }
+
+    #[test]
+    fn an_incomplete_secret_says_what_is_missing() {
+        let secret = Secret {
+            data: Some(BTreeMap::from([(
+                "ca.crt".to_string(),
+                ByteString(b"x".to_vec()),
+            )])),
+            ..Default::default()
+        };
+        let e = from_secret(&secret, "ns/s").expect_err("incomplete");
+        assert!(e.to_string().contains("has no tls.crt"), "{e}");
+    }
+}
