@@ -610,21 +610,16 @@ fn roleset_for(obj: &StormService, template: &RoleSetTemplateSpec, rev: &str, i:
     labels.insert(LABEL_NAME.into(), name.clone());
     labels.insert(LABEL_REVISION.into(), rev.to_string());
     labels.insert(AIBRIX_LABEL_STORM_SERVICE_NAME.into(), name.clone());
+    // The revision's own template, not the current one: a stable RoleSet recreated during an abort
+    // must run the stable revision.
     let mut rs = RoleSet::new(
         &format!("{name}-{rev}-{i}"),
-        obj.spec.template.spec.clone().unwrap_or_default(),
+        template.spec.clone().unwrap_or_default(),
     );
     rs.metadata.namespace = obj.namespace();
     rs.metadata.labels = Some(labels);
     rs.metadata.annotations = tpl_meta.annotations;
-    rs.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: API_VERSION.into(),
-        kind: "StormService".into(),
-        name,
-        uid: obj.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }]);
+    rs.metadata.owner_references = Some(vec![owner(obj)]);
     rs
 }
 
@@ -647,6 +642,12 @@ mod tests {
             rs.labels().get(LABEL_REVISION).map(String::as_str),
             Some("abc")
         );
+        // A RoleSet of another revision is made from that revision's template, whatever the
+        // current one says.
+        let mut old_template = obj.spec.template.clone();
+        old_template.spec.as_mut().expect("spec").roles[0].name = "old-role".into();
+        let old_rs = roleset_for(&obj, &old_template, "old", 0);
+        assert_eq!(old_rs.spec.roles[0].name, "old-role");
         let owner = &rs.metadata.owner_references.as_ref().expect("owner")[0];
         assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
         assert_eq!(index_of("svc-abc-12", "svc-abc-"), Some(12));

@@ -300,6 +300,27 @@ async fn abort_at_fifty_percent_returns_to_stable_and_retry_restarts() -> Result
         "all traffic on stable"
     );
     wait_rolesets(&env, &v1, 4, &v2, 0).await?;
+    // The stable RoleSets recreated by the abort run the stable template, not the canary's.
+    wait_for("every Pod back on app:v1", TIMEOUT, || async {
+        let pods = env
+            .ns
+            .api::<k8s_openapi::api::core::v1::Pod>()
+            .list(&ListParams::default().labels(&format!("{LABEL_NAME}=app")))
+            .await?;
+        let images: Vec<String> = pods
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .flat_map(|p| {
+                p.spec
+                    .iter()
+                    .flat_map(|s| s.containers.iter())
+                    .filter_map(|c| c.image.clone())
+            })
+            .collect();
+        Ok((images.len() == 4 && images.iter().all(|i| i == "app:v1")).then_some(()))
+    })
+    .await?;
     // Aborted stays aborted while the template still differs.
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(progress(&env.api.get("app").await?).0 == Some(RolloutPhase::Aborted));
