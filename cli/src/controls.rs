@@ -71,6 +71,18 @@ pub enum ControlError {
     Api(String),
 }
 
+/// Stopped in place after a failure with autoRollback disabled: what resume can continue.
+fn halted(obj: &StormService) -> bool {
+    let Some(rs) = obj.status.as_ref().and_then(|s| s.rollout_status.as_ref()) else {
+        return false;
+    };
+    rs.phase == Some(RolloutPhase::Degraded)
+        && rs
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("Halted"))
+}
+
 /// Why a control cannot act on the object as it stands, or `None` when it can.
 pub fn refusal(control: Control, obj: &StormService) -> Option<String> {
     let phase = phase_of(obj);
@@ -86,7 +98,7 @@ pub fn refusal(control: Control, obj: &StormService) -> Option<String> {
         )),
         Control::Pause if !in_rollout => Some(format!("no rollout is running ({shown})")),
         Control::Pause if paused_by_user(obj) => Some("the rollout is already paused".into()),
-        Control::Resume if !paused_by_user(obj) && phase != Some(RolloutPhase::Degraded) => {
+        Control::Resume if !paused_by_user(obj) && !halted(obj) => {
             Some(format!("the rollout is not paused ({shown})"))
         }
         Control::Abort if !in_rollout && phase != Some(RolloutPhase::Degraded) => {
@@ -155,7 +167,8 @@ mod tests {
     fn approve_only_when_waiting() {
         let steps = json!([{"weight": 10, "pause": {"untilApproval": true}}]);
         let waiting = obj(
-            json!({"rolloutStatus": {"phase": "Paused", "currentStepIndex": 0}}),
+            json!({"rolloutStatus": {"phase": "Paused", "currentStepIndex": 0,
+                "conditions": [{"type": "Paused", "status": "True", "reason": "WaitingForApproval"}]}}),
             steps.clone(),
         );
         assert_eq!(refusal(Control::Approve, &waiting), None);
@@ -192,6 +205,17 @@ mod tests {
             steps.clone(),
         );
         assert_eq!(refusal(Control::Resume, &paused), None);
+        // Degraded after a rollback: resume has nothing to continue; after a halt it does.
+        let rolled_back = obj(
+            json!({"rolloutStatus": {"phase": "Degraded", "conditions": [{"type": "Progressing", "status": "False", "reason": "RolledBack"}]}}),
+            steps.clone(),
+        );
+        assert!(refusal(Control::Resume, &rolled_back).is_some());
+        let halted = obj(
+            json!({"rolloutStatus": {"phase": "Degraded", "conditions": [{"type": "Progressing", "status": "False", "reason": "Halted"}]}}),
+            steps.clone(),
+        );
+        assert_eq!(refusal(Control::Resume, &halted), None);
         assert!(refusal(Control::Pause, &paused).is_some());
         let completed = obj(json!({"rolloutStatus": {"phase": "Completed"}}), steps);
         assert!(

@@ -517,24 +517,28 @@ fn approval_warns_when_nothing_waits() {
         warning_paths(&r),
         vec!["metadata.annotations[stormservice.aibrix.ai/rollout-approval]"]
     );
-    // Waiting at step 1 (untilApproval): no warning.
+    // Paused at the approval step, but the controller has not said it waits (e.g. its analysis
+    // is what the step waits for): still a warning.
     set(
         &mut v,
         "/status",
         json!({"rolloutStatus": {"phase": "Paused", "currentStepIndex": 1}}),
     );
-    let r = accepts(&v);
-    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
-    // Paused at step 0 (a duration pause): warning again.
-    set(&mut v, "/status/rolloutStatus/currentStepIndex", json!(0));
     assert_eq!(warning_paths(&accepts(&v)).len(), 1);
-    // The controller's condition reason also says it waits.
+    // The controller's condition says it waits: no warning.
     set(
         &mut v,
         "/status/rolloutStatus/conditions",
         json!([{"type": "Paused", "status": "True", "reason": "WaitingForApproval"}]),
     );
     assert!(accepts(&v).warnings.is_empty());
+    // A condition that is no longer true does not count.
+    set(
+        &mut v,
+        "/status/rolloutStatus/conditions",
+        json!([{"type": "Paused", "status": "False", "reason": "WaitingForApproval"}]),
+    );
+    assert_eq!(warning_paths(&accepts(&v)).len(), 1);
 }
 
 #[test]

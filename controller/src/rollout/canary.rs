@@ -220,6 +220,8 @@ fn abort(m: &mut Machine, stable: &str) {
     m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
     m.rs.pause_start_time = None;
     m.rs.approved_step = None;
+    // Counted with the automatic rollbacks, by reason.
+    m.rollback = Some(reason::ABORTED.to_string());
     m.note(false, reason::ABORTED, msg);
 }
 
@@ -478,7 +480,9 @@ fn progress(
                 }
             }
         }
-        if step.analysis.is_some() {
+        // An approval that is still due is shown first: it is the gate a person can act on. Once
+        // given, the analysis is what the step waits for.
+        if step.analysis.is_some() && waiting.is_none() {
             // Analysis arrives with the analysis work; a step with analysis never passes silently.
             waiting = Some((
                 reason::ANALYSIS_UNAVAILABLE,

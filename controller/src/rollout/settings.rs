@@ -39,7 +39,9 @@ pub fn auto_rollback(spec: &StormServiceSpec) -> AutoRollback {
         error_threshold: of
             .and_then(|f| f.error_threshold.as_ref())
             .and_then(|t| int_or_string_percent(t).ok()),
-        error_rate_metric: of.is_some_and(|f| f.error_rate.is_some()),
+        // The metric-based error rate needs analysis, which this version does not run: until it
+        // does, the share of failing canary Pods stands in rather than no check at all.
+        error_rate_metric: false,
         timeout: duration(ar.and_then(|a| a.on_timeout.as_deref()), 30 * 60),
         grace: duration(
             of.and_then(|f| f.health_check_grace_period.as_deref()),

@@ -634,3 +634,37 @@ fn waiting_out_a_pause_does_not_rewrite_the_status() {
         "a countdown in the status would rewrite it on every reconcile"
     );
 }
+
+#[test]
+fn an_approval_gate_is_shown_before_the_analysis_of_the_same_step() {
+    // The seed's step 1: a pause until approval and an analysis together.
+    let steps = serde_json::json!([
+        {"weight": 25, "pause": {"untilApproval": true}, "analysis": {"templates": [{"name": "success-rate-check"}]}}
+    ]);
+    let (mut sim, _) = deployed(steps, 4);
+    sim.set_image("app:v2");
+    sim.settle(3);
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+    sim.annotate(APPROVAL);
+    sim.settle(2);
+    assert_eq!(
+        sim.notes.iter().filter(|n| n.reason == "Approved").count(),
+        1
+    );
+    assert_eq!(
+        sim.paused_reason().as_deref(),
+        Some("AnalysisUnavailable"),
+        "then the analysis is what it waits for"
+    );
+    assert_eq!(sim.step(), Some(0));
+}
+
+#[test]
+fn an_abort_is_counted_with_the_rollbacks() {
+    let (mut sim, _) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    sim.settle(2);
+    sim.annotate(ABORT);
+    let plan = sim.tick();
+    assert_eq!(plan.rollback.as_deref(), Some("RolloutAborted"));
+}

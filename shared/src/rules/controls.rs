@@ -5,7 +5,7 @@ use crate::keys::{
     ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
     CONTROL_ANNOTATIONS, CONTROL_VALUE,
 };
-use crate::types::stormservice::{RolloutPhase, RolloutStrategyType, StormService};
+use crate::types::stormservice::{RolloutPhase, StormService};
 
 /// Prefix shared by the control annotations; a key with it that is not a control is a typo.
 const CONTROL_PREFIX: &str = "stormservice.aibrix.ai/rollout-";
@@ -13,38 +13,19 @@ const CONTROL_PREFIX: &str = "stormservice.aibrix.ai/rollout-";
 /// Condition reason the controller sets while a step waits for the approval annotation.
 pub const REASON_WAITING_FOR_APPROVAL: &str = "WaitingForApproval";
 
-/// Whether the object's own status says it waits for an approval.
+/// Whether the object's own status says it waits for an approval: the controller writes phase
+/// `Paused` with a `Paused` condition of reason `WaitingForApproval` exactly then. Nothing else counts
+/// (a step with `untilApproval` may not be reached yet, or its analysis may be what it waits for).
 pub fn waiting_for_approval(obj: &StormService) -> bool {
     let Some(rs) = obj.status.as_ref().and_then(|s| s.rollout_status.as_ref()) else {
         return false;
     };
-    if rs.phase != Some(RolloutPhase::Paused) {
-        return false;
-    }
-    if rs
-        .conditions
-        .iter()
-        .any(|c| c.reason.as_deref() == Some(REASON_WAITING_FOR_APPROVAL))
-    {
-        return true;
-    }
-    let Some(strategy) = &obj.spec.rollout_strategy else {
-        return false;
-    };
-    match strategy.type_ {
-        RolloutStrategyType::BlueGreen => !strategy
-            .blue_green
-            .as_ref()
-            .and_then(|b| b.auto_promotion_enabled)
-            .unwrap_or(false),
-        RolloutStrategyType::Canary => {
-            let idx = rs.current_step_index.and_then(|i| usize::try_from(i).ok());
-            let step = idx.and_then(|i| strategy.canary.as_ref()?.steps.get(i));
-            step.and_then(|s| s.pause.as_ref())
-                .and_then(|p| p.until_approval)
-                .unwrap_or(false)
-        }
-    }
+    rs.phase == Some(RolloutPhase::Paused)
+        && rs.conditions.iter().any(|c| {
+            c.type_ == "Paused"
+                && c.status == "True"
+                && c.reason.as_deref() == Some(REASON_WAITING_FOR_APPROVAL)
+        })
 }
 
 pub(super) fn check(obj: &StormService, report: &mut Report) {
