@@ -154,71 +154,68 @@ pub async fn sync_ca_bundles(
     name: &str,
     ca_pem: &str,
 ) -> Result<usize, SelfManagedError> {
-    let wanted = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let mut patched = 0;
-    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    if let Some(cfg) = mutating
+    let mutating = sync_one(
+        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        name,
+        ca_pem,
+        |c| {
+            c.webhooks
+                .iter()
+                .flatten()
+                .map(|w| w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()))
+                .collect()
+        },
+    )
+    .await?;
+    let validating = sync_one(
+        Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+        name,
+        ca_pem,
+        |c| {
+            c.webhooks
+                .iter()
+                .flatten()
+                .map(|w| w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()))
+                .collect()
+        },
+    )
+    .await?;
+    Ok(usize::from(mutating) + usize::from(validating))
+}
+
+/// Patches one configuration whose `bundles` (one per webhook) are not all the CA. Returns whether
+/// it patched.
+async fn sync_one<K>(
+    api: Api<K>,
+    name: &str,
+    ca_pem: &str,
+    bundles: impl Fn(&K) -> Vec<Option<Vec<u8>>>,
+) -> Result<bool, SelfManagedError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(cfg) = api
         .get_opt(name)
         .await
         .map_err(|e| SelfManagedError::Patch(name.into(), e))?
+    else {
+        return Ok(false);
+    };
+    let current = bundles(&cfg);
+    if current
+        .iter()
+        .all(|b| b.as_deref() == Some(ca_pem.as_bytes()))
     {
-        let hooks = cfg.webhooks.unwrap_or_default();
-        let current: Vec<Option<String>> = hooks
-            .iter()
-            .map(|w| {
-                w.client_config
-                    .ca_bundle
-                    .as_ref()
-                    .map(|b| base64::engine::general_purpose::STANDARD.encode(&b.0))
-            })
-            .collect();
-        if current
-            .iter()
-            .any(|c| c.as_deref() != Some(wanted.as_str()))
-        {
-            let patch: json_patch::Patch =
-                serde_json::from_value(ca_bundle_patch(hooks.len(), ca_pem)).map_err(|e| {
-                    SelfManagedError::Write("caBundle patch".into(), std::io::Error::other(e))
-                })?;
-            mutating
-                .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
-                .await
-                .map_err(|e| SelfManagedError::Patch(name.into(), e))?;
-            patched += 1;
-        }
+        return Ok(false);
     }
-    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    if let Some(cfg) = validating
-        .get_opt(name)
+    let patch: json_patch::Patch = serde_json::from_value(ca_bundle_patch(current.len(), ca_pem))
+        .map_err(|e| {
+        SelfManagedError::Write("caBundle patch".into(), std::io::Error::other(e))
+    })?;
+    api.patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
         .await
-        .map_err(|e| SelfManagedError::Patch(name.into(), e))?
-    {
-        let hooks = cfg.webhooks.unwrap_or_default();
-        let current: Vec<Option<String>> = hooks
-            .iter()
-            .map(|w| {
-                w.client_config
-                    .ca_bundle
-                    .as_ref()
-                    .map(|b| base64::engine::general_purpose::STANDARD.encode(&b.0))
-            })
-            .collect();
-        if current
-            .iter()
-            .any(|c| c.as_deref() != Some(wanted.as_str()))
-        {
-            let patch: json_patch::Patch =
-                serde_json::from_value(ca_bundle_patch(hooks.len(), ca_pem)).map_err(|e| {
-                    SelfManagedError::Write("caBundle patch".into(), std::io::Error::other(e))
-                })?;
-            validating
-                .patch(name, &PatchParams::default(), &Patch::<()>::Json(patch))
-                .await
-                .map_err(|e| SelfManagedError::Patch(name.into(), e))?;
-            patched += 1;
-        }
-    }
-    Ok(patched)
+        .map_err(|e| SelfManagedError::Patch(name.into(), e))?;
+    Ok(true)
 }
 
 /// Keeps the `caBundle`s right: re-applying the manifests (which carry none) must not break
