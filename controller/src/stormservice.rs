@@ -345,6 +345,7 @@ async fn apply(
     // 2. The template of the revision being rolled out is kept, so its RoleSets can be recreated
     //    after the template moves on (abort, rollback, a stable RoleSet lost).
     record_revision(obj, ns, name, state).await?;
+    prune_revisions(obj, ns, name, plan, state).await?;
     // 3. Traffic before capacity (an abort must move traffic at once): Services select their revision first.
     pin_services(ns, plan, state).await?;
     // 4. Capacity: create what is missing, then delete what is too much. A failure here is returned
@@ -540,6 +541,76 @@ async fn record_revision(
     }
 }
 
+/// Revisions kept beside the stable and the rolled-out one when `revisionHistoryLimit` is unset.
+const DEFAULT_REVISION_HISTORY: usize = 10;
+
+/// The ControllerRevisions to delete: all but the `limit` newest, never the ones in `keep`.
+/// `revisions` are (name, revision number, revision hash).
+pub fn revisions_to_prune(
+    mut revisions: Vec<(String, i64, String)>,
+    limit: usize,
+    keep: &[&str],
+) -> Vec<String> {
+    revisions.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let mut kept = 0;
+    let mut out = Vec::new();
+    for (name, _, hash) in revisions {
+        if keep.contains(&hash.as_str()) {
+            continue;
+        }
+        if kept < limit {
+            kept += 1;
+        } else {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Deletes ControllerRevisions beyond `spec.revisionHistoryLimit` (the stable and the rolled-out
+/// revision always stay: their RoleSets may have to be recreated).
+async fn prune_revisions(
+    obj: &StormService,
+    ns: &str,
+    name: &str,
+    plan: &Plan,
+    state: &State,
+) -> Result<(), Error> {
+    let limit = obj
+        .spec
+        .revision_history_limit
+        .map_or(DEFAULT_REVISION_HISTORY, |l| {
+            usize::try_from(l).unwrap_or(0)
+        });
+    let mine: Vec<(String, i64, String)> = state
+        .revisions
+        .state()
+        .iter()
+        .filter(|r| {
+            r.namespace().as_deref() == Some(ns)
+                && r.labels().get(LABEL_NAME).map(String::as_str) == Some(name)
+        })
+        .map(|r| {
+            (
+                r.name_any(),
+                r.revision,
+                r.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let stable = plan.status.current_revision.clone().unwrap_or_default();
+    let update = plan.status.update_revision.clone().unwrap_or_default();
+    let api: Api<ControllerRevision> = Api::namespaced(state.ctx.client.clone(), ns);
+    for doomed in revisions_to_prune(mine, limit, &[&stable, &update]) {
+        match api.delete(&doomed, &DeleteParams::default()).await {
+            Ok(_) => info!(namespace = ns, revision = %doomed, "old revision pruned"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(Error::RecordRevision(doomed, e)),
+        }
+    }
+    Ok(())
+}
+
 /// The template of a revision: the current one, its ControllerRevision, or a surviving RoleSet's.
 fn template_of(
     obj: &StormService,
@@ -652,6 +723,24 @@ mod tests {
         assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
         assert_eq!(index_of("svc-abc-12", "svc-abc-"), Some(12));
         assert_eq!(index_of("svc-abcd-1", "svc-abc-"), None);
+    }
+
+    #[test]
+    fn old_revisions_are_pruned_beyond_the_limit_but_never_stable_or_update() {
+        let revs: Vec<(String, i64, String)> = (1..=5)
+            .map(|i| (format!("svc-r{i}"), i, format!("r{i}")))
+            .collect();
+        // Newest first: r5 (update) and r1 (stable) are kept whatever the limit; of the rest the
+        // newest `limit` stay.
+        assert_eq!(
+            revisions_to_prune(revs.clone(), 1, &["r1", "r5"]),
+            vec!["svc-r3", "svc-r2"]
+        );
+        assert_eq!(
+            revisions_to_prune(revs.clone(), 0, &["r1", "r5"]),
+            vec!["svc-r4", "svc-r3", "svc-r2"]
+        );
+        assert!(revisions_to_prune(revs, 10, &["r1"]).is_empty());
     }
 
     #[test]

@@ -30,6 +30,8 @@ fn storm_service(replicas: i32, steps: Value, auto_rollback: Option<Value>) -> V
         "metadata": {"name": "app"},
         "spec": {
             "replicas": replicas,
+            // Only the revisions in use are kept: checked after the seed canary completes.
+            "revisionHistoryLimit": 0,
             "selector": {"matchLabels": {"app": "app"}},
             "template": {
                 "metadata": {"labels": {"app": "app"}},
@@ -264,6 +266,25 @@ async fn seed_canary_completes_after_one_approval() -> Result<()> {
     );
     wait_rolesets(&env, &v1, 0, &v2, 4).await?;
     ensure!(service_revision(&env, "app-stable").await? == Some(v2.clone()));
+    // revisionHistoryLimit 0: v1's stored template goes once v2 is stable.
+    wait_for(
+        "only the stable revision's template kept",
+        TIMEOUT,
+        || async {
+            let crs = env
+                .ns
+                .api::<k8s_openapi::api::apps::v1::ControllerRevision>()
+                .list(&ListParams::default().labels(&format!("{LABEL_NAME}=app")))
+                .await?;
+            let names: Vec<String> = crs
+                .items
+                .iter()
+                .filter_map(|c| c.metadata.name.clone())
+                .collect();
+            Ok((names == vec![format!("app-{v2}")]).then_some(()))
+        },
+    )
+    .await?;
     env.controller.process.ensure_running()?;
     // The watch printed the journey.
     let _ = watch.kill();
