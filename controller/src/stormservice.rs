@@ -183,20 +183,19 @@ fn caches_ready(state: &State) -> bool {
         && ready(state.revisions.wait_until_ready().now_or_never())
 }
 
+/// Whether a cached object belongs to StormService `ns/name` (by namespace and name label).
+fn belongs<K: Resource>(k: &K, ns: &str, name: &str) -> bool {
+    k.meta().namespace.as_deref() == Some(ns)
+        && k.labels().get(LABEL_NAME).map(String::as_str) == Some(name)
+}
+
 /// What the controller sees of one StormService, from its caches.
 fn observe(state: &State, ns: &str, name: &str) -> Observed {
-    let mine = |labels: &BTreeMap<String, String>| {
-        labels.get(LABEL_NAME).map(String::as_str) == Some(name)
-    };
     let rolesets = state
         .rolesets
         .state()
         .iter()
-        .filter(|r| {
-            r.namespace().as_deref() == Some(ns)
-                && mine(r.labels())
-                && r.meta().deletion_timestamp.is_none()
-        })
+        .filter(|r| belongs(r.as_ref(), ns, name) && r.meta().deletion_timestamp.is_none())
         .map(|r| ObservedRoleSet {
             name: r.name_any(),
             revision: r.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
@@ -211,11 +210,7 @@ fn observe(state: &State, ns: &str, name: &str) -> Observed {
         .pods
         .state()
         .iter()
-        .filter(|p| {
-            p.namespace().as_deref() == Some(ns)
-                && mine(p.labels())
-                && p.meta().deletion_timestamp.is_none()
-        })
+        .filter(|p| belongs(p.as_ref(), ns, name) && p.meta().deletion_timestamp.is_none())
         .map(|p| observe_pod(p))
         .collect();
     Observed { rolesets, pods }
@@ -511,10 +506,7 @@ async fn record_revision(
         .revisions
         .state()
         .iter()
-        .filter(|r| {
-            r.namespace().as_deref() == Some(ns)
-                && r.labels().get(LABEL_NAME).map(String::as_str) == Some(name)
-        })
+        .filter(|r| belongs(r.as_ref(), ns, name))
         .map(|r| r.revision)
         .max()
         .unwrap_or(0)
@@ -586,10 +578,7 @@ async fn prune_revisions(
         .revisions
         .state()
         .iter()
-        .filter(|r| {
-            r.namespace().as_deref() == Some(ns)
-                && r.labels().get(LABEL_NAME).map(String::as_str) == Some(name)
-        })
+        .filter(|r| belongs(r.as_ref(), ns, name))
         .map(|r| {
             (
                 r.name_any(),
@@ -638,9 +627,8 @@ fn template_of(
         .state()
         .into_iter()
         .filter(|r| {
-            r.namespace().as_deref() == Some(ns)
+            belongs(r.as_ref(), ns, name)
                 && r.meta().deletion_timestamp.is_none()
-                && r.labels().get(LABEL_NAME).map(String::as_str) == Some(name)
                 && r.labels().get(LABEL_REVISION).map(String::as_str) == Some(rev)
         })
         .min_by_key(|r| index_of(&r.name_any(), &format!("{name}-{rev}-")).unwrap_or(i32::MAX));

@@ -1,38 +1,8 @@
 //! Kubernetes name formats.
 
-/// Why a name does not have the required format, or `None` when it does.
-/// A DNS-1035 label: at most 63 lowercase alphanumerics or '-', starting with a letter, ending alphanumeric.
-/// Service names must be DNS-1035 labels.
-pub fn dns1035_label(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("must not be empty".into());
-    }
-    if name.len() > 63 {
-        return Some(format!(
-            "must be no more than 63 characters (is {})",
-            name.len()
-        ));
-    }
-    let bytes = name.as_bytes();
-    let ok_chars = bytes
-        .iter()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    let starts = bytes[0].is_ascii_lowercase();
-    let ends =
-        bytes[bytes.len() - 1].is_ascii_lowercase() || bytes[bytes.len() - 1].is_ascii_digit();
-    if ok_chars && starts && ends {
-        None
-    } else {
-        Some(
-            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an \
-             alphabetic character, and end with an alphanumeric character (e.g. 'my-name', or 'abc-123')"
-                .into(),
-        )
-    }
-}
-
-/// A DNS-1123 label (role names): like DNS-1035 but may start with a digit.
-pub fn dns1123_label(name: &str) -> Option<String> {
+/// Checks a label-shaped name: at most 63 characters of lowercase alphanumerics or '-', a first
+/// character `first_ok` accepts, an alphanumeric last character; `why` explains the format.
+fn label(name: &str, first_ok: fn(u8) -> bool, why: &str) -> Option<String> {
     if name.is_empty() {
         return Some("must not be empty".into());
     }
@@ -45,17 +15,30 @@ pub fn dns1123_label(name: &str) -> Option<String> {
     let bytes = name.as_bytes();
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let ok = bytes.iter().all(|b| alnum(*b) || *b == b'-')
-        && alnum(bytes[0])
+        && first_ok(bytes[0])
         && alnum(bytes[bytes.len() - 1]);
-    if ok {
-        None
-    } else {
-        Some(
-            "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must \
-             start and end with an alphanumeric character (e.g. 'my-name', or '123-abc')"
-                .into(),
-        )
-    }
+    if ok { None } else { Some(why.into()) }
+}
+
+/// Why a name is not a DNS-1035 label, or `None` when it is. At most 63 lowercase alphanumerics or
+/// '-', starting with a letter, ending alphanumeric. Service names must be DNS-1035 labels.
+pub fn dns1035_label(name: &str) -> Option<String> {
+    label(
+        name,
+        |b| b.is_ascii_lowercase(),
+        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an \
+         alphabetic character, and end with an alphanumeric character (e.g. 'my-name', or 'abc-123')",
+    )
+}
+
+/// A DNS-1123 label (role names): like DNS-1035 but may start with a digit.
+pub fn dns1123_label(name: &str) -> Option<String> {
+    label(
+        name,
+        |b| b.is_ascii_lowercase() || b.is_ascii_digit(),
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must \
+         start and end with an alphanumeric character (e.g. 'my-name', or '123-abc')",
+    )
 }
 
 /// A DNS-1123 subdomain (names of most objects: Ingresses, VirtualServices, AnalysisTemplates).
