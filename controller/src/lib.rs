@@ -1,10 +1,12 @@
 //! The Storm Rollouts controller: RoleSets and their Pods, and the rollouts of StormServices.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod cache;
 pub mod context;
 pub mod leader;
 pub mod metrics;
 pub mod roleset;
+pub mod routers;
 pub mod rollout;
 pub mod stormservice;

@@ -500,6 +500,103 @@ pub struct RolloutStatus {
     /// acts twice on an annotation listed here, even across a crash.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub acknowledged_controls: Vec<String>,
+    /// The analyses of the revision being rolled out (canary steps, blue-green pre/post-promotion,
+    /// the error-rate metric), with their latest measurements. Bounded: the newest runs only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis_runs: Vec<AnalysisRunStatus>,
+    /// The traffic weight of the canary as the traffic routers last reported it (absent without a
+    /// router, or when the routers disagree or could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_weight: Option<i32>,
+}
+
+/// One analysis: the metrics of its templates, measured for one revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRunStatus {
+    /// What it gates: `step-N` (canary step N), `pre-promotion`, `post-promotion` or `error-rate`.
+    pub name: String,
+    /// The revision it measures.
+    pub revision: String,
+    /// `Running`, `Successful`, `Failed`, `Inconclusive` or `Error`.
+    pub phase: AnalysisPhase,
+    /// When it started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// Why it ended as it did, or what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// One entry per metric, named `<template>/<metric>` (or `errorRate`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<MetricStatus>,
+}
+
+/// The progress of one metric of an analysis.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricStatus {
+    /// `<template>/<metric>`, or `errorRate`.
+    pub name: String,
+    /// `Running` until decided, then `Successful`, `Failed`, `Inconclusive` or `Error`.
+    pub phase: AnalysisPhase,
+    /// Measurements taken.
+    #[serde(default)]
+    pub count: i32,
+    /// Measurements that met the success condition.
+    #[serde(default)]
+    pub successful: i32,
+    /// Measurements that met the failure condition (or missed the success condition).
+    #[serde(default)]
+    pub failed: i32,
+    /// Measurements that were neither (including empty results).
+    #[serde(default)]
+    pub inconclusive: i32,
+    /// Measurements whose query failed.
+    #[serde(default)]
+    pub error: i32,
+    /// Query errors in a row, reset by any measurement that returns a value.
+    #[serde(default)]
+    pub consecutive_error: i32,
+    /// The latest measurements, newest last (at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<Measurement>,
+    /// A sentence about the latest outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// One measurement of a metric.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Measurement {
+    /// `Successful`, `Failed`, `Inconclusive` or `Error`.
+    pub phase: AnalysisPhase,
+    /// The value the provider returned, as text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// When it was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The error, for `Error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Phase of an analysis, a metric or a measurement.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum AnalysisPhase {
+    /// Still measuring.
+    #[default]
+    Running,
+    /// Every metric succeeded.
+    Successful,
+    /// A metric failed.
+    Failed,
+    /// A metric was inconclusive: a person decides (resume to accept, abort to reject).
+    Inconclusive,
+    /// Queries kept failing (`consecutiveErrorLimit`), or the analysis could not run (a missing
+    /// template, an unreadable Secret).
+    Error,
 }
 
 /// Rollout phase.

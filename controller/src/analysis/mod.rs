@@ -1,0 +1,1 @@
+//! Analysis: AnalysisTemplate metrics measured through providers and judged by CEL conditions.
