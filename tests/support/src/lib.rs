@@ -201,8 +201,50 @@ impl Cluster {
             .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
             .collect();
         files.sort();
+        self.apply_crd_files(&files)
+    }
+
+    /// Applies the third-party CRDs the traffic routers write to (Istio VirtualService and
+    /// DestinationRule, Gateway API HTTPRoute, SMI TrafficSplit), as their projects publish them,
+    /// with `kubectl apply --server-side` and waits until they are Established. Idempotent; runs
+    /// once per process. The files come from `tests/controlplane/thirdparty-crds.sh`, which pins
+    /// the upstream modules in `tests/controlplane/thirdparty/go.mod` and caches the extracted
+    /// YAML per version outside the repo (`make thirdparty-crds`). Returns the applied
+    /// `customresourcedefinition.apiextensions.k8s.io/<name>` resource names.
+    pub fn install_thirdparty_crds(&self) -> Result<Vec<String>> {
+        static CRDS: OnceLock<std::result::Result<Vec<String>, String>> = OnceLock::new();
+        CRDS.get_or_init(|| self.apply_thirdparty_crds().map_err(|e| format!("{e:#}")))
+            .clone()
+            .map_err(|e| anyhow!("installing third-party CRDs: {e}"))
+    }
+
+    fn apply_thirdparty_crds(&self) -> Result<Vec<String>> {
+        let script = self.repo_root.join("tests/controlplane/thirdparty-crds.sh");
+        let output = Command::new(&script)
+            .current_dir(&self.repo_root)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !output.status.success() {
+            bail!("{} failed ({})", script.display(), output.status);
+        }
+        let files: Vec<PathBuf> = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(PathBuf::from)
+            .collect();
+        if files.is_empty() {
+            bail!("{} listed no CRD files", script.display());
+        }
+        self.apply_crd_files(&files)
+    }
+
+    /// Server-side applies every file and waits until the CRDs in them are Established.
+    fn apply_crd_files(&self, files: &[PathBuf]) -> Result<Vec<String>> {
         let mut names = Vec::new();
-        for file in &files {
+        for file in files {
             let mut args: Vec<&std::ffi::OsStr> = [
                 "apply",
                 "--server-side",
