@@ -2,6 +2,7 @@
 
 use super::Machine;
 use super::controls::{Controls, ignore};
+use super::gates::{self, Gate};
 use super::health;
 use super::plan::{cond, condition_reason, condition_true, reason};
 use super::revision;
@@ -63,7 +64,7 @@ pub fn target(steps: &[CanaryStep], idx: usize, replicas: i32, router: bool) -> 
 }
 
 /// Whether the rollout is held by the pause annotation.
-fn paused_by_user(m: &Machine) -> bool {
+pub(crate) fn paused_by_user(m: &Machine) -> bool {
     condition_true(&m.rs, cond::PAUSED)
         .is_some_and(|c| c.reason.as_deref() == Some(reason::PAUSED_BY_USER))
 }
@@ -132,7 +133,7 @@ pub(crate) fn run(m: &mut Machine, stable: &str, canary: &CanaryStrategy, contro
     progress(m, stable, canary, &ar, approval);
 }
 
-fn apply_controls(m: &mut Machine, c: Controls) {
+pub(crate) fn apply_controls(m: &mut Machine, c: Controls) {
     let phase = m.phase();
     if c.retry {
         if matches!(phase, Some(RolloutPhase::Aborted | RolloutPhase::Degraded)) {
@@ -141,6 +142,7 @@ fn apply_controls(m: &mut Machine, c: Controls) {
             m.rs.pause_start_time = None;
             m.rs.approved_step = None;
             m.rs.step_start_time = Some(Time(m.now));
+            m.rs.analysis_runs.clear();
             let msg = format!("retrying the rollout of {} from step 0", m.update);
             m.set_phase(RolloutPhase::Progressing, msg.clone());
             m.cond(cond::PROGRESSING, true, reason::RETRIED, &msg);
@@ -191,9 +193,26 @@ fn apply_controls(m: &mut Machine, c: Controls) {
                 "resumed by the rollout-resume annotation",
             );
             m.note(false, reason::RESUMED, "rollout resumed");
+        } else if condition_true(&m.rs, cond::PAUSED)
+            .is_some_and(|c| c.reason.as_deref() == Some(reason::ANALYSIS_INCONCLUSIVE))
+            && gates::accept_inconclusive(m)
+        {
+            m.cond(
+                cond::PAUSED,
+                false,
+                reason::RESUMED,
+                "the inconclusive analysis was accepted by the rollout-resume annotation",
+            );
+            m.note(
+                false,
+                reason::RESUMED,
+                "inconclusive analysis accepted; the rollout goes on",
+            );
         } else if phase == Some(RolloutPhase::Degraded)
             && condition_reason(&m.rs, cond::PROGRESSING) == Some(reason::HALTED)
         {
+            // The failed analyses measure again.
+            gates::forget_failures(m);
             m.rs.step_start_time = Some(Time(m.now));
             m.set_phase(RolloutPhase::Progressing, "resumed after a failure");
             m.cond(
@@ -211,7 +230,7 @@ fn apply_controls(m: &mut Machine, c: Controls) {
 }
 
 /// Abort: all traffic back on stable at once, the canary scaled down once stable is whole.
-fn abort(m: &mut Machine, stable: &str) {
+pub(crate) fn abort(m: &mut Machine, stable: &str) {
     let step = m.rs.current_step_index.unwrap_or(0);
     let msg =
         format!("aborted at step {step}: traffic and capacity go back to stable revision {stable}");
@@ -220,12 +239,13 @@ fn abort(m: &mut Machine, stable: &str) {
     m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
     m.rs.pause_start_time = None;
     m.rs.approved_step = None;
+    gates::stop_all(m);
     // Counted with the automatic rollbacks, by reason.
     m.rollback = Some(reason::ABORTED.to_string());
     m.note(false, reason::ABORTED, msg);
 }
 
-fn rollback(m: &mut Machine, stable: &str, why: &str, detail: String) {
+pub(crate) fn rollback(m: &mut Machine, stable: &str, why: &str, detail: String) {
     let msg = format!("{detail}; rolled back to stable revision {stable}");
     m.set_phase(RolloutPhase::Degraded, msg.clone());
     m.cond(cond::DEGRADED, true, why, &detail);
@@ -233,24 +253,28 @@ fn rollback(m: &mut Machine, stable: &str, why: &str, detail: String) {
     m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
     m.rs.pause_start_time = None;
     m.rs.approved_step = None;
+    gates::stop_all(m);
     m.rollback = Some(why.to_string());
     m.note(true, why, msg);
 }
 
-fn halt(m: &mut Machine, why: &str, detail: String) {
+pub(crate) fn halt(m: &mut Machine, why: &str, detail: String) {
     let msg = format!(
         "{detail}; autoRollback is disabled, so the rollout stops in place: abort, retry or resume it"
     );
     m.set_phase(RolloutPhase::Degraded, msg.clone());
     m.cond(cond::DEGRADED, true, why, &detail);
     m.cond(cond::PROGRESSING, false, reason::HALTED, &msg);
+    gates::stop_all(m);
     m.note(true, why, msg);
 }
 
 /// Everything on stable: Services first, then capacity; the canary goes once stable is whole.
-fn hold_on_stable(m: &mut Machine, stable: &str) {
+pub(crate) fn hold_on_stable(m: &mut Machine, stable: &str) {
     let obs = m.input.observed;
-    let stable_whole = obs.ready(stable) >= m.replicas;
+    // With a router, the canary keeps its capacity until the router reports all traffic on stable.
+    let traffic_off = !m.has_router() || obs.router_weight == Some(0);
+    let stable_whole = obs.ready(stable) >= m.replicas && traffic_off;
     m.scale.insert(stable.to_string(), m.replicas);
     let canary_now = if stable_whole {
         0
@@ -264,7 +288,7 @@ fn hold_on_stable(m: &mut Machine, stable: &str) {
 }
 
 /// Stopped after a failure with autoRollback disabled: nothing moves.
-fn hold_in_place(m: &mut Machine, stable: &str) {
+pub(crate) fn hold_in_place(m: &mut Machine, stable: &str) {
     let obs = m.input.observed;
     for rev in obs.revisions() {
         m.scale.insert(rev.clone(), obs.existing(&rev));
@@ -276,7 +300,21 @@ fn hold_in_place(m: &mut Machine, stable: &str) {
 }
 
 /// A failure that triggers rollback: (reason, detail).
-fn failure(m: &Machine, ar: &AutoRollback) -> Option<(&'static str, String)> {
+pub(crate) fn failure(m: &mut Machine, ar: &AutoRollback) -> Option<(&'static str, String)> {
+    if ar.error_rate_metric && m.input.observed.existing(&m.update) > 0 {
+        match gates::gate(m, gates::ERROR_RATE) {
+            Gate::Failed(detail) => {
+                let threshold = ar.error_threshold.unwrap_or_default();
+                return Some((
+                    reason::ERROR_THRESHOLD_EXCEEDED,
+                    format!("canary error rate over the {threshold}% threshold: {detail}"),
+                ));
+            }
+            // No data is not an error rate: measure again.
+            Gate::Inconclusive(_) | Gate::Passed => gates::restart(m, gates::ERROR_RATE),
+            Gate::Running(_) => {}
+        }
+    }
     let h = health::of_revision(m.input.observed.pods.iter(), &m.update, ar.grace, m.now);
     if let Some(threshold) = ar.error_threshold
         && !ar.error_rate_metric
@@ -343,6 +381,7 @@ fn progress(
                     m.rs.pause_start_time = None;
                     m.rs.approved_step = None;
                     m.rs.step_start_time = Some(Time(m.now));
+                    gates::restart(m, &gates::step(idx));
                     m.note(
                         false,
                         "StepChanged",
@@ -360,11 +399,14 @@ fn progress(
         let stable_existing = obs.existing(stable);
         let promoting = idx >= steps.len();
         let (canary_now, stable_target) = if router {
-            let stable_target = if promoting && canary_ready >= replicas {
-                0
-            } else {
-                replicas
-            };
+            // Promotion: the canary reaches full size, the router moves all traffic to it, and
+            // only once the router reports that does stable go.
+            let stable_target =
+                if promoting && canary_ready >= replicas && obs.router_weight == Some(100) {
+                    0
+                } else {
+                    replicas
+                };
             (t.canary, stable_target)
         } else {
             let canary_now = t
@@ -384,11 +426,13 @@ fn progress(
             t.weight
         };
         m.weight = traffic;
-        m.status_weight = Some(t.weight);
+        m.status_weight = Some(traffic);
 
-        let reached = canary_ready >= t.canary
+        let capacity = canary_ready >= t.canary
             && canary_existing == t.canary
             && stable_existing == if promoting { 0 } else { stable_target };
+        let routed = !router || obs.router_weight == Some(traffic);
+        let reached = capacity && routed;
         if paused_by_user(m) {
             m.set_phase(
                 RolloutPhase::Paused,
@@ -411,12 +455,26 @@ fn progress(
             break;
         }
         if !reached {
-            let msg = format!(
-                "step {idx}: waiting for the canary ({canary_ready} of {} RoleSets ready, stable at {stable_existing} of {stable_target})",
-                t.canary
-            );
+            let (why, msg) = if capacity {
+                (
+                    reason::WAITING_FOR_ROUTER,
+                    format!(
+                        "step {idx}: waiting for the traffic router to report weight {traffic} (it reports {})",
+                        obs.router_weight
+                            .map_or_else(|| "nothing yet".to_string(), |w| w.to_string())
+                    ),
+                )
+            } else {
+                (
+                    reason::STEP_PROGRESSING,
+                    format!(
+                        "step {idx}: waiting for the canary ({canary_ready} of {} RoleSets ready, stable at {stable_existing} of {stable_target})",
+                        t.canary
+                    ),
+                )
+            };
             m.set_phase(RolloutPhase::Progressing, msg.clone());
-            m.cond(cond::PROGRESSING, true, reason::STEP_PROGRESSING, &msg);
+            m.cond(cond::PROGRESSING, true, why, &msg);
             m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
             deadline(m, stable, ar);
             break;
@@ -480,20 +538,41 @@ fn progress(
                 }
             }
         }
-        // An approval that is still due is shown first: it is the gate a person can act on. Once
-        // given, the analysis is what the step waits for.
-        if step.analysis.is_some() && waiting.is_none() {
-            // Analysis arrives with the analysis work; a step with analysis never passes silently.
-            waiting = Some((
-                reason::ANALYSIS_UNAVAILABLE,
-                format!(
-                    "step {idx}: analysis is not available in this version; the step waits (abort, or remove the analysis)"
-                ),
-            ));
+        // The analysis runs alongside the pause. An approval that is still due is shown first:
+        // it is the gate a person can act on; then an inconclusive analysis, then a running one.
+        if step.analysis.is_some() {
+            match gates::gate(m, &gates::step(idx)) {
+                Gate::Passed => {}
+                Gate::Failed(detail) => {
+                    analysis_failed(m, stable, ar, detail);
+                    break;
+                }
+                Gate::Inconclusive(msg) => {
+                    if waiting
+                        .as_ref()
+                        .is_none_or(|(w, _)| *w != reason::WAITING_FOR_APPROVAL)
+                    {
+                        waiting =
+                            Some((reason::ANALYSIS_INCONCLUSIVE, format!("step {idx}: {msg}")));
+                    }
+                }
+                Gate::Running(msg) => {
+                    if waiting.is_none() {
+                        waiting = Some((reason::ANALYSIS_RUNNING, format!("step {idx}: {msg}")));
+                    }
+                }
+            }
         }
         if let Some((why, msg)) = waiting {
-            m.set_phase(RolloutPhase::Paused, msg.clone());
-            m.cond(cond::PAUSED, true, why, &msg);
+            if why == reason::ANALYSIS_RUNNING {
+                // Measuring is progress, not a pause.
+                m.set_phase(RolloutPhase::Progressing, msg.clone());
+                m.cond(cond::PROGRESSING, true, why, &msg);
+                m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
+            } else {
+                m.set_phase(RolloutPhase::Paused, msg.clone());
+                m.cond(cond::PAUSED, true, why, &msg);
+            }
             break;
         }
         // The step is complete.
@@ -512,12 +591,23 @@ fn progress(
     }
 }
 
+/// A gate's analysis failed: roll back, or stop in place when analysis failures do not roll back.
+pub(crate) fn analysis_failed(m: &mut Machine, stable: &str, ar: &AutoRollback, detail: String) {
+    if ar.enabled && ar.analysis_failure {
+        rollback(m, stable, reason::ANALYSIS_FAILED, detail);
+        hold_on_stable(m, stable);
+    } else {
+        halt(m, reason::ANALYSIS_FAILED, detail);
+        hold_in_place(m, stable);
+    }
+}
+
 fn last_weight(steps: &[CanaryStep]) -> i32 {
     steps.iter().rev().find_map(|s| s.weight).unwrap_or(0)
 }
 
 /// The progress deadline: a step that is not reached within `onTimeout` (paused time excluded).
-fn deadline(m: &mut Machine, stable: &str, ar: &AutoRollback) {
+pub(crate) fn deadline(m: &mut Machine, stable: &str, ar: &AutoRollback) {
     let started = m.rs.step_start_time.clone().unwrap_or(Time(m.now));
     let waited = m.now.duration_since(started.0);
     if waited <= ar.timeout {
@@ -548,6 +638,7 @@ fn complete(m: &mut Machine) {
     m.rs.pause_start_time = None;
     m.rs.approved_step = None;
     m.rs.step_start_time = None;
+    gates::stop_all(m);
     m.scale.clear();
     m.scale.insert(update.clone(), m.replicas);
     m.services.clear();

@@ -4,8 +4,10 @@
 //! Deciding again on the status it returned, with the same observation, returns the same plan, so a
 //! controller restart at any point resumes at the same step.
 
+mod bluegreen;
 mod canary;
 mod controls;
+pub mod gates;
 pub mod health;
 pub mod plan;
 pub mod revision;
@@ -19,7 +21,8 @@ use plan::{cond, reason, set_condition};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use storm_shared::types::stormservice::{
-    CanaryStatus, RolloutPhase, RolloutStatus, RolloutStrategyType, StormServiceStatus,
+    BlueGreenStatus, BlueGreenStrategy, CanaryStatus, RolloutPhase, RolloutStatus,
+    RolloutStrategyType, StormServiceStatus,
 };
 
 /// Decides what to do for one StormService.
@@ -46,25 +49,10 @@ pub fn decide(input: &Input) -> Plan {
                     Some(c) => canary::run(&mut m, &stable, c, controls),
                     None => rolling::run(&mut m, &stable, controls),
                 },
-                Some((RolloutStrategyType::BlueGreen, _)) => {
-                    // Blue-green lands with the traffic-routing work; until then, say so and
-                    // keep the stable revision serving rather than guessing.
-                    m.scale.insert(stable.clone(), m.replicas);
-                    m.set_phase(
-                        RolloutPhase::Paused,
-                        "blue-green rollouts are not available in this version; the stable revision keeps serving",
-                    );
-                    m.cond(
-                        cond::PAUSED,
-                        true,
-                        reason::STRATEGY_UNAVAILABLE,
-                        "blue-green rollouts are not available in this version",
-                    );
-                    controls.ignore_all(
-                        &mut m,
-                        "blue-green rollouts are not available in this version",
-                    );
-                }
+                Some((RolloutStrategyType::BlueGreen, s)) => match &s.blue_green {
+                    Some(bg) => bluegreen::run(&mut m, &stable, bg, controls),
+                    None => rolling::run(&mut m, &stable, controls),
+                },
             }
         }
     }
@@ -150,6 +138,27 @@ impl<'a> Machine<'a> {
             .map_or(SignedDuration::ZERO, |t| self.now.duration_since(t.0))
     }
 
+    /// Whether a canary traffic router (nginx, Istio, SMI, Gateway API) is configured.
+    pub fn has_router(&self) -> bool {
+        self.input
+            .spec
+            .rollout_strategy
+            .as_ref()
+            .filter(|s| s.type_ == RolloutStrategyType::Canary)
+            .and_then(|s| s.canary.as_ref())
+            .is_some_and(|c| c.traffic_routing.is_some())
+    }
+
+    /// Whether the rollout strategy is blue-green.
+    pub fn blue_green(&self) -> Option<&'a BlueGreenStrategy> {
+        self.input
+            .spec
+            .rollout_strategy
+            .as_ref()
+            .filter(|s| s.type_ == RolloutStrategyType::BlueGreen)
+            .and_then(|s| s.blue_green.as_ref())
+    }
+
     /// Pins the rollout's Services: stable to the stable revision, canary (or preview) to `canary_rev`.
     pub fn pin_services(&mut self, stable_rev: &str, canary_rev: &str) {
         let Some(strategy) = &self.input.spec.rollout_strategy else {
@@ -182,6 +191,17 @@ impl<'a> Machine<'a> {
         self.rs.pause_start_time = None;
         self.rs.approved_step = None;
         self.rs.step_start_time = Some(Time(self.now));
+        let update = self.update.clone();
+        gates::keep_revision(self, &update);
+        if self.blue_green().is_some() {
+            self.rs.current_step_index = None;
+            self.rs.blue_green_status = Some(BlueGreenStatus {
+                active_selector: Some(stable.to_string()),
+                preview_selector: Some(update),
+                scale_down_delay_start_time: None,
+                preview_expose_time: None,
+            });
+        }
         let msg = format!("rolling out revision {} (stable {stable})", self.update);
         self.set_phase(RolloutPhase::Progressing, msg.clone());
         self.cond(cond::PROGRESSING, true, reason::STARTED, &msg);
@@ -194,6 +214,8 @@ impl<'a> Machine<'a> {
     fn finish(mut self) -> Plan {
         let obs = self.input.observed;
         let name = self.input.name;
+        let has_router = self.has_router();
+        let blue_green = self.blue_green().is_some();
         let mut st = self.status;
         st.observed_generation = self.input.generation;
         st.update_revision = Some(self.update.clone());
@@ -224,7 +246,8 @@ impl<'a> Machine<'a> {
             )
         };
         set_condition(&mut st.conditions, "Ready", ready, r, &m, self.now);
-        if let Some(stable) = &self.stable {
+        self.rs.router_weight = if has_router { obs.router_weight } else { None };
+        if let Some(stable) = self.stable.as_ref().filter(|_| !blue_green) {
             let weight = self.status_weight.unwrap_or_else(|| {
                 self.rs
                     .canary_status
@@ -286,8 +309,41 @@ fn first_deployment(m: &mut Machine, controls: controls::Controls) {
     }
 }
 
+/// Blue-green: the revisions other than `stable` keep their RoleSets until `scaleDownDelaySeconds`
+/// after the promotion, for a quick switch back.
+fn keep_old_for_scale_down_delay(m: &mut Machine, stable: &str) {
+    let Some(bg) = m.blue_green() else {
+        return;
+    };
+    let Some(start) =
+        m.rs.blue_green_status
+            .as_ref()
+            .and_then(|b| b.scale_down_delay_start_time.clone())
+    else {
+        return;
+    };
+    let delay = SignedDuration::from_secs(
+        bg.scale_down_delay_seconds
+            .map_or(
+                storm_shared::defaults::DEFAULT_SCALE_DOWN_DELAY_SECONDS,
+                i64::from,
+            )
+            .max(0),
+    );
+    let left = delay - m.now.duration_since(start.0);
+    if left <= SignedDuration::ZERO {
+        return;
+    }
+    let obs = m.input.observed;
+    for rev in obs.revisions().into_iter().filter(|r| r != stable) {
+        m.scale.insert(rev.clone(), obs.existing(&rev));
+    }
+    m.requeue_in(Duration::try_from(left).unwrap_or_default());
+}
+
 fn at_rest(m: &mut Machine, stable: &str, controls: controls::Controls) {
     m.scale.insert(stable.to_string(), m.replicas);
+    keep_old_for_scale_down_delay(m, stable);
     m.pin_services(stable, stable);
     controls.ignore_all(m, "no rollout is in progress");
     match m.phase() {
@@ -309,6 +365,12 @@ fn at_rest(m: &mut Machine, stable: &str, controls: controls::Controls) {
             m.rs.step_start_time = None;
             m.rs.approved_step = None;
             m.status_weight = Some(0);
+            gates::stop_all(m);
+            if let Some(b) = m.rs.blue_green_status.as_mut() {
+                b.active_selector = Some(stable.to_string());
+                b.preview_selector = Some(stable.to_string());
+                b.scale_down_delay_start_time = None;
+            }
             m.note(false, reason::REVERTED, msg);
         }
         None => m.set_phase(

@@ -43,6 +43,9 @@ pub struct Observed {
     pub rolesets: Vec<ObservedRoleSet>,
     /// Its Pods that are not being deleted.
     pub pods: Vec<ObservedPod>,
+    /// The canary weight the traffic routers report (None without routers, when they disagree,
+    /// or when their objects could not be read).
+    pub router_weight: Option<i32>,
 }
 
 impl Observed {
@@ -205,8 +208,20 @@ pub mod reason {
     pub const PAUSE_DURATION: &str = "PauseDuration";
     /// Waiting for the approval annotation.
     pub const WAITING_FOR_APPROVAL: &str = storm_shared::rules::REASON_WAITING_FOR_APPROVAL;
-    /// A step's analysis cannot run in this version.
-    pub const ANALYSIS_UNAVAILABLE: &str = "AnalysisUnavailable";
+    /// An analysis is measuring.
+    pub const ANALYSIS_RUNNING: &str = "AnalysisRunning";
+    /// An analysis was inconclusive: a person decides (resume accepts, abort rejects).
+    pub const ANALYSIS_INCONCLUSIVE: &str = "AnalysisInconclusive";
+    /// An analysis succeeded.
+    pub const ANALYSIS_SUCCESSFUL: &str = "AnalysisSuccessful";
+    /// Rollback trigger: an analysis failed.
+    pub const ANALYSIS_FAILED: &str = "AnalysisFailed";
+    /// Waiting for the traffic routers to report the step's weight.
+    pub const WAITING_FOR_ROUTER: &str = "WaitingForTrafficRouter";
+    /// Blue-green: the preview RoleSets are being created.
+    pub const PREVIEW_PROGRESSING: &str = "PreviewProgressing";
+    /// Blue-green: the active Service was switched to the new revision.
+    pub const PROMOTED: &str = "Promoted";
     /// Not paused.
     pub const NOT_PAUSED: &str = "NotPaused";
     /// Resumed by the resume annotation.
@@ -237,8 +252,6 @@ pub mod reason {
     pub const ERROR_THRESHOLD_EXCEEDED: &str = "ErrorThresholdExceeded";
     /// Rollback trigger: no progress within onTimeout.
     pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
-    /// Blue-green rollouts are not available yet.
-    pub const STRATEGY_UNAVAILABLE: &str = "StrategyUnavailable";
 }
 
 /// The phase of a rollout status.

@@ -11,8 +11,11 @@ use storm_shared::units::{int_or_string_percent, parse_duration, scaled_value};
 pub struct AutoRollback {
     pub enabled: bool,
     pub health_check: bool,
+    /// A failed analysis rolls back (true) or stops the rollout in place (false).
+    pub analysis_failure: bool,
     pub error_threshold: Option<f64>,
-    /// The metric-based error rate is measured by analysis; without it the Pod share is used.
+    /// The error rate is measured by the `errorRate` metric (run `error-rate`); without it the
+    /// share of failing canary Pods is used.
     pub error_rate_metric: bool,
     pub timeout: SignedDuration,
     pub grace: SignedDuration,
@@ -36,12 +39,12 @@ pub fn auto_rollback(spec: &StormServiceSpec) -> AutoRollback {
     AutoRollback {
         enabled: ar.and_then(|a| a.enabled).unwrap_or(true),
         health_check: of.and_then(|f| f.health_check_failure).unwrap_or(true),
+        analysis_failure: of.and_then(|f| f.analysis_failure).unwrap_or(true),
         error_threshold: of
             .and_then(|f| f.error_threshold.as_ref())
             .and_then(|t| int_or_string_percent(t).ok()),
-        // The metric-based error rate needs analysis, which this version does not run: until it
-        // does, the share of failing canary Pods stands in rather than no check at all.
-        error_rate_metric: false,
+        error_rate_metric: of
+            .is_some_and(|f| f.error_rate.is_some() && f.error_threshold.is_some()),
         timeout: duration(ar.and_then(|a| a.on_timeout.as_deref()), 30 * 60),
         grace: duration(
             of.and_then(|f| f.health_check_grace_period.as_deref()),

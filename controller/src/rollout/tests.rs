@@ -5,7 +5,9 @@ use super::plan::{ObservedPod, ObservedRoleSet};
 use super::*;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
-use storm_shared::types::stormservice::{RolloutPhase, StormServiceSpec, StormServiceStatus};
+use storm_shared::types::stormservice::{
+    AnalysisPhase, RolloutPhase, StormServiceSpec, StormServiceStatus,
+};
 
 const APPROVAL: &str = "stormservice.aibrix.ai/rollout-approval";
 const ABORT: &str = "stormservice.aibrix.ai/rollout-abort";
@@ -27,6 +29,12 @@ pub(super) struct Sim {
     pub crash_before_annotation_removal: bool,
     pub notes: Vec<Note>,
     pub last: Option<Plan>,
+    /// The traffic router's weight (None: no router). It follows the plan's weight each tick,
+    /// unless frozen.
+    pub router: Option<i32>,
+    pub router_frozen: bool,
+    /// The analysis runner: the verdict it reaches for a run of this name.
+    pub verdicts: BTreeMap<String, AnalysisPhase>,
 }
 
 pub(super) fn spec(steps: serde_json::Value, replicas: i32, image: &str) -> StormServiceSpec {
@@ -60,6 +68,9 @@ impl Sim {
             crash_before_annotation_removal: false,
             notes: Vec::new(),
             last: None,
+            router: None,
+            router_frozen: false,
+            verdicts: BTreeMap::new(),
         }
     }
 
@@ -79,16 +90,34 @@ impl Sim {
         Observed {
             rolesets: self.rolesets.clone(),
             pods,
+            router_weight: self.router,
         }
+    }
+
+    /// The status after the analysis runner measured: running runs with a verdict get it.
+    fn measured(&self) -> Option<StormServiceStatus> {
+        let mut status = self.status.clone()?;
+        if let Some(rs) = status.rollout_status.as_mut() {
+            for run in &mut rs.analysis_runs {
+                if run.phase == AnalysisPhase::Running
+                    && let Some(v) = self.verdicts.get(&run.name)
+                {
+                    run.phase = *v;
+                    run.message = Some(format!("simulated {v:?}"));
+                }
+            }
+        }
+        Some(status)
     }
 
     pub fn decide_once(&self) -> Plan {
         let observed = self.observed();
+        let status = self.measured();
         let input = Input {
             name: "svc",
             generation: Some(1),
             spec: &self.spec,
-            status: self.status.as_ref(),
+            status: status.as_ref(),
             annotations: &self.annotations,
             observed: &observed,
             now: self.now,
@@ -106,6 +135,9 @@ impl Sim {
             }
         }
         self.notes.extend(plan.notes.clone());
+        if self.router.is_some() && !self.router_frozen {
+            self.router = Some(plan.weight);
+        }
         // RoleSets made in the previous tick become ready now; new ones are created unready.
         for r in &mut self.rolesets {
             if !self.stuck.contains(&r.revision) {
@@ -170,6 +202,47 @@ impl Sim {
             .iter()
             .find(|c| c.type_ == "Paused" && c.status == "True")
             .and_then(|c| c.reason.clone())
+    }
+
+    pub fn progress_reason(&self) -> Option<String> {
+        let rs = self.status.as_ref()?.rollout_status.as_ref()?;
+        rs.conditions
+            .iter()
+            .find(|c| c.type_ == "Progressing")
+            .and_then(|c| c.reason.clone())
+    }
+
+    pub fn degraded_reason(&self) -> Option<String> {
+        let rs = self.status.as_ref()?.rollout_status.as_ref()?;
+        rs.conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded" && c.status == "True")
+            .and_then(|c| c.reason.clone())
+    }
+
+    /// The analysis runs in the status: (name, phase).
+    pub fn runs(&self) -> Vec<(String, AnalysisPhase)> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.rollout_status.as_ref())
+            .map(|rs| {
+                rs.analysis_runs
+                    .iter()
+                    .map(|r| (r.name.clone(), r.phase))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The revision a Service was last pinned to.
+    pub fn service(&self, svc: &str) -> Option<String> {
+        self.last
+            .as_ref()?
+            .services
+            .iter()
+            .rev()
+            .find(|(s, _)| s == svc)
+            .map(|(_, r)| r.clone())
     }
 
     pub fn weight(&self) -> i32 {
@@ -531,19 +604,6 @@ fn reverting_the_template_is_a_rollback_to_healthy() {
 }
 
 #[test]
-fn analysis_steps_wait_rather_than_pass() {
-    let (mut sim, _) = deployed(
-        serde_json::json!([{"weight": 50, "analysis": {"templates": [{"name": "t"}]}}]),
-        2,
-    );
-    sim.set_image("app:v2");
-    sim.settle(5);
-    assert_eq!(sim.phase(), Some(RolloutPhase::Paused));
-    assert_eq!(sim.paused_reason().as_deref(), Some("AnalysisUnavailable"));
-    assert_eq!(sim.step(), Some(0));
-}
-
-#[test]
 fn an_edited_step_starts_over() {
     let (mut sim, _) = deployed(seed_steps(), 4);
     sim.set_image("app:v2");
@@ -636,6 +696,16 @@ fn waiting_out_a_pause_does_not_rewrite_the_status() {
 }
 
 #[test]
+fn an_abort_is_counted_with_the_rollbacks() {
+    let (mut sim, _) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    sim.settle(2);
+    sim.annotate(ABORT);
+    let plan = sim.tick();
+    assert_eq!(plan.rollback.as_deref(), Some("RolloutAborted"));
+}
+
+#[test]
 fn an_approval_gate_is_shown_before_the_analysis_of_the_same_step() {
     // The seed's step 1: a pause until approval and an analysis together.
     let steps = serde_json::json!([
@@ -645,26 +715,30 @@ fn an_approval_gate_is_shown_before_the_analysis_of_the_same_step() {
     sim.set_image("app:v2");
     sim.settle(3);
     assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+    assert_eq!(
+        sim.runs(),
+        vec![("step-0".to_string(), AnalysisPhase::Running)],
+        "the analysis runs alongside the pause"
+    );
     sim.annotate(APPROVAL);
     sim.settle(2);
     assert_eq!(
         sim.notes.iter().filter(|n| n.reason == "Approved").count(),
         1
     );
+    assert_eq!(sim.phase(), Some(RolloutPhase::Progressing));
     assert_eq!(
-        sim.paused_reason().as_deref(),
-        Some("AnalysisUnavailable"),
+        sim.progress_reason().as_deref(),
+        Some("AnalysisRunning"),
         "then the analysis is what it waits for"
     );
     assert_eq!(sim.step(), Some(0));
+    sim.verdicts
+        .insert("step-0".into(), AnalysisPhase::Successful);
+    sim.settle(8);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
 }
 
-#[test]
-fn an_abort_is_counted_with_the_rollbacks() {
-    let (mut sim, _) = deployed(seed_steps(), 4);
-    sim.set_image("app:v2");
-    sim.settle(2);
-    sim.annotate(ABORT);
-    let plan = sim.tick();
-    assert_eq!(plan.rollback.as_deref(), Some("RolloutAborted"));
-}
+mod analysis;
+mod bluegreen;
+mod routers;

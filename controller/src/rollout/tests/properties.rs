@@ -14,6 +14,8 @@ enum Event {
     Resume,
     Fail,
     Heal,
+    /// The traffic router stops (or resumes) applying weights.
+    RouterLag,
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -27,6 +29,7 @@ fn event() -> impl Strategy<Value = Event> {
         1 => Just(Event::Resume),
         1 => Just(Event::Fail),
         1 => Just(Event::Heal),
+        1 => Just(Event::RouterLag),
     ]
 }
 
@@ -41,6 +44,9 @@ proptest! {
                 Some(serde_json::from_value(serde_json::json!({"nginx": {"ingress": "i", "servicePort": 80}})).expect("tr"));
         }
         let mut sim = Sim::new(s);
+        if router {
+            sim.router = Some(0);
+        }
         sim.settle(3);
         let v1 = sim.revision();
         sim.set_image("app:v2");
@@ -58,7 +64,10 @@ proptest! {
                 Event::Resume => sim.annotate(RESUME),
                 Event::Fail => { sim.failing.insert(v2.clone()); }
                 Event::Heal => { sim.failing.remove(&v2); }
+                Event::RouterLag => sim.router_frozen = !sim.router_frozen,
             }
+            let router_before = sim.router;
+            let canary_before = i32::try_from(sim.count(&v2)).unwrap_or(0);
             let canary_ready_before: i32 =
                 sim.rolesets.iter().filter(|r| r.ready && r.revision == v2).count().try_into().unwrap_or(0);
             let stable_before = sim.stable();
@@ -76,6 +85,15 @@ proptest! {
                 prop_assert_eq!(plan.weight, 0);
                 prop_assert!(plan.services.iter().all(|(_, r)| *r == v1));
                 prop_assert_eq!(plan.scale.get(&v1).copied(), Some(replicas));
+            }
+            // With a router, an abort or rollback takes the canary's capacity only once the router
+            // reports all traffic on stable.
+            if router
+                && sim.stable() == Some(v1.clone())
+                && matches!(rs.phase, Some(RolloutPhase::Aborted | RolloutPhase::Degraded))
+                && plan.scale.get(&v2).copied().unwrap_or(0) < canary_before
+            {
+                prop_assert_eq!(router_before, Some(0), "canary scaled down while the router still sent it traffic");
             }
             // Capacity: stable is only scaled down as far as ready canary RoleSets make up for it,
             // so ready RoleSets never drop below replicas − maxUnavailable.
@@ -96,6 +114,7 @@ proptest! {
         }
         // Whatever happened, an abort brings everything back to stable.
         sim.failing.clear();
+        sim.router_frozen = false;
         sim.annotate(ABORT);
         sim.settle(6);
         if sim.stable() == Some(v1.clone()) {

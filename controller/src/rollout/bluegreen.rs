@@ -1,0 +1,349 @@
+//! Blue-green rollouts: the new revision at full size behind `previewService`, `activeService`
+//! switched at promotion, and switched back if anything fails before the rollout completes.
+//!
+//! The promotion is recorded in `blueGreenStatus.activeSelector`: once it names the new revision,
+//! the active Service serves it. `currentRevision` moves only when the rollout completes (after
+//! the post-promotion analysis), so until then a failure switches back to the old revision. The
+//! old RoleSets stay for `scaleDownDelaySeconds` after the promotion (see `at_rest`).
+
+use super::Machine;
+use super::canary::{
+    abort, analysis_failed, apply_controls, deadline, failure, halt, hold_on_stable,
+    paused_by_user, rollback,
+};
+use super::controls::{Controls, ignore};
+use super::gates::{self, Gate};
+use super::plan::{cond, condition_reason, condition_true, reason};
+use super::settings::auto_rollback;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use storm_shared::keys::{
+    ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
+};
+use storm_shared::types::stormservice::{BlueGreenStatus, BlueGreenStrategy, RolloutPhase};
+
+pub(crate) fn run(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy, controls: Controls) {
+    let ar = auto_rollback(m.input.spec);
+    let mut approval = controls.approval;
+    if controls.abort {
+        if m.phase() != Some(RolloutPhase::Aborted) {
+            abort(m, stable);
+            unpromote(m, stable);
+        }
+        for (set, key) in [
+            (controls.retry, ANNOTATION_RETRY),
+            (controls.pause, ANNOTATION_PAUSE),
+            (controls.resume, ANNOTATION_RESUME),
+            (controls.approval, ANNOTATION_APPROVAL),
+        ] {
+            if set {
+                ignore(m, key, "the rollout was aborted at the same time");
+            }
+        }
+        approval = false;
+    } else {
+        let retry = controls.retry
+            && matches!(
+                m.phase(),
+                Some(RolloutPhase::Aborted | RolloutPhase::Degraded)
+            );
+        apply_controls(m, controls);
+        if retry {
+            unpromote(m, stable);
+        }
+    }
+    // Blue-green has no steps.
+    m.rs.current_step_index = None;
+    m.rs.current_step_hash = None;
+    let status = m.rs.blue_green_status.get_or_insert_with(Default::default);
+    status.preview_selector = Some(m.update.clone());
+    if status.active_selector.is_none() {
+        status.active_selector = Some(stable.to_string());
+    }
+
+    let rolled_back = matches!(m.phase(), Some(RolloutPhase::Aborted))
+        || (m.phase() == Some(RolloutPhase::Degraded)
+            && condition_reason(&m.rs, cond::PROGRESSING) != Some(reason::HALTED));
+    if rolled_back {
+        if approval {
+            ignore(
+                m,
+                ANNOTATION_APPROVAL,
+                "the rollout is not running (aborted or rolled back)",
+            );
+        }
+        hold_on_stable(m, stable);
+        return;
+    }
+    if m.phase() == Some(RolloutPhase::Degraded) {
+        if approval {
+            ignore(
+                m,
+                ANNOTATION_APPROVAL,
+                "the rollout is stopped after a failure; resume, retry or abort it",
+            );
+        }
+        hold_in_place(m, stable, bg);
+        return;
+    }
+    progress(m, stable, bg, &ar, approval);
+}
+
+/// Whether the active Service was switched to the new revision.
+fn promoted(m: &Machine) -> bool {
+    m.rs.blue_green_status
+        .as_ref()
+        .and_then(|b| b.active_selector.as_deref())
+        == Some(m.update.as_str())
+}
+
+/// The active Service goes back to the stable revision.
+fn unpromote(m: &mut Machine, stable: &str) {
+    let status = m.rs.blue_green_status.get_or_insert_with(Default::default);
+    status.active_selector = Some(stable.to_string());
+    status.scale_down_delay_start_time = None;
+}
+
+/// Pins the active Service to `active` and the preview Service to the new revision.
+fn pin(m: &mut Machine, bg: &BlueGreenStrategy, active: &str) {
+    m.services
+        .push((bg.active_service.clone(), active.to_string()));
+    m.services
+        .push((bg.preview_service.clone(), m.update.clone()));
+}
+
+/// Stopped after a failure with autoRollback disabled: nothing moves, the active Service included.
+fn hold_in_place(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy) {
+    let obs = m.input.observed;
+    for rev in obs.revisions() {
+        m.scale.insert(rev.clone(), obs.existing(&rev));
+    }
+    m.scale.entry(stable.to_string()).or_insert(0);
+    let active = if promoted(m) {
+        m.update.clone()
+    } else {
+        stable.to_string()
+    };
+    pin(m, bg, &active);
+}
+
+/// Whether the last decision left the rollout waiting for approval of the promotion.
+fn was_waiting_for_approval(m: &Machine) -> bool {
+    let Some(prev) = m.input.status.and_then(|s| s.rollout_status.as_ref()) else {
+        return false;
+    };
+    prev.phase == Some(RolloutPhase::Paused)
+        && condition_true(prev, cond::PAUSED).and_then(|c| c.reason.as_deref())
+            == Some(reason::WAITING_FOR_APPROVAL)
+}
+
+fn progress(
+    m: &mut Machine,
+    stable: &str,
+    bg: &BlueGreenStrategy,
+    ar: &super::settings::AutoRollback,
+    approval: bool,
+) {
+    let obs = m.input.observed;
+    let replicas = m.replicas;
+    let update = m.update.clone();
+    let mut approval_left = approval;
+
+    if let Some((why, detail)) = failure(m, ar) {
+        fail(m, stable, bg, ar.enabled, why, detail);
+        return;
+    }
+
+    // Both revisions at full size; the old one keeps serving until promotion.
+    m.scale.insert(stable.to_string(), replicas);
+    m.scale.insert(update.clone(), replicas);
+    let is_promoted = promoted(m);
+    let active = if is_promoted {
+        update.clone()
+    } else {
+        stable.to_string()
+    };
+    pin(m, bg, &active);
+
+    if paused_by_user(m) {
+        m.set_phase(RolloutPhase::Paused, "paused by the user");
+        if approval_left {
+            ignore(m, ANNOTATION_APPROVAL, "the rollout is paused by the user");
+        }
+        return;
+    }
+    let ready = obs.ready(&update);
+    let preview_ready = ready >= replicas && obs.existing(&update) == replicas;
+    if !preview_ready {
+        let msg = format!("preview revision {update}: {ready} of {replicas} RoleSets ready");
+        m.set_phase(RolloutPhase::Progressing, msg.clone());
+        m.cond(cond::PROGRESSING, true, reason::PREVIEW_PROGRESSING, &msg);
+        m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
+        if approval_left {
+            ignore(m, ANNOTATION_APPROVAL, "the preview is not ready yet");
+        }
+        deadline(m, stable, ar);
+        if m.phase() == Some(RolloutPhase::Degraded) {
+            fail_cleanup(m, stable, bg);
+        }
+        return;
+    }
+    let now = m.now;
+    let status = m.rs.blue_green_status.get_or_insert_with(Default::default);
+    if status.preview_expose_time.is_none() {
+        status.preview_expose_time = Some(Time(now));
+        m.note(
+            false,
+            "PreviewReady",
+            format!(
+                "preview revision {update} is ready behind Service {}",
+                bg.preview_service
+            ),
+        );
+    }
+
+    if !is_promoted {
+        if bg.pre_promotion_analysis.is_some() {
+            match gates::gate(m, gates::PRE_PROMOTION) {
+                Gate::Passed => {}
+                Gate::Failed(detail) => {
+                    analysis_failed(m, stable, ar, detail);
+                    fail_cleanup(m, stable, bg);
+                    return;
+                }
+                Gate::Inconclusive(msg) => {
+                    wait(m, reason::ANALYSIS_INCONCLUSIVE, msg, &mut approval_left);
+                    return;
+                }
+                Gate::Running(msg) => {
+                    wait(m, reason::ANALYSIS_RUNNING, msg, &mut approval_left);
+                    return;
+                }
+            }
+        }
+        if bg.auto_promotion_enabled != Some(true) {
+            if approval_left && was_waiting_for_approval(m) {
+                approval_left = false;
+                m.cond(cond::PAUSED, false, reason::APPROVED, "promotion approved");
+                m.note(false, reason::APPROVED, "promotion approved");
+            } else {
+                let msg = format!(
+                    "preview revision {update} is ready: waiting for approval to promote (annotate {ANNOTATION_APPROVAL}=true)"
+                );
+                m.set_phase(RolloutPhase::Paused, msg.clone());
+                m.cond(cond::PAUSED, true, reason::WAITING_FOR_APPROVAL, &msg);
+                return;
+            }
+        }
+        // Promote: the active Service switches now, in this decision.
+        let status = m.rs.blue_green_status.get_or_insert_with(Default::default);
+        status.active_selector = Some(update.clone());
+        status.scale_down_delay_start_time = Some(Time(now));
+        m.services.clear();
+        pin(m, bg, &update);
+        let msg = format!(
+            "promoted revision {update}: Service {} now selects it",
+            bg.active_service
+        );
+        m.cond(cond::PROGRESSING, true, reason::PROMOTED, &msg);
+        m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
+        m.note(false, reason::PROMOTED, msg);
+    }
+    if approval_left {
+        ignore(m, ANNOTATION_APPROVAL, "nothing was waiting for approval");
+        approval_left = false;
+    }
+    if bg.post_promotion_analysis.is_some() {
+        match gates::gate(m, gates::POST_PROMOTION) {
+            Gate::Passed => {}
+            Gate::Failed(detail) => {
+                analysis_failed(m, stable, ar, detail);
+                fail_cleanup(m, stable, bg);
+                return;
+            }
+            Gate::Inconclusive(msg) => {
+                wait(m, reason::ANALYSIS_INCONCLUSIVE, msg, &mut approval_left);
+                return;
+            }
+            Gate::Running(msg) => {
+                wait(m, reason::ANALYSIS_RUNNING, msg, &mut approval_left);
+                return;
+            }
+        }
+    }
+    complete(m, bg);
+}
+
+/// Waits at a gate: measuring is progress; an inconclusive result is a pause for a person.
+fn wait(m: &mut Machine, why: &str, msg: String, approval_left: &mut bool) {
+    if why == reason::ANALYSIS_RUNNING {
+        m.set_phase(RolloutPhase::Progressing, msg.clone());
+        m.cond(cond::PROGRESSING, true, why, &msg);
+        m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
+    } else {
+        m.set_phase(RolloutPhase::Paused, msg.clone());
+        m.cond(cond::PAUSED, true, why, &msg);
+    }
+    if *approval_left {
+        *approval_left = false;
+        ignore(
+            m,
+            ANNOTATION_APPROVAL,
+            "an analysis is deciding, not a person",
+        );
+    }
+}
+
+/// A failure: roll back (switch the active Service back, preview scaled down) or stop in place.
+fn fail(
+    m: &mut Machine,
+    stable: &str,
+    bg: &BlueGreenStrategy,
+    enabled: bool,
+    why: &str,
+    detail: String,
+) {
+    if enabled {
+        rollback(m, stable, why, detail);
+    } else {
+        halt(m, why, detail);
+    }
+    fail_cleanup(m, stable, bg);
+}
+
+/// After `rollback`/`halt`/`analysis_failed` decided: put Services and capacity where they belong.
+fn fail_cleanup(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy) {
+    m.scale.clear();
+    m.services.clear();
+    if condition_reason(&m.rs, cond::PROGRESSING) == Some(reason::HALTED) {
+        hold_in_place(m, stable, bg);
+    } else {
+        unpromote(m, stable);
+        hold_on_stable(m, stable);
+    }
+}
+
+fn complete(m: &mut Machine, bg: &BlueGreenStrategy) {
+    let update = m.update.clone();
+    m.stable = Some(update.clone());
+    let msg = format!("rollout to revision {update} completed");
+    m.set_phase(RolloutPhase::Completed, msg.clone());
+    m.cond(cond::PROGRESSING, false, reason::COMPLETED, &msg);
+    m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
+    m.rs.pause_start_time = None;
+    m.rs.approved_step = None;
+    m.rs.step_start_time = None;
+    gates::stop_all(m);
+    let status =
+        m.rs.blue_green_status
+            .get_or_insert_with(BlueGreenStatus::default);
+    status.active_selector = Some(update.clone());
+    m.services.clear();
+    m.services.push((bg.active_service.clone(), update.clone()));
+    m.services
+        .push((bg.preview_service.clone(), update.clone()));
+    // The old RoleSets stay for the scale-down delay (`at_rest` keeps them until it ends).
+    m.scale.clear();
+    m.scale.insert(update.clone(), m.replicas);
+    super::keep_old_for_scale_down_delay(m, &update);
+    m.note(false, reason::COMPLETED, msg);
+}

@@ -1,0 +1,177 @@
+//! Analysis gates: which analysis runs the rollout wants, and what their results mean for it.
+//!
+//! The runs live in `rolloutStatus.analysisRuns`. The state machine starts a run by adding it with
+//! phase `Running`; the analysis runner (outside this pure module) takes its measurements before
+//! each decision and sets its phase; the state machine reads the phase here.
+
+use super::Machine;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::time::Duration;
+use storm_shared::types::stormservice::{AnalysisPhase, AnalysisRunStatus};
+
+/// The run of `autoRollback.onFailure.errorRate`.
+pub const ERROR_RATE: &str = "error-rate";
+/// Blue-green analysis before the active Service switches.
+pub const PRE_PROMOTION: &str = "pre-promotion";
+/// Blue-green analysis after the active Service switched.
+pub const POST_PROMOTION: &str = "post-promotion";
+/// Runs kept in the status: the running ones, and the newest decided ones up to this many in all.
+const KEPT: usize = 8;
+
+/// The run of canary step `idx`.
+pub fn step(idx: usize) -> String {
+    format!("step-{idx}")
+}
+
+/// Where a gate stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Still measuring: a sentence on its progress.
+    Running(String),
+    /// Every metric succeeded (or a person accepted an inconclusive result).
+    Passed,
+    /// A metric failed, or the analysis could not run: why.
+    Failed(String),
+    /// Neither: a person decides.
+    Inconclusive(String),
+}
+
+/// The gate `name` for the revision being rolled out, starting its run if there is none yet.
+pub(crate) fn gate(m: &mut Machine, name: &str) -> Gate {
+    let update = m.update.clone();
+    let now = m.now;
+    let runs = &mut m.rs.analysis_runs;
+    let idx = match runs
+        .iter()
+        .position(|r| r.name == name && r.revision == update)
+    {
+        Some(i) => i,
+        None => {
+            runs.push(AnalysisRunStatus {
+                name: name.to_string(),
+                revision: update.clone(),
+                phase: AnalysisPhase::Running,
+                started_at: Some(Time(now)),
+                message: Some("waiting for the first measurement".into()),
+                metrics: Vec::new(),
+            });
+            bound(runs);
+            // The error-rate run restarts after every verdict: only its first start is news.
+            if name != ERROR_RATE {
+                m.note(
+                    false,
+                    "AnalysisStarted",
+                    format!("analysis {name} started for revision {update}"),
+                );
+            }
+            // The runner measures on the next reconcile.
+            m.requeue_in(Duration::from_secs(1));
+            return Gate::Running(format!("analysis {name} started"));
+        }
+    };
+    let run = &m.rs.analysis_runs[idx];
+    let message = run.message.clone().unwrap_or_default();
+    match run.phase {
+        AnalysisPhase::Running => {
+            let done: i32 = run.metrics.iter().map(|x| x.count).sum();
+            Gate::Running(format!(
+                "analysis {name} running ({done} measurements so far){}",
+                if message.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {message}")
+                }
+            ))
+        }
+        AnalysisPhase::Successful => Gate::Passed,
+        AnalysisPhase::Failed | AnalysisPhase::Error => Gate::Failed(format!(
+            "analysis {name} {}: {}",
+            if run.phase == AnalysisPhase::Failed {
+                "failed"
+            } else {
+                "could not run"
+            },
+            if message.is_empty() {
+                failing_metric(run)
+            } else {
+                message
+            }
+        )),
+        AnalysisPhase::Inconclusive => Gate::Inconclusive(format!(
+            "analysis {name} was inconclusive{}; resume to accept it or abort to reject it",
+            if message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({message})")
+            }
+        )),
+    }
+}
+
+fn failing_metric(run: &AnalysisRunStatus) -> String {
+    run.metrics
+        .iter()
+        .find(|x| matches!(x.phase, AnalysisPhase::Failed | AnalysisPhase::Error))
+        .map(|x| {
+            let last = x
+                .measurements
+                .last()
+                .and_then(|ms| ms.value.clone().or(ms.message.clone()))
+                .unwrap_or_default();
+            format!("metric {} {:?} (last value {last})", x.name, x.phase)
+        })
+        .unwrap_or_else(|| "a metric failed".into())
+}
+
+/// Forgets run `name` of the revision being rolled out, so the gate starts a new one.
+pub(crate) fn restart(m: &mut Machine, name: &str) {
+    let update = m.update.clone();
+    m.rs.analysis_runs
+        .retain(|r| !(r.name == name && r.revision == update));
+}
+
+/// Stops every run that is still measuring (abort, rollback, halt, completion): the runner only
+/// measures runs listed as `Running`.
+pub(crate) fn stop_all(m: &mut Machine) {
+    m.rs.analysis_runs
+        .retain(|r| r.phase != AnalysisPhase::Running);
+}
+
+/// Forgets the decided runs that failed or were inconclusive, so a resumed rollout measures again.
+pub(crate) fn forget_failures(m: &mut Machine) {
+    m.rs.analysis_runs
+        .retain(|r| matches!(r.phase, AnalysisPhase::Running | AnalysisPhase::Successful));
+}
+
+/// A person accepted the inconclusive runs of the revision being rolled out.
+pub(crate) fn accept_inconclusive(m: &mut Machine) -> bool {
+    let update = m.update.clone();
+    let mut any = false;
+    for r in
+        m.rs.analysis_runs
+            .iter_mut()
+            .filter(|r| r.revision == update && r.phase == AnalysisPhase::Inconclusive)
+    {
+        r.phase = AnalysisPhase::Successful;
+        r.message = Some("inconclusive; accepted by the rollout-resume annotation".into());
+        any = true;
+    }
+    any
+}
+
+/// Keeps only the runs of revision `rev` (a new rollout starts with a clean list).
+pub(crate) fn keep_revision(m: &mut Machine, rev: &str) {
+    m.rs.analysis_runs.retain(|r| r.revision == rev);
+}
+
+/// The running runs, and the newest decided ones up to [`KEPT`] in all.
+fn bound(runs: &mut Vec<AnalysisRunStatus>) {
+    while runs.len() > KEPT {
+        match runs.iter().position(|r| r.phase != AnalysisPhase::Running) {
+            Some(i) => {
+                runs.remove(i);
+            }
+            None => break,
+        }
+    }
+}

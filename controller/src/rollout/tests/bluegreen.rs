@@ -1,0 +1,182 @@
+//! Blue-green: preview at full size, promotion by approval or automatically, the scale-down delay,
+//! and switching back on failure.
+
+use super::*;
+
+fn bg_spec(bg: serde_json::Value, replicas: i32) -> StormServiceSpec {
+    serde_json::from_value(serde_json::json!({
+        "replicas": replicas,
+        "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"roles": [{"name": "r", "template": {"spec": {"containers": [{"name": "c", "image": "app:v1"}]}}}]}},
+        "rolloutStrategy": {"type": "BlueGreen", "blueGreen": bg}
+    }))
+    .expect("spec")
+}
+
+fn deployed_bg(bg: serde_json::Value) -> (Sim, String) {
+    let mut sim = Sim::new(bg_spec(bg, 2));
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Healthy));
+    let v1 = sim.revision();
+    (sim, v1)
+}
+
+fn bg_status(sim: &Sim) -> storm_shared::types::stormservice::BlueGreenStatus {
+    sim.status
+        .as_ref()
+        .and_then(|s| s.rollout_status.as_ref())
+        .and_then(|r| r.blue_green_status.clone())
+        .expect("blueGreenStatus")
+}
+
+#[test]
+fn manual_promotion_waits_for_approval_then_keeps_the_old_revision_for_the_delay() {
+    let (mut sim, v1) = deployed_bg(serde_json::json!({
+        "activeService": "active", "previewService": "preview",
+        "autoPromotionEnabled": false, "scaleDownDelaySeconds": 60
+    }));
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(4);
+    assert_eq!(sim.count(&v2), 2, "preview at full size");
+    assert_eq!(sim.count(&v1), 2, "active untouched");
+    assert_eq!(sim.phase(), Some(RolloutPhase::Paused));
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+    assert_eq!(sim.service("active"), Some(v1.clone()));
+    assert_eq!(sim.service("preview"), Some(v2.clone()));
+    let st = bg_status(&sim);
+    assert_eq!(st.active_selector, Some(v1.clone()));
+    assert_eq!(st.preview_selector, Some(v2.clone()));
+    assert!(st.preview_expose_time.is_some());
+    assert_eq!(sim.step(), None, "blue-green has no steps");
+
+    sim.annotate(APPROVAL);
+    sim.tick();
+    assert_eq!(
+        sim.service("active"),
+        Some(v2.clone()),
+        "promotion switches the active Service"
+    );
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
+    assert_eq!(sim.stable(), Some(v2.clone()));
+    assert!(bg_status(&sim).scale_down_delay_start_time.is_some());
+    sim.settle(3);
+    assert_eq!(
+        sim.count(&v1),
+        2,
+        "old RoleSets kept during scaleDownDelaySeconds"
+    );
+    let requeue = sim
+        .last
+        .as_ref()
+        .expect("plan")
+        .requeue_after
+        .expect("requeue at the delay's end");
+    assert!(requeue <= std::time::Duration::from_secs(60));
+    sim.advance(61);
+    sim.settle(2);
+    assert_eq!(sim.count(&v1), 0, "removed after the delay");
+    assert_eq!(sim.count(&v2), 2);
+}
+
+#[test]
+fn automatic_promotion_switches_as_soon_as_the_preview_is_ready() {
+    let (mut sim, v1) = deployed_bg(serde_json::json!({
+        "activeService": "active", "previewService": "preview", "autoPromotionEnabled": true
+    }));
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.tick();
+    assert_eq!(
+        sim.service("active"),
+        Some(v1.clone()),
+        "not before the preview is ready"
+    );
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
+    assert_eq!(sim.service("active"), Some(v2.clone()));
+    assert!(sim.notes.iter().all(|n| n.reason != "Approved"));
+    sim.advance(31);
+    sim.settle(2);
+    assert_eq!(sim.count(&v1), 0, "default delay 30s");
+}
+
+#[test]
+fn a_failed_post_promotion_analysis_switches_back() {
+    let (mut sim, v1) = deployed_bg(serde_json::json!({
+        "activeService": "active", "previewService": "preview", "autoPromotionEnabled": true,
+        "postPromotionAnalysis": {"templates": [{"name": "smoke"}]}
+    }));
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(4);
+    assert_eq!(sim.service("active"), Some(v2.clone()), "promoted");
+    assert_eq!(sim.phase(), Some(RolloutPhase::Progressing));
+    assert_eq!(sim.progress_reason().as_deref(), Some("AnalysisRunning"));
+    assert_eq!(
+        sim.stable(),
+        Some(v1.clone()),
+        "not complete before the post-promotion analysis"
+    );
+    assert_eq!(sim.count(&v1), 2);
+    sim.verdicts
+        .insert("post-promotion".into(), AnalysisPhase::Failed);
+    let plan = sim.tick();
+    assert_eq!(plan.rollback.as_deref(), Some("AnalysisFailed"));
+    assert_eq!(sim.service("active"), Some(v1.clone()), "switched back");
+    assert_eq!(bg_status(&sim).active_selector, Some(v1.clone()));
+    assert_eq!(sim.phase(), Some(RolloutPhase::Degraded));
+    sim.settle(2);
+    assert_eq!(sim.count(&v2), 0);
+    assert_eq!(sim.count(&v1), 2);
+}
+
+#[test]
+fn failing_preview_pods_roll_back_before_promotion() {
+    let (mut sim, v1) = deployed_bg(serde_json::json!({
+        "activeService": "active", "previewService": "preview", "autoPromotionEnabled": false
+    }));
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.failing.insert(v2.clone());
+    sim.settle(3);
+    assert_eq!(sim.degraded_reason().as_deref(), Some("HealthCheckFailed"));
+    assert_eq!(sim.service("active"), Some(v1.clone()));
+    sim.settle(2);
+    assert_eq!(sim.count(&v2), 0);
+}
+
+#[test]
+fn pre_promotion_analysis_gates_the_approval() {
+    let (mut sim, v1) = deployed_bg(serde_json::json!({
+        "activeService": "active", "previewService": "preview", "autoPromotionEnabled": false,
+        "prePromotionAnalysis": {"templates": [{"name": "smoke"}]}
+    }));
+    sim.set_image("app:v2");
+    sim.settle(4);
+    assert_eq!(sim.progress_reason().as_deref(), Some("AnalysisRunning"));
+    sim.verdicts
+        .insert("pre-promotion".into(), AnalysisPhase::Successful);
+    sim.settle(2);
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+    assert_eq!(sim.service("active"), Some(v1));
+}
+
+#[test]
+fn abort_and_retry() {
+    let (mut sim, v1) = deployed_bg(serde_json::json!({
+        "activeService": "active", "previewService": "preview", "autoPromotionEnabled": false
+    }));
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(4);
+    sim.annotate(ABORT);
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Aborted));
+    assert_eq!(sim.count(&v2), 0);
+    assert_eq!(sim.service("active"), Some(v1.clone()));
+    sim.annotate(RETRY);
+    sim.settle(4);
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+    assert_eq!(sim.count(&v2), 2);
+    assert_eq!(sim.step(), None);
+}

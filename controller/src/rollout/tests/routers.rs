@@ -1,0 +1,127 @@
+//! Canary with a traffic router: stable keeps full size, a step is reached only when the router
+//! reports its weight, promotion moves traffic before capacity, abort moves traffic before capacity.
+
+use super::*;
+
+fn routed(replicas: i32) -> (Sim, String) {
+    let mut s = spec(seed_steps(), replicas, "app:v1");
+    s.rollout_strategy
+        .as_mut()
+        .expect("rs")
+        .canary
+        .as_mut()
+        .expect("c")
+        .traffic_routing = Some(
+        serde_json::from_value(serde_json::json!({"istio": {"virtualService": "vs"}})).expect("tr"),
+    );
+    let mut sim = Sim::new(s);
+    sim.router = Some(0);
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Healthy));
+    let v1 = sim.revision();
+    (sim, v1)
+}
+
+#[test]
+fn a_step_waits_for_the_router_to_report_its_weight() {
+    let (mut sim, v1) = routed(4);
+    sim.router_frozen = true;
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(4);
+    assert_eq!(sim.count(&v1), 4, "stable keeps full size");
+    assert_eq!(sim.count(&v2), 1, "ceil(4 × 10%) = 1 canary RoleSet");
+    assert_eq!(sim.last.as_ref().expect("plan").weight, 10);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Progressing));
+    assert_eq!(
+        sim.progress_reason().as_deref(),
+        Some("WaitingForTrafficRouter")
+    );
+    assert!(
+        sim.status
+            .as_ref()
+            .expect("status")
+            .rollout_status
+            .as_ref()
+            .expect("rs")
+            .pause_start_time
+            .is_none(),
+        "the pause does not start before the weight is in place"
+    );
+    sim.router_frozen = false;
+    sim.settle(2);
+    assert_eq!(sim.paused_reason().as_deref(), Some("PauseDuration"));
+    let rs = sim
+        .status
+        .as_ref()
+        .expect("s")
+        .rollout_status
+        .clone()
+        .expect("rs");
+    assert_eq!(rs.router_weight, Some(10));
+}
+
+#[test]
+fn promotion_moves_traffic_before_stable_goes() {
+    let (mut sim, v1) = routed(2);
+    sim.spec
+        .rollout_strategy
+        .as_mut()
+        .expect("rs")
+        .canary
+        .as_mut()
+        .expect("c")
+        .steps = serde_json::from_value(serde_json::json!([{"weight": 50}])).expect("steps");
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(3);
+    assert_eq!(sim.router, Some(50));
+    // The router stops at 50 while the promotion wants 100: stable must stay whole.
+    sim.router_frozen = true;
+    sim.settle(6);
+    assert_eq!(
+        sim.last.as_ref().expect("plan").weight,
+        100,
+        "promotion asks for 100"
+    );
+    assert_eq!(sim.count(&v2), 2, "canary at full size first");
+    assert_eq!(
+        sim.count(&v1),
+        2,
+        "stable stays until the router reports 100"
+    );
+    assert_eq!(sim.phase(), Some(RolloutPhase::Progressing));
+    sim.router_frozen = false;
+    sim.settle(4);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
+    assert_eq!(sim.count(&v1), 0);
+    assert_eq!(sim.stable(), Some(v2));
+}
+
+#[test]
+fn abort_takes_traffic_before_capacity() {
+    let (mut sim, v1) = routed(4);
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(3);
+    assert_eq!(sim.router, Some(10));
+    sim.router_frozen = true;
+    sim.annotate(ABORT);
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Aborted));
+    assert_eq!(
+        sim.last.as_ref().expect("plan").weight,
+        0,
+        "the router is told 0 at once"
+    );
+    assert_eq!(
+        sim.count(&v2),
+        1,
+        "the canary keeps serving while the router still sends it traffic"
+    );
+    sim.router_frozen = false;
+    sim.settle(2);
+    assert_eq!(sim.router, Some(0));
+    assert_eq!(sim.count(&v2), 0);
+    assert_eq!(sim.count(&v1), 4);
+}
