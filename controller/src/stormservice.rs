@@ -213,7 +213,11 @@ fn observe(state: &State, ns: &str, name: &str) -> Observed {
         .filter(|p| belongs(p.as_ref(), ns, name) && p.meta().deletion_timestamp.is_none())
         .map(|p| observe_pod(p))
         .collect();
-    Observed { rolesets, pods }
+    Observed {
+        rolesets,
+        pods,
+        router_weight: None,
+    }
 }
 
 /// A Pod's health as the rollout sees it.
