@@ -1,5 +1,5 @@
 //! Prometheus metrics of the controller: reconcile latency and errors, the phase, step and weight of
-//! every rollout, and rollbacks. Served as OpenMetrics text on `/metrics`.
+//! every rollout, rollbacks and analysis measurements. Served as OpenMetrics text on `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -53,6 +53,12 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MeasurementLabels {
+    provider: &'static str,
+    phase: &'static str,
+}
+
 fn reconcile_histogram() -> Histogram {
     // 1 ms .. ~16 s: a reconcile is a few API calls; anything slower than that is worth seeing as +Inf.
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
@@ -68,6 +74,7 @@ pub struct Metrics {
     rollout_weight: Family<RolloutLabels, Gauge>,
     rollbacks: Family<ReasonLabels, Counter>,
     kube_requests: Family<VerbLabels, Counter>,
+    analysis_measurements: Family<MeasurementLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -127,9 +134,16 @@ impl Metrics {
             "Requests the controller sent to the Kubernetes API server, by verb (watch counted apart)",
             kube_requests.clone(),
         );
+        let analysis_measurements = Family::<MeasurementLabels, Counter>::default();
+        registry.register(
+            "storm_analysis_measurements",
+            "Analysis measurements taken, by provider and outcome (Successful, Failed, Inconclusive, Error)",
+            analysis_measurements.clone(),
+        );
         Self {
             registry,
             kube_requests,
+            analysis_measurements,
             reconcile_duration,
             reconcile_errors,
             rollout_phase,
@@ -216,6 +230,14 @@ impl Metrics {
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
             })
+            .inc();
+    }
+
+    /// Counts one analysis measurement; `provider` is `prometheus`, `web` or `datadog`, `phase` the
+    /// measurement's phase (`Successful`, `Failed`, `Inconclusive`, `Error`).
+    pub fn analysis_measurement(&self, provider: &'static str, phase: &'static str) {
+        self.analysis_measurements
+            .get_or_create(&MeasurementLabels { provider, phase })
             .inc();
     }
 
@@ -329,6 +351,21 @@ mod tests {
         let text = m.encode();
         assert!(text.contains("storm_rollbacks_total{reason=\"AnalysisFailed\"} 2"));
         assert!(text.contains("storm_rollbacks_total{reason=\"Aborted\"} 1"));
+    }
+
+    #[test]
+    fn analysis_measurements_count_by_provider_and_phase() {
+        let m = Metrics::new();
+        m.analysis_measurement("prometheus", "Successful");
+        m.analysis_measurement("prometheus", "Successful");
+        m.analysis_measurement("web", "Error");
+        let text = m.encode();
+        assert!(text.contains(
+            "storm_analysis_measurements_total{provider=\"prometheus\",phase=\"Successful\"} 2"
+        ));
+        assert!(
+            text.contains("storm_analysis_measurements_total{provider=\"web\",phase=\"Error\"} 1")
+        );
     }
 
     #[test]
