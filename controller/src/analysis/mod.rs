@@ -1,1 +1,476 @@
 //! Analysis: AnalysisTemplate metrics measured through providers and judged by CEL conditions.
+//!
+//! The state machine puts a `Running` [`AnalysisRunStatus`] into the rollout status; on every
+//! reconcile it calls [`Runner::advance`], which takes the measurements that are due, updates the run
+//! in place and says when the next one is due. Everything needed to resume after a restart is in the
+//! run: counts, the latest measurements with their `finishedAt`, and `startedAt`.
+//!
+//! - [`args`]: `{{args.NAME}}` substitution.
+//! - [`condition`]: CEL conditions, and the shape of `result` per provider.
+//! - [`limits`]: count, interval, initialDelay and the limits; metric and run phases (pure).
+//! - [`provider`]: the [`provider::Provider`] trait; [`prometheus`], [`web`], [`datadog`] implement it.
+//! - [`http`]: the HTTP(S) client (rustls on ring).
+
+pub mod args;
+pub mod condition;
+pub mod datadog;
+pub mod http;
+pub mod limits;
+pub mod prometheus;
+pub mod provider;
+pub mod web;
+
+use crate::metrics::Metrics;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::Api;
+use limits::{Limits, Purpose};
+use provider::{MeasureError, Provider};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use storm_shared::types::analysis::{AnalysisTemplate, Metric};
+use storm_shared::types::stormservice::{
+    AnalysisPhase, AnalysisRef, AnalysisRunStatus, Measurement, MetricStatus,
+};
+use tracing::{debug, info, warn};
+
+/// Name of the error-rate metric in a run.
+pub const ERROR_RATE_METRIC: &str = "errorRate";
+/// Wait before trying again when the API server could not be read (a template, a Secret).
+pub const API_RETRY: Duration = Duration::from_secs(10);
+
+/// What a run measures.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// Templates referenced by a canary step or blue-green pre/post-promotion analysis.
+    Templates(&'a AnalysisRef),
+    /// autoRollback.onFailure.errorRate: the canary's error rate in percent; a measurement fails when
+    /// it exceeds `threshold` (percent). It keeps measuring every interval for as long as the run is
+    /// Running unless the metric sets `count`.
+    ErrorRate {
+        /// The metric measuring the error rate in percent.
+        metric: &'a Metric,
+        /// `errorThreshold` in percent.
+        threshold: f64,
+    },
+}
+
+/// Building the runner failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The HTTP client could not be configured.
+    #[error(transparent)]
+    Client(#[from] http::ClientError),
+}
+
+/// Takes measurements for analysis runs. Built once; holds the HTTP client.
+pub struct Runner {
+    http: http::HttpClient,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").finish_non_exhaustive()
+    }
+}
+
+/// One metric of a run, ready to measure: arguments substituted, conditions final.
+#[derive(Debug, Clone)]
+struct Planned {
+    name: String,
+    metric: Metric,
+    purpose: Purpose,
+}
+
+/// The run cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PlanError {
+    /// It cannot run as configured: the run ends `Error` with this message.
+    Fatal(String),
+    /// The API server could not be read: try again later.
+    Transient(String),
+}
+
+impl Runner {
+    /// A runner with its HTTP client.
+    pub fn new() -> Result<Self, Error> {
+        Ok(Self {
+            http: http::HttpClient::new()?,
+            metrics: None,
+        })
+    }
+
+    /// Counts measurements in `storm_analysis_measurements_total{provider,phase}`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Takes the measurements of `run` that are due at `now`, updates `run` (metrics, counts, phases,
+    /// bounded measurements, message), and returns when the next is due (None once the run is decided).
+    ///
+    /// `namespace` is the StormService's: templates without a namespace and Datadog Secrets are read
+    /// there. A missing template, a missing argument or an unreadable Secret ends the run `Error` with a
+    /// message naming it; an API server that cannot be reached leaves the run `Running` and retries.
+    pub async fn advance(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        source: Source<'_>,
+        run: &mut AnalysisRunStatus,
+        now: Timestamp,
+    ) -> Option<Duration> {
+        if run.phase != AnalysisPhase::Running {
+            return None;
+        }
+        let planned = match plan(client, namespace, source).await {
+            Ok(p) => p,
+            Err(PlanError::Fatal(message)) => {
+                warn!(%namespace, run = %run.name, %message, "analysis cannot run");
+                run.phase = AnalysisPhase::Error;
+                run.message = Some(message);
+                return None;
+            }
+            Err(PlanError::Transient(message)) => {
+                warn!(%namespace, run = %run.name, %message, "analysis waits for the API server");
+                run.message = Some(format!("{message}; retrying in {}s", API_RETRY.as_secs()));
+                return Some(API_RETRY);
+            }
+        };
+        let started = run.started_at.get_or_insert(Time(now)).0;
+        sync_statuses(run, &planned);
+
+        // Decide which metrics are due; unusable limits end the metric right away.
+        let mut due: Vec<(usize, &Planned, Limits)> = Vec::new();
+        for (i, p) in planned.iter().enumerate() {
+            let status = &mut run.metrics[i];
+            if status.phase != AnalysisPhase::Running {
+                continue;
+            }
+            match Limits::of(&p.metric, p.purpose) {
+                Err(e) => {
+                    status.phase = AnalysisPhase::Error;
+                    status.message = Some(format!("metric {} cannot be measured: {e}", p.name));
+                }
+                Ok(l) => {
+                    if limits::next_due(status, &l, started) <= now {
+                        due.push((i, p, l));
+                    }
+                }
+            }
+        }
+
+        let keys = match self.secrets(client, namespace, &due).await {
+            Ok(k) => k,
+            Err(PlanError::Fatal(message)) => {
+                warn!(%namespace, run = %run.name, %message, "analysis cannot run");
+                run.phase = AnalysisPhase::Error;
+                run.message = Some(message);
+                return None;
+            }
+            Err(PlanError::Transient(message)) => {
+                run.message = Some(format!("{message}; retrying in {}s", API_RETRY.as_secs()));
+                return Some(API_RETRY);
+            }
+        };
+
+        let taken = futures::future::join_all(due.iter().map(|(i, p, _)| async {
+            let (provider, m) = self.measure(&p.metric, &keys, now).await;
+            (*i, provider, m)
+        }))
+        .await;
+        for ((i, provider, m), (_, p, l)) in taken.into_iter().zip(&due) {
+            debug!(%namespace, run = %run.name, metric = %p.name, phase = ?m.phase,
+                   value = m.value.as_deref().unwrap_or(""), "analysis measurement");
+            if let Some(metrics) = &self.metrics {
+                metrics.analysis_measurement(provider, phase_name(m.phase));
+            }
+            limits::record(&mut run.metrics[i], m, l);
+        }
+
+        run.phase = limits::run_phase(&run.metrics);
+        if run.phase != AnalysisPhase::Running {
+            let deciding = run.metrics.iter().find(|m| m.phase == run.phase);
+            run.message = Some(match deciding {
+                Some(m) => format!(
+                    "{} {}: {}",
+                    m.name,
+                    phase_name(m.phase).to_lowercase(),
+                    m.message.as_deref().unwrap_or("")
+                ),
+                None => format!("analysis {}", phase_name(run.phase).to_lowercase()),
+            });
+            info!(%namespace, run = %run.name, phase = ?run.phase,
+                  message = run.message.as_deref().unwrap_or(""), "analysis decided");
+            return None;
+        }
+        let next = planned
+            .iter()
+            .zip(&run.metrics)
+            .filter(|(_, s)| s.phase == AnalysisPhase::Running)
+            .filter_map(|(p, s)| {
+                let l = Limits::of(&p.metric, p.purpose).ok()?;
+                Some(limits::until(now, limits::next_due(s, &l, started)))
+            })
+            .min();
+        let decided = run
+            .metrics
+            .iter()
+            .filter(|m| m.phase != AnalysisPhase::Running)
+            .count();
+        run.message = Some(match next {
+            Some(d) => format!(
+                "measuring: {decided} of {} metrics decided; next measurement in {}",
+                run.metrics.len(),
+                storm_shared::units::format_duration(d)
+            ),
+            None => format!(
+                "measuring: {decided} of {} metrics decided",
+                run.metrics.len()
+            ),
+        });
+        next
+    }
+
+    /// Reads the Datadog keys of the due metrics, once per Secret.
+    async fn secrets(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        due: &[(usize, &Planned, Limits)],
+    ) -> Result<BTreeMap<String, datadog::Keys>, PlanError> {
+        let mut keys = BTreeMap::new();
+        for (_, p, _) in due {
+            let Some(d) = &p.metric.provider.datadog else {
+                continue;
+            };
+            let name = &d.secret_ref.name;
+            if keys.contains_key(name) {
+                continue;
+            }
+            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            let secret = match api.get_opt(name).await {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    return Err(PlanError::Fatal(format!(
+                        "metric {}: Secret {namespace}/{name} not found: create it with the keys api-key and app-key (kubectl create secret generic {name} -n {namespace} --from-literal=api-key=... --from-literal=app-key=...)",
+                        p.name
+                    )));
+                }
+                Err(e) => return Err(api_error(&format!("Secret {namespace}/{name}"), &e)),
+            };
+            let k = datadog::Keys::from_secret(&secret)
+                .map_err(|e| PlanError::Fatal(format!("metric {}: {e}", p.name)))?;
+            keys.insert(name.clone(), k);
+        }
+        Ok(keys)
+    }
+
+    /// Takes one measurement of `metric` at `now` and judges it; returns the provider's name too.
+    async fn measure(
+        &self,
+        metric: &Metric,
+        keys: &BTreeMap<String, datadog::Keys>,
+        now: Timestamp,
+    ) -> (&'static str, Measurement) {
+        let result = if let Some(spec) = &metric.provider.prometheus {
+            self.take(&prometheus::Prometheus { spec }, now).await
+        } else if let Some(spec) = &metric.provider.web {
+            self.take(&web::Web { spec }, now).await
+        } else if let Some(spec) = &metric.provider.datadog {
+            match keys.get(&spec.secret_ref.name) {
+                Some(keys) => self.take(&datadog::Datadog { spec, keys }, now).await,
+                None => (
+                    "datadog",
+                    Err(MeasureError::Config(format!(
+                        "the keys of Secret {} were not read",
+                        spec.secret_ref.name
+                    ))),
+                ),
+            }
+        } else {
+            (
+                "none",
+                Err(MeasureError::Config(
+                    "the metric names no provider: set prometheus, web or datadog".into(),
+                )),
+            )
+        };
+        let (provider, result) = result;
+        (provider, judged(metric, result, now))
+    }
+
+    async fn take(
+        &self,
+        provider: &dyn Provider,
+        now: Timestamp,
+    ) -> (&'static str, Result<Json, MeasureError>) {
+        let result = async {
+            let request = provider.request(now)?;
+            let (status, body) = self.http.send(request).await?;
+            provider.parse(status, &body)
+        }
+        .await;
+        (provider.name(), result)
+    }
+}
+
+/// The measurement for a provider's answer: judged by the conditions, or an error.
+fn judged(metric: &Metric, result: Result<Json, MeasureError>, now: Timestamp) -> Measurement {
+    match result {
+        Err(e) => limits::measurement(AnalysisPhase::Error, None, Some(e.to_string()), now),
+        Ok(value) => {
+            let shown = (!condition::is_empty(&value)).then(|| condition::shown(&value));
+            match condition::judge(metric, &value) {
+                Ok(AnalysisPhase::Inconclusive) if shown.is_none() => limits::measurement(
+                    AnalysisPhase::Inconclusive,
+                    None,
+                    Some("no value (empty result)".into()),
+                    now,
+                ),
+                Ok(phase) => limits::measurement(phase, shown, None, now),
+                Err(e) => {
+                    limits::measurement(AnalysisPhase::Error, shown, Some(e.to_string()), now)
+                }
+            }
+        }
+    }
+}
+
+/// The metrics of a run: the templates' metrics with their arguments, or the error-rate metric.
+async fn plan(
+    client: &kube::Client,
+    namespace: &str,
+    source: Source<'_>,
+) -> Result<Vec<Planned>, PlanError> {
+    match source {
+        Source::ErrorRate { metric, threshold } => Ok(vec![Planned {
+            name: ERROR_RATE_METRIC.to_string(),
+            metric: error_rate_metric(metric, threshold)
+                .map_err(|e| PlanError::Fatal(format!("autoRollback.onFailure.errorRate: {e}")))?,
+            purpose: Purpose::ErrorRate,
+        }]),
+        Source::Templates(analysis) => {
+            if analysis.templates.is_empty() {
+                return Err(PlanError::Fatal(
+                    "the analysis lists no templates: name at least one AnalysisTemplate".into(),
+                ));
+            }
+            let mut planned: Vec<Planned> = Vec::new();
+            for r in &analysis.templates {
+                let ns = r.namespace.as_deref().unwrap_or(namespace);
+                let api: Api<AnalysisTemplate> = Api::namespaced(client.clone(), ns);
+                let template = match api.get_opt(&r.name).await {
+                    Ok(Some(t)) => t,
+                    Ok(None) => {
+                        return Err(PlanError::Fatal(format!(
+                            "AnalysisTemplate {ns}/{} not found: create it, or fix the template name in the StormService's analysis",
+                            r.name
+                        )));
+                    }
+                    Err(e) => {
+                        return Err(api_error(&format!("AnalysisTemplate {ns}/{}", r.name), &e));
+                    }
+                };
+                planned.extend(template_metrics(&r.name, &template, analysis)?);
+            }
+            // The same template listed twice measures once.
+            let mut seen = std::collections::BTreeSet::new();
+            planned.retain(|p| seen.insert(p.name.clone()));
+            Ok(planned)
+        }
+    }
+}
+
+/// The metrics of one template with the arguments substituted, named `<template>/<metric>`.
+fn template_metrics(
+    name: &str,
+    template: &AnalysisTemplate,
+    analysis: &AnalysisRef,
+) -> Result<Vec<Planned>, PlanError> {
+    if template.spec.metrics.is_empty() {
+        return Err(PlanError::Fatal(format!(
+            "AnalysisTemplate {name} has no metrics: add at least one"
+        )));
+    }
+    let values = args::resolve(&template.spec.args, &analysis.args)
+        .map_err(|e| PlanError::Fatal(format!("AnalysisTemplate {name}: {e}")))?;
+    template
+        .spec
+        .metrics
+        .iter()
+        .map(|m| {
+            let metric = args::apply(m, &values).map_err(|e| {
+                PlanError::Fatal(format!("AnalysisTemplate {name} metric {}: {e}", m.name))
+            })?;
+            Ok(Planned {
+                name: format!("{name}/{}", m.name),
+                metric,
+                purpose: Purpose::Gate,
+            })
+        })
+        .collect()
+}
+
+/// The error-rate metric as measured: its failure condition also fails above `threshold` percent.
+pub fn error_rate_metric(metric: &Metric, threshold: f64) -> Result<Metric, args::ArgError> {
+    let mut m = args::apply(metric, &BTreeMap::new())?;
+    let over = format!("result > {threshold:?}");
+    m.failure_condition = Some(match &metric.failure_condition {
+        Some(own) if !own.trim().is_empty() => format!("({over}) || ({own})"),
+        _ => over,
+    });
+    Ok(m)
+}
+
+/// Keeps one status per planned metric, in plan order: existing ones (with their counts) by name,
+/// new ones `Running`. Statuses of metrics no longer planned (a template edited mid-run) are dropped.
+fn sync_statuses(run: &mut AnalysisRunStatus, planned: &[Planned]) {
+    let mut old: BTreeMap<String, MetricStatus> = std::mem::take(&mut run.metrics)
+        .into_iter()
+        .map(|m| (m.name.clone(), m))
+        .collect();
+    run.metrics = planned
+        .iter()
+        .map(|p| {
+            old.remove(&p.name).unwrap_or_else(|| MetricStatus {
+                name: p.name.clone(),
+                phase: AnalysisPhase::Running,
+                ..MetricStatus::default()
+            })
+        })
+        .collect();
+}
+
+/// A failed API read: not found is handled by the caller; forbidden and other client errors end
+/// the run, the rest (server errors, connection problems) are retried.
+fn api_error(what: &str, e: &kube::Error) -> PlanError {
+    match e {
+        kube::Error::Api(s) if s.code == 403 => PlanError::Fatal(format!(
+            "reading {what} is forbidden: the storm-controller ClusterRole must allow get on it ({})",
+            s.message
+        )),
+        kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429 => {
+            PlanError::Fatal(format!("reading {what} failed: {}", s.message))
+        }
+        other => PlanError::Transient(format!("reading {what} failed: {other}")),
+    }
+}
+
+/// The phase as written in the status (`Successful`, ...): the `phase` label of the counters.
+pub fn phase_name(phase: AnalysisPhase) -> &'static str {
+    match phase {
+        AnalysisPhase::Running => "Running",
+        AnalysisPhase::Successful => "Successful",
+        AnalysisPhase::Failed => "Failed",
+        AnalysisPhase::Inconclusive => "Inconclusive",
+        AnalysisPhase::Error => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,148 @@
+//! The one trait every metric provider implements. A provider is sans-I/O: it builds the HTTP
+//! request for a measurement and reads the response into the JSON value `result`; the engine sends
+//! the request. So every provider is tested on plain bytes.
+
+use http::{HeaderName, HeaderValue, Method, StatusCode};
+use k8s_openapi::jiff::Timestamp;
+use serde_json::Value as Json;
+use std::time::Duration;
+
+/// Default timeout of one provider request.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One HTTP request of a measurement.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// GET or POST.
+    pub method: Method,
+    /// Absolute `http://` or `https://` URL with its query string.
+    pub url: String,
+    /// Headers; credentials are marked sensitive so they never show in debug output.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body, for POST.
+    pub body: Option<String>,
+    /// How long the whole exchange may take.
+    pub timeout: Duration,
+}
+
+/// A measurement could not be taken. Counts toward `consecutiveErrorLimit`. Messages never hold
+/// credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeasureError {
+    /// The URL (after argument substitution) is not usable.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A setting of the metric is not usable (a header, a duration, a JSONPath).
+    #[error("{0}")]
+    Config(String),
+    /// Connecting or reading failed.
+    #[error("request to {url} failed: {reason}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// The error chain.
+        reason: String,
+    },
+    /// The exchange took longer than the timeout.
+    #[error("request to {url} timed out after {timeout:?}")]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// The server answered with a non-success status.
+    #[error("{provider} answered HTTP {status}: {detail}")]
+    Status {
+        /// `prometheus`, `web` or `datadog`.
+        provider: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// The server's error, or the start of the body.
+        detail: String,
+    },
+    /// The response is not what the provider's API returns.
+    #[error("{provider} response not understood: {reason}")]
+    Response {
+        /// `prometheus`, `web` or `datadog`.
+        provider: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The query itself failed (`status: error`).
+    #[error("{provider} query failed: {reason}")]
+    Query {
+        /// `prometheus`, `web` or `datadog`.
+        provider: &'static str,
+        /// The server's error message.
+        reason: String,
+    },
+}
+
+/// A metric provider: builds the request for a measurement and reads the response into `result`
+/// (see [`super::condition`] for its shape). `null` means no value.
+pub trait Provider: Send + Sync {
+    /// `prometheus`, `web` or `datadog`: the `provider` label of the measurement counters.
+    fn name(&self) -> &'static str;
+    /// The request for a measurement taken at `now`.
+    fn request(&self, now: Timestamp) -> Result<Request, MeasureError>;
+    /// The value of `result` from the response.
+    fn parse(&self, status: StatusCode, body: &[u8]) -> Result<Json, MeasureError>;
+}
+
+/// A timeout setting, or the default.
+pub fn timeout(setting: Option<&str>) -> Result<Duration, MeasureError> {
+    match setting {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(text) => storm_shared::units::parse_wait(text)
+            .map_err(|e| MeasureError::Config(format!("timeout {text:?}: {e}"))),
+    }
+}
+
+/// Checks a base URL and drops its trailing slashes.
+pub fn base_url(address: &str) -> Result<String, MeasureError> {
+    let trimmed = address.trim().trim_end_matches('/');
+    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
+        return Err(MeasureError::InvalidUrl {
+            url: address.to_string(),
+            reason: "must start with http:// or https://".into(),
+        });
+    }
+    trimmed
+        .parse::<http::Uri>()
+        .map_err(|e| MeasureError::InvalidUrl {
+            url: address.to_string(),
+            reason: e.to_string(),
+        })?;
+    Ok(trimmed.to_string())
+}
+
+/// A `k=v&...` query string with every value percent-encoded.
+pub fn query_string(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// The start of a response body for an error message: at most 300 bytes, on one line.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.is_empty() {
+        "(empty body)".to_string()
+    } else {
+        super::condition::truncate(&line, 300)
+    }
+}
+
+/// A finite number as JSON; NaN and infinities are no value.
+pub fn number(value: f64) -> Option<Json> {
+    serde_json::Number::from_f64(value).map(Json::Number)
+}
