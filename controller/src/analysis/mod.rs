@@ -309,13 +309,19 @@ impl Runner {
         provider: &dyn Provider,
         now: Timestamp,
     ) -> (&'static str, Result<Json, MeasureError>) {
-        let result = async {
-            let request = provider.request(now)?;
-            let (status, body) = self.http.send(request).await?;
-            provider.parse(status, &body)
-        }
-        .await;
-        (provider.name(), result)
+        (provider.name(), self.query(provider, now).await)
+    }
+
+    /// Sends one provider request and returns `result`, unjudged: one query, no status (for tests
+    /// and diagnostics).
+    pub async fn query(
+        &self,
+        provider: &dyn Provider,
+        now: Timestamp,
+    ) -> Result<Json, MeasureError> {
+        let request = provider.request(now)?;
+        let (status, body) = self.http.send(request).await?;
+        provider.parse(status, &body)
     }
 }
 

@@ -13,6 +13,7 @@
 //! - `STORM_KEEP_NAMESPACES=1`: do not delete test namespaces (debugging).
 
 pub mod process;
+pub mod prometheus;
 
 use std::fmt::Debug;
 use std::fs::{self, File};
