@@ -1,0 +1,187 @@
+//! Blue-green rollouts end to end: the real controller against the local control plane.
+
+use anyhow::{Context, Result, ensure};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use storm_shared::types::stormservice::{BlueGreenStatus, RolloutPhase};
+use storm_test_support::{holds_for, wait_for};
+
+mod common;
+use common::*;
+
+const ACTIVE: &str = "app-active";
+const PREVIEW: &str = "app-preview";
+
+/// The seed's blue-green StormService (tests/fixtures/seed/02-blue-green.yaml) renamed to `app`,
+/// with `blueGreen` overridden by `bg` (the seed's 600 s delay is too long for a test).
+fn seed_blue_green(bg: Value) -> Result<Value> {
+    let path = storm_test_support::repo_root().join("tests/fixtures/seed/02-blue-green.yaml");
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let mut obj: Value = serde_yaml::from_str(&text)?;
+    obj["metadata"]["name"] = json!("app");
+    obj["spec"]["selector"] = json!({"matchLabels": {"app": "app"}});
+    obj["spec"]["template"]["metadata"]["labels"] = json!({"app": "app"});
+    obj["spec"]["template"]["spec"]["roles"][0]["template"]["metadata"]["labels"] =
+        json!({"app": "app"});
+    obj["spec"]["rolloutStrategy"]["blueGreen"] = bg;
+    obj["spec"]["replicas"] = json!(2);
+    Ok(obj)
+}
+
+fn bg_status(obj: &storm_shared::StormService) -> BlueGreenStatus {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.rollout_status.as_ref())
+        .and_then(|r| r.blue_green_status.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn seed_blue_green_waits_for_approval_promotes_and_keeps_the_old_revision_for_the_delay()
+-> Result<()> {
+    let mut env = setup_with_services("bg-seed", &[ACTIVE, PREVIEW]).await?;
+    let delay = 8;
+    create(
+        &env,
+        seed_blue_green(json!({
+            "activeService": ACTIVE, "previewService": PREVIEW,
+            "autoPromotionEnabled": false, "scaleDownDelaySeconds": delay
+        }))?,
+    )
+    .await?;
+    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    let v1 = stable_revision(&env).await?;
+    ensure!(service_revision(&env, ACTIVE).await? == Some(v1.clone()));
+    set_image(&env, "app:v2").await?;
+    let (_, v2) = revisions(&env).await?;
+    let obj = wait_phase(&env, RolloutPhase::Paused, None).await?;
+    ensure!(
+        progress(&obj).3.as_deref() == Some("WaitingForApproval"),
+        "{:?}",
+        progress(&obj)
+    );
+    wait_rolesets(&env, &v1, 2, &v2, 2).await?;
+    ensure!(
+        service_revision(&env, ACTIVE).await? == Some(v1.clone()),
+        "active untouched"
+    );
+    ensure!(service_revision(&env, PREVIEW).await? == Some(v2.clone()));
+    let st = bg_status(&obj);
+    ensure!(st.active_selector.as_deref() == Some(v1.as_str()), "{st:?}");
+    ensure!(
+        st.preview_selector.as_deref() == Some(v2.as_str()),
+        "{st:?}"
+    );
+    ensure!(st.preview_expose_time.is_some(), "{st:?}");
+    // It waits: no approval, no promotion.
+    holds_for(
+        "no promotion without approval",
+        Duration::from_secs(3),
+        || async { Ok(service_revision(&env, ACTIVE).await? == Some(v1.clone())) },
+    )
+    .await?;
+
+    annotate(&env, "stormservice.aibrix.ai/rollout-approval").await?;
+    let promoted_at = Instant::now();
+    let obj = wait_phase(&env, RolloutPhase::Completed, None).await?;
+    ensure!(
+        service_revision(&env, ACTIVE).await? == Some(v2.clone()),
+        "promotion switched the active Service"
+    );
+    let st = bg_status(&obj);
+    ensure!(st.active_selector.as_deref() == Some(v2.as_str()), "{st:?}");
+    ensure!(st.scale_down_delay_start_time.is_some(), "{st:?}");
+    ensure!(
+        obj.metadata.annotations.unwrap_or_default().is_empty(),
+        "the approval annotation was removed"
+    );
+    // The old RoleSets stay for the delay, then go.
+    let kept_until = Duration::from_secs(delay) - Duration::from_secs(2);
+    holds_for(
+        "old RoleSets kept during scaleDownDelaySeconds",
+        kept_until.saturating_sub(promoted_at.elapsed()),
+        || async { Ok(rolesets(&env).await?.get(&v1).copied().unwrap_or(0) == 2) },
+    )
+    .await?;
+    wait_rolesets(&env, &v1, 0, &v2, 2).await?;
+    ensure!(
+        promoted_at.elapsed() >= Duration::from_secs(delay - 1),
+        "removed only after the delay ({:?})",
+        promoted_at.elapsed()
+    );
+    env.controller.process.ensure_running()?;
+    env.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn automatic_promotion_switches_when_the_preview_is_ready() -> Result<()> {
+    let env = setup_with_services("bg-auto", &[ACTIVE, PREVIEW]).await?;
+    create(
+        &env,
+        seed_blue_green(json!({
+            "activeService": ACTIVE, "previewService": PREVIEW,
+            "autoPromotionEnabled": true, "scaleDownDelaySeconds": 0
+        }))?,
+    )
+    .await?;
+    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    let v1 = stable_revision(&env).await?;
+    set_image(&env, "app:v2").await?;
+    // The rollout may complete before a poll sees it in progress: wait for the new revision.
+    let v2 = wait_for("the new revision", TIMEOUT, || async {
+        let s = env.api.get("app").await?.status.context("status")?;
+        Ok(s.update_revision.filter(|u| *u != v1))
+    })
+    .await?;
+    let obj = wait_phase(&env, RolloutPhase::Completed, None).await?;
+    ensure!(service_revision(&env, ACTIVE).await? == Some(v2.clone()));
+    ensure!(service_revision(&env, PREVIEW).await? == Some(v2.clone()));
+    ensure!(
+        obj.status
+            .as_ref()
+            .and_then(|s| s.current_revision.as_deref())
+            == Some(v2.as_str())
+    );
+    wait_rolesets(&env, &v1, 0, &v2, 2).await?;
+    env.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn failing_preview_pods_roll_back_and_the_active_service_never_moves() -> Result<()> {
+    let env = setup_with_services("bg-fail", &[ACTIVE, PREVIEW]).await?;
+    create(
+        &env,
+        seed_blue_green(json!({
+            "activeService": ACTIVE, "previewService": PREVIEW, "autoPromotionEnabled": true
+        }))?,
+    )
+    .await?;
+    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    let v1 = stable_revision(&env).await?;
+    // The new revision's Pods fail (kwok, on this label).
+    let patch = json!([{"op": "add", "path": "/spec/template/spec/roles/0/template/metadata/labels/storm.test~1fail", "value": "true"}]);
+    env.api
+        .patch(
+            "app",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::<()>::Json(serde_json::from_value(patch)?),
+        )
+        .await?;
+    let (_, v2) = revisions(&env).await?;
+    let obj = wait_phase(&env, RolloutPhase::Degraded, None).await?;
+    let reason = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_status.as_ref())
+        .and_then(|r| r.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .and_then(|c| c.reason.clone());
+    ensure!(reason.as_deref() == Some("HealthCheckFailed"), "{reason:?}");
+    ensure!(service_revision(&env, ACTIVE).await? == Some(v1.clone()));
+    wait_rolesets(&env, &v1, 2, &v2, 0).await?;
+    wait_for("the status to say active is v1", TIMEOUT, || async {
+        let obj = env.api.get("app").await?;
+        Ok((bg_status(&obj).active_selector.as_deref() == Some(v1.as_str())).then_some(()))
+    })
+    .await?;
+    env.ns.cleanup().await
+}
