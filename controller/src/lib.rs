@@ -7,6 +7,6 @@ pub mod context;
 pub mod leader;
 pub mod metrics;
 pub mod roleset;
-pub mod routers;
 pub mod rollout;
+pub mod routers;
 pub mod stormservice;

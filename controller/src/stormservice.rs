@@ -26,6 +26,9 @@ use storm_shared::types::stormservice::{RoleSetTemplateSpec, TemplateMetadata};
 use storm_shared::{RoleSet, StormService};
 use tracing::{debug, info, warn};
 
+mod measure;
+mod routing;
+
 /// Field manager for the Service selectors the controller pins.
 const ROUTING_MANAGER: &str = "storm-controller-routing";
 /// Reconciles at most this many StormServices at once.
@@ -60,6 +63,9 @@ pub enum Error {
     /// The object has no namespace.
     #[error("StormService has no namespace")]
     NoNamespace,
+    /// A traffic router could not be set.
+    #[error("traffic routers: {0}")]
+    Router(#[source] crate::routers::Error),
 }
 
 impl Error {
@@ -73,12 +79,14 @@ impl Error {
             Error::RecordRevision(..) => "record_revision",
             Error::UnknownRevision(_) => "unknown_revision",
             Error::NoNamespace => "no_namespace",
+            Error::Router(_) => "router",
         }
     }
 }
 
 struct State {
     ctx: Arc<Context>,
+    runner: crate::analysis::Runner,
     rolesets: Store<RoleSet>,
     pods: Store<Pod>,
     services: Store<Service>,
@@ -126,8 +134,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         shutdown.await;
         let _ = stop_tx.send(());
     });
+    let runner = match crate::analysis::Runner::new() {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "analysis runner unavailable; StormService controller not started");
+            return;
+        }
+    };
     let state = Arc::new(State {
         ctx,
+        runner,
         rolesets,
         pods,
         services,
@@ -271,18 +287,67 @@ async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, 
     if !caches_ready(&state) {
         return Ok(Action::requeue(CACHE_RETRY));
     }
-    let observed = observe(&state, &ns, &name);
+    let mut observed = observe(&state, &ns, &name);
+    let now = Timestamp::now();
+    let update = rollout::revision::of_template(&obj.spec.template);
+    let stable = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.clone())
+        .unwrap_or_else(|| update.clone());
+    let mut extra_notes = Vec::new();
+    // The routers' weight, read back: a canary step is reached only when it is in place.
+    let routing = routing::Routing::of(&obj);
+    if let Some(r) = &routing {
+        match r.read(&state.ctx.client, &obj, &ns, &stable, &update).await {
+            Ok(w) => observed.router_weight = w,
+            Err(e) if stable != update => {
+                extra_notes.push(routing::error_note("reading the traffic routers", &e))
+            }
+            Err(e) => {
+                debug!(namespace = %ns, name = %name, error = %e, "traffic routers not readable at rest")
+            }
+        }
+    }
+    // Analyses take their due measurements; the decision reads their verdicts.
+    let mut status = obj.status.clone();
+    let mut analysis_due = None;
+    if let Some(st) = status.as_mut() {
+        let (due, notes) = measure::advance(
+            &state.runner,
+            &state.ctx.client,
+            &obj,
+            &ns,
+            st,
+            &update,
+            now,
+        )
+        .await;
+        analysis_due = due;
+        extra_notes.extend(notes);
+    }
     let annotations = obj.annotations().clone();
     let input = Input {
         name: &name,
         generation: obj.meta().generation,
         spec: &obj.spec,
-        status: obj.status.as_ref(),
+        status: status.as_ref(),
         annotations: &annotations,
         observed: &observed,
-        now: Timestamp::now(),
+        now,
     };
-    let plan = rollout::decide(&input);
+    let mut plan = rollout::decide(&input);
+    extra_notes.append(&mut plan.notes);
+    plan.notes = extra_notes;
+    // The routers are told the weight after this decision; read it back soon.
+    let router_moving =
+        routing.is_some() && stable != update && observed.router_weight != Some(plan.weight);
+    for d in analysis_due
+        .into_iter()
+        .chain(router_moving.then_some(Duration::from_secs(1)))
+    {
+        plan.requeue_after = Some(plan.requeue_after.map_or(d, |r| r.min(d)));
+    }
     let result = apply(&obj, &ns, &name, &observed, &plan, &state).await;
     let rs = plan.status.rollout_status.as_ref();
     state.ctx.metrics.set_rollout(
@@ -345,8 +410,50 @@ async fn apply(
     //    after the template moves on (abort, rollback, a stable RoleSet lost).
     record_revision(obj, ns, name, state).await?;
     prune_revisions(obj, ns, name, plan, state).await?;
-    // 3. Traffic before capacity (an abort must move traffic at once): Services select their revision first.
+    // 3. Traffic before capacity (an abort must move traffic at once): Services select their
+    //    revision first, then the routers get the weight. The decision only takes capacity away
+    //    from a revision once the routers report that its traffic is gone.
     pin_services(ns, plan, state).await?;
+    let mut notes = Vec::new();
+    let mut routed = Ok(());
+    if let Some(r) = routing::Routing::of(obj) {
+        let update = plan.status.update_revision.clone().unwrap_or_default();
+        let stable = plan
+            .status
+            .current_revision
+            .clone()
+            .unwrap_or_else(|| update.clone());
+        let in_rollout = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.current_revision.as_deref())
+            != Some(update.as_str());
+        match r
+            .set(
+                &client,
+                obj,
+                ns,
+                &stable,
+                &update,
+                in_rollout,
+                observed.router_weight,
+                plan.weight,
+            )
+            .await
+        {
+            Ok(true) => info!(
+                namespace = ns,
+                name,
+                weight = plan.weight,
+                "traffic routers set"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                notes.push(routing::error_note("setting the traffic routers", &e));
+                routed = Err(Error::Router(e));
+            }
+        }
+    }
     // 4. Capacity: create what is missing, then delete what is too much. A failure here is returned
     //    after the events: the decision was recorded and its events must not be lost.
     let scaled = scale(obj, ns, name, observed, plan, state).await;
@@ -364,7 +471,7 @@ async fn apply(
     }
     // 6. Events, last: the record of what happened, not part of it.
     let reference = obj.object_ref(&());
-    for note in &plan.notes {
+    for note in plan.notes.iter().chain(&notes) {
         let ev = Event {
             type_: if note.warning {
                 EventType::Warning
@@ -386,7 +493,7 @@ async fn apply(
     if let Some(reason) = &plan.rollback {
         state.ctx.metrics.rollback(reason);
     }
-    scaled
+    scaled.and(routed)
 }
 
 async fn pin_services(ns: &str, plan: &Plan, state: &State) -> Result<(), Error> {

@@ -1,0 +1,118 @@
+//! Before each decision: the analysis runs that are measuring take the measurements that are due.
+
+use crate::analysis::{Runner, Source};
+use crate::rollout::{Note, gates};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use std::time::Duration;
+use storm_shared::StormService;
+use storm_shared::types::stormservice::{
+    AnalysisPhase, AnalysisRunStatus, RolloutStrategyType, StormServiceSpec, StormServiceStatus,
+};
+use storm_shared::units::int_or_string_percent;
+
+/// What a run named `name` measures, from the spec.
+pub fn source<'a>(spec: &'a StormServiceSpec, name: &str) -> Option<Source<'a>> {
+    let strategy = spec.rollout_strategy.as_ref()?;
+    match name {
+        gates::ERROR_RATE => {
+            let ar = strategy.auto_rollback.as_ref().or_else(|| {
+                strategy
+                    .canary
+                    .as_ref()
+                    .and_then(|c| c.auto_rollback.as_ref())
+            })?;
+            let f = ar.on_failure.as_ref()?;
+            let threshold = int_or_string_percent(f.error_threshold.as_ref()?).ok()?;
+            Some(Source::ErrorRate {
+                metric: f.error_rate.as_ref()?,
+                threshold,
+            })
+        }
+        gates::PRE_PROMOTION | gates::POST_PROMOTION => {
+            if strategy.type_ != RolloutStrategyType::BlueGreen {
+                return None;
+            }
+            let bg = strategy.blue_green.as_ref()?;
+            let a = if name == gates::PRE_PROMOTION {
+                bg.pre_promotion_analysis.as_ref()
+            } else {
+                bg.post_promotion_analysis.as_ref()
+            };
+            a.map(Source::Templates)
+        }
+        step => {
+            let idx: usize = step.strip_prefix("step-")?.parse().ok()?;
+            let canary = strategy.canary.as_ref()?;
+            canary
+                .steps
+                .get(idx)?
+                .analysis
+                .as_ref()
+                .map(Source::Templates)
+        }
+    }
+}
+
+/// Advances every running run of the revision being rolled out. Returns when the next
+/// measurement is due and the events for runs that reached a verdict.
+pub async fn advance(
+    runner: &Runner,
+    client: &Client,
+    obj: &StormService,
+    ns: &str,
+    status: &mut StormServiceStatus,
+    update: &str,
+    now: Timestamp,
+) -> (Option<Duration>, Vec<Note>) {
+    let mut next: Option<Duration> = None;
+    let mut notes = Vec::new();
+    let Some(rs) = status.rollout_status.as_mut() else {
+        return (None, notes);
+    };
+    for run in rs
+        .analysis_runs
+        .iter_mut()
+        .filter(|r| r.phase == AnalysisPhase::Running && r.revision == update)
+    {
+        let Some(source) = source(&obj.spec, &run.name) else {
+            continue;
+        };
+        let due = runner.advance(client, ns, source, run, now).await;
+        if let Some(d) = due {
+            next = Some(next.map_or(d, |n| n.min(d)));
+        }
+        if let Some(note) = verdict_note(run) {
+            notes.push(note);
+        }
+    }
+    (next, notes)
+}
+
+/// The event for a run that just reached a verdict (the error-rate run only when it fails: it
+/// restarts after every other verdict).
+fn verdict_note(run: &AnalysisRunStatus) -> Option<Note> {
+    let (warning, reason) = match run.phase {
+        AnalysisPhase::Running => return None,
+        AnalysisPhase::Successful if run.name == gates::ERROR_RATE => return None,
+        AnalysisPhase::Inconclusive if run.name == gates::ERROR_RATE => return None,
+        AnalysisPhase::Successful => (false, "AnalysisSuccessful"),
+        AnalysisPhase::Failed => (true, "AnalysisRunFailed"),
+        AnalysisPhase::Inconclusive => (true, "AnalysisInconclusive"),
+        AnalysisPhase::Error => (true, "AnalysisError"),
+    };
+    Some(Note {
+        warning,
+        reason: reason.into(),
+        message: format!(
+            "analysis {} of revision {}: {:?}{}",
+            run.name,
+            run.revision,
+            run.phase,
+            run.message
+                .as_deref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ),
+    })
+}
