@@ -224,20 +224,21 @@ pub async fn set_weight(
     target: &Target<'_>,
     weight: i32,
 ) -> Result<(), Error> {
+    // One discovery for both kinds: they share the group, so its preferred version.
+    let resource = VIRTUAL_SERVICE.resolve(client).await?;
     if let Some(name) = &routing.destination_rule {
-        let resource = DESTINATION_RULE.resolve(client).await?;
+        let dr_resource = DESTINATION_RULE.at(&resource.version);
         let object = DESTINATION_RULE.object(target.namespace, name);
-        let dr = get_json(client, &resource, &object)
+        let dr = get_json(client, &dr_resource, &object)
             .await?
             .ok_or_else(|| Error::Missing {
                 object: object.clone(),
                 field: DESTINATION_RULE_FIELD,
             })?;
         if let Some(body) = destination_rule_apply(&dr, target) {
-            apply_json(client, &resource, &object, &body).await?;
+            apply_json(client, &dr_resource, &object, &body).await?;
         }
     }
-    let resource = VIRTUAL_SERVICE.resolve(client).await?;
     let object = VIRTUAL_SERVICE.object(target.namespace, &routing.virtual_service);
     let vs = get_json(client, &resource, &object)
         .await?
@@ -258,15 +259,15 @@ pub async fn read_weight(
     routing: &IstioRouting,
     target: &Target<'_>,
 ) -> Result<Option<i32>, Error> {
+    let resource = VIRTUAL_SERVICE.resolve(client).await?;
     if let Some(name) = &routing.destination_rule {
-        let resource = DESTINATION_RULE.resolve(client).await?;
+        let dr_resource = DESTINATION_RULE.at(&resource.version);
         let object = DESTINATION_RULE.object(target.namespace, name);
-        match get_json(client, &resource, &object).await? {
+        match get_json(client, &dr_resource, &object).await? {
             Some(dr) if destination_rule_pins(&dr, target) => {}
             _ => return Ok(None),
         }
     }
-    let resource = VIRTUAL_SERVICE.resolve(client).await?;
     let object = VIRTUAL_SERVICE.object(target.namespace, &routing.virtual_service);
     match get_json(client, &resource, &object).await? {
         Some(vs) => virtual_service_weight(&vs, &object, target, Match::of(routing)),

@@ -352,10 +352,15 @@ impl CustomKind {
                 group: self.group,
                 kind: self.kind,
             })?;
-        Ok(ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(self.group, &version, self.kind),
+        Ok(self.at(&version))
+    }
+
+    /// The resource at `version` (another kind of the same group, once one was resolved).
+    fn at(&self, version: &str) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(self.group, version, self.kind),
             self.plural,
-        ))
+        )
     }
 
     fn object(&self, namespace: &str, name: &str) -> ObjectName {
