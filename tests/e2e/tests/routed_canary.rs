@@ -1,0 +1,392 @@
+//! Canary rollouts with traffic routers, end to end: the controller binary moves the weights of
+//! the user's routing objects (installed from the projects' own CRDs) step by step, stable keeps
+//! full size, and an abort puts all traffic back on stable before the canary goes. The user's own
+//! fields in those objects survive.
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::{Value, json};
+use std::io::Write;
+use std::process::Stdio;
+use storm_shared::types::stormservice::RolloutPhase;
+use storm_test_support::wait_for;
+
+mod common;
+use common::*;
+
+/// One router under test: the user's objects, and how to read the weights out of them.
+struct Router {
+    /// `trafficRouting` of the StormService.
+    routing: Value,
+    /// The user's objects, created with kubectl.
+    objects: Vec<Value>,
+    /// `kubectl get` resource and name of the object that carries the weights.
+    resource: &'static str,
+    name: &'static str,
+    /// (stable, canary) weights as the object says.
+    weights: fn(&Value) -> Result<(i64, i64)>,
+    /// The object with the weights taken out: what must never change.
+    user_fields: fn(Value) -> Value,
+}
+
+fn kubectl_create(env: &Env, obj: &Value) -> Result<()> {
+    let mut child = env
+        .ns
+        .kubectl()
+        .args(["create", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(obj.to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("kubectl create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+fn kubectl_get(env: &Env, resource: &str, name: &str) -> Result<Value> {
+    let out = env
+        .ns
+        .kubectl()
+        .args(["get", resource, name, "-o", "json"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "kubectl get {resource} {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Metadata the API server rewrites on every write.
+fn strip_server_fields(mut v: Value) -> Value {
+    if let Some(m) = v["metadata"].as_object_mut() {
+        for k in ["resourceVersion", "generation", "managedFields"] {
+            m.remove(k);
+        }
+    }
+    v
+}
+
+fn weight_pair(
+    list: &[Value],
+    name_of: impl Fn(&Value) -> Option<&str>,
+    weight_of: impl Fn(&Value) -> i64,
+) -> Result<(i64, i64)> {
+    let find = |svc: &str| {
+        list.iter()
+            .find(|e| name_of(e) == Some(svc))
+            .map(&weight_of)
+            .with_context(|| format!("no entry for {svc} in {list:?}"))
+    };
+    Ok((find("app-stable")?, find("app-canary")?))
+}
+
+fn istio() -> Router {
+    Router {
+        routing: json!({"istio": {"virtualService": "app-vs"}}),
+        objects: vec![json!({
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "app-vs", "labels": {"team": "search"}},
+            "spec": {
+                "hosts": ["app.example.com"],
+                "http": [
+                    {"name": "docs", "match": [{"uri": {"prefix": "/docs"}}],
+                     "route": [{"destination": {"host": "docs"}}]},
+                    {"name": "primary", "retries": {"attempts": 3, "perTryTimeout": "2s"},
+                     "route": [
+                        {"destination": {"host": "app-stable", "port": {"number": 80}}, "weight": 100},
+                        {"destination": {"host": "app-canary.NS.svc.cluster.local", "port": {"number": 80}}, "weight": 0}
+                     ],
+                     "mirror": {"host": "shadow"}}
+                ]
+            }
+        })],
+        resource: "virtualservices.networking.istio.io",
+        name: "app-vs",
+        weights: |vs| {
+            let route = vs["spec"]["http"][1]["route"].as_array().context("route")?;
+            weight_pair(
+                route,
+                |d| {
+                    d["destination"]["host"]
+                        .as_str()
+                        .map(|h| h.split('.').next().unwrap_or(h))
+                },
+                |d| d["weight"].as_i64().unwrap_or(0),
+            )
+        },
+        user_fields: |mut vs| {
+            for d in vs["spec"]["http"][1]["route"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                d.as_object_mut().map(|o| o.remove("weight"));
+            }
+            strip_server_fields(vs)
+        },
+    }
+}
+
+fn smi() -> Router {
+    Router {
+        routing: json!({"smi": {"trafficSplit": "app-split", "rootService": "app"}}),
+        objects: vec![json!({
+            "apiVersion": "split.smi-spec.io/v1alpha2",
+            "kind": "TrafficSplit",
+            "metadata": {"name": "app-split", "annotations": {"owner": "payments"}},
+            "spec": {
+                "service": "app",
+                "backends": [
+                    {"service": "app-stable", "weight": 100},
+                    {"service": "legacy", "weight": 0},
+                    {"service": "app-canary", "weight": 0}
+                ]
+            }
+        })],
+        resource: "trafficsplits.split.smi-spec.io",
+        name: "app-split",
+        weights: |ts| {
+            let b = ts["spec"]["backends"].as_array().context("backends")?;
+            weight_pair(
+                b,
+                |e| e["service"].as_str(),
+                |e| e["weight"].as_i64().unwrap_or(0),
+            )
+        },
+        user_fields: |mut ts| {
+            for b in ts["spec"]["backends"].as_array_mut().into_iter().flatten() {
+                if b["service"] != "legacy" {
+                    b.as_object_mut().map(|o| o.remove("weight"));
+                }
+            }
+            strip_server_fields(ts)
+        },
+    }
+}
+
+fn gateway() -> Router {
+    Router {
+        routing: json!({"gatewayAPI": {"httpRoute": "app-route"}}),
+        objects: vec![json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "HTTPRoute",
+            "metadata": {"name": "app-route"},
+            "spec": {
+                "parentRefs": [{"name": "public-gateway"}],
+                "hostnames": ["app.example.com"],
+                "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                     "backendRefs": [
+                        {"name": "app-stable", "port": 80, "weight": 100},
+                        {"name": "app-canary", "port": 80, "weight": 0}
+                     ]},
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/static"}}],
+                     "backendRefs": [{"name": "static", "port": 8080}]}
+                ]
+            }
+        })],
+        resource: "httproutes.gateway.networking.k8s.io",
+        name: "app-route",
+        weights: |r| {
+            let b = r["spec"]["rules"][0]["backendRefs"]
+                .as_array()
+                .context("backendRefs")?;
+            weight_pair(
+                b,
+                |e| e["name"].as_str(),
+                |e| e["weight"].as_i64().unwrap_or(1),
+            )
+        },
+        user_fields: |mut r| {
+            for b in r["spec"]["rules"][0]["backendRefs"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                b.as_object_mut().map(|o| o.remove("weight"));
+            }
+            strip_server_fields(r)
+        },
+    }
+}
+
+fn nginx() -> Router {
+    Router {
+        routing: json!({"nginx": {"ingress": "app-ingress", "servicePort": 80}}),
+        objects: vec![json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": "app-ingress", "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "8m"}},
+            "spec": {
+                "ingressClassName": "nginx",
+                "rules": [{"host": "app.example.com", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app-stable", "port": {"number": 80}}}}
+                ]}}]
+            }
+        })],
+        // The weight lives on the generated canary Ingress; the user's Ingress is never written.
+        resource: "ingresses.networking.k8s.io",
+        name: "app-ingress-canary",
+        weights: |ing| {
+            let a = &ing["metadata"]["annotations"];
+            ensure!(a["nginx.ingress.kubernetes.io/canary"] == "true", "{a}");
+            let w: i64 = a["nginx.ingress.kubernetes.io/canary-weight"]
+                .as_str()
+                .context("canary-weight")?
+                .parse()?;
+            let backend = &ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"];
+            ensure!(backend["name"] == "app-canary", "{backend}");
+            Ok((100 - w, w))
+        },
+        user_fields: strip_server_fields,
+    }
+}
+
+/// The StormService `app` with a two-step canary behind `routing`.
+fn routed_service(routing: &Value) -> Value {
+    let mut obj = storm_service(
+        2,
+        json!([
+            {"weight": 20, "pause": {"untilApproval": true}},
+            {"weight": 50, "pause": {"untilApproval": true}}
+        ]),
+        None,
+    );
+    obj["spec"]["rolloutStrategy"]["canary"]["trafficRouting"] = routing.clone();
+    obj
+}
+
+async fn wait_weights(env: &Env, r: &Router, want: (i64, i64)) -> Result<Value> {
+    wait_for(
+        &format!("{} {} to hold weights {want:?}", r.resource, r.name),
+        TIMEOUT,
+        || async {
+            let Ok(obj) = kubectl_get(env, r.resource, r.name) else {
+                return Ok(None);
+            };
+            Ok(((r.weights)(&obj).ok() == Some(want)).then_some(obj))
+        },
+    )
+    .await
+    .with_context(|| format!("controller log:\n{}", env.controller.process.log_tail(40)))
+}
+
+async fn walk(prefix: &str, r: Router) -> Result<()> {
+    let mut env = setup(prefix).await?;
+    env.ns.cluster().install_thirdparty_crds()?;
+    for obj in &r.objects {
+        let text = obj.to_string().replace("NS", env.ns.name());
+        kubectl_create(&env, &serde_json::from_str(&text)?)?;
+    }
+    create(&env, routed_service(&r.routing)).await?;
+    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    let v1 = stable_revision(&env).await?;
+    let user_object = || kubectl_get(&env, r.resource, r.name);
+    // The user's object as it was (the nginx canary Ingress does not exist yet: the user's
+    // Ingress is compared instead).
+    let users = if r.name == "app-ingress-canary" {
+        ("ingresses.networking.k8s.io", "app-ingress")
+    } else {
+        (r.resource, r.name)
+    };
+    let before = (r.user_fields)(kubectl_get(&env, users.0, users.1)?);
+
+    set_image(&env, "app:v2").await?;
+    let (_, v2) = revisions(&env).await?;
+    // Step 0: 20% on the canary, reached only once the router holds it.
+    let obj = wait_phase(&env, RolloutPhase::Paused, Some(0)).await?;
+    ensure!(progress(&obj).2 == 20, "{:?}", progress(&obj));
+    let rs = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_status.clone())
+        .context("rs")?;
+    ensure!(
+        rs.router_weight == Some(20),
+        "router read-back in status: {:?}",
+        rs.router_weight
+    );
+    ensure!((r.weights)(&user_object()?)? == (80, 20));
+    // With a router, stable keeps full size: ceil(2 × 20%) = 1 canary RoleSet beside 2 stable.
+    wait_rolesets(&env, &v1, 2, &v2, 1).await?;
+
+    annotate(&env, "stormservice.aibrix.ai/rollout-approval").await?;
+    wait_phase(&env, RolloutPhase::Paused, Some(1)).await?;
+    ensure!((r.weights)(&user_object()?)? == (50, 50));
+    wait_rolesets(&env, &v1, 2, &v2, 1).await?;
+
+    annotate(&env, "stormservice.aibrix.ai/rollout-abort").await?;
+    wait_phase(&env, RolloutPhase::Aborted, None).await?;
+    wait_weights(&env, &r, (100, 0)).await?;
+    wait_rolesets(&env, &v1, 2, &v2, 0).await?;
+    // Everything the user wrote is still there, unchanged.
+    let after = (r.user_fields)(kubectl_get(&env, users.0, users.1)?);
+    ensure!(
+        before == after,
+        "the user's fields changed:\nbefore {before:#}\nafter {after:#}"
+    );
+    if r.name == "app-ingress-canary" {
+        let canary = kubectl_get(&env, r.resource, r.name)?;
+        let owner = &canary["metadata"]["ownerReferences"][0];
+        ensure!(
+            owner["kind"] == "StormService" && owner["name"] == "app",
+            "{owner}"
+        );
+    }
+    env.controller.process.ensure_running()?;
+    env.ns.cleanup().await
+}
+
+#[tokio::test]
+async fn istio_virtual_service_follows_the_steps_and_abort() -> Result<()> {
+    walk("routed-istio", istio()).await
+}
+
+#[tokio::test]
+async fn smi_traffic_split_follows_the_steps_and_abort() -> Result<()> {
+    walk("routed-smi", smi()).await
+}
+
+#[tokio::test]
+async fn gateway_api_http_route_follows_the_steps_and_abort() -> Result<()> {
+    walk("routed-gateway", gateway()).await
+}
+
+#[tokio::test]
+async fn nginx_canary_ingress_follows_the_steps_and_abort() -> Result<()> {
+    walk("routed-nginx", nginx()).await
+}
+
+/// Through to the end: promotion moves all traffic to the canary before stable goes, and at rest
+/// the weight returns to 0 with the stable Service on the new revision.
+#[tokio::test]
+async fn a_routed_canary_completes() -> Result<()> {
+    let r = istio();
+    let env = setup("routed-complete").await?;
+    env.ns.cluster().install_thirdparty_crds()?;
+    for obj in &r.objects {
+        let text = obj.to_string().replace("NS", env.ns.name());
+        kubectl_create(&env, &serde_json::from_str(&text)?)?;
+    }
+    create(&env, routed_service(&r.routing)).await?;
+    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    set_image(&env, "app:v2").await?;
+    let (v1, v2) = revisions(&env).await?;
+    for step in [0, 1] {
+        wait_phase(&env, RolloutPhase::Paused, Some(step)).await?;
+        annotate(&env, "stormservice.aibrix.ai/rollout-approval").await?;
+    }
+    wait_phase(&env, RolloutPhase::Completed, None).await?;
+    wait_rolesets(&env, &v1, 0, &v2, 2).await?;
+    ensure!(service_revision(&env, "app-stable").await? == Some(v2.clone()));
+    wait_weights(&env, &r, (100, 0)).await?;
+    env.ns.cleanup().await
+}
