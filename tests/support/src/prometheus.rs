@@ -192,7 +192,11 @@ pub fn binary() -> Result<PathBuf> {
         if p.is_file() {
             return Ok(p);
         }
-        bail!("STORM_PROMETHEUS={} is not a file", p.display());
+        bail!(
+            "STORM_PROMETHEUS={} is not a file: point it at a prometheus binary, or unset it and \
+             install Prometheus with `sudo apt-get install -y prometheus`",
+            p.display()
+        );
     }
     let mut candidates = vec![PathBuf::from("/usr/bin/prometheus")];
     if let Some(path) = std::env::var_os("PATH") {
