@@ -64,7 +64,8 @@ impl HttpClient {
     /// Sends `request` and returns the status and body, within the request's timeout.
     pub async fn send(&self, request: Request) -> Result<(http::StatusCode, Bytes), MeasureError> {
         let timeout = request.timeout;
-        let url = request.url.clone();
+        // Messages show the URL without user info or query, which may carry credentials.
+        let url = super::provider::shown_url(&request.url);
         let mut builder = http::Request::builder()
             .method(request.method)
             .uri(&request.url);

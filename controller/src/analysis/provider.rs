@@ -109,17 +109,31 @@ pub fn base_url(address: &str) -> Result<String, MeasureError> {
     let trimmed = address.trim().trim_end_matches('/');
     if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
         return Err(MeasureError::InvalidUrl {
-            url: address.to_string(),
+            url: shown_url(address),
             reason: "must start with http:// or https://".into(),
         });
     }
     trimmed
         .parse::<http::Uri>()
         .map_err(|e| MeasureError::InvalidUrl {
-            url: address.to_string(),
+            url: shown_url(address),
             reason: e.to_string(),
         })?;
     Ok(trimmed.to_string())
+}
+
+/// A URL as shown in messages: without user info and query string, which may hold credentials
+/// (`https://user:token@host/path?api_key=...` is shown as `https://host/path`).
+pub fn shown_url(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit('@').next().unwrap_or(authority);
+            format!("{scheme}://{host}{path}")
+        }
+        None => without_query.to_string(),
+    }
 }
 
 /// A `k=v&...` query string with every value percent-encoded.
@@ -145,4 +159,27 @@ pub fn excerpt(body: &[u8]) -> String {
 /// A finite number as JSON; NaN and infinities are no value.
 pub fn number(value: f64) -> Option<Json> {
     serde_json::Number::from_f64(value).map(Json::Number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shown_urls_hide_user_info_and_query() {
+        assert_eq!(
+            shown_url("https://user:t0ken@metrics.local:8443/api/rate?api_key=s3cret#x"),
+            "https://metrics.local:8443/api/rate"
+        );
+        assert_eq!(shown_url("http://prom:9090"), "http://prom:9090");
+        assert_eq!(shown_url("not a url?k=v"), "not a url");
+    }
+
+    #[test]
+    fn base_urls_and_timeouts() {
+        assert_eq!(base_url("http://prom:9090//").unwrap(), "http://prom:9090");
+        assert!(base_url("ftp://x").is_err());
+        assert_eq!(timeout(None).unwrap(), DEFAULT_TIMEOUT);
+        assert!(timeout(Some("soon")).is_err());
+    }
 }

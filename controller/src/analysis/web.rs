@@ -26,7 +26,10 @@ impl Provider for Web<'_> {
 
     fn request(&self, _now: Timestamp) -> Result<Request, MeasureError> {
         let url = self.spec.url.trim();
-        provider::base_url(url)?;
+        provider::base_url(url).map_err(|_| MeasureError::InvalidUrl {
+            url: provider::shown_url(url),
+            reason: "must be an absolute http:// or https:// URL".into(),
+        })?;
         let mut headers = Vec::with_capacity(self.spec.headers.len());
         for h in &self.spec.headers {
             let name = HeaderName::try_from(h.key.as_str())
