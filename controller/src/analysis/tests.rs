@@ -202,3 +202,18 @@ fn api_errors_split_into_fatal_and_transient() {
         PlanError::Transient(_)
     ));
 }
+
+/// The reconcile loop runs on a multi-threaded runtime: `advance` must be `Send`, and the runner
+/// shareable.
+#[test]
+fn advance_is_send_and_the_runner_is_shareable() {
+    fn shareable<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    shareable::<Runner>();
+    // Compiled, never run: only the future's type matters.
+    let _ = |runner: &Runner, client: &kube::Client, run: &mut AnalysisRunStatus| {
+        let analysis = AnalysisRef::default();
+        let fut = runner.advance(client, "ns", Source::Templates(&analysis), run, now());
+        send(&fut);
+    };
+}
