@@ -135,7 +135,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         let _ = stop_tx.send(());
     });
     let runner = match crate::analysis::Runner::new() {
-        Ok(r) => r,
+        Ok(r) => r.with_metrics(ctx.metrics.clone()),
         Err(e) => {
             warn!(error = %e, "analysis runner unavailable; StormService controller not started");
             return;

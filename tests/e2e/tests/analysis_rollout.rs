@@ -3,9 +3,7 @@
 //! whose success and error counters the test sets.
 
 use anyhow::{Context, Result, ensure};
-use kube::api::PostParams;
 use serde_json::{Value, json};
-use storm_shared::types::analysis::AnalysisTemplate;
 use storm_shared::types::stormservice::{AnalysisPhase, RolloutPhase};
 use storm_test_support::prometheus::{Exporter, Prometheus};
 use storm_test_support::wait_for;
@@ -15,20 +13,6 @@ use common::*;
 
 /// The label value the exporter counts the canary's requests under.
 const CANARY: &str = "app-canary";
-
-async fn create_template(env: &Env, name: &str, spec: Value) -> Result<()> {
-    let t: AnalysisTemplate = serde_json::from_value(json!({
-        "apiVersion": "orchestration.aibrix.ai/v1alpha1",
-        "kind": "AnalysisTemplate",
-        "metadata": {"name": name},
-        "spec": spec
-    }))?;
-    env.ns
-        .api::<AnalysisTemplate>()
-        .create(&PostParams::default(), &t)
-        .await?;
-    Ok(())
-}
 
 /// A template measuring the error percentage of `{{args.revision}}` every second.
 fn error_rate_template(prometheus: &Prometheus, exporter: &Exporter, count: i32) -> Value {
@@ -232,7 +216,7 @@ async fn a_failed_post_promotion_analysis_switches_blue_green_back() -> Result<(
     let url = format!(
         "{}/api/v1/query?query={}",
         prometheus.base_url(),
-        percent_encode(&exporter.error_percent_query(CANARY))
+        url_encode(&exporter.error_percent_query(CANARY))
     );
     create_template(
         &env,
@@ -278,15 +262,4 @@ async fn a_failed_post_promotion_analysis_switches_blue_green_back() -> Result<(
         .context("updateRevision")?;
     wait_rolesets(&env, &v1, 2, &v2, 0).await?;
     env.ns.cleanup().await
-}
-
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -3,7 +3,8 @@
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-use storm_shared::types::stormservice::{BlueGreenStatus, RolloutPhase};
+use storm_shared::types::stormservice::{AnalysisPhase, BlueGreenStatus, RolloutPhase};
+use storm_test_support::prometheus::{Exporter, Prometheus};
 use storm_test_support::{holds_for, wait_for};
 
 mod common;
@@ -13,7 +14,8 @@ const ACTIVE: &str = "app-active";
 const PREVIEW: &str = "app-preview";
 
 /// The seed's blue-green StormService (tests/fixtures/seed/02-blue-green.yaml) renamed to `app`,
-/// with `blueGreen` overridden by `bg` (the seed's 600 s delay is too long for a test).
+/// with the fields of `bg` overriding its `blueGreen` (the seed's 600 s delay is too long for a
+/// test); a `null` drops the field.
 fn seed_blue_green(bg: Value) -> Result<Value> {
     let path = storm_test_support::repo_root().join("tests/fixtures/seed/02-blue-green.yaml");
     let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
@@ -23,7 +25,16 @@ fn seed_blue_green(bg: Value) -> Result<Value> {
     obj["spec"]["template"]["metadata"]["labels"] = json!({"app": "app"});
     obj["spec"]["template"]["spec"]["roles"][0]["template"]["metadata"]["labels"] =
         json!({"app": "app"});
-    obj["spec"]["rolloutStrategy"]["blueGreen"] = bg;
+    let strategy = obj["spec"]["rolloutStrategy"]["blueGreen"]
+        .as_object_mut()
+        .context("seed blueGreen")?;
+    for (k, v) in bg.as_object().context("bg")? {
+        if v.is_null() {
+            strategy.remove(k);
+        } else {
+            strategy.insert(k.clone(), v.clone());
+        }
+    }
     obj["spec"]["replicas"] = json!(2);
     Ok(obj)
 }
@@ -40,6 +51,34 @@ fn bg_status(obj: &storm_shared::StormService) -> BlueGreenStatus {
 async fn seed_blue_green_waits_for_approval_promotes_and_keeps_the_old_revision_for_the_delay()
 -> Result<()> {
     let mut env = setup_with_services("bg-seed", &[ACTIVE, PREVIEW]).await?;
+    // The seed's analyses, as templates measuring the new revision's error rate in a real
+    // Prometheus (pre-promotion) and through the web provider (post-promotion).
+    let exporter = Exporter::start()?;
+    exporter.set("preview", 999, 1);
+    let prometheus = Prometheus::start(&[exporter.target()])?;
+    let query = exporter.error_percent_query("preview");
+    prometheus.wait_for_value(&query, 0.1)?;
+    for name in ["integration-tests", "smoke-tests"] {
+        create_template(
+            &env,
+            name,
+            json!({"metrics": [{"name": "errors", "successCondition": "result < 1",
+                "provider": {"prometheus": {"address": prometheus.base_url(), "query": query}}}]}),
+        )
+        .await?;
+    }
+    let url = format!(
+        "{}/api/v1/query?query={}",
+        prometheus.base_url(),
+        url_encode(&query)
+    );
+    create_template(
+        &env,
+        "monitoring-check",
+        json!({"metrics": [{"name": "errors", "successCondition": "double(result) < 1.0",
+            "provider": {"web": {"url": url, "jsonPath": "{$.data.result[0].value[1]}"}}}]}),
+    )
+    .await?;
     let delay = 8;
     create(
         &env,
@@ -73,6 +112,18 @@ async fn seed_blue_green_waits_for_approval_promotes_and_keeps_the_old_revision_
         "{st:?}"
     );
     ensure!(st.preview_expose_time.is_some(), "{st:?}");
+    let runs = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_status.as_ref())
+        .map(|r| r.analysis_runs.clone())
+        .unwrap_or_default();
+    ensure!(
+        runs.iter().any(|r| r.name == "pre-promotion"
+            && r.metrics.len() == 2
+            && r.phase == AnalysisPhase::Successful),
+        "approval is asked only after the pre-promotion analysis passed: {runs:#?}"
+    );
     // It waits: no approval, no promotion.
     holds_for(
         "no promotion without approval",
@@ -119,6 +170,8 @@ async fn automatic_promotion_switches_when_the_preview_is_ready() -> Result<()> 
     create(
         &env,
         seed_blue_green(json!({
+            "prePromotionAnalysis": null,
+            "postPromotionAnalysis": null,
             "activeService": ACTIVE, "previewService": PREVIEW,
             "autoPromotionEnabled": true, "scaleDownDelaySeconds": 0
         }))?,
@@ -152,6 +205,8 @@ async fn failing_preview_pods_roll_back_and_the_active_service_never_moves() -> 
     create(
         &env,
         seed_blue_green(json!({
+            "prePromotionAnalysis": null,
+            "postPromotionAnalysis": null,
             "activeService": ACTIVE, "previewService": PREVIEW, "autoPromotionEnabled": true
         }))?,
     )

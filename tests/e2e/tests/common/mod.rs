@@ -229,3 +229,30 @@ pub async fn wait_rolesets(
     )
     .await
 }
+
+/// Creates the AnalysisTemplate `name` with `spec`.
+pub async fn create_template(env: &Env, name: &str, spec: Value) -> Result<()> {
+    let t: storm_shared::types::analysis::AnalysisTemplate = serde_json::from_value(json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1",
+        "kind": "AnalysisTemplate",
+        "metadata": {"name": name},
+        "spec": spec
+    }))?;
+    env.ns
+        .api::<storm_shared::types::analysis::AnalysisTemplate>()
+        .create(&PostParams::default(), &t)
+        .await?;
+    Ok(())
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (for a query string).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
