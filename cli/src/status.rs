@@ -107,6 +107,52 @@ pub fn render(view: &View) -> String {
     if let Some(c) = &rs.canary_status {
         let _ = writeln!(out, "Weight:     {}%", c.current_weight);
     }
+    if let Some(w) = rs.router_weight {
+        let _ = writeln!(out, "Router:     reports {w}% on the canary");
+    }
+    let blue_green = strategy.map(|s| s.type_) == Some(RolloutStrategyType::BlueGreen);
+    if let Some(bg) = rs.blue_green_status.as_ref().filter(|_| blue_green) {
+        let _ = writeln!(
+            out,
+            "Active:     {}   Preview: {}",
+            bg.active_selector.as_deref().unwrap_or("-"),
+            bg.preview_selector.as_deref().unwrap_or("-")
+        );
+    }
+    if !rs.analysis_runs.is_empty() {
+        let _ = writeln!(out, "Analysis:");
+        for run in &rs.analysis_runs {
+            let _ = writeln!(
+                out,
+                "  {:<15} {:<12} {}{}",
+                run.name,
+                format!("{:?}", run.phase),
+                run.revision,
+                run.message
+                    .as_deref()
+                    .map(|m| format!(" — {m}"))
+                    .unwrap_or_default()
+            );
+            for m in &run.metrics {
+                let last = m
+                    .measurements
+                    .last()
+                    .and_then(|x| x.value.clone())
+                    .unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    out,
+                    "    {:<30} {:<12} {} measured: {} ok, {} failed, {} inconclusive, {} errors; last {last}",
+                    m.name,
+                    format!("{:?}", m.phase),
+                    m.count,
+                    m.successful,
+                    m.failed,
+                    m.inconclusive,
+                    m.error
+                );
+            }
+        }
+    }
     if !steps.is_empty() {
         let _ = writeln!(out, "Steps:");
         let current = rs
@@ -149,7 +195,7 @@ pub fn render(view: &View) -> String {
         let role = if *rev == stable {
             "stable"
         } else if *rev == update {
-            "canary"
+            if blue_green { "preview" } else { "canary" }
         } else {
             "old"
         };
@@ -408,6 +454,32 @@ mod tests {
         assert!(text.contains("aaa  stable  4 RoleSets, 4 ready"), "{text}");
         assert!(text.contains("bbb  canary  1 RoleSets, 1 ready"), "{text}");
         assert!(text.contains("StepComplete"), "{text}");
+    }
+
+    #[test]
+    fn shows_router_read_back_and_analysis_runs() {
+        let v = view(
+            json!({"observedGeneration": 2, "currentRevision": "aaa", "updateRevision": "bbb",
+            "rolloutStatus": {"phase": "Progressing", "currentStepIndex": 1, "routerWeight": 25,
+                "canaryStatus": {"currentWeight": 25},
+                "analysisRuns": [{"name": "step-1", "revision": "bbb", "phase": "Running",
+                    "message": "next measurement in 30s",
+                    "metrics": [{"name": "success-rate/errors", "phase": "Running", "count": 2,
+                        "successful": 2, "measurements": [{"phase": "Successful", "value": "0.4"}]}]}]}}),
+        );
+        let text = render(&v);
+        assert!(
+            text.contains("Router:     reports 25% on the canary"),
+            "{text}"
+        );
+        assert!(
+            text.contains("step-1          Running      bbb — next measurement in 30s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("success-rate/errors            Running      2 measured: 2 ok, 0 failed, 0 inconclusive, 0 errors; last 0.4"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -310,8 +310,17 @@ pub(crate) fn failure(m: &mut Machine, ar: &AutoRollback) -> Option<(&'static st
                     format!("canary error rate over the {threshold}% threshold: {detail}"),
                 ));
             }
-            // No data is not an error rate: measure again.
-            Gate::Inconclusive(_) | Gate::Passed => gates::restart(m, gates::ERROR_RATE),
+            // No data is not an error rate, and a run that ended below the threshold is followed by
+            // the next one: measure again, one interval after the last measurement.
+            Gate::Inconclusive(_) | Gate::Passed => {
+                let last = gates::last_measured(m, gates::ERROR_RATE);
+                let wait = ar.error_rate_interval - m.since(&last);
+                if last.is_none() || wait <= SignedDuration::ZERO {
+                    gates::restart(m, gates::ERROR_RATE);
+                } else {
+                    m.requeue_in(std::time::Duration::try_from(wait).unwrap_or_default());
+                }
+            }
             Gate::Running(_) => {}
         }
     }

@@ -123,6 +123,17 @@ fn failing_metric(run: &AnalysisRunStatus) -> String {
         .unwrap_or_else(|| "a metric failed".into())
 }
 
+/// When run `name` of the revision being rolled out last took a measurement.
+pub(crate) fn last_measured(m: &Machine, name: &str) -> Option<Time> {
+    m.rs.analysis_runs
+        .iter()
+        .filter(|r| r.name == name && r.revision == m.update)
+        .flat_map(|r| r.metrics.iter())
+        .filter_map(|x| x.measurements.last())
+        .filter_map(|ms| ms.finished_at.clone())
+        .max_by_key(|t| t.0)
+}
+
 /// Forgets run `name` of the revision being rolled out, so the gate starts a new one.
 pub(crate) fn restart(m: &mut Machine, name: &str) {
     let update = m.update.clone();

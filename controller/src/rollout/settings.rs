@@ -17,13 +17,17 @@ pub struct AutoRollback {
     /// The error rate is measured by the `errorRate` metric (run `error-rate`); without it the
     /// share of failing canary Pods is used.
     pub error_rate_metric: bool,
+    /// Time between error-rate measurements (the metric's `interval`, default 30s).
+    pub error_rate_interval: SignedDuration,
     pub timeout: SignedDuration,
     pub grace: SignedDuration,
 }
 
+/// A duration setting; absent, unparsable or zero takes the default.
 fn duration(text: Option<&str>, default_secs: i64) -> SignedDuration {
     text.and_then(|t| parse_duration(t).ok())
         .and_then(|d| SignedDuration::try_from(d).ok())
+        .filter(|d| d.is_positive())
         .unwrap_or(SignedDuration::from_secs(default_secs))
 }
 
@@ -45,6 +49,11 @@ pub fn auto_rollback(spec: &StormServiceSpec) -> AutoRollback {
             .and_then(|t| int_or_string_percent(t).ok()),
         error_rate_metric: of
             .is_some_and(|f| f.error_rate.is_some() && f.error_threshold.is_some()),
+        error_rate_interval: duration(
+            of.and_then(|f| f.error_rate.as_ref())
+                .and_then(|m| m.interval.as_deref()),
+            30,
+        ),
         timeout: duration(ar.and_then(|a| a.on_timeout.as_deref()), 30 * 60),
         grace: duration(
             of.and_then(|f| f.health_check_grace_period.as_deref()),

@@ -59,7 +59,15 @@ async fn seed_canary_completes_after_one_approval() -> Result<()> {
         "the approval annotation was removed"
     );
     wait_rolesets(&env, &v1, 0, &v2, 4).await?;
-    ensure!(service_revision(&env, "app-stable").await? == Some(v2.clone()));
+    // The status is written first, then the Services: wait for the pin.
+    wait_for(
+        "the stable Service on the new revision",
+        TIMEOUT,
+        || async {
+            Ok((service_revision(&env, "app-stable").await? == Some(v2.clone())).then_some(()))
+        },
+    )
+    .await?;
     // revisionHistoryLimit 0: v1's stored template goes once v2 is stable.
     wait_for(
         "only the stable revision's template kept",
