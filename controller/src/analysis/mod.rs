@@ -214,26 +214,11 @@ impl Runner {
             .filter(|(_, s)| s.phase == AnalysisPhase::Running)
             .filter_map(|(p, s)| {
                 let l = Limits::of(&p.metric, p.purpose).ok()?;
-                Some(limits::until(now, limits::next_due(s, &l, started)))
+                Some(limits::next_due(s, &l, started))
             })
             .min();
-        let decided = run
-            .metrics
-            .iter()
-            .filter(|m| m.phase != AnalysisPhase::Running)
-            .count();
-        run.message = Some(match next {
-            Some(d) => format!(
-                "measuring: {decided} of {} metrics decided; next measurement in {}",
-                run.metrics.len(),
-                storm_shared::units::format_duration(d)
-            ),
-            None => format!(
-                "measuring: {decided} of {} metrics decided",
-                run.metrics.len()
-            ),
-        });
-        next
+        run.message = Some(running_message(&run.metrics, next));
+        next.map(|due| limits::until(now, due))
     }
 
     /// Reads the Datadog keys of the due metrics, once per Secret.
@@ -344,6 +329,24 @@ fn judged(metric: &Metric, result: Result<Json, MeasureError>, now: Timestamp) -
                 }
             }
         }
+    }
+}
+
+/// The message of a run still measuring. It names the time the next measurement is due, never a
+/// countdown: the message flows into the rollout status and its conditions, and must stay the same
+/// on every reconcile until something happens, or each one would write the status again.
+fn running_message(metrics: &[MetricStatus], next: Option<Timestamp>) -> String {
+    let decided = metrics
+        .iter()
+        .filter(|m| m.phase != AnalysisPhase::Running)
+        .count();
+    let progress = format!("measuring: {decided} of {} metrics decided", metrics.len());
+    match next {
+        Some(due) => format!(
+            "{progress}; next measurement at {}",
+            due.strftime("%Y-%m-%dT%H:%M:%SZ")
+        ),
+        None => progress,
     }
 }
 

@@ -217,3 +217,69 @@ fn advance_is_send_and_the_runner_is_shareable() {
         send(&fut);
     };
 }
+
+/// A client whose every request fails: for runs that must not reach the API server.
+fn offline_client() -> kube::Client {
+    let service = tower::service_fn(|_: ::http::Request<kube::client::Body>| async {
+        Err::<::http::Response<kube::client::Body>, _>(std::io::Error::other(
+            "no API server in unit tests",
+        ))
+    });
+    kube::Client::new(service, "default")
+}
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_second(now().as_second() + seconds).unwrap()
+}
+
+/// An error-rate run measured once at `now()`, every minute: the next measurement is due at +60s.
+fn measured_error_rate_run() -> AnalysisRunStatus {
+    AnalysisRunStatus {
+        name: "error-rate".into(),
+        phase: AnalysisPhase::Running,
+        started_at: Some(Time(now())),
+        metrics: vec![MetricStatus {
+            name: ERROR_RATE_METRIC.into(),
+            phase: AnalysisPhase::Running,
+            count: 1,
+            successful: 1,
+            measurements: vec![limits::measurement(
+                AnalysisPhase::Successful,
+                Some("0.01".into()),
+                None,
+                now(),
+            )],
+            ..MetricStatus::default()
+        }],
+        ..AnalysisRunStatus::default()
+    }
+}
+
+/// The run's message flows into the rollout status: a countdown in it would make every reconcile
+/// write the status again although nothing happened.
+#[tokio::test]
+async fn a_run_with_nothing_due_is_left_unchanged_by_later_reconciles() {
+    let runner = Runner::new().unwrap();
+    let client = offline_client();
+    let metric = Metric {
+        interval: Some("1m".into()),
+        ..prom_metric("rate", "x")
+    };
+    let source = Source::ErrorRate {
+        metric: &metric,
+        threshold: 5.0,
+    };
+    let mut run = measured_error_rate_run();
+    let first = runner.advance(&client, "ns", source, &mut run, at(5)).await;
+    let after_first = serde_json::to_string(&run).unwrap();
+    let second = runner
+        .advance(&client, "ns", source, &mut run, at(17))
+        .await;
+    assert_eq!(serde_json::to_string(&run).unwrap(), after_first);
+    assert_eq!(first, Some(Duration::from_secs(55)));
+    assert_eq!(second, Some(Duration::from_secs(43)));
+    assert_eq!(
+        run.message.as_deref(),
+        Some("measuring: 0 of 1 metrics decided; next measurement at 2023-11-14T22:14:20Z")
+    );
+}
