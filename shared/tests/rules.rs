@@ -201,9 +201,12 @@ fn analysis_template_names_are_present_and_unique() {
     set(
         &mut v,
         &format!("{CANARY}/steps/1/analysis/templates"),
-        json!([{"name": "a"}, {"name": "a", "namespace": "other"}]),
+        json!([{"name": "a"}, {"name": "a", "namespace": "default"}]),
     );
-    accepts(&v);
+    rejects(
+        &v,
+        &["spec.rolloutStrategy.canary.steps[1].analysis.templates[1].name"],
+    );
 }
 
 #[test]
@@ -755,5 +758,54 @@ fn type_errors_name_the_field() {
     assert_eq!(
         e.path.as_str(),
         "spec.rolloutStrategy.canary.steps[1].weight"
+    );
+}
+
+/// The controller reads templates with cluster-wide rights: a StormService may only use its own
+/// namespace's.
+#[test]
+fn analysis_templates_come_from_the_storm_services_own_namespace() {
+    let mut v = canary();
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/1/analysis/templates"),
+        json!([{"name": "a", "namespace": "default"}, {"name": "b", "namespace": "team-b"}]),
+    );
+    let r = rejects(
+        &v,
+        &["spec.rolloutStrategy.canary.steps[1].analysis.templates[1].namespace"],
+    );
+    assert_eq!(
+        r.errors[0].to_string(),
+        "spec.rolloutStrategy.canary.steps[1].analysis.templates[1].namespace: Forbidden: AnalysisTemplates are read from the StormService's own namespace; remove namespace or copy the template"
+    );
+
+    let mut v = blue_green();
+    for field in ["prePromotionAnalysis", "postPromotionAnalysis"] {
+        set(
+            &mut v,
+            &format!("{RS}/blueGreen/{field}"),
+            json!({"templates": [{"name": "smoke", "namespace": "team-b"}]}),
+        );
+    }
+    rejects(
+        &v,
+        &[
+            "spec.rolloutStrategy.blueGreen.prePromotionAnalysis.templates[0].namespace",
+            "spec.rolloutStrategy.blueGreen.postPromotionAnalysis.templates[0].namespace",
+        ],
+    );
+
+    // Without a namespace of its own (a manifest to lint), a named namespace cannot be shown to match.
+    let mut v = canary();
+    v["metadata"].as_object_mut().unwrap().remove("namespace");
+    set(
+        &mut v,
+        &format!("{CANARY}/steps/1/analysis/templates"),
+        json!([{"name": "a", "namespace": "default"}, {"name": "b", "namespace": ""}]),
+    );
+    rejects(
+        &v,
+        &["spec.rolloutStrategy.canary.steps[1].analysis.templates[0].namespace"],
     );
 }

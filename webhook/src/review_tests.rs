@@ -390,6 +390,30 @@ fn missing_references_warn_and_deny_under_a_policy() {
     assert_eq!(resp["allowed"], true, "{resp}");
 }
 
+/// The manifest names no namespace: the request's ("team-a") is the StormService's, and a template
+/// may only come from there.
+#[test]
+fn analysis_templates_from_another_namespace_are_denied() {
+    let with_template_namespace = |ns: &str| {
+        let mut obj = fixture("seed/01-canary.yaml");
+        obj["spec"]["rolloutStrategy"]["canary"]["steps"][1]["analysis"]["templates"][0]["namespace"] =
+            json!(ns);
+        obj
+    };
+    let cluster = FakeCluster::default();
+    assert_eq!(
+        validate(&cluster, with_template_namespace("team-a"))["allowed"],
+        true
+    );
+    let resp = validate(&cluster, with_template_namespace("team-b"));
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let message = resp["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.rolloutStrategy.canary.steps[1].analysis.templates[0].namespace: Forbidden: AnalysisTemplates are read from the StormService's own namespace; remove namespace or copy the template"),
+        "{message}"
+    );
+}
+
 #[test]
 fn policies_enforce_or_warn_in_the_namespaces_they_select() {
     let mut cluster = FakeCluster::default();

@@ -113,9 +113,10 @@ impl Runner {
     /// Takes the measurements of `run` that are due at `now`, updates `run` (metrics, counts, phases,
     /// bounded measurements, message), and returns when the next is due (None once the run is decided).
     ///
-    /// `namespace` is the StormService's: templates without a namespace and Datadog Secrets are read
-    /// there. A missing template, a missing argument or an unreadable Secret ends the run `Error` with a
-    /// message naming it; an API server that cannot be reached leaves the run `Running` and retries.
+    /// `namespace` is the StormService's: templates and Datadog Secrets are read there. A template
+    /// named in another namespace, a missing template, a missing argument or an unreadable Secret
+    /// ends the run `Error` with a message naming it; an API server that cannot be reached leaves
+    /// the run `Running` and retries.
     pub async fn advance(
         &self,
         client: &kube::Client,
@@ -369,20 +370,25 @@ async fn plan(
                     "the analysis lists no templates: name at least one AnalysisTemplate".into(),
                 ));
             }
+            if let Some(refused) = foreign_template(analysis, namespace) {
+                return Err(refused);
+            }
             let mut planned: Vec<Planned> = Vec::new();
             for r in &analysis.templates {
-                let ns = r.namespace.as_deref().unwrap_or(namespace);
-                let api: Api<AnalysisTemplate> = Api::namespaced(client.clone(), ns);
+                let api: Api<AnalysisTemplate> = Api::namespaced(client.clone(), namespace);
                 let template = match api.get_opt(&r.name).await {
                     Ok(Some(t)) => t,
                     Ok(None) => {
                         return Err(PlanError::Fatal(format!(
-                            "AnalysisTemplate {ns}/{} not found: create it, or fix the template name in the StormService's analysis",
+                            "AnalysisTemplate {namespace}/{} not found: create it, or fix the template name in the StormService's analysis",
                             r.name
                         )));
                     }
                     Err(e) => {
-                        return Err(api_error(&format!("AnalysisTemplate {ns}/{}", r.name), &e));
+                        return Err(api_error(
+                            &format!("AnalysisTemplate {namespace}/{}", r.name),
+                            &e,
+                        ));
                     }
                 };
                 planned.extend(template_metrics(&r.name, &template, analysis)?);
@@ -393,6 +399,22 @@ async fn plan(
             Ok(planned)
         }
     }
+}
+
+/// A template named in another namespace than the StormService's ends the run: the controller's
+/// cluster-wide rights must not let a StormService use another namespace's templates (and the
+/// Secrets they name). Admission refuses it too; this catches objects stored before that rule.
+fn foreign_template(analysis: &AnalysisRef, namespace: &str) -> Option<PlanError> {
+    let (i, r) = analysis
+        .templates
+        .iter()
+        .enumerate()
+        .find(|(_, r)| storm_shared::rules::names_foreign_namespace(r, Some(namespace)))?;
+    Some(PlanError::Fatal(format!(
+        "analysis templates[{i}].namespace is \"{}\" but the StormService is in \"{namespace}\": {}",
+        r.namespace.as_deref().unwrap_or_default(),
+        storm_shared::rules::FOREIGN_TEMPLATE
+    )))
 }
 
 /// The metrics of one template with the arguments substituted, named `<template>/<metric>`.

@@ -283,3 +283,41 @@ async fn a_run_with_nothing_due_is_left_unchanged_by_later_reconciles() {
         Some("measuring: 0 of 1 metrics decided; next measurement at 2023-11-14T22:14:20Z")
     );
 }
+
+/// The controller reads templates with cluster-wide rights: a StormService must not run another
+/// namespace's (with that namespace's Secrets), even one stored before admission refused it.
+#[tokio::test]
+async fn a_template_in_another_namespace_ends_the_run_without_reading_it() {
+    let runner = Runner::new().unwrap();
+    let mut analysis = analysis(&[]);
+    analysis.templates.insert(
+        0,
+        AnalysisTemplateRef {
+            name: "own".into(),
+            namespace: Some("team-a".into()),
+        },
+    );
+    analysis.templates[1].namespace = Some("team-b".into());
+    let mut run = AnalysisRunStatus {
+        name: "step-1".into(),
+        phase: AnalysisPhase::Running,
+        ..AnalysisRunStatus::default()
+    };
+    let next = runner
+        .advance(
+            &offline_client(),
+            "team-a",
+            Source::Templates(&analysis),
+            &mut run,
+            now(),
+        )
+        .await;
+    assert_eq!(next, None);
+    assert_eq!(run.phase, AnalysisPhase::Error);
+    assert_eq!(
+        run.message.as_deref(),
+        Some(
+            "analysis templates[1].namespace is \"team-b\" but the StormService is in \"team-a\": AnalysisTemplates are read from the StormService's own namespace; remove namespace or copy the template"
+        )
+    );
+}

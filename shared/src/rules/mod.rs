@@ -83,6 +83,65 @@ fn check_strategy(
     if let Some(ar) = &strategy.auto_rollback {
         autorollback::check(ar, &path.child("autoRollback"), report);
     }
+    check_template_namespaces(obj, strategy, path, report);
+}
+
+/// Why an analysis may not name an AnalysisTemplate in another namespace: the controller would run
+/// it with its cluster-wide rights for whoever may edit this StormService (sending that namespace's
+/// header Secrets to a URL built from this one's args, say).
+pub const FOREIGN_TEMPLATE: &str = "AnalysisTemplates are read from the StormService's own namespace; remove namespace or copy the template";
+
+/// Whether `template` names a namespace other than `own`, the StormService's. An empty namespace is
+/// unset. When the StormService's namespace is unknown (a manifest without one), any namespace
+/// counts: it cannot be shown to be the same, and removing it loses nothing.
+pub fn names_foreign_namespace(
+    template: &crate::types::stormservice::AnalysisTemplateRef,
+    own: Option<&str>,
+) -> bool {
+    match template.namespace.as_deref() {
+        None | Some("") => false,
+        Some(ns) => own != Some(ns),
+    }
+}
+
+/// Every analysis of the strategy: `templates[].namespace` must be unset or the StormService's own.
+fn check_template_namespaces(
+    obj: &StormService,
+    strategy: &RolloutStrategy,
+    path: &FieldPath,
+    report: &mut Report,
+) {
+    let mut analyses = Vec::new();
+    if let Some(canary) = &strategy.canary {
+        let steps = path.child("canary").child("steps");
+        for (i, step) in canary.steps.iter().enumerate() {
+            if let Some(a) = &step.analysis {
+                analyses.push((steps.index(i).child("analysis"), a));
+            }
+        }
+    }
+    if let Some(bg) = &strategy.blue_green {
+        let bp = path.child("blueGreen");
+        for (field, a) in [
+            ("prePromotionAnalysis", &bg.pre_promotion_analysis),
+            ("postPromotionAnalysis", &bg.post_promotion_analysis),
+        ] {
+            if let Some(a) = a {
+                analyses.push((bp.child(field), a));
+            }
+        }
+    }
+    let own = obj.metadata.namespace.as_deref();
+    for (p, a) in analyses {
+        for (i, t) in a.templates.iter().enumerate() {
+            if names_foreign_namespace(t, own) {
+                report.error(FieldError::forbidden(
+                    p.child("templates").index(i).child("namespace"),
+                    FOREIGN_TEMPLATE,
+                ));
+            }
+        }
+    }
 }
 
 /// Reads an object from JSON, reporting a type mismatch with the path and value of the offending field.
@@ -137,7 +196,9 @@ pub(crate) fn check_analysis_ref(
         if let Some(why) = names::dns1123_subdomain(&t.name) {
             report.error(FieldError::invalid(p.clone(), &t.name, why));
         }
-        if !seen.insert((t.namespace.clone(), t.name.clone())) {
+        // Every template is read from the StormService's namespace (see FOREIGN_TEMPLATE): the
+        // name alone says which.
+        if !seen.insert(t.name.clone()) {
             report.error(FieldError::duplicate(
                 p,
                 &t.name,

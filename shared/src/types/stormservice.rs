@@ -275,7 +275,7 @@ pub struct AnalysisRef {
 pub struct AnalysisTemplateRef {
     /// Name of the AnalysisTemplate.
     pub name: String,
-    /// Namespace of the AnalysisTemplate; defaults to the StormService's.
+    /// Namespace of the AnalysisTemplate: unset or the StormService's own (templates are read only there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 }
