@@ -435,7 +435,6 @@ async fn apply(
                 ns,
                 &stable,
                 &update,
-                in_rollout,
                 observed.router_weight,
                 plan.weight,
             )
@@ -448,9 +447,12 @@ async fn apply(
                 "traffic routers set"
             ),
             Ok(false) => {}
-            Err(e) => {
+            Err(e) if in_rollout => {
                 notes.push(routing::error_note("setting the traffic routers", &e));
                 routed = Err(Error::Router(e));
+            }
+            Err(e) => {
+                debug!(namespace = ns, name, error = %e, "traffic routers not settable at rest")
             }
         }
     }

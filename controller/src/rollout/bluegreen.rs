@@ -64,6 +64,10 @@ pub(crate) fn run(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy, control
         || (m.phase() == Some(RolloutPhase::Degraded)
             && condition_reason(&m.rs, cond::PROGRESSING) != Some(reason::HALTED));
     if rolled_back {
+        // Both Services select the stable revision now.
+        if let Some(b) = m.rs.blue_green_status.as_mut() {
+            b.preview_selector = Some(stable.to_string());
+        }
         if approval {
             ignore(
                 m,
@@ -174,6 +178,16 @@ fn progress(
     let ready = obs.ready(&update);
     let preview_ready = ready >= replicas && obs.existing(&update) == replicas;
     if !preview_ready {
+        let was_ready =
+            m.rs.blue_green_status
+                .as_ref()
+                .is_some_and(|b| b.preview_expose_time.is_some())
+                && condition_reason(&m.rs, cond::PROGRESSING) != Some(reason::PREVIEW_PROGRESSING);
+        if was_ready {
+            // Ready before and lost again: the deadline counts from now (an approval wait is not
+            // "no progress").
+            m.rs.step_start_time = Some(Time(m.now));
+        }
         let msg = format!("preview revision {update}: {ready} of {replicas} RoleSets ready");
         m.set_phase(RolloutPhase::Progressing, msg.clone());
         m.cond(cond::PROGRESSING, true, reason::PREVIEW_PROGRESSING, &msg);
@@ -188,12 +202,20 @@ fn progress(
         return;
     }
     let now = m.now;
+    if !is_promoted {
+        m.cond(
+            cond::PROGRESSING,
+            true,
+            reason::PREVIEW_READY,
+            &format!("preview revision {update} is ready with {replicas} RoleSets"),
+        );
+    }
     let status = m.rs.blue_green_status.get_or_insert_with(Default::default);
     if status.preview_expose_time.is_none() {
         status.preview_expose_time = Some(Time(now));
         m.note(
             false,
-            "PreviewReady",
+            reason::PREVIEW_READY,
             format!(
                 "preview revision {update} is ready behind Service {}",
                 bg.preview_service

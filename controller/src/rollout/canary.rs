@@ -69,6 +69,20 @@ pub(crate) fn paused_by_user(m: &Machine) -> bool {
         .is_some_and(|c| c.reason.as_deref() == Some(reason::PAUSED_BY_USER))
 }
 
+/// Whether the previous decision had step `idx` reached (its pause, approval or analysis running).
+fn was_reached(m: &Machine, idx: usize) -> bool {
+    let Some(prev) = m.input.status.and_then(|s| s.rollout_status.as_ref()) else {
+        return false;
+    };
+    prev.current_step_index
+        .and_then(|i| usize::try_from(i).ok())
+        == Some(idx)
+        && matches!(
+            condition_reason(prev, cond::PROGRESSING),
+            Some(reason::STEP_REACHED | reason::ANALYSIS_RUNNING)
+        )
+}
+
 /// Whether the previous decision left the rollout waiting for approval at `idx`.
 fn was_waiting_for_approval(m: &Machine, idx: usize) -> bool {
     let Some(prev) = m.input.status.and_then(|s| s.rollout_status.as_ref()) else {
@@ -272,8 +286,21 @@ pub(crate) fn halt(m: &mut Machine, why: &str, detail: String) {
 /// Everything on stable: Services first, then capacity; the canary goes once stable is whole.
 pub(crate) fn hold_on_stable(m: &mut Machine, stable: &str) {
     let obs = m.input.observed;
-    // With a router, the canary keeps its capacity until the router reports all traffic on stable.
-    let traffic_off = !m.has_router() || obs.router_weight == Some(0);
+    let router = m.has_router();
+    // A router sends traffic to stable at once, unless stable has nothing ready to serve it (a
+    // promotion had already removed it): then the canary keeps the traffic until stable is back.
+    let weight = if router && obs.ready(stable) == 0 {
+        obs.router_weight
+            .or_else(|| m.rs.canary_status.as_ref().map(|c| c.current_weight))
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    // With a router, the canary keeps its capacity until the router reports all traffic on stable
+    // (or, when the router reports nothing at all, for a grace period after the abort).
+    let traffic_off = !router
+        || obs.router_weight == Some(0)
+        || (obs.router_weight.is_none() && router_silent_too_long(m));
     let stable_whole = obs.ready(stable) >= m.replicas && traffic_off;
     m.scale.insert(stable.to_string(), m.replicas);
     let canary_now = if stable_whole {
@@ -283,8 +310,27 @@ pub(crate) fn hold_on_stable(m: &mut Machine, stable: &str) {
     };
     m.scale.insert(m.update.clone(), canary_now);
     m.pin_services(stable, stable);
-    m.weight = 0;
-    m.status_weight = Some(0);
+    m.weight = weight;
+    m.status_weight = Some(weight);
+}
+
+/// How long an aborted or rolled-back canary keeps its capacity while the routers report no
+/// weight at all (their objects are missing or unreadable, so no traffic can be confirmed).
+const ROUTER_SILENCE_GRACE: SignedDuration = SignedDuration::from_secs(60);
+
+/// Whether the routers have reported nothing for longer than the grace since the rollout stopped.
+fn router_silent_too_long(m: &mut Machine) -> bool {
+    let stopped =
+        m.rs.conditions
+            .iter()
+            .find(|c| c.type_ == cond::PROGRESSING)
+            .and_then(|c| c.last_transition_time.clone());
+    let left = ROUTER_SILENCE_GRACE - m.since(&stopped);
+    if left <= SignedDuration::ZERO {
+        return true;
+    }
+    m.requeue_in(std::time::Duration::try_from(left).unwrap_or_default());
+    false
 }
 
 /// Stopped after a failure with autoRollback disabled: nothing moves.
@@ -303,6 +349,12 @@ pub(crate) fn hold_in_place(m: &mut Machine, stable: &str) {
 pub(crate) fn failure(m: &mut Machine, ar: &AutoRollback) -> Option<(&'static str, String)> {
     if ar.error_rate_metric && m.input.observed.existing(&m.update) > 0 {
         match gates::gate(m, gates::ERROR_RATE) {
+            Gate::Failed(detail) if gates::errored(m, gates::ERROR_RATE) => {
+                return Some((
+                    reason::ANALYSIS_FAILED,
+                    format!("the canary's error rate could not be measured: {detail}"),
+                ));
+            }
             Gate::Failed(detail) => {
                 let threshold = ar.error_threshold.unwrap_or_default();
                 return Some((
@@ -429,10 +481,26 @@ fn progress(
         m.scale.insert(update.clone(), canary_now);
         m.scale.insert(stable.to_string(), stable_target);
         m.pin_services(stable, &update);
-        let traffic = if router && promoting && canary_ready < replicas {
-            m.weight.max(last_weight(steps))
-        } else {
+        let step_capacity = canary_ready >= t.canary && canary_existing == t.canary;
+        let traffic = if !router {
             t.weight
+        } else if promoting {
+            // All traffic moves once the canary is at full size; once moved it stays (stable may
+            // already be gone).
+            if canary_ready >= replicas || obs.router_weight == Some(100) {
+                100
+            } else {
+                last_weight(steps)
+            }
+        } else if step_capacity {
+            t.weight
+        } else {
+            // The canary gets the step's traffic only once it has the step's capacity; until
+            // then it keeps the previous step's share (or less, when the step lowers it).
+            let previous = idx
+                .checked_sub(1)
+                .map_or(0, |i| target(steps, i, replicas, router).weight);
+            t.weight.min(previous)
         };
         m.weight = traffic;
         m.status_weight = Some(traffic);
@@ -464,6 +532,11 @@ fn progress(
             break;
         }
         if !reached {
+            if was_reached(m, idx) {
+                // The step was reached and is lost again: the deadline counts from now, not from
+                // when the step began (its pause or approval wait is not "no progress").
+                m.rs.step_start_time = Some(Time(m.now));
+            }
             let (why, msg) = if capacity {
                 (
                     reason::WAITING_FOR_ROUTER,
@@ -623,9 +696,13 @@ pub(crate) fn deadline(m: &mut Machine, stable: &str, ar: &AutoRollback) {
         m.requeue_in(std::time::Duration::try_from(ar.timeout - waited).unwrap_or_default());
         return;
     }
-    let idx = m.rs.current_step_index.unwrap_or(0);
+    let what = if m.blue_green().is_some() {
+        "the preview".to_string()
+    } else {
+        format!("step {}", m.rs.current_step_index.unwrap_or(0))
+    };
     let detail = format!(
-        "step {idx} made no progress for {}s (onTimeout {}s)",
+        "{what} made no progress for {}s (onTimeout {}s)",
         waited.as_secs(),
         ar.timeout.as_secs()
     );

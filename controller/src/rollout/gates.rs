@@ -123,6 +123,13 @@ fn failing_metric(run: &AnalysisRunStatus) -> String {
         .unwrap_or_else(|| "a metric failed".into())
 }
 
+/// Whether run `name` of the revision being rolled out ended in `Error` (it could not measure).
+pub(crate) fn errored(m: &Machine, name: &str) -> bool {
+    m.rs.analysis_runs
+        .iter()
+        .any(|r| r.name == name && r.revision == m.update && r.phase == AnalysisPhase::Error)
+}
+
 /// When run `name` of the revision being rolled out last took a measurement.
 pub(crate) fn last_measured(m: &Machine, name: &str) -> Option<Time> {
     m.rs.analysis_runs

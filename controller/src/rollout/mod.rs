@@ -35,6 +35,13 @@ pub fn decide(input: &Input) -> Plan {
             m.scale.insert(rev.clone(), input.observed.existing(&rev));
         }
         controls.ignore_all(&mut m, "spec.paused is true");
+        // The routers keep the weight they have.
+        let current = input
+            .observed
+            .router_weight
+            .or_else(|| m.rs.canary_status.as_ref().map(|c| c.current_weight))
+            .unwrap_or(0);
+        m.weight = current;
         return m.finish();
     }
     match m.stable.clone() {
@@ -344,6 +351,15 @@ fn keep_old_for_scale_down_delay(m: &mut Machine, stable: &str) {
 fn at_rest(m: &mut Machine, stable: &str, controls: controls::Controls) {
     m.scale.insert(stable.to_string(), m.replicas);
     keep_old_for_scale_down_delay(m, stable);
+    // A router still sending traffic away from stable (a template reverted mid-rollout): the
+    // other revisions keep their RoleSets until it reports 0.
+    if m.has_router() && m.input.observed.router_weight.is_some_and(|w| w != 0) {
+        let obs = m.input.observed;
+        for rev in obs.revisions().into_iter().filter(|r| r != stable) {
+            m.scale.insert(rev.clone(), obs.existing(&rev));
+        }
+        m.requeue_in(Duration::from_secs(1));
+    }
     m.pin_services(stable, stable);
     controls.ignore_all(m, "no rollout is in progress");
     match m.phase() {

@@ -220,6 +220,8 @@ pub mod reason {
     pub const WAITING_FOR_ROUTER: &str = "WaitingForTrafficRouter";
     /// Blue-green: the preview RoleSets are being created.
     pub const PREVIEW_PROGRESSING: &str = "PreviewProgressing";
+    /// Blue-green: the preview RoleSets are all ready.
+    pub const PREVIEW_READY: &str = "PreviewReady";
     /// Blue-green: the active Service was switched to the new revision.
     pub const PROMOTED: &str = "Promoted";
     /// Not paused.

@@ -62,9 +62,10 @@ impl<'a> Routing<'a> {
         routers::read_weight(client, self.routing, &target).await
     }
 
-    /// Sets `weight` unless the routers already report it. Only while a rollout is in progress,
-    /// or to bring a weight left over back to `weight`: at rest with no routing objects there is
-    /// nothing to do, and the user's objects may not exist yet.
+    /// Sets `weight` unless the routers already report it. At rest too: after a completion or a
+    /// reverted template the routers converge to the stable revision at weight 0 (an Istio
+    /// DestinationRule's subsets are re-pinned); the caller treats errors at rest as expected
+    /// (the user's objects may not exist yet).
     #[allow(clippy::too_many_arguments)]
     pub async fn set(
         &self,
@@ -73,11 +74,10 @@ impl<'a> Routing<'a> {
         ns: &str,
         stable: &str,
         canary: &str,
-        in_rollout: bool,
         reported: Option<i32>,
         weight: i32,
     ) -> Result<bool, routers::Error> {
-        if reported == Some(weight) || (!in_rollout && reported.is_none()) {
+        if reported == Some(weight) {
             return Ok(false);
         }
         let target = self.target(obj, ns, stable, canary);

@@ -207,3 +207,17 @@ fn the_error_rate_metric_rolls_back_with_error_threshold_exceeded() {
     assert_eq!(sim.count(&v2), 0);
     assert_eq!(sim.count(&v1), 2);
 }
+
+#[test]
+fn an_error_rate_that_cannot_be_measured_is_an_analysis_failure_not_a_threshold() {
+    let (mut sim, _) = analysed(serde_json::json!({"onFailure": {
+        "errorThreshold": "5%",
+        "errorRate": {"name": "errors", "provider": {"prometheus": {"address": "http://p", "query": "q"}}}
+    }}));
+    sim.set_image("app:v2");
+    sim.settle(2);
+    sim.verdicts
+        .insert("error-rate".into(), AnalysisPhase::Error);
+    sim.settle(2);
+    assert_eq!(sim.degraded_reason().as_deref(), Some("AnalysisFailed"));
+}

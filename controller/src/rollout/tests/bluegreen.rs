@@ -180,3 +180,43 @@ fn abort_and_retry() {
     assert_eq!(sim.count(&v2), 2);
     assert_eq!(sim.step(), None);
 }
+
+#[test]
+fn a_long_approval_wait_is_not_a_deadline_when_the_preview_blips() {
+    let (mut sim, v1) = deployed_bg(serde_json::json!({
+        "activeService": "active", "previewService": "preview", "autoPromotionEnabled": false
+    }));
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(4);
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+    sim.advance(7200);
+    // One preview RoleSet turns unready for a moment.
+    sim.rolesets
+        .iter_mut()
+        .find(|r| r.revision == v2)
+        .expect("preview")
+        .ready = false;
+    sim.stuck.insert(v2.clone());
+    sim.tick();
+    assert_eq!(sim.degraded_reason(), None, "no ProgressDeadlineExceeded");
+    assert_eq!(sim.service("active"), Some(v1));
+    sim.stuck.clear();
+    sim.settle(2);
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+}
+
+#[test]
+fn after_an_abort_the_status_says_both_services_select_stable() {
+    let (mut sim, v1) = deployed_bg(serde_json::json!({
+        "activeService": "active", "previewService": "preview", "autoPromotionEnabled": false
+    }));
+    sim.set_image("app:v2");
+    sim.settle(4);
+    sim.annotate(ABORT);
+    sim.settle(2);
+    let st = bg_status(&sim);
+    assert_eq!(st.active_selector, Some(v1.clone()));
+    assert_eq!(st.preview_selector, Some(v1.clone()));
+    assert_eq!(sim.service("preview"), Some(v1));
+}

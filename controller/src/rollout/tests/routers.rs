@@ -125,3 +125,143 @@ fn abort_takes_traffic_before_capacity() {
     assert_eq!(sim.count(&v2), 0);
     assert_eq!(sim.count(&v1), 4);
 }
+
+#[test]
+fn the_canary_gets_a_steps_traffic_only_once_it_has_the_steps_capacity() {
+    let (mut sim, _) = routed(4);
+    sim.set_image("app:v2");
+    let plan = sim.tick();
+    assert_eq!(
+        plan.weight, 0,
+        "no canary RoleSet is ready yet: no traffic for it"
+    );
+    sim.settle(3);
+    assert_eq!(sim.router, Some(10));
+    // Step 1 wants 25% (still 1 RoleSet of 4): capacity is there, the weight moves at once.
+    sim.advance(301);
+    let plan = sim.tick();
+    assert_eq!(plan.weight, 25);
+}
+
+#[test]
+fn a_lost_router_reading_after_a_long_pause_is_not_a_deadline() {
+    let (mut sim, _) = routed(4);
+    sim.set_image("app:v2");
+    sim.settle(5);
+    assert_eq!(sim.paused_reason().as_deref(), Some("PauseDuration"));
+    // Step 1 waits for approval for an hour (the deadline is 30m).
+    sim.advance(301);
+    sim.settle(3);
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+    sim.advance(3600);
+    // One reconcile cannot read the router.
+    sim.router_frozen = true;
+    sim.router = None;
+    sim.tick();
+    assert_eq!(sim.phase(), Some(RolloutPhase::Progressing));
+    assert_eq!(sim.degraded_reason(), None, "no ProgressDeadlineExceeded");
+    sim.router = Some(25);
+    sim.router_frozen = false;
+    sim.settle(2);
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+}
+
+#[test]
+fn after_promotion_removed_stable_traffic_never_goes_back_to_it() {
+    let (mut sim, v1) = routed(2);
+    sim.spec
+        .rollout_strategy
+        .as_mut()
+        .expect("rs")
+        .canary
+        .as_mut()
+        .expect("c")
+        .steps = serde_json::from_value(serde_json::json!([{"weight": 50}])).expect("steps");
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    // Up to the point where the router reports 100 and stable is scaled away.
+    for _ in 0..10 {
+        sim.tick();
+        if sim.count(&v1) == 0 {
+            break;
+        }
+    }
+    assert_eq!(sim.count(&v1), 0);
+    assert_ne!(
+        sim.phase(),
+        Some(RolloutPhase::Completed),
+        "caught before completion"
+    );
+    // A canary RoleSet turns unready, and the user aborts: stable has nothing ready yet.
+    sim.stuck.insert(v2.clone());
+    for r in &mut sim.rolesets {
+        r.ready = false;
+    }
+    sim.annotate(ABORT);
+    let plan = sim.tick();
+    assert_eq!(
+        plan.weight, 100,
+        "traffic stays on the canary until stable can take it"
+    );
+    sim.stuck.clear();
+    sim.settle(4);
+    assert_eq!(sim.router, Some(0));
+    assert_eq!(sim.count(&v2), 0);
+    assert_eq!(sim.count(&v1), 2);
+}
+
+#[test]
+fn an_abort_with_a_silent_router_releases_the_canary_after_a_grace() {
+    let (mut sim, v1) = routed(4);
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(3);
+    // The routing object is gone: the router reports nothing.
+    sim.router_frozen = true;
+    sim.router = None;
+    sim.annotate(ABORT);
+    sim.settle(3);
+    assert_eq!(
+        sim.count(&v2),
+        1,
+        "kept while traffic cannot be confirmed off it"
+    );
+    sim.advance(61);
+    sim.settle(2);
+    assert_eq!(sim.count(&v2), 0);
+    assert_eq!(sim.count(&v1), 4);
+}
+
+#[test]
+fn spec_paused_keeps_the_routers_weight() {
+    let (mut sim, _) = routed(4);
+    sim.set_image("app:v2");
+    sim.settle(3);
+    assert_eq!(sim.router, Some(10));
+    sim.spec.paused = Some(true);
+    let plan = sim.tick();
+    assert_eq!(plan.weight, 10);
+}
+
+#[test]
+fn a_reverted_template_keeps_the_canary_until_the_router_reports_zero() {
+    let (mut sim, v1) = routed(4);
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(5);
+    assert_eq!(sim.router, Some(10));
+    sim.router_frozen = true;
+    sim.set_image("app:v1");
+    sim.settle(2);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Healthy));
+    assert_eq!(sim.last.as_ref().expect("plan").weight, 0);
+    assert_eq!(
+        sim.count(&v2),
+        1,
+        "kept while the router still sends it 10%"
+    );
+    sim.router_frozen = false;
+    sim.settle(2);
+    assert_eq!(sim.count(&v2), 0);
+    assert_eq!(sim.count(&v1), 4);
+}
