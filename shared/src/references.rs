@@ -210,7 +210,11 @@ fn templates(
         if lookup.analysis_template(tns, &t.name) == Presence::Missing {
             out.push(Warning::new(
                 path.child("templates").index(i).child("name"),
-                format!("AnalysisTemplate \"{}\" does not exist in namespace \"{tns}\" yet; the step will wait for it", t.name),
+                // The controller does not wait for a missing template: the run ends `Error`.
+                format!(
+                    "AnalysisTemplate \"{}\" does not exist in namespace \"{tns}\" yet; create it before the rollout reaches this analysis: a run whose template is missing ends Error, which rolls back with AnalysisFailed (or stops the rollout when autoRollback is off)",
+                    t.name
+                ),
             ));
         }
     }

@@ -221,3 +221,17 @@ fn blue_green_services_and_templates() {
         ]
     );
 }
+
+/// The controller does not wait for a missing template: the warning must say what really happens.
+#[test]
+fn a_missing_template_warns_that_the_run_will_fail_not_wait() {
+    let o: StormService = parse(&canary()).expect("parses");
+    let warning = check_references(&o, &World::default())
+        .into_iter()
+        .find(|w| w.path.to_string().ends_with(".analysis.templates[0].name"))
+        .expect("a warning about the template");
+    assert_eq!(
+        warning.message,
+        "AnalysisTemplate \"success-rate-check\" does not exist in namespace \"default\" yet; create it before the rollout reaches this analysis: a run whose template is missing ends Error, which rolls back with AnalysisFailed (or stops the rollout when autoRollback is off)"
+    );
+}
