@@ -162,3 +162,29 @@ fn rbac_binds_the_deployment_service_account_and_keeps_leases_namespaced() {
                 && strings(&r["verbs"]) == ["get", "update"])
     );
 }
+
+/// The ClusterRole grants `verb` on `group`/`resource`.
+fn grants(docs: &[Value], group: &str, resource: &str, verb: &str) -> bool {
+    kind(docs, "ClusterRole")["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|r| {
+            strings(&r["apiGroups"]).iter().any(|g| g == group)
+                && strings(&r["resources"]).iter().any(|x| x == resource)
+                && strings(&r["verbs"]).iter().any(|v| v == verb)
+        })
+}
+
+/// ControllerRevisions are cached, created once per revision and pruned beyond
+/// revisionHistoryLimit (`prune_revisions`): without `delete` the pruning is forbidden.
+#[test]
+fn rbac_lets_the_controller_keep_and_prune_controller_revisions() {
+    let docs = documents("rbac.yaml");
+    for verb in ["list", "watch", "create", "delete"] {
+        assert!(
+            grants(&docs, "apps", "controllerrevisions", verb),
+            "controllerrevisions {verb}"
+        );
+    }
+}
