@@ -18,7 +18,7 @@ pub enum Control {
     Approve,
     /// Pause a running rollout.
     Pause,
-    /// Resume a paused (or stopped) rollout.
+    /// Resume a paused (or stopped) rollout, or accept an inconclusive analysis.
     Resume,
     /// Abort the rollout: everything back on stable.
     Abort,
@@ -53,13 +53,23 @@ fn phase_of(obj: &StormService) -> Option<RolloutPhase> {
     obj.status.as_ref()?.rollout_status.as_ref()?.phase
 }
 
-fn paused_by_user(obj: &StormService) -> bool {
+/// The `Paused` condition is true with `reason`.
+fn paused_for(obj: &StormService, reason: &str) -> bool {
     let Some(rs) = obj.status.as_ref().and_then(|s| s.rollout_status.as_ref()) else {
         return false;
     };
-    rs.conditions.iter().any(|c| {
-        c.type_ == "Paused" && c.status == "True" && c.reason.as_deref() == Some("PausedByUser")
-    })
+    rs.conditions
+        .iter()
+        .any(|c| c.type_ == "Paused" && c.status == "True" && c.reason.as_deref() == Some(reason))
+}
+
+fn paused_by_user(obj: &StormService) -> bool {
+    paused_for(obj, "PausedByUser")
+}
+
+/// Paused on an inconclusive analysis: the resume annotation accepts it and the rollout goes on.
+fn paused_on_inconclusive_analysis(obj: &StormService) -> bool {
+    phase_of(obj) == Some(RolloutPhase::Paused) && paused_for(obj, "AnalysisInconclusive")
 }
 
 /// Why a control did not act.
@@ -98,7 +108,9 @@ pub fn refusal(control: Control, obj: &StormService) -> Option<String> {
         )),
         Control::Pause if !in_rollout => Some(format!("no rollout is running ({shown})")),
         Control::Pause if paused_by_user(obj) => Some("the rollout is already paused".into()),
-        Control::Resume if !paused_by_user(obj) && !halted(obj) => {
+        Control::Resume
+            if !paused_by_user(obj) && !paused_on_inconclusive_analysis(obj) && !halted(obj) =>
+        {
             Some(format!("the rollout is not paused ({shown})"))
         }
         Control::Abort if !in_rollout && phase != Some(RolloutPhase::Degraded) => {
@@ -216,6 +228,18 @@ mod tests {
             steps.clone(),
         );
         assert_eq!(refusal(Control::Resume, &halted), None);
+        // The resume annotation accepts an inconclusive analysis: the command must set it.
+        let inconclusive = obj(
+            json!({"rolloutStatus": {"phase": "Paused", "conditions": [{"type": "Paused", "status": "True", "reason": "AnalysisInconclusive"}]}}),
+            steps.clone(),
+        );
+        assert_eq!(refusal(Control::Resume, &inconclusive), None);
+        // Once accepted the condition turns false: nothing left to resume.
+        let accepted = obj(
+            json!({"rolloutStatus": {"phase": "Progressing", "conditions": [{"type": "Paused", "status": "False", "reason": "AnalysisInconclusive"}]}}),
+            steps.clone(),
+        );
+        assert!(refusal(Control::Resume, &accepted).is_some());
         assert!(refusal(Control::Pause, &paused).is_some());
         let completed = obj(json!({"rolloutStatus": {"phase": "Completed"}}), steps);
         assert!(

@@ -98,7 +98,8 @@ enum Command {
         /// Name of the StormService.
         name: String,
     },
-    /// Resume a paused rollout (or one stopped after a failure with autoRollback disabled).
+    /// Resume a paused rollout, accept an inconclusive analysis, or continue one stopped after a
+    /// failure with autoRollback disabled.
     Resume {
         /// Name of the StormService.
         name: String,
