@@ -9,6 +9,7 @@
 //! concurrent edit by someone else makes it fail with a conflict instead of being overwritten;
 //! the next reconcile computes it again.
 
+pub mod discovery;
 pub mod gateway;
 pub mod istio;
 pub mod nginx;
@@ -326,33 +327,19 @@ struct CustomKind {
 impl CustomKind {
     /// The resource at the version the API server prefers for its group (the CRD's newest
     /// served version), so the routers work with whichever versions the installed CRD serves.
+    /// Discovery answers are cached ([`discovery`]).
     async fn resolve(&self, client: &kube::Client) -> Result<ApiResource, Error> {
-        let groups = client
-            .list_api_groups()
-            .await
-            .map_err(|source| Error::Discovery {
-                group: self.group,
-                source: Box::new(source),
-            })?;
-        let group =
-            groups
-                .groups
-                .iter()
-                .find(|g| g.name == self.group)
-                .ok_or(Error::NotServed {
-                    group: self.group,
-                    kind: self.kind,
-                })?;
-        let version = group
-            .preferred_version
-            .as_ref()
-            .or(group.versions.first())
-            .map(|v| v.version.clone())
-            .ok_or(Error::NotServed {
+        match discovery::preferred_version(client, self.group).await {
+            Ok(discovery::Preferred::Version(version)) => Ok(self.at(&version)),
+            Ok(discovery::Preferred::NotServed) => Err(Error::NotServed {
                 group: self.group,
                 kind: self.kind,
-            })?;
-        Ok(self.at(&version))
+            }),
+            Err(source) => Err(Error::Discovery {
+                group: self.group,
+                source: Box::new(source),
+            }),
+        }
     }
 
     /// The resource at `version` (another kind of the same group, once one was resolved).
