@@ -463,7 +463,7 @@ mod tests {
             "rolloutStatus": {"phase": "Progressing", "currentStepIndex": 1, "routerWeight": 25,
                 "canaryStatus": {"currentWeight": 25},
                 "analysisRuns": [{"name": "step-1", "revision": "bbb", "phase": "Running",
-                    "message": "next measurement in 30s",
+                    "message": "next measurement at 2026-11-26T09:30:00Z",
                     "metrics": [{"name": "success-rate/errors", "phase": "Running", "count": 2,
                         "successful": 2, "measurements": [{"phase": "Successful", "value": "0.4"}]}]}]}}),
         );
@@ -473,7 +473,7 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("step-1          Running      bbb — next measurement in 30s"),
+            text.contains("step-1          Running      bbb — next measurement at 2026-11-26T09:30:00Z"),
             "{text}"
         );
         assert!(
