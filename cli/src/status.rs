@@ -473,7 +473,9 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("step-1          Running      bbb — next measurement at 2026-11-26T09:30:00Z"),
+            text.contains(
+                "step-1          Running      bbb — next measurement at 2026-11-26T09:30:00Z"
+            ),
             "{text}"
         );
         assert!(
