@@ -177,6 +177,31 @@ pub(crate) fn accept_inconclusive(m: &mut Machine) -> bool {
     any
 }
 
+/// Drops the running runs whose analysis is no longer in the spec (removed or edited away
+/// mid-rollout): nobody would measure them and no gate would read them.
+pub(crate) fn drop_orphans(m: &mut Machine) {
+    let spec = m.input.spec;
+    let strategy = spec.rollout_strategy.as_ref();
+    let canary = strategy.and_then(|s| s.canary.as_ref());
+    let bg = m.blue_green();
+    let error_rate = super::settings::auto_rollback(spec).error_rate_metric;
+    m.rs.analysis_runs.retain(|r| {
+        if r.phase != AnalysisPhase::Running {
+            return true;
+        }
+        match r.name.as_str() {
+            ERROR_RATE => error_rate,
+            PRE_PROMOTION => bg.is_some_and(|b| b.pre_promotion_analysis.is_some()),
+            POST_PROMOTION => bg.is_some_and(|b| b.post_promotion_analysis.is_some()),
+            other => other
+                .strip_prefix("step-")
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| canary.and_then(|c| c.steps.get(i)))
+                .is_some_and(|s| s.analysis.is_some()),
+        }
+    });
+}
+
 /// Keeps only the runs of revision `rev` (a new rollout starts with a clean list).
 pub(crate) fn keep_revision(m: &mut Machine, rev: &str) {
     m.rs.analysis_runs.retain(|r| r.revision == rev);

@@ -29,6 +29,7 @@ use storm_shared::types::stormservice::{
 pub fn decide(input: &Input) -> Plan {
     let mut m = Machine::new(input);
     let controls = controls::take(&mut m);
+    gates::drop_orphans(&mut m);
     if input.spec.paused == Some(true) {
         // `spec.paused` freezes everything as it is (AIBrix semantics).
         for rev in input.observed.revisions() {

@@ -221,3 +221,28 @@ fn an_error_rate_that_cannot_be_measured_is_an_analysis_failure_not_a_threshold(
     sim.settle(2);
     assert_eq!(sim.degraded_reason().as_deref(), Some("AnalysisFailed"));
 }
+
+#[test]
+fn an_analysis_removed_from_the_spec_mid_rollout_stops_measuring() {
+    let (mut sim, _) = analysed(serde_json::json!({"onFailure": {
+        "errorThreshold": "5%",
+        "errorRate": {"name": "errors", "provider": {"prometheus": {"address": "http://p", "query": "q"}}}
+    }}));
+    sim.set_image("app:v2");
+    sim.settle(4);
+    assert!(
+        sim.runs()
+            .contains(&("error-rate".to_string(), AnalysisPhase::Running))
+    );
+    sim.spec
+        .rollout_strategy
+        .as_mut()
+        .expect("rs")
+        .auto_rollback = None;
+    sim.settle(1);
+    assert!(
+        !sim.runs().iter().any(|(n, _)| n == "error-rate"),
+        "{:?}",
+        sim.runs()
+    );
+}
