@@ -48,12 +48,13 @@ demo-check: ## Run the demo non-interactively and check its end state (then stop
 	else echo "demo-check: end state '$$phase' is not a completed rollout"; echo "demo-check: 0 passed, 1 failed"; exit 1; fi
 
 .PHONY: bench-controller
-bench-controller: cluster-up ## N StormServices through a canary (N=200) -> target/bench/controller.json
+bench-controller: cluster-up ## N StormServices through a canary (N=200, ROUTER=none|gateway) -> target/bench/controller*.json
 	@tests/dev/dev.sh down >/dev/null 2>&1 || true
-	$(CARGO) run --release -q -p storm-e2e --example bench_controller -- $(or $(N),200) $(or $(ABORTS),20)
+	$(CARGO) run --release -q -p storm-e2e --example bench_controller -- $(or $(N),200) $(or $(ABORTS),20) $(or $(ROUTER),none)
 
 .PHONY: bench
 bench: bench-webhook bench-controller ## Every benchmark; numbers in target/bench/
+	$(MAKE) --no-print-directory bench-controller ROUTER=gateway
 
 .PHONY: test
 test: lint unit e2e demo-check ## Everything CI runs

@@ -5,12 +5,19 @@
 //! controller_cpu_seconds, api_requests (the controller's own, from its metrics), and
 //! abort_to_stable_ms_p50/p99 (abort annotation → all traffic and capacity back on stable).
 //!
-//! Usage: cargo run --release -p storm-e2e --example bench_controller -- [SERVICES] [ABORTS]
+//! With ROUTER `gateway`, every StormService routes through its own Gateway API HTTPRoute (the
+//! project's CRD): each step waits for the router's read-back, and an abort counts as back on
+//! stable only once the HTTPRoute sends 100% to stable. The report is then
+//! `target/bench/controller-gateway.json`.
+//!
+//! Usage: cargo run --release -p storm-e2e --example bench_controller -- [SERVICES] [ABORTS] [ROUTER]
 
 use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -25,8 +32,8 @@ use storm_test_support::{TestNamespace, wait_for};
 const APPROVAL: &str = "stormservice.aibrix.ai/rollout-approval";
 const ABORT: &str = "stormservice.aibrix.ai/rollout-abort";
 
-fn service(name: &str) -> Value {
-    json!({
+fn service(name: &str, routed: bool) -> Value {
+    let mut obj = json!({
         "apiVersion": "orchestration.aibrix.ai/v1alpha1",
         "kind": "StormService",
         "metadata": {"name": name},
@@ -50,6 +57,38 @@ fn service(name: &str) -> Value {
                 ]
             }}
         }
+    });
+    if routed {
+        obj["spec"]["rolloutStrategy"]["canary"]["trafficRouting"] =
+            json!({"gatewayAPI": {"httpRoute": format!("{name}-route")}});
+    }
+    obj
+}
+
+/// The user's HTTPRoute of a routed StormService: all traffic on stable.
+fn http_route(name: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": format!("{name}-route")},
+        "spec": {
+            "parentRefs": [{"name": "gateway"}],
+            "rules": [{"backendRefs": [
+                {"name": format!("{name}-stable"), "port": 80, "weight": 100},
+                {"name": format!("{name}-canary"), "port": 80, "weight": 0}
+            ]}]
+        }
+    })
+}
+
+/// Whether an HTTPRoute sends all its traffic to the stable Service.
+fn route_on_stable(route: &DynamicObject) -> bool {
+    let refs = route.data["spec"]["rules"][0]["backendRefs"].as_array();
+    refs.is_some_and(|refs| {
+        refs.iter().all(|r| {
+            let stable = r["name"].as_str().is_some_and(|n| n.ends_with("-stable"));
+            r["weight"].as_i64() == Some(if stable { 100 } else { 0 })
+        })
     })
 }
 
@@ -165,9 +204,25 @@ async fn main() -> Result<()> {
         .transpose()?
         .unwrap_or(20)
         .min(n);
+    let router = args.next().unwrap_or_else(|| "none".into());
+    ensure!(
+        matches!(router.as_str(), "none" | "gateway"),
+        "ROUTER must be none or gateway, not {router:?}"
+    );
+    let routed = router == "gateway";
     let ns = TestNamespace::new("bench-controller").await?;
     let cluster = ns.cluster();
     cluster.install_crds()?;
+    let route_resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+    ));
+    let routes_api: Api<DynamicObject> =
+        Api::namespaced_with(ns.client(), ns.name(), &route_resource);
+    if routed {
+        cluster.install_thirdparty_crds()?;
+    }
     let program = release_binary("storm-controller", "storm-controller")?;
     let mut controller = Controller::start_program(cluster, ns.name(), program, "warn")?;
     let pid = controller.process.pid().context("controller pid")?;
@@ -185,9 +240,17 @@ async fn main() -> Result<()> {
             }))?;
             services.create(&PostParams::default(), &svc).await?;
         }
+        if routed {
+            routes_api
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(http_route(name))?,
+                )
+                .await?;
+        }
         api.create(
             &PostParams::default(),
-            &serde_json::from_value(service(name))?,
+            &serde_json::from_value(service(name, routed))?,
         )
         .await?;
     }
@@ -275,6 +338,17 @@ async fn main() -> Result<()> {
             .reflect(rs_writer)
             .for_each(|_| async {}),
     );
+    let route_writer = reflector::store::Writer::<DynamicObject>::new(route_resource.clone());
+    let route_store = route_writer.as_reader();
+    if routed {
+        tokio::spawn(
+            watcher(routes_api.clone(), watcher::Config::default())
+                .default_backoff()
+                .reflect(route_writer)
+                .for_each(|_| async {}),
+        );
+        route_store.wait_until_ready().await?;
+    }
     svc_store.wait_until_ready().await?;
     rs_store.wait_until_ready().await?;
     let mut pending: BTreeMap<String, (Instant, String)> = BTreeMap::new();
@@ -293,6 +367,7 @@ async fn main() -> Result<()> {
     while !pending.is_empty() {
         let svcs = svc_store.state();
         let sets = rs_store.state();
+        let routes = route_store.state();
         let mut done = Vec::new();
         for (name, (t0, stable)) in &pending {
             let selects_stable = |s: &str| {
@@ -326,7 +401,11 @@ async fn main() -> Result<()> {
                     })
                 })
                 .count();
-            let routed = selects_stable("stable") && selects_stable("canary");
+            let route_back = !routed
+                || routes
+                    .iter()
+                    .any(|r| r.name_any() == format!("{name}-route") && route_on_stable(r));
+            let routed = selects_stable("stable") && selects_stable("canary") && route_back;
             if routed && !traffic.contains_key(name) {
                 traffic.insert(name.clone(), t0.elapsed().as_secs_f64() * 1000.0);
             }
@@ -358,6 +437,7 @@ async fn main() -> Result<()> {
     let api_requests = metric_sum(&metrics, "storm_kube_requests_total");
     let report = json!({
         "services": n,
+        "router": router,
         "rolesets_per_service": 2,
         "pods_per_roleset": 2,
         "steps": 3,
@@ -370,12 +450,17 @@ async fn main() -> Result<()> {
         "abort_to_traffic_on_stable_ms_p99": percentile(&traffic, 0.99).round(),
         "abort_to_stable_ms_p50": percentile(&latencies, 0.5).round(),
         "abort_to_stable_ms_p99": percentile(&latencies, 0.99).round(),
-        "note": "abort_to_stable: abort annotation until both Services select stable and stable has all its RoleSets Ready again (new RoleSets, Pods scheduled, kwok marks them Ready) with no canary RoleSet left; abort_to_traffic_on_stable: until both Services select stable. Observed through watches, checked every 5 ms; the control plane, kwok and the bench share the machine's 2 cores with the controller"
+        "note": "abort_to_stable: abort annotation until both Services select stable (and, with a router, its HTTPRoute sends 100% to stable) and stable has all its RoleSets Ready again (new RoleSets, Pods scheduled, kwok marks them Ready) with no canary RoleSet left; abort_to_traffic_on_stable: until both Services select stable. Observed through watches, checked every 5 ms; the control plane, kwok and the bench share the machine's 2 cores with the controller"
     });
     let dir = storm_test_support::repo_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
+    let file = if routed {
+        "controller-gateway.json"
+    } else {
+        "controller.json"
+    };
     std::fs::write(
-        dir.join("controller.json"),
+        dir.join(file),
         serde_json::to_string_pretty(&report)? + "\n",
     )?;
     println!("{}", serde_json::to_string_pretty(&report)?);
