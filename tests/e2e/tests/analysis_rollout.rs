@@ -147,7 +147,7 @@ async fn a_canary_whose_error_rate_climbs_is_rolled_back_with_analysis_failed() 
         "{run:#?}"
     );
     wait_rolesets(&env, &v1, 2, &v2, 0).await?;
-    ensure!(service_revision(&env, "app-canary").await? == Some(v1));
+    wait_service(&env, "app-canary", &v1).await?;
     env.ns.cleanup().await
 }
 
@@ -252,10 +252,7 @@ async fn a_failed_post_promotion_analysis_switches_blue_green_back() -> Result<(
         .find(|r| r.name == "post-promotion")
         .context("post-promotion run")?;
     ensure!(run.phase == AnalysisPhase::Failed, "{run:#?}");
-    ensure!(
-        service_revision(&env, "app-active").await? == Some(v1.clone()),
-        "switched back"
-    );
+    wait_service(&env, "app-active", &v1).await?;
     let v2 = obj
         .status
         .and_then(|s| s.update_revision)

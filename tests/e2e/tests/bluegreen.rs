@@ -90,7 +90,7 @@ async fn seed_blue_green_waits_for_approval_promotes_and_keeps_the_old_revision_
     .await?;
     wait_phase(&env, RolloutPhase::Healthy, None).await?;
     let v1 = stable_revision(&env).await?;
-    ensure!(service_revision(&env, ACTIVE).await? == Some(v1.clone()));
+    wait_service(&env, ACTIVE, &v1).await?;
     set_image(&env, "app:v2").await?;
     let (_, v2) = revisions(&env).await?;
     let obj = wait_phase(&env, RolloutPhase::Paused, None).await?;
@@ -100,11 +100,8 @@ async fn seed_blue_green_waits_for_approval_promotes_and_keeps_the_old_revision_
         progress(&obj)
     );
     wait_rolesets(&env, &v1, 2, &v2, 2).await?;
-    ensure!(
-        service_revision(&env, ACTIVE).await? == Some(v1.clone()),
-        "active untouched"
-    );
-    ensure!(service_revision(&env, PREVIEW).await? == Some(v2.clone()));
+    wait_service(&env, ACTIVE, &v1).await?;
+    wait_service(&env, PREVIEW, &v2).await?;
     let st = bg_status(&obj);
     ensure!(st.active_selector.as_deref() == Some(v1.as_str()), "{st:?}");
     ensure!(
@@ -135,10 +132,7 @@ async fn seed_blue_green_waits_for_approval_promotes_and_keeps_the_old_revision_
     annotate(&env, "stormservice.aibrix.ai/rollout-approval").await?;
     let promoted_at = Instant::now();
     let obj = wait_phase(&env, RolloutPhase::Completed, None).await?;
-    ensure!(
-        service_revision(&env, ACTIVE).await? == Some(v2.clone()),
-        "promotion switched the active Service"
-    );
+    wait_service(&env, ACTIVE, &v2).await?;
     let st = bg_status(&obj);
     ensure!(st.active_selector.as_deref() == Some(v2.as_str()), "{st:?}");
     ensure!(st.scale_down_delay_start_time.is_some(), "{st:?}");
@@ -187,8 +181,8 @@ async fn automatic_promotion_switches_when_the_preview_is_ready() -> Result<()> 
     })
     .await?;
     let obj = wait_phase(&env, RolloutPhase::Completed, None).await?;
-    ensure!(service_revision(&env, ACTIVE).await? == Some(v2.clone()));
-    ensure!(service_revision(&env, PREVIEW).await? == Some(v2.clone()));
+    wait_service(&env, ACTIVE, &v2).await?;
+    wait_service(&env, PREVIEW, &v2).await?;
     ensure!(
         obj.status
             .as_ref()
@@ -231,7 +225,7 @@ async fn failing_preview_pods_roll_back_and_the_active_service_never_moves() -> 
         .and_then(|r| r.conditions.iter().find(|c| c.type_ == "Degraded"))
         .and_then(|c| c.reason.clone());
     ensure!(reason.as_deref() == Some("HealthCheckFailed"), "{reason:?}");
-    ensure!(service_revision(&env, ACTIVE).await? == Some(v1.clone()));
+    wait_service(&env, ACTIVE, &v1).await?;
     wait_rolesets(&env, &v1, 2, &v2, 0).await?;
     wait_for("the status to say active is v1", TIMEOUT, || async {
         let obj = env.api.get("app").await?;

@@ -34,8 +34,8 @@ async fn seed_canary_completes_after_one_approval() -> Result<()> {
         progress(&obj)
     );
     wait_rolesets(&env, &v1, 3, &v2, 1).await?;
-    ensure!(service_revision(&env, "app-stable").await? == Some(v1.clone()));
-    ensure!(service_revision(&env, "app-canary").await? == Some(v2.clone()));
+    wait_service(&env, "app-stable", &v1).await?;
+    wait_service(&env, "app-canary", &v2).await?;
     let obj = wait_phase(&env, RolloutPhase::Paused, Some(1)).await?;
     ensure!(
         progress(&obj).3.as_deref() == Some("WaitingForApproval"),
@@ -59,15 +59,7 @@ async fn seed_canary_completes_after_one_approval() -> Result<()> {
         "the approval annotation was removed"
     );
     wait_rolesets(&env, &v1, 0, &v2, 4).await?;
-    // The status is written first, then the Services: wait for the pin.
-    wait_for(
-        "the stable Service on the new revision",
-        TIMEOUT,
-        || async {
-            Ok((service_revision(&env, "app-stable").await? == Some(v2.clone())).then_some(()))
-        },
-    )
-    .await?;
+    wait_service(&env, "app-stable", &v2).await?;
     // revisionHistoryLimit 0: v1's stored template goes once v2 is stable.
     wait_for(
         "only the stable revision's template kept",
@@ -118,10 +110,7 @@ async fn abort_at_fifty_percent_returns_to_stable_and_retry_restarts() -> Result
     annotate(&env, "stormservice.aibrix.ai/rollout-abort").await?;
     let obj = wait_phase(&env, RolloutPhase::Aborted, None).await?;
     ensure!(progress(&obj).2 == 0, "weight back to 0");
-    ensure!(
-        service_revision(&env, "app-canary").await? == Some(v1.clone()),
-        "all traffic on stable"
-    );
+    wait_service(&env, "app-canary", &v1).await?;
     wait_rolesets(&env, &v1, 4, &v2, 0).await?;
     // The stable RoleSets recreated by the abort run the stable template, not the canary's.
     wait_for("every Pod back on app:v1", TIMEOUT, || async {
@@ -185,7 +174,7 @@ async fn failing_canary_pods_are_rolled_back() -> Result<()> {
     );
     let (_, v2) = revisions(&env).await?;
     wait_rolesets(&env, &v1, 3, &v2, 0).await?;
-    ensure!(service_revision(&env, "app-canary").await? == Some(v1));
+    wait_service(&env, "app-canary", &v1).await?;
     env.ns.cleanup().await
 }
 

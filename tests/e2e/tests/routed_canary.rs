@@ -386,15 +386,7 @@ async fn a_routed_canary_completes() -> Result<()> {
     }
     wait_phase(&env, RolloutPhase::Completed, None).await?;
     wait_rolesets(&env, &v1, 0, &v2, 2).await?;
-    // The status is written first, then the Services: wait for the pin.
-    wait_for(
-        "the stable Service on the new revision",
-        TIMEOUT,
-        || async {
-            Ok((service_revision(&env, "app-stable").await? == Some(v2.clone())).then_some(()))
-        },
-    )
-    .await?;
+    wait_service(&env, "app-stable", &v2).await?;
     wait_weights(&env, &r, (100, 0)).await?;
     env.ns.cleanup().await
 }

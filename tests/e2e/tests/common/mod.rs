@@ -208,6 +208,17 @@ pub async fn service_revision(env: &Env, name: &str) -> Result<Option<String>> {
     Ok(selector.get(LABEL_REVISION).cloned())
 }
 
+/// Waits until Service `name` selects revision `rev`. The controller writes the status first and
+/// pins Services after it, so a phase seen in the status may be a moment ahead of the selectors.
+pub async fn wait_service(env: &Env, name: &str, rev: &str) -> Result<()> {
+    wait_for(
+        &format!("Service {name} to select {rev}"),
+        TIMEOUT,
+        || async { Ok((service_revision(env, name).await?.as_deref() == Some(rev)).then_some(())) },
+    )
+    .await
+}
+
 pub async fn wait_rolesets(
     env: &Env,
     stable: &str,
