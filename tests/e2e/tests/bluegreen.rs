@@ -136,10 +136,7 @@ async fn seed_blue_green_waits_for_approval_promotes_and_keeps_the_old_revision_
     let st = bg_status(&obj);
     ensure!(st.active_selector.as_deref() == Some(v2.as_str()), "{st:?}");
     ensure!(st.scale_down_delay_start_time.is_some(), "{st:?}");
-    ensure!(
-        obj.metadata.annotations.unwrap_or_default().is_empty(),
-        "the approval annotation was removed"
-    );
+    wait_annotations_removed(&env).await?;
     // The old RoleSets stay for the delay, then go.
     let kept_until = Duration::from_secs(delay) - Duration::from_secs(2);
     holds_for(

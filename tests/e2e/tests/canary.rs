@@ -54,10 +54,7 @@ async fn seed_canary_completes_after_one_approval() -> Result<()> {
     ensure!(progress(&obj).2 == 100);
     let status = obj.status.context("status")?;
     ensure!(status.current_revision.as_deref() == Some(v2.as_str()));
-    ensure!(
-        obj.metadata.annotations.unwrap_or_default().is_empty(),
-        "the approval annotation was removed"
-    );
+    wait_annotations_removed(&env).await?;
     wait_rolesets(&env, &v1, 0, &v2, 4).await?;
     wait_service(&env, "app-stable", &v2).await?;
     // revisionHistoryLimit 0: v1's stored template goes once v2 is stable.

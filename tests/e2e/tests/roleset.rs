@@ -361,12 +361,19 @@ async fn a_failed_pod_is_replaced_only_after_its_grace_period() -> Result<()> {
         })
         .await?;
         let first_uid = first.uid().context("Pod has no uid")?;
-        let status = wait_for("status Ready=False", TIMEOUT, || async {
-            let status = rolesets.get("llm-r1-0").await?.status.unwrap_or_default();
-            Ok((ready_condition(&status) == Some(("False", "PodsNotReady"))).then_some(status))
-        })
+        // The status may first be written before the controller's cache holds the Pod (Ready=False
+        // with no Pod counted): wait for the one that counts the failed Pod.
+        wait_for(
+            "status Ready=False with the failed Pod not ready",
+            TIMEOUT,
+            || async {
+                let status = rolesets.get("llm-r1-0").await?.status.unwrap_or_default();
+                Ok((ready_condition(&status) == Some(("False", "PodsNotReady"))
+                    && status.roles.first().map(|r| r.not_ready_replicas) == Some(1))
+                .then_some(()))
+            },
+        )
         .await?;
-        assert_eq!(status.roles[0].not_ready_replicas, 1);
 
         // Health checks must see the failure: the same Pod stays for a good part of the 30 s.
         holds_for("the failed Pod stays", Duration::from_secs(20), || async {

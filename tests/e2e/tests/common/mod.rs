@@ -219,6 +219,20 @@ pub async fn wait_service(env: &Env, name: &str, rev: &str) -> Result<()> {
     .await
 }
 
+/// Waits until the control annotations are gone from `app` (removed after the status is written).
+pub async fn wait_annotations_removed(env: &Env) -> Result<()> {
+    wait_for("the control annotations removed", TIMEOUT, || async {
+        let obj = env.api.get("app").await?;
+        Ok(obj
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .is_empty()
+            .then_some(()))
+    })
+    .await
+}
+
 pub async fn wait_rolesets(
     env: &Env,
     stable: &str,
