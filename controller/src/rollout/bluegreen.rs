@@ -8,48 +8,28 @@
 
 use super::Machine;
 use super::canary::{
-    abort, analysis_failed, apply_controls, deadline, failure, halt, hold_on_stable,
-    paused_by_user, rollback,
+    Steer, analysis_failed, deadline, failure, halt, hold_on_stable, paused_by_user, rollback,
+    steer,
 };
 use super::controls::{Controls, ignore};
 use super::gates::{self, Gate};
 use super::plan::{cond, condition_reason, condition_true, reason};
 use super::settings::auto_rollback;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use storm_shared::keys::{
-    ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
-};
+use storm_shared::keys::ANNOTATION_APPROVAL;
 use storm_shared::types::stormservice::{BlueGreenStatus, BlueGreenStrategy, RolloutPhase};
 
 pub(crate) fn run(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy, controls: Controls) {
     let ar = auto_rollback(m.input.spec);
-    let mut approval = controls.approval;
-    if controls.abort {
-        if m.phase() != Some(RolloutPhase::Aborted) {
-            abort(m, stable);
-            unpromote(m, stable);
-        }
-        for (set, key) in [
-            (controls.retry, ANNOTATION_RETRY),
-            (controls.pause, ANNOTATION_PAUSE),
-            (controls.resume, ANNOTATION_RESUME),
-            (controls.approval, ANNOTATION_APPROVAL),
-        ] {
-            if set {
-                ignore(m, key, "the rollout was aborted at the same time");
-            }
-        }
-        approval = false;
-    } else {
-        let retry = controls.retry
-            && matches!(
-                m.phase(),
-                Some(RolloutPhase::Aborted | RolloutPhase::Degraded)
-            );
-        apply_controls(m, controls);
-        if retry {
-            unpromote(m, stable);
-        }
+    // An abort or a retry that acts now puts the active Service back on the stable revision.
+    let was = m.phase();
+    let aborts = controls.abort && was != Some(RolloutPhase::Aborted);
+    let retries = !controls.abort
+        && controls.retry
+        && matches!(was, Some(RolloutPhase::Aborted | RolloutPhase::Degraded));
+    let steer = steer(m, stable, controls);
+    if aborts || retries {
+        unpromote(m, stable);
     }
     // Blue-green has no steps.
     m.rs.current_step_index = None;
@@ -59,37 +39,17 @@ pub(crate) fn run(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy, control
     if status.active_selector.is_none() {
         status.active_selector = Some(stable.to_string());
     }
-
-    let rolled_back = matches!(m.phase(), Some(RolloutPhase::Aborted))
-        || (m.phase() == Some(RolloutPhase::Degraded)
-            && condition_reason(&m.rs, cond::PROGRESSING) != Some(reason::HALTED));
-    if rolled_back {
-        // Both Services select the stable revision now.
-        if let Some(b) = m.rs.blue_green_status.as_mut() {
-            b.preview_selector = Some(stable.to_string());
+    match steer {
+        Steer::RolledBack => {
+            // Both Services select the stable revision now.
+            if let Some(b) = m.rs.blue_green_status.as_mut() {
+                b.preview_selector = Some(stable.to_string());
+            }
+            hold_on_stable(m, stable);
         }
-        if approval {
-            ignore(
-                m,
-                ANNOTATION_APPROVAL,
-                "the rollout is not running (aborted or rolled back)",
-            );
-        }
-        hold_on_stable(m, stable);
-        return;
+        Steer::Halted => hold_in_place(m, stable, bg),
+        Steer::Run { approval } => progress(m, stable, bg, &ar, approval),
     }
-    if m.phase() == Some(RolloutPhase::Degraded) {
-        if approval {
-            ignore(
-                m,
-                ANNOTATION_APPROVAL,
-                "the rollout is stopped after a failure; resume, retry or abort it",
-            );
-        }
-        hold_in_place(m, stable, bg);
-        return;
-    }
-    progress(m, stable, bg, &ar, approval);
 }
 
 /// Whether the active Service was switched to the new revision.

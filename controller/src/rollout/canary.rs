@@ -99,6 +99,26 @@ fn was_waiting_for_approval(m: &Machine, idx: usize) -> bool {
 
 pub(crate) fn run(m: &mut Machine, stable: &str, canary: &CanaryStrategy, controls: Controls) {
     let ar = auto_rollback(m.input.spec);
+    match steer(m, stable, controls) {
+        Steer::RolledBack => hold_on_stable(m, stable),
+        Steer::Halted => hold_in_place(m, stable),
+        Steer::Run { approval } => progress(m, stable, canary, &ar, approval),
+    }
+}
+
+/// Where a rollout stands once the manual controls have acted.
+pub(crate) enum Steer {
+    /// Aborted or rolled back: everything stays on stable.
+    RolledBack,
+    /// Stopped in place after a failure (autoRollback disabled).
+    Halted,
+    /// Running; `approval` is an approval still to be used by a gate.
+    Run { approval: bool },
+}
+
+/// The controls every strategy shares: an abort (the other controls that arrived with it are
+/// dropped), else retry, pause and resume; then an approval that cannot act is dropped.
+pub(crate) fn steer(m: &mut Machine, stable: &str, controls: Controls) -> Steer {
     let mut approval = controls.approval;
     if controls.abort {
         if m.phase() != Some(RolloutPhase::Aborted) {
@@ -118,7 +138,6 @@ pub(crate) fn run(m: &mut Machine, stable: &str, canary: &CanaryStrategy, contro
     } else {
         apply_controls(m, controls);
     }
-
     let rolled_back = matches!(m.phase(), Some(RolloutPhase::Aborted))
         || (m.phase() == Some(RolloutPhase::Degraded)
             && condition_reason(&m.rs, cond::PROGRESSING) != Some(reason::HALTED));
@@ -130,8 +149,7 @@ pub(crate) fn run(m: &mut Machine, stable: &str, canary: &CanaryStrategy, contro
                 "the rollout is not running (aborted or rolled back)",
             );
         }
-        hold_on_stable(m, stable);
-        return;
+        return Steer::RolledBack;
     }
     if m.phase() == Some(RolloutPhase::Degraded) {
         if approval {
@@ -141,10 +159,9 @@ pub(crate) fn run(m: &mut Machine, stable: &str, canary: &CanaryStrategy, contro
                 "the rollout is stopped after a failure; resume, retry or abort it",
             );
         }
-        hold_in_place(m, stable);
-        return;
+        return Steer::Halted;
     }
-    progress(m, stable, canary, &ar, approval);
+    Steer::Run { approval }
 }
 
 pub(crate) fn apply_controls(m: &mut Machine, c: Controls) {
