@@ -5,9 +5,13 @@
 //! each decision and sets its phase; the state machine reads the phase here.
 
 use super::Machine;
+use crate::analysis::Source;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::time::Duration;
-use storm_shared::types::stormservice::{AnalysisPhase, AnalysisRunStatus};
+use storm_shared::types::stormservice::{
+    AnalysisPhase, AnalysisRunStatus, RolloutStrategyType, StormServiceSpec,
+};
+use storm_shared::units::int_or_string_percent;
 
 /// The run of `autoRollback.onFailure.errorRate`.
 pub const ERROR_RATE: &str = "error-rate";
@@ -177,29 +181,52 @@ pub(crate) fn accept_inconclusive(m: &mut Machine) -> bool {
     any
 }
 
+/// What run `name` measures, from the spec; `None` when the spec no longer has that analysis.
+pub fn source<'a>(spec: &'a StormServiceSpec, name: &str) -> Option<Source<'a>> {
+    let strategy = spec.rollout_strategy.as_ref()?;
+    match name {
+        ERROR_RATE => {
+            let f = super::settings::auto_rollback_block(spec)?
+                .on_failure
+                .as_ref()?;
+            let threshold = int_or_string_percent(f.error_threshold.as_ref()?).ok()?;
+            Some(Source::ErrorRate {
+                metric: f.error_rate.as_ref()?,
+                threshold,
+            })
+        }
+        PRE_PROMOTION | POST_PROMOTION => {
+            if strategy.type_ != RolloutStrategyType::BlueGreen {
+                return None;
+            }
+            let bg = strategy.blue_green.as_ref()?;
+            if name == PRE_PROMOTION {
+                bg.pre_promotion_analysis.as_ref()
+            } else {
+                bg.post_promotion_analysis.as_ref()
+            }
+            .map(Source::Templates)
+        }
+        step => {
+            let idx: usize = step.strip_prefix("step-")?.parse().ok()?;
+            strategy
+                .canary
+                .as_ref()?
+                .steps
+                .get(idx)?
+                .analysis
+                .as_ref()
+                .map(Source::Templates)
+        }
+    }
+}
+
 /// Drops the running runs whose analysis is no longer in the spec (removed or edited away
 /// mid-rollout): nobody would measure them and no gate would read them.
 pub(crate) fn drop_orphans(m: &mut Machine) {
     let spec = m.input.spec;
-    let strategy = spec.rollout_strategy.as_ref();
-    let canary = strategy.and_then(|s| s.canary.as_ref());
-    let bg = m.blue_green();
-    let error_rate = super::settings::auto_rollback(spec).error_rate_metric;
-    m.rs.analysis_runs.retain(|r| {
-        if r.phase != AnalysisPhase::Running {
-            return true;
-        }
-        match r.name.as_str() {
-            ERROR_RATE => error_rate,
-            PRE_PROMOTION => bg.is_some_and(|b| b.pre_promotion_analysis.is_some()),
-            POST_PROMOTION => bg.is_some_and(|b| b.post_promotion_analysis.is_some()),
-            other => other
-                .strip_prefix("step-")
-                .and_then(|i| i.parse::<usize>().ok())
-                .and_then(|i| canary.and_then(|c| c.steps.get(i)))
-                .is_some_and(|s| s.analysis.is_some()),
-        }
-    });
+    m.rs.analysis_runs
+        .retain(|r| r.phase != AnalysisPhase::Running || source(spec, &r.name).is_some());
 }
 
 /// Keeps only the runs of revision `rev` (a new rollout starts with a clean list).

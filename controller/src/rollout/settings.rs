@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::jiff::SignedDuration;
-use storm_shared::types::stormservice::{CanaryStrategy, StormServiceSpec};
+use storm_shared::types::stormservice::{self as types, CanaryStrategy, StormServiceSpec};
 use storm_shared::units::{int_or_string_percent, parse_duration, scaled_value};
 
 /// Automatic rollback, resolved.
@@ -31,14 +31,20 @@ fn duration(text: Option<&str>, default_secs: i64) -> SignedDuration {
         .unwrap_or(SignedDuration::from_secs(default_secs))
 }
 
-/// The autoRollback block in force (canonical place first, the legacy one under `canary:` second).
-pub fn auto_rollback(spec: &StormServiceSpec) -> AutoRollback {
+/// The autoRollback block as written (canonical place first, the legacy one under `canary:`
+/// second).
+pub fn auto_rollback_block(spec: &StormServiceSpec) -> Option<&types::AutoRollback> {
     let strategy = spec.rollout_strategy.as_ref();
-    let ar = strategy.and_then(|s| s.auto_rollback.as_ref()).or_else(|| {
+    strategy.and_then(|s| s.auto_rollback.as_ref()).or_else(|| {
         strategy
             .and_then(|s| s.canary.as_ref())
             .and_then(|c| c.auto_rollback.as_ref())
-    });
+    })
+}
+
+/// The autoRollback block in force, with its defaults.
+pub fn auto_rollback(spec: &StormServiceSpec) -> AutoRollback {
+    let ar = auto_rollback_block(spec);
     let of = ar.and_then(|a| a.on_failure.as_ref());
     AutoRollback {
         enabled: ar.and_then(|a| a.enabled).unwrap_or(true),

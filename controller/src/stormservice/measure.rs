@@ -1,58 +1,12 @@
 //! Before each decision: the analysis runs that are measuring take the measurements that are due.
 
-use crate::analysis::{Runner, Source};
+use crate::analysis::Runner;
 use crate::rollout::{Note, gates};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use std::time::Duration;
 use storm_shared::StormService;
-use storm_shared::types::stormservice::{
-    AnalysisPhase, AnalysisRunStatus, RolloutStrategyType, StormServiceSpec, StormServiceStatus,
-};
-use storm_shared::units::int_or_string_percent;
-
-/// What a run named `name` measures, from the spec.
-pub fn source<'a>(spec: &'a StormServiceSpec, name: &str) -> Option<Source<'a>> {
-    let strategy = spec.rollout_strategy.as_ref()?;
-    match name {
-        gates::ERROR_RATE => {
-            let ar = strategy.auto_rollback.as_ref().or_else(|| {
-                strategy
-                    .canary
-                    .as_ref()
-                    .and_then(|c| c.auto_rollback.as_ref())
-            })?;
-            let f = ar.on_failure.as_ref()?;
-            let threshold = int_or_string_percent(f.error_threshold.as_ref()?).ok()?;
-            Some(Source::ErrorRate {
-                metric: f.error_rate.as_ref()?,
-                threshold,
-            })
-        }
-        gates::PRE_PROMOTION | gates::POST_PROMOTION => {
-            if strategy.type_ != RolloutStrategyType::BlueGreen {
-                return None;
-            }
-            let bg = strategy.blue_green.as_ref()?;
-            let a = if name == gates::PRE_PROMOTION {
-                bg.pre_promotion_analysis.as_ref()
-            } else {
-                bg.post_promotion_analysis.as_ref()
-            };
-            a.map(Source::Templates)
-        }
-        step => {
-            let idx: usize = step.strip_prefix("step-")?.parse().ok()?;
-            let canary = strategy.canary.as_ref()?;
-            canary
-                .steps
-                .get(idx)?
-                .analysis
-                .as_ref()
-                .map(Source::Templates)
-        }
-    }
-}
+use storm_shared::types::stormservice::{AnalysisPhase, AnalysisRunStatus, StormServiceStatus};
 
 /// Advances every running run of the revision being rolled out. Returns when the next
 /// measurement is due and the events for runs that reached a verdict.
@@ -75,7 +29,7 @@ pub async fn advance(
         .iter_mut()
         .filter(|r| r.phase == AnalysisPhase::Running && r.revision == update)
     {
-        let Some(source) = source(&obj.spec, &run.name) else {
+        let Some(source) = gates::source(&obj.spec, &run.name) else {
             continue;
         };
         let due = runner.advance(client, ns, source, run, now).await;
