@@ -70,19 +70,29 @@ fn analysed_steps() -> Value {
     ])
 }
 
-#[tokio::test]
-async fn a_canary_whose_error_rate_stays_low_completes() -> Result<()> {
-    let (env, _exporter, prometheus) = started("an-pass").await?;
+/// A canary whose step 0 measures the error rate `count` times, rolling out from v1 to v2:
+/// (env, exporter, prometheus, v1, v2).
+async fn rolling_out(
+    prefix: &str,
+    count: i32,
+) -> Result<(Env, Exporter, Prometheus, String, String)> {
+    let (env, exporter, prometheus) = started(prefix).await?;
     create_template(
         &env,
         "error-rate",
-        error_rate_template(&prometheus, &_exporter, 3),
+        error_rate_template(&prometheus, &exporter, count),
     )
     .await?;
     create(&env, storm_service(2, analysed_steps(), None)).await?;
     wait_phase(&env, RolloutPhase::Healthy, None).await?;
     set_image(&env, "app:v2").await?;
-    let (_, v2) = revisions(&env).await?;
+    let (v1, v2) = revisions(&env).await?;
+    Ok((env, exporter, prometheus, v1, v2))
+}
+
+#[tokio::test]
+async fn a_canary_whose_error_rate_stays_low_completes() -> Result<()> {
+    let (env, _exporter, _prometheus, _, v2) = rolling_out("an-pass", 3).await?;
     let obj = wait_phase(&env, RolloutPhase::Completed, None).await?;
     let run = runs(&obj)
         .into_iter()
@@ -105,17 +115,7 @@ async fn a_canary_whose_error_rate_stays_low_completes() -> Result<()> {
 
 #[tokio::test]
 async fn a_canary_whose_error_rate_climbs_is_rolled_back_with_analysis_failed() -> Result<()> {
-    let (env, exporter, prometheus) = started("an-fail").await?;
-    create_template(
-        &env,
-        "error-rate",
-        error_rate_template(&prometheus, &exporter, 30),
-    )
-    .await?;
-    create(&env, storm_service(2, analysed_steps(), None)).await?;
-    wait_phase(&env, RolloutPhase::Healthy, None).await?;
-    set_image(&env, "app:v2").await?;
-    let (v1, v2) = revisions(&env).await?;
+    let (env, exporter, _prometheus, v1, v2) = rolling_out("an-fail", 30).await?;
     // The analysis measures a healthy canary first...
     wait_for("a first successful measurement", TIMEOUT, || async {
         let obj = env.api.get("app").await?;
@@ -213,11 +213,7 @@ async fn a_failed_post_promotion_analysis_switches_blue_green_back() -> Result<(
     exporter.set(CANARY, 1000, 250);
     let prometheus = Prometheus::start(&[exporter.target()])?;
     prometheus.wait_for_value(&exporter.error_percent_query(CANARY), 20.0)?;
-    let url = format!(
-        "{}/api/v1/query?query={}",
-        prometheus.base_url(),
-        url_encode(&exporter.error_percent_query(CANARY))
-    );
+    let url = prometheus.query_url(&exporter.error_percent_query(CANARY));
     create_template(
         &env,
         "monitoring-check",

@@ -67,11 +67,7 @@ async fn seed_blue_green_waits_for_approval_promotes_and_keeps_the_old_revision_
         )
         .await?;
     }
-    let url = format!(
-        "{}/api/v1/query?query={}",
-        prometheus.base_url(),
-        url_encode(&query)
-    );
+    let url = prometheus.query_url(&query);
     create_template(
         &env,
         "monitoring-check",

@@ -279,8 +279,9 @@ async fn wait_weights(env: &Env, r: &Router, want: (i64, i64)) -> Result<Value> 
     .with_context(|| format!("controller log:\n{}", env.controller.process.log_tail(40)))
 }
 
-async fn walk(prefix: &str, r: Router) -> Result<()> {
-    let mut env = setup(prefix).await?;
+/// A namespace with the third-party CRDs, the user's routing objects and a Healthy routed `app`.
+async fn deployed(prefix: &str, r: &Router) -> Result<Env> {
+    let env = setup(prefix).await?;
     env.ns.cluster().install_thirdparty_crds()?;
     for obj in &r.objects {
         let text = obj.to_string().replace("NS", env.ns.name());
@@ -288,6 +289,11 @@ async fn walk(prefix: &str, r: Router) -> Result<()> {
     }
     create(&env, routed_service(&r.routing)).await?;
     wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    Ok(env)
+}
+
+async fn walk(prefix: &str, r: Router) -> Result<()> {
+    let mut env = deployed(prefix, &r).await?;
     let v1 = stable_revision(&env).await?;
     let user_object = || kubectl_get(&env, r.resource, r.name);
     // The user's object as it was (the nginx canary Ingress does not exist yet: the user's
@@ -370,14 +376,7 @@ async fn nginx_canary_ingress_follows_the_steps_and_abort() -> Result<()> {
 #[tokio::test]
 async fn a_routed_canary_completes() -> Result<()> {
     let r = istio();
-    let env = setup("routed-complete").await?;
-    env.ns.cluster().install_thirdparty_crds()?;
-    for obj in &r.objects {
-        let text = obj.to_string().replace("NS", env.ns.name());
-        kubectl_create(&env, &serde_json::from_str(&text)?)?;
-    }
-    create(&env, routed_service(&r.routing)).await?;
-    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    let env = deployed("routed-complete", &r).await?;
     set_image(&env, "app:v2").await?;
     let (v1, v2) = revisions(&env).await?;
     for step in [0, 1] {

@@ -264,9 +264,15 @@ impl Prometheus {
         }
     }
 
+    /// The URL of the instant query `promql` on the HTTP API (a JSON endpoint, e.g. for a web
+    /// metric).
+    pub fn query_url(&self, promql: &str) -> String {
+        format!("{}{}", self.base_url(), query_path(promql))
+    }
+
     /// Runs an instant query and returns the sample values (a scalar is one value).
     pub fn query(&self, promql: &str) -> Result<Vec<f64>> {
-        let path = format!("/api/v1/query?query={}", percent_encode(promql));
+        let path = query_path(promql);
         let (code, body) = get(self.port, &path)?;
         let doc: serde_json::Value = serde_json::from_str(&body)
             .with_context(|| format!("Prometheus answered HTTP {code}: {body:.300}"))?;
@@ -338,6 +344,10 @@ fn get(port: u16, path: &str) -> Result<(u16, String)> {
 }
 
 /// Percent-encodes everything but unreserved characters (RFC 3986).
+fn query_path(promql: &str) -> String {
+    format!("/api/v1/query?query={}", percent_encode(promql))
+}
+
 fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {

@@ -269,15 +269,3 @@ pub async fn create_template(env: &Env, name: &str, spec: Value) -> Result<()> {
         .await?;
     Ok(())
 }
-
-/// Percent-encodes everything but RFC 3986's unreserved characters (for a query string).
-pub fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
