@@ -46,6 +46,16 @@ pub(super) fn spec(steps: serde_json::Value, replicas: i32, image: &str) -> Stor
     .expect("spec")
 }
 
+/// The canary strategy of a spec made by [`spec`].
+pub(super) fn canary_of(
+    spec: &mut StormServiceSpec,
+) -> &mut storm_shared::types::stormservice::CanaryStrategy {
+    spec.rollout_strategy
+        .as_mut()
+        .and_then(|r| r.canary.as_mut())
+        .expect("a canary spec")
+}
+
 pub(super) fn seed_steps() -> serde_json::Value {
     serde_json::json!([
         {"weight": 10, "pause": {"duration": "5m"}},
@@ -611,15 +621,7 @@ fn an_edited_step_starts_over() {
     sim.advance(200);
     sim.tick();
     // 200 s into a 5 m pause, the user makes it 4 m: the pause restarts from now.
-    let steps = &mut sim
-        .spec
-        .rollout_strategy
-        .as_mut()
-        .expect("rs")
-        .canary
-        .as_mut()
-        .expect("canary")
-        .steps;
+    let steps = &mut canary_of(&mut sim.spec).steps;
     steps[0].pause.as_mut().expect("pause").duration = Some("4m".into());
     sim.tick();
     sim.advance(200);

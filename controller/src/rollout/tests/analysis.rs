@@ -156,14 +156,7 @@ fn an_edited_step_restarts_its_analysis() {
         .insert("step-0".into(), AnalysisPhase::Inconclusive);
     sim.settle(1);
     sim.verdicts.clear();
-    sim.spec
-        .rollout_strategy
-        .as_mut()
-        .expect("rs")
-        .canary
-        .as_mut()
-        .expect("c")
-        .steps[0]
+    canary_of(&mut sim.spec).steps[0]
         .analysis
         .as_mut()
         .expect("a")

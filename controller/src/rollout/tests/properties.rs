@@ -40,7 +40,7 @@ proptest! {
     fn invariants_hold(events in prop::collection::vec(event(), 1..60), replicas in 1i32..7, router in any::<bool>()) {
         let mut s = spec(seed_steps(), replicas, "app:v1");
         if router {
-            s.rollout_strategy.as_mut().expect("rs").canary.as_mut().expect("c").traffic_routing =
+            canary_of(&mut s).traffic_routing =
                 Some(serde_json::from_value(serde_json::json!({"nginx": {"ingress": "i", "servicePort": 80}})).expect("tr"));
         }
         let mut sim = Sim::new(s);

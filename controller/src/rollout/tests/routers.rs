@@ -5,13 +5,7 @@ use super::*;
 
 fn routed(replicas: i32) -> (Sim, String) {
     let mut s = spec(seed_steps(), replicas, "app:v1");
-    s.rollout_strategy
-        .as_mut()
-        .expect("rs")
-        .canary
-        .as_mut()
-        .expect("c")
-        .traffic_routing = Some(
+    canary_of(&mut s).traffic_routing = Some(
         serde_json::from_value(serde_json::json!({"istio": {"virtualService": "vs"}})).expect("tr"),
     );
     let mut sim = Sim::new(s);
@@ -64,14 +58,8 @@ fn a_step_waits_for_the_router_to_report_its_weight() {
 #[test]
 fn promotion_moves_traffic_before_stable_goes() {
     let (mut sim, v1) = routed(2);
-    sim.spec
-        .rollout_strategy
-        .as_mut()
-        .expect("rs")
-        .canary
-        .as_mut()
-        .expect("c")
-        .steps = serde_json::from_value(serde_json::json!([{"weight": 50}])).expect("steps");
+    canary_of(&mut sim.spec).steps =
+        serde_json::from_value(serde_json::json!([{"weight": 50}])).expect("steps");
     sim.set_image("app:v2");
     let v2 = sim.revision();
     sim.settle(3);
@@ -169,14 +157,8 @@ fn a_lost_router_reading_after_a_long_pause_is_not_a_deadline() {
 #[test]
 fn after_promotion_removed_stable_traffic_never_goes_back_to_it() {
     let (mut sim, v1) = routed(2);
-    sim.spec
-        .rollout_strategy
-        .as_mut()
-        .expect("rs")
-        .canary
-        .as_mut()
-        .expect("c")
-        .steps = serde_json::from_value(serde_json::json!([{"weight": 50}])).expect("steps");
+    canary_of(&mut sim.spec).steps =
+        serde_json::from_value(serde_json::json!([{"weight": 50}])).expect("steps");
     sim.set_image("app:v2");
     let v2 = sim.revision();
     // Up to the point where the router reports 100 and stable is scaled away.
