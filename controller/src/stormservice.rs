@@ -297,9 +297,9 @@ async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, 
         .unwrap_or_else(|| update.clone());
     let mut extra_notes = Vec::new();
     // The routers' weight, read back: a canary step is reached only when it is in place.
-    let routing = routing::Routing::of(&obj);
+    let routing = routing::Routing::of(&obj, &ns, &stable, &update);
     if let Some(r) = &routing {
-        match r.read(&state.ctx.client, &obj, &ns, &stable, &update).await {
+        match r.read(&state.ctx.client).await {
             Ok(w) => observed.router_weight = w,
             Err(e) if stable != update => {
                 extra_notes.push(routing::error_note("reading the traffic routers", &e))
@@ -416,30 +416,20 @@ async fn apply(
     pin_services(ns, plan, state).await?;
     let mut notes = Vec::new();
     let mut routed = Ok(());
-    if let Some(r) = routing::Routing::of(obj) {
-        let update = plan.status.update_revision.clone().unwrap_or_default();
-        let stable = plan
-            .status
-            .current_revision
-            .clone()
-            .unwrap_or_else(|| update.clone());
+    // The revisions as decided: at completion the new one is stable already.
+    let update = plan.status.update_revision.clone().unwrap_or_default();
+    let stable = plan
+        .status
+        .current_revision
+        .clone()
+        .unwrap_or_else(|| update.clone());
+    if let Some(r) = routing::Routing::of(obj, ns, &stable, &update) {
         let in_rollout = obj
             .status
             .as_ref()
             .and_then(|s| s.current_revision.as_deref())
             != Some(update.as_str());
-        match r
-            .set(
-                &client,
-                obj,
-                ns,
-                &stable,
-                &update,
-                observed.router_weight,
-                plan.weight,
-            )
-            .await
-        {
+        match r.set(&client, observed.router_weight, plan.weight).await {
             Ok(true) => info!(
                 namespace = ns,
                 name,
