@@ -8,7 +8,7 @@ use storm_shared::StormService;
 use storm_shared::keys::{
     ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
 };
-use storm_shared::rules::waiting_for_approval;
+use storm_shared::status::waiting_for_approval;
 use storm_shared::types::stormservice::RolloutPhase;
 
 /// A manual control.

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME, LABEL_REVISION};
 use storm_shared::types::API_VERSION;
-use storm_shared::types::stormservice::{RoleSetTemplateSpec, TemplateMetadata};
+use storm_shared::types::stormservice::{RoleSetTemplateSpec, RolloutPhase, TemplateMetadata};
 use storm_shared::{RoleSet, StormService};
 use tracing::{debug, info, warn};
 
@@ -353,7 +353,9 @@ async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, 
     state.ctx.metrics.set_rollout(
         &ns,
         &name,
-        rs.and_then(|r| r.phase).map_or("Healthy", phase_name),
+        rs.and_then(|r| r.phase)
+            .map_or(RolloutPhase::Healthy, |p| p)
+            .as_str(),
         i64::from(rs.and_then(|r| r.current_step_index).unwrap_or(0)),
         i64::from(
             rs.and_then(|r| r.canary_status.as_ref())
@@ -370,18 +372,6 @@ async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, 
         .requeue_after
         .map_or(RESYNC, |d| d.clamp(Duration::from_secs(1), RESYNC));
     Ok(Action::requeue(after))
-}
-
-fn phase_name(p: storm_shared::types::stormservice::RolloutPhase) -> &'static str {
-    use storm_shared::types::stormservice::RolloutPhase::*;
-    match p {
-        Healthy => "Healthy",
-        Progressing => "Progressing",
-        Paused => "Paused",
-        Completed => "Completed",
-        Degraded => "Degraded",
-        Aborted => "Aborted",
-    }
 }
 
 async fn apply(
@@ -470,7 +460,7 @@ async fn apply(
             } else {
                 EventType::Normal
             },
-            reason: note.reason.clone(),
+            reason: note.reason.as_str().to_string(),
             note: Some(note.message.clone()),
             // The recorder folds events with the same (type, reason, action) into one series, which
             // would hide "Step 1 completed" under "Step 0 completed": the action carries the
@@ -483,7 +473,7 @@ async fn apply(
         }
     }
     if let Some(reason) = &plan.rollback {
-        state.ctx.metrics.rollback(reason);
+        state.ctx.metrics.rollback(reason.as_str());
     }
     scaled.and(routed)
 }

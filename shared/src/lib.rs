@@ -10,6 +10,7 @@ pub mod keys;
 pub mod policy;
 pub mod references;
 pub mod rules;
+pub mod status;
 pub mod types;
 pub mod units;
 

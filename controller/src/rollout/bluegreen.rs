@@ -7,16 +7,18 @@
 //! old RoleSets stay for `scaleDownDelaySeconds` after the promotion (see `at_rest`).
 
 use super::Machine;
-use super::canary::{
-    Steer, analysis_failed, deadline, failure, halt, hold_on_stable, paused_by_user, rollback,
-    steer,
-};
 use super::controls::{Controls, ignore};
 use super::gates::{self, Gate};
-use super::plan::{cond, condition_reason, condition_true, reason};
-use super::settings::auto_rollback;
+use super::lifecycle::{
+    self, Steer, analysis_failed, deadline, failure, halt, hold_on_stable, paused_by_user,
+    rollback, steer,
+};
+use super::settings::{AutoRollback, auto_rollback};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::SignedDuration;
+use std::time::Duration;
 use storm_shared::keys::ANNOTATION_APPROVAL;
+use storm_shared::status::{ConditionType as Cond, Reason};
 use storm_shared::types::stormservice::{BlueGreenStatus, BlueGreenStrategy, RolloutPhase};
 
 pub(crate) fn run(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy, controls: Controls) {
@@ -95,16 +97,14 @@ fn was_waiting_for_approval(m: &Machine) -> bool {
     let Some(prev) = m.input.status.and_then(|s| s.rollout_status.as_ref()) else {
         return false;
     };
-    prev.phase == Some(RolloutPhase::Paused)
-        && condition_true(prev, cond::PAUSED).and_then(|c| c.reason.as_deref())
-            == Some(reason::WAITING_FOR_APPROVAL)
+    prev.waiting_for_approval()
 }
 
 fn progress(
     m: &mut Machine,
     stable: &str,
     bg: &BlueGreenStrategy,
-    ar: &super::settings::AutoRollback,
+    ar: &AutoRollback,
     approval: bool,
 ) {
     let obs = m.input.observed;
@@ -142,7 +142,7 @@ fn progress(
             m.rs.blue_green_status
                 .as_ref()
                 .is_some_and(|b| b.preview_expose_time.is_some())
-                && condition_reason(&m.rs, cond::PROGRESSING) != Some(reason::PREVIEW_PROGRESSING);
+                && m.rs.progressing_reason() != Some(Reason::PreviewProgressing);
         if was_ready {
             // Ready before and lost again: the deadline counts from now (an approval wait is not
             // "no progress").
@@ -150,8 +150,8 @@ fn progress(
         }
         let msg = format!("preview revision {update}: {ready} of {replicas} RoleSets ready");
         m.set_phase(RolloutPhase::Progressing, msg.clone());
-        m.cond(cond::PROGRESSING, true, reason::PREVIEW_PROGRESSING, &msg);
-        m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
+        m.cond(Cond::Progressing, true, Reason::PreviewProgressing, &msg);
+        m.cond(Cond::Paused, false, Reason::NotPaused, "not paused");
         if approval_left {
             ignore(m, ANNOTATION_APPROVAL, "the preview is not ready yet");
         }
@@ -164,9 +164,9 @@ fn progress(
     let now = m.now;
     if !is_promoted {
         m.cond(
-            cond::PROGRESSING,
+            Cond::Progressing,
             true,
-            reason::PREVIEW_READY,
+            Reason::PreviewReady,
             &format!("preview revision {update} is ready with {replicas} RoleSets"),
         );
     }
@@ -175,7 +175,7 @@ fn progress(
         status.preview_expose_time = Some(Time(now));
         m.note(
             false,
-            reason::PREVIEW_READY,
+            Reason::PreviewReady,
             format!(
                 "preview revision {update} is ready behind Service {}",
                 bg.preview_service
@@ -193,11 +193,11 @@ fn progress(
                     return;
                 }
                 Gate::Inconclusive(msg) => {
-                    wait(m, reason::ANALYSIS_INCONCLUSIVE, msg, &mut approval_left);
+                    wait(m, Reason::AnalysisInconclusive, msg, &mut approval_left);
                     return;
                 }
                 Gate::Running(msg) => {
-                    wait(m, reason::ANALYSIS_RUNNING, msg, &mut approval_left);
+                    wait(m, Reason::AnalysisRunning, msg, &mut approval_left);
                     return;
                 }
             }
@@ -205,14 +205,14 @@ fn progress(
         if bg.auto_promotion_enabled != Some(true) {
             if approval_left && was_waiting_for_approval(m) {
                 approval_left = false;
-                m.cond(cond::PAUSED, false, reason::APPROVED, "promotion approved");
-                m.note(false, reason::APPROVED, "promotion approved");
+                m.cond(Cond::Paused, false, Reason::Approved, "promotion approved");
+                m.note(false, Reason::Approved, "promotion approved");
             } else {
                 let msg = format!(
                     "preview revision {update} is ready: waiting for approval to promote (annotate {ANNOTATION_APPROVAL}=true)"
                 );
                 m.set_phase(RolloutPhase::Paused, msg.clone());
-                m.cond(cond::PAUSED, true, reason::WAITING_FOR_APPROVAL, &msg);
+                m.cond(Cond::Paused, true, Reason::WaitingForApproval, &msg);
                 return;
             }
         }
@@ -226,9 +226,9 @@ fn progress(
             "promoted revision {update}: Service {} now selects it",
             bg.active_service
         );
-        m.cond(cond::PROGRESSING, true, reason::PROMOTED, &msg);
-        m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
-        m.note(false, reason::PROMOTED, msg);
+        m.cond(Cond::Progressing, true, Reason::Promoted, &msg);
+        m.cond(Cond::Paused, false, Reason::NotPaused, "not paused");
+        m.note(false, Reason::Promoted, msg);
     }
     if approval_left {
         ignore(m, ANNOTATION_APPROVAL, "nothing was waiting for approval");
@@ -243,11 +243,11 @@ fn progress(
                 return;
             }
             Gate::Inconclusive(msg) => {
-                wait(m, reason::ANALYSIS_INCONCLUSIVE, msg, &mut approval_left);
+                wait(m, Reason::AnalysisInconclusive, msg, &mut approval_left);
                 return;
             }
             Gate::Running(msg) => {
-                wait(m, reason::ANALYSIS_RUNNING, msg, &mut approval_left);
+                wait(m, Reason::AnalysisRunning, msg, &mut approval_left);
                 return;
             }
         }
@@ -255,16 +255,9 @@ fn progress(
     complete(m, bg);
 }
 
-/// Waits at a gate: measuring is progress; an inconclusive result is a pause for a person.
-fn wait(m: &mut Machine, why: &str, msg: String, approval_left: &mut bool) {
-    if why == reason::ANALYSIS_RUNNING {
-        m.set_phase(RolloutPhase::Progressing, msg.clone());
-        m.cond(cond::PROGRESSING, true, why, &msg);
-        m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
-    } else {
-        m.set_phase(RolloutPhase::Paused, msg.clone());
-        m.cond(cond::PAUSED, true, why, &msg);
-    }
+/// Waits at a gate; an approval that arrived meanwhile is dropped (an analysis decides here).
+fn wait(m: &mut Machine, why: Reason, msg: String, approval_left: &mut bool) {
+    lifecycle::wait_at(m, why, msg);
     if *approval_left {
         *approval_left = false;
         ignore(
@@ -281,7 +274,7 @@ fn fail(
     stable: &str,
     bg: &BlueGreenStrategy,
     enabled: bool,
-    why: &str,
+    why: Reason,
     detail: String,
 ) {
     if enabled {
@@ -296,7 +289,7 @@ fn fail(
 fn fail_cleanup(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy) {
     m.scale.clear();
     m.services.clear();
-    if condition_reason(&m.rs, cond::PROGRESSING) == Some(reason::HALTED) {
+    if m.rs.progressing_reason() == Some(Reason::Halted) {
         hold_in_place(m, stable, bg);
     } else {
         unpromote(m, stable);
@@ -304,28 +297,49 @@ fn fail_cleanup(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy) {
     }
 }
 
+/// The rollout completed: both Services on the new revision; the old RoleSets stay for the
+/// scale-down delay (`at_rest` keeps them until it ends).
 fn complete(m: &mut Machine, bg: &BlueGreenStrategy) {
+    lifecycle::complete(m);
     let update = m.update.clone();
-    m.stable = Some(update.clone());
-    let msg = format!("rollout to revision {update} completed");
-    m.set_phase(RolloutPhase::Completed, msg.clone());
-    m.cond(cond::PROGRESSING, false, reason::COMPLETED, &msg);
-    m.cond(cond::PAUSED, false, reason::NOT_PAUSED, "not paused");
-    m.rs.pause_start_time = None;
-    m.rs.approved_step = None;
-    m.rs.step_start_time = None;
-    gates::stop_all(m);
     let status =
         m.rs.blue_green_status
             .get_or_insert_with(BlueGreenStatus::default);
     status.active_selector = Some(update.clone());
-    m.services.clear();
     m.services.push((bg.active_service.clone(), update.clone()));
     m.services
         .push((bg.preview_service.clone(), update.clone()));
-    // The old RoleSets stay for the scale-down delay (`at_rest` keeps them until it ends).
-    m.scale.clear();
-    m.scale.insert(update.clone(), m.replicas);
-    super::keep_old_for_scale_down_delay(m, &update);
-    m.note(false, reason::COMPLETED, msg);
+    keep_old_for_scale_down_delay(m, &update);
+}
+
+/// The revisions other than `stable` keep their RoleSets until `scaleDownDelaySeconds` after the
+/// promotion, for a quick switch back.
+pub(super) fn keep_old_for_scale_down_delay(m: &mut Machine, stable: &str) {
+    let Some(bg) = m.blue_green() else {
+        return;
+    };
+    let Some(start) =
+        m.rs.blue_green_status
+            .as_ref()
+            .and_then(|b| b.scale_down_delay_start_time.clone())
+    else {
+        return;
+    };
+    let delay = SignedDuration::from_secs(
+        bg.scale_down_delay_seconds
+            .map_or(
+                storm_shared::defaults::DEFAULT_SCALE_DOWN_DELAY_SECONDS,
+                i64::from,
+            )
+            .max(0),
+    );
+    let left = delay - m.now.duration_since(start.0);
+    if left <= SignedDuration::ZERO {
+        return;
+    }
+    let obs = m.input.observed;
+    for rev in obs.revisions().into_iter().filter(|r| r != stable) {
+        m.scale.insert(rev.clone(), obs.existing(&rev));
+    }
+    m.requeue_in(Duration::try_from(left).unwrap_or_default());
 }

@@ -6,11 +6,11 @@
 //! acting again. Once the annotation is gone, the acknowledgement is dropped.
 
 use super::Machine;
-use super::plan::reason;
 use storm_shared::keys::{
     ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
     CONTROL_ANNOTATIONS, CONTROL_VALUE,
 };
+use storm_shared::status::Reason;
 
 /// Controls that arrived and have not acted yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,7 +72,7 @@ impl Controls {
 pub(crate) fn ignore(m: &mut Machine, key: &str, why: &str) {
     m.note(
         true,
-        reason::CONTROL_IGNORED,
+        Reason::ControlIgnored,
         format!("{key} ignored: {why}"),
     );
 }

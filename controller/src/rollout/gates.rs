@@ -64,7 +64,7 @@ pub(crate) fn gate(m: &mut Machine, name: &str) -> Gate {
             if name != ERROR_RATE {
                 m.note(
                     false,
-                    "AnalysisStarted",
+                    storm_shared::status::Reason::AnalysisStarted,
                     format!("analysis {name} started for revision {update}"),
                 );
             }

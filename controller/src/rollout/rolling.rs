@@ -3,8 +3,8 @@
 
 use super::Machine;
 use super::controls::Controls;
-use super::plan::{cond, reason};
 use super::settings::budgets;
+use storm_shared::status::{ConditionType as Cond, Reason};
 use storm_shared::types::stormservice::RolloutPhase;
 
 pub(crate) fn run(m: &mut Machine, stable: &str, controls: Controls) {
@@ -42,13 +42,13 @@ pub(crate) fn run(m: &mut Machine, stable: &str, controls: Controls) {
         m.stable = Some(update.clone());
         let msg = format!("rolling update to {update} completed");
         m.set_phase(RolloutPhase::Completed, msg.clone());
-        m.cond(cond::PROGRESSING, false, reason::COMPLETED, &msg);
-        m.note(false, reason::COMPLETED, msg);
+        m.cond(Cond::Progressing, false, Reason::Completed, &msg);
+        m.note(false, Reason::Completed, msg);
     } else {
         let msg = format!(
             "rolling update from {stable} to {update}: {new_ready} of {replicas} new RoleSets ready"
         );
         m.set_phase(RolloutPhase::Progressing, msg.clone());
-        m.cond(cond::PROGRESSING, true, reason::STEP_PROGRESSING, &msg);
+        m.cond(Cond::Progressing, true, Reason::StepProgressing, &msg);
     }
 }

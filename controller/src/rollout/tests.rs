@@ -5,6 +5,7 @@ use super::plan::{ObservedPod, ObservedRoleSet};
 use super::*;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
+use storm_shared::status::Reason;
 use storm_shared::types::stormservice::{
     AnalysisPhase, RolloutPhase, StormServiceSpec, StormServiceStatus,
 };
@@ -364,7 +365,7 @@ fn approval_when_nothing_waits_is_dropped_not_remembered() {
     assert!(
         sim.notes
             .iter()
-            .any(|n| n.warning && n.reason == "ControlIgnored")
+            .any(|n| n.warning && n.reason == Reason::ControlIgnored)
     );
     sim.advance(301);
     sim.settle(3);
@@ -399,7 +400,10 @@ fn an_approval_never_skips_two_gates_even_across_a_crash() {
         "the second gate still waits"
     );
     assert_eq!(
-        sim.notes.iter().filter(|n| n.reason == "Approved").count(),
+        sim.notes
+            .iter()
+            .filter(|n| n.reason == Reason::Approved)
+            .count(),
         1
     );
     // Once it can remove the annotation, the acknowledgement goes too, and a new approval acts.
@@ -490,14 +494,15 @@ fn failing_canary_pods_roll_back_automatically() {
         .expect("condition");
     assert_eq!(degraded.reason.as_deref(), Some("HealthCheckFailed"));
     assert_eq!(
-        sim.last
-            .as_ref()
-            .and_then(|p| p.rollback.clone())
-            .as_deref(),
+        sim.last.as_ref().and_then(|p| p.rollback),
         None,
         "reported once, when triggered"
     );
-    assert!(sim.notes.iter().any(|n| n.reason == "HealthCheckFailed"));
+    assert!(
+        sim.notes
+            .iter()
+            .any(|n| n.reason == Reason::HealthCheckFailed)
+    );
     sim.settle(3);
     assert_eq!((sim.count(&v1), sim.count(&v2)), (4, 0));
     assert_eq!(sim.weight(), 0);
@@ -704,7 +709,7 @@ fn an_abort_is_counted_with_the_rollbacks() {
     sim.settle(2);
     sim.annotate(ABORT);
     let plan = sim.tick();
-    assert_eq!(plan.rollback.as_deref(), Some("RolloutAborted"));
+    assert_eq!(plan.rollback, Some(Reason::Aborted));
 }
 
 #[test]
@@ -725,7 +730,10 @@ fn an_approval_gate_is_shown_before_the_analysis_of_the_same_step() {
     sim.annotate(APPROVAL);
     sim.settle(2);
     assert_eq!(
-        sim.notes.iter().filter(|n| n.reason == "Approved").count(),
+        sim.notes
+            .iter()
+            .filter(|n| n.reason == Reason::Approved)
+            .count(),
         1
     );
     assert_eq!(sim.phase(), Some(RolloutPhase::Progressing));

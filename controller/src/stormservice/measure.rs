@@ -6,6 +6,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use std::time::Duration;
 use storm_shared::StormService;
+use storm_shared::status::Reason;
 use storm_shared::types::stormservice::{AnalysisPhase, AnalysisRunStatus, StormServiceStatus};
 
 /// Advances every running run of the revision being rolled out. Returns when the next
@@ -50,14 +51,14 @@ fn verdict_note(run: &AnalysisRunStatus) -> Option<Note> {
         AnalysisPhase::Running => return None,
         AnalysisPhase::Successful if run.name == gates::ERROR_RATE => return None,
         AnalysisPhase::Inconclusive if run.name == gates::ERROR_RATE => return None,
-        AnalysisPhase::Successful => (false, "AnalysisSuccessful"),
-        AnalysisPhase::Failed => (true, "AnalysisRunFailed"),
-        AnalysisPhase::Inconclusive => (true, "AnalysisInconclusive"),
-        AnalysisPhase::Error => (true, "AnalysisError"),
+        AnalysisPhase::Successful => (false, Reason::AnalysisSuccessful),
+        AnalysisPhase::Failed => (true, Reason::AnalysisRunFailed),
+        AnalysisPhase::Inconclusive => (true, Reason::AnalysisInconclusive),
+        AnalysisPhase::Error => (true, Reason::AnalysisError),
     };
     Some(Note {
         warning,
-        reason: reason.into(),
+        reason,
         message: format!(
             "analysis {} of revision {}: {:?}{}",
             run.name,

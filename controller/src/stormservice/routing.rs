@@ -4,11 +4,9 @@ use crate::rollout::Note;
 use crate::routers::{self, Target};
 use kube::Client;
 use storm_shared::StormService;
+use storm_shared::status::Reason;
 use storm_shared::types::stormservice::{CanaryStrategy, RolloutStrategyType, TrafficRouting};
 use tracing::debug;
-
-/// Event reason of a router that could not be read or written.
-pub const ROUTER_ERROR: &str = "TrafficRouterError";
 
 /// The routers of a canary with `trafficRouting`, pointed at a stable and a canary revision.
 pub struct Routing<'a> {
@@ -74,7 +72,7 @@ impl<'a> Routing<'a> {
 pub fn error_note(what: &str, e: &routers::Error) -> Note {
     Note {
         warning: true,
-        reason: ROUTER_ERROR.into(),
+        reason: Reason::TrafficRouterError,
         message: format!("{what}: {e}"),
     }
 }

@@ -10,24 +10,6 @@ use crate::types::stormservice::{RolloutPhase, StormService};
 /// Prefix shared by the control annotations; a key with it that is not a control is a typo.
 const CONTROL_PREFIX: &str = "stormservice.aibrix.ai/rollout-";
 
-/// Condition reason the controller sets while a step waits for the approval annotation.
-pub const REASON_WAITING_FOR_APPROVAL: &str = "WaitingForApproval";
-
-/// Whether the object's own status says it waits for an approval: the controller writes phase
-/// `Paused` with a `Paused` condition of reason `WaitingForApproval` exactly then. Nothing else counts
-/// (a step with `untilApproval` may not be reached yet, or its analysis may be what it waits for).
-pub fn waiting_for_approval(obj: &StormService) -> bool {
-    let Some(rs) = obj.status.as_ref().and_then(|s| s.rollout_status.as_ref()) else {
-        return false;
-    };
-    rs.phase == Some(RolloutPhase::Paused)
-        && rs.conditions.iter().any(|c| {
-            c.type_ == "Paused"
-                && c.status == "True"
-                && c.reason.as_deref() == Some(REASON_WAITING_FOR_APPROVAL)
-        })
-}
-
 pub(super) fn check(obj: &StormService, report: &mut Report) {
     let Some(annotations) = &obj.metadata.annotations else {
         return;
@@ -67,7 +49,10 @@ pub(super) fn check(obj: &StormService, report: &mut Report) {
             format!("must not be set together with {ANNOTATION_PAUSE}"),
         ));
     }
-    if set(ANNOTATION_APPROVAL) && !set(ANNOTATION_ABORT) && !waiting_for_approval(obj) {
+    if set(ANNOTATION_APPROVAL)
+        && !set(ANNOTATION_ABORT)
+        && !crate::status::waiting_for_approval(obj)
+    {
         report.warn(
             path.key(ANNOTATION_APPROVAL),
             "nothing is waiting for approval; the controller will drop this annotation without acting",

@@ -17,7 +17,6 @@ mod update;
 use crate::errors::{FieldError, FieldPath, Report};
 use crate::types::stormservice::{RolloutStrategy, RolloutStrategyType, StormService};
 
-pub use controls::{REASON_WAITING_FOR_APPROVAL, waiting_for_approval};
 pub use routing::routers as routing_routers;
 
 /// Validates a StormService. `old` is the stored object on update, `None` on create.

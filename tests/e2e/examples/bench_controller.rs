@@ -97,7 +97,7 @@ fn phase(obj: &StormService) -> Option<RolloutPhase> {
 }
 
 fn waiting_for_approval(obj: &StormService) -> bool {
-    storm_shared::rules::waiting_for_approval(obj)
+    storm_shared::status::waiting_for_approval(obj)
 }
 
 async fn set_image(api: &Api<StormService>, name: &str, image: &str) -> Result<()> {

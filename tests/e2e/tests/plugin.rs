@@ -132,7 +132,7 @@ async fn status_set_image_watch_and_promote() -> Result<()> {
     .stderr(Stdio::piped())
     .spawn()?;
     wait_for("waiting for approval", TIMEOUT, || async {
-        Ok(storm_shared::rules::waiting_for_approval(&api.get("app").await?).then_some(()))
+        Ok(storm_shared::status::waiting_for_approval(&api.get("app").await?).then_some(()))
     })
     .await?;
     let out = run(&ns, &["promote", "app"])?;

@@ -1,6 +1,7 @@
 //! Analysis gates of canary steps and the error-rate metric, with a simulated runner.
 
 use super::*;
+use storm_shared::status::Reason;
 
 fn analysed(extra: serde_json::Value) -> (Sim, String) {
     let steps = serde_json::json!([
@@ -40,7 +41,11 @@ fn a_step_with_analysis_waits_for_its_verdict_and_then_completes() {
         .analysis_runs[0];
     assert_eq!(run.revision, v2);
     assert!(run.started_at.is_some());
-    assert!(sim.notes.iter().any(|n| n.reason == "AnalysisStarted"));
+    assert!(
+        sim.notes
+            .iter()
+            .any(|n| n.reason == Reason::AnalysisStarted)
+    );
     sim.verdicts
         .insert("step-0".into(), AnalysisPhase::Successful);
     sim.settle(4);
@@ -60,7 +65,7 @@ fn a_failed_analysis_rolls_back_with_analysis_failed() {
     sim.settle(4);
     sim.verdicts.insert("step-0".into(), AnalysisPhase::Failed);
     let plan = sim.tick();
-    assert_eq!(plan.rollback.as_deref(), Some("AnalysisFailed"));
+    assert_eq!(plan.rollback, Some(Reason::AnalysisFailed));
     assert_eq!(sim.phase(), Some(RolloutPhase::Degraded));
     assert_eq!(sim.degraded_reason().as_deref(), Some("AnalysisFailed"));
     sim.settle(3);

@@ -2,6 +2,7 @@
 //! and switching back on failure.
 
 use super::*;
+use storm_shared::status::Reason;
 
 fn bg_spec(bg: serde_json::Value, replicas: i32) -> StormServiceSpec {
     serde_json::from_value(serde_json::json!({
@@ -94,7 +95,7 @@ fn automatic_promotion_switches_as_soon_as_the_preview_is_ready() {
     sim.settle(3);
     assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
     assert_eq!(sim.service("active"), Some(v2.clone()));
-    assert!(sim.notes.iter().all(|n| n.reason != "Approved"));
+    assert!(sim.notes.iter().all(|n| n.reason != Reason::Approved));
     sim.advance(31);
     sim.settle(2);
     assert_eq!(sim.count(&v1), 0, "default delay 30s");
@@ -121,7 +122,7 @@ fn a_failed_post_promotion_analysis_switches_back() {
     sim.verdicts
         .insert("post-promotion".into(), AnalysisPhase::Failed);
     let plan = sim.tick();
-    assert_eq!(plan.rollback.as_deref(), Some("AnalysisFailed"));
+    assert_eq!(plan.rollback, Some(Reason::AnalysisFailed));
     assert_eq!(sim.service("active"), Some(v1.clone()), "switched back");
     assert_eq!(bg_status(&sim).active_selector, Some(v1.clone()));
     assert_eq!(sim.phase(), Some(RolloutPhase::Degraded));

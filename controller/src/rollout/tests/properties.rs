@@ -2,6 +2,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use storm_shared::status::Reason;
 
 #[derive(Debug, Clone)]
 enum Event {
@@ -109,7 +110,7 @@ proptest! {
                 prop_assert_eq!(plan.scale.get(&v1).copied().unwrap_or(0), replicas, "with a router stable keeps full size");
             }
             // Every approval acts at most once.
-            let approved = sim.notes.iter().filter(|n| n.reason == "Approved").count();
+            let approved = sim.notes.iter().filter(|n| n.reason == Reason::Approved).count();
             prop_assert!(approved <= approvals_given);
         }
         // Whatever happened, an abort brings everything back to stable.

@@ -1,0 +1,240 @@
+//! The working state of one decision: what the strategies read and write while deciding, and how
+//! it becomes a [`Plan`].
+
+use super::gates;
+use super::plan::{self, Input, Plan, set_condition};
+use super::revision;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use storm_shared::status::{ConditionType as Cond, Reason};
+use storm_shared::types::stormservice::{
+    BlueGreenStatus, BlueGreenStrategy, CanaryStatus, RolloutPhase, RolloutStatus,
+    RolloutStrategyType, StormServiceStatus,
+};
+
+/// Working state of one decision.
+pub(crate) struct Machine<'a> {
+    pub input: &'a Input<'a>,
+    pub replicas: i32,
+    pub update: String,
+    pub stable: Option<String>,
+    pub status: StormServiceStatus,
+    pub rs: RolloutStatus,
+    pub scale: BTreeMap<String, i32>,
+    pub services: Vec<(String, String)>,
+    pub weight: i32,
+    pub status_weight: Option<i32>,
+    pub notes: Vec<plan::Note>,
+    pub remove: Vec<String>,
+    pub requeue: Option<Duration>,
+    pub rollback: Option<Reason>,
+    pub now: Timestamp,
+}
+
+impl<'a> Machine<'a> {
+    pub(super) fn new(input: &'a Input<'a>) -> Self {
+        let status = input.status.cloned().unwrap_or_default();
+        let rs = status.rollout_status.clone().unwrap_or_default();
+        Self {
+            input,
+            replicas: input.spec.replicas.unwrap_or(1).max(0),
+            update: revision::of_template(&input.spec.template),
+            stable: status.current_revision.clone(),
+            status,
+            rs,
+            scale: BTreeMap::new(),
+            services: Vec::new(),
+            weight: 0,
+            status_weight: None,
+            notes: Vec::new(),
+            remove: Vec::new(),
+            requeue: None,
+            rollback: None,
+            now: input.now,
+        }
+    }
+
+    pub fn note(&mut self, warning: bool, reason: Reason, message: impl Into<String>) {
+        self.notes.push(plan::Note {
+            warning,
+            reason,
+            message: message.into(),
+        });
+    }
+
+    pub fn requeue_in(&mut self, d: Duration) {
+        self.requeue = Some(self.requeue.map_or(d, |r| r.min(d)));
+    }
+
+    pub fn set_phase(&mut self, phase: RolloutPhase, message: impl Into<String>) {
+        self.rs.phase = Some(phase);
+        self.rs.message = Some(message.into());
+    }
+
+    pub fn cond(&mut self, type_: Cond, status: bool, reason: Reason, message: &str) {
+        set_condition(
+            &mut self.rs.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            self.now,
+        );
+    }
+
+    pub fn phase(&self) -> Option<RolloutPhase> {
+        self.rs.phase
+    }
+
+    pub fn since(&self, t: &Option<Time>) -> SignedDuration {
+        t.as_ref()
+            .map_or(SignedDuration::ZERO, |t| self.now.duration_since(t.0))
+    }
+
+    /// Whether a canary traffic router (nginx, Istio, SMI, Gateway API) is configured.
+    pub fn has_router(&self) -> bool {
+        self.input
+            .spec
+            .rollout_strategy
+            .as_ref()
+            .filter(|s| s.type_ == RolloutStrategyType::Canary)
+            .and_then(|s| s.canary.as_ref())
+            .is_some_and(|c| c.traffic_routing.is_some())
+    }
+
+    /// Whether the rollout strategy is blue-green.
+    pub fn blue_green(&self) -> Option<&'a BlueGreenStrategy> {
+        self.input
+            .spec
+            .rollout_strategy
+            .as_ref()
+            .filter(|s| s.type_ == RolloutStrategyType::BlueGreen)
+            .and_then(|s| s.blue_green.as_ref())
+    }
+
+    /// Pins the rollout's Services: stable to the stable revision, canary (or preview) to `canary_rev`.
+    pub fn pin_services(&mut self, stable_rev: &str, canary_rev: &str) {
+        let Some(strategy) = &self.input.spec.rollout_strategy else {
+            return;
+        };
+        if let Some(c) = &strategy.canary {
+            if let Some(s) = &c.stable_service {
+                self.services.push((s.clone(), stable_rev.to_string()));
+            }
+            if let Some(s) = &c.canary_service {
+                self.services.push((s.clone(), canary_rev.to_string()));
+            }
+        }
+        if let Some(bg) = &strategy.blue_green {
+            self.services
+                .push((bg.active_service.clone(), stable_rev.to_string()));
+            self.services
+                .push((bg.preview_service.clone(), canary_rev.to_string()));
+        }
+    }
+
+    /// Starts a rollout when the template moved to a revision that is not being rolled out yet.
+    pub(super) fn start_if_new(&mut self, stable: &str) {
+        let previous = self.input.status.and_then(|s| s.update_revision.as_deref());
+        if previous == Some(self.update.as_str()) && self.rs.phase.is_some() {
+            return;
+        }
+        self.rs.current_step_index = Some(0);
+        self.rs.current_step_hash = None;
+        self.rs.pause_start_time = None;
+        self.rs.approved_step = None;
+        self.rs.step_start_time = Some(Time(self.now));
+        let update = self.update.clone();
+        gates::keep_revision(self, &update);
+        if self.blue_green().is_some() {
+            self.rs.current_step_index = None;
+            self.rs.blue_green_status = Some(BlueGreenStatus {
+                active_selector: Some(stable.to_string()),
+                preview_selector: Some(update),
+                scale_down_delay_start_time: None,
+                preview_expose_time: None,
+            });
+        }
+        let msg = format!("rolling out revision {} (stable {stable})", self.update);
+        self.set_phase(RolloutPhase::Progressing, msg.clone());
+        self.cond(Cond::Progressing, true, Reason::Started, &msg);
+        self.cond(Cond::Paused, false, Reason::NotPaused, "not paused");
+        self.cond(Cond::Degraded, false, Reason::NotDegraded, "no failure");
+        self.status_weight = Some(0);
+        self.note(false, Reason::Started, msg);
+    }
+
+    pub(super) fn finish(mut self) -> Plan {
+        let obs = self.input.observed;
+        let name = self.input.name;
+        let has_router = self.has_router();
+        let blue_green = self.blue_green().is_some();
+        let mut st = self.status;
+        st.observed_generation = self.input.generation;
+        st.update_revision = Some(self.update.clone());
+        st.current_revision = self.stable.clone();
+        st.replicas = i32::try_from(obs.rolesets.len()).unwrap_or(i32::MAX);
+        st.ready_replicas = obs
+            .rolesets
+            .iter()
+            .filter(|r| r.ready)
+            .count()
+            .try_into()
+            .unwrap_or(i32::MAX);
+        st.not_ready_replicas = Some(st.replicas - st.ready_replicas);
+        st.current_replicas = self.stable.as_deref().map(|s| obs.existing(s));
+        st.updated_replicas = Some(obs.existing(&self.update));
+        st.updated_ready_replicas = Some(obs.ready(&self.update));
+        st.scaling_target_selector = Some(format!("{}={name}", storm_shared::keys::LABEL_NAME));
+        let ready = st.ready_replicas >= self.replicas;
+        let (r, m) = if ready {
+            (
+                Reason::AllRoleSetsReady,
+                format!("{} of {} RoleSets ready", st.ready_replicas, self.replicas),
+            )
+        } else {
+            (
+                Reason::RoleSetsNotReady,
+                format!("{} of {} RoleSets ready", st.ready_replicas, self.replicas),
+            )
+        };
+        set_condition(&mut st.conditions, Cond::Ready, ready, r, &m, self.now);
+        self.rs.router_weight = if has_router { obs.router_weight } else { None };
+        if let Some(stable) = self.stable.as_ref().filter(|_| !blue_green) {
+            let weight = self.status_weight.unwrap_or_else(|| {
+                self.rs
+                    .canary_status
+                    .as_ref()
+                    .map_or(0, |c| c.current_weight)
+            });
+            let in_rollout = *stable != self.update;
+            let previous_canary = self
+                .rs
+                .canary_status
+                .as_ref()
+                .and_then(|c| c.canary_rs.clone());
+            self.rs.canary_status = Some(CanaryStatus {
+                current_weight: weight,
+                stable_rs: Some(format!("{name}-{stable}")),
+                canary_rs: if in_rollout {
+                    Some(format!("{name}-{}", self.update))
+                } else {
+                    previous_canary
+                },
+            });
+        }
+        st.rollout_status = Some(self.rs);
+        Plan {
+            scale: self.scale,
+            services: self.services,
+            weight: self.weight,
+            status: st,
+            notes: self.notes,
+            remove_annotations: self.remove,
+            requeue_after: self.requeue,
+            rollback: self.rollback,
+        }
+    }
+}
