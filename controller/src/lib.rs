@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod cache;
 pub mod context;
+pub mod error;
 pub mod leader;
 pub mod metrics;
 pub mod roleset;

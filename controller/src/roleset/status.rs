@@ -7,15 +7,9 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{Timestamp, Unit};
 use kube::ResourceExt;
+use storm_shared::status::{ConditionType, Reason};
 use storm_shared::types::Condition;
 use storm_shared::types::roleset::{RoleSet, RoleSetStatus, RoleStatus};
-
-/// Type of the condition saying whether every desired Pod is Ready.
-pub const CONDITION_READY: &str = "Ready";
-/// Reason of `Ready=True`.
-pub const REASON_ALL_PODS_READY: &str = "AllPodsReady";
-/// Reason of `Ready=False`.
-pub const REASON_PODS_NOT_READY: &str = "PodsNotReady";
 
 /// Computes the status of `roleset` from the Pods it owns, keeping the condition's timestamps
 /// from the stored status when nothing about the condition changed.
@@ -76,10 +70,11 @@ pub fn compute_status(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Role
             lagging.join(", ")
         )
     };
-    let previous = roleset
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == CONDITION_READY));
+    let previous = roleset.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == ConditionType::Ready.as_str())
+    });
     let ready = ready_condition(all_ready, message, previous, now);
 
     RoleSetStatus {
@@ -99,10 +94,11 @@ fn ready_condition(
 ) -> Condition {
     let status = if all_ready { "True" } else { "False" };
     let reason = if all_ready {
-        REASON_ALL_PODS_READY
+        Reason::AllPodsReady
     } else {
-        REASON_PODS_NOT_READY
-    };
+        Reason::PodsNotReady
+    }
+    .as_str();
     let same_status = previous.is_some_and(|p| p.status == status);
     let unchanged = same_status
         && previous.is_some_and(|p| {
@@ -110,7 +106,7 @@ fn ready_condition(
         });
     let now_time = || Some(Time(now));
     Condition {
-        type_: CONDITION_READY.to_string(),
+        type_: ConditionType::Ready.as_str().to_string(),
         status: status.to_string(),
         reason: Some(reason.to_string()),
         message: Some(message),

@@ -7,7 +7,7 @@ fn ready_condition_of(status: &RoleSetStatus) -> &Condition {
     status
         .conditions
         .iter()
-        .find(|c| c.type_ == CONDITION_READY)
+        .find(|c| c.type_ == "Ready")
         .unwrap()
 }
 
@@ -44,7 +44,7 @@ fn counts_per_role_and_overall() {
     );
     let ready = ready_condition_of(&status);
     assert_eq!(ready.status, "False");
-    assert_eq!(ready.reason.as_deref(), Some(REASON_PODS_NOT_READY));
+    assert_eq!(ready.reason.as_deref(), Some("PodsNotReady"));
     assert_eq!(
         ready.message.as_deref(),
         Some("2/3 Pods ready; waiting for prefill: 1/2")
@@ -64,7 +64,7 @@ fn ready_when_every_desired_pod_is_ready() {
     let status = compute_status(&rs, &[&p0, &d0], ts(NOW));
     let ready = ready_condition_of(&status);
     assert_eq!(ready.status, "True");
-    assert_eq!(ready.reason.as_deref(), Some(REASON_ALL_PODS_READY));
+    assert_eq!(ready.reason.as_deref(), Some("AllPodsReady"));
     assert_eq!(ready.message.as_deref(), Some("2/2 Pods ready"));
 }
 

@@ -25,12 +25,15 @@ impl PodProblem {
     }
 }
 
+/// A container restarted this often is crash-looping, whether or not the kubelet backs off yet.
+pub const CRASH_LOOP_RESTARTS: i32 = 3;
+
 /// The problem of one Pod, if any.
 pub fn problem(pod: &ObservedPod, grace: SignedDuration, now: Timestamp) -> Option<PodProblem> {
     if pod.failed {
         return Some(PodProblem::Failed);
     }
-    if pod.crash_looping {
+    if pod.back_off || pod.restarts >= CRASH_LOOP_RESTARTS {
         return Some(PodProblem::CrashLooping);
     }
     if !pod.ready
@@ -111,7 +114,8 @@ mod tests {
             revision: "r".into(),
             ready,
             failed: false,
-            crash_looping: false,
+            restarts: 0,
+            back_off: false,
             unready_since: Some(now - SignedDuration::from_secs(since_secs_ago)),
         }
     }

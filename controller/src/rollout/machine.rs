@@ -3,7 +3,6 @@
 
 use super::gates;
 use super::plan::{self, Input, Plan, set_condition};
-use super::revision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeMap;
@@ -13,6 +12,9 @@ use storm_shared::types::stormservice::{
     BlueGreenStatus, BlueGreenStrategy, CanaryStatus, RolloutPhase, RolloutStatus,
     RolloutStrategyType, StormServiceStatus,
 };
+
+/// Look again this often even when nothing happens (pauses requeue at their exact end).
+pub const RESYNC: Duration = Duration::from_secs(300);
 
 /// Working state of one decision.
 pub(crate) struct Machine<'a> {
@@ -40,7 +42,7 @@ impl<'a> Machine<'a> {
         Self {
             input,
             replicas: input.spec.replicas.unwrap_or(1).max(0),
-            update: revision::of_template(&input.spec.template),
+            update: input.update.to_string(),
             stable: status.current_revision.clone(),
             status,
             rs,
@@ -170,6 +172,7 @@ impl<'a> Machine<'a> {
         let obs = self.input.observed;
         let name = self.input.name;
         let has_router = self.has_router();
+        let routed = self.router_services();
         let blue_green = self.blue_green().is_some();
         let mut st = self.status;
         st.observed_generation = self.input.generation;
@@ -225,16 +228,67 @@ impl<'a> Machine<'a> {
                 },
             });
         }
+        // Router errors matter mid-rollout; at rest the user's objects may not exist yet.
+        let input_stable = self
+            .input
+            .status
+            .and_then(|s| s.current_revision.as_deref());
+        let mid_rollout = input_stable.is_some_and(|s| s != self.update);
         st.rollout_status = Some(self.rs);
+        let mut notes = Vec::new();
+        if let Some(e) = obs.router_error.as_ref().filter(|_| routed && mid_rollout) {
+            notes.push(plan::Note {
+                warning: true,
+                reason: Reason::TrafficRouterError,
+                message: format!("reading the traffic routers: {e}"),
+            });
+        }
+        notes.extend(self.input.measured.notes.iter().cloned());
+        notes.append(&mut self.notes);
+        // The routers are told the weight after this decision: read it back soon.
+        let router_moving = routed && mid_rollout && obs.router_weight != Some(self.weight);
+        let requeue = [
+            self.requeue,
+            self.input.measured.next_due,
+            router_moving.then_some(Duration::from_secs(1)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(RESYNC, |d| d.clamp(Duration::from_secs(1), RESYNC));
+        let routers = routed.then(|| plan::RouterWrite {
+            stable_revision: st
+                .current_revision
+                .clone()
+                .unwrap_or_else(|| self.update.clone()),
+            canary_revision: self.update.clone(),
+            report_errors: mid_rollout,
+        });
         Plan {
             scale: self.scale,
             services: self.services,
             weight: self.weight,
+            routers,
             status: st,
-            notes: self.notes,
+            notes,
             remove_annotations: self.remove,
-            requeue_after: self.requeue,
+            requeue_after: requeue,
             rollback: self.rollback,
         }
+    }
+
+    /// Whether the canary is routed: a canary strategy with traffic routers and both Services.
+    fn router_services(&self) -> bool {
+        self.input
+            .spec
+            .rollout_strategy
+            .as_ref()
+            .filter(|s| s.type_ == RolloutStrategyType::Canary)
+            .and_then(|s| s.canary.as_ref())
+            .is_some_and(|c| {
+                c.traffic_routing.is_some()
+                    && c.stable_service.is_some()
+                    && c.canary_service.is_some()
+            })
     }
 }

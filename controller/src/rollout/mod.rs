@@ -17,7 +17,8 @@ mod rolling;
 mod settings;
 
 use machine::Machine;
-pub use plan::{Input, Note, Observed, ObservedPod, ObservedRoleSet, Plan};
+pub use machine::RESYNC;
+pub use plan::{Input, Measured, Note, Observed, ObservedPod, ObservedRoleSet, Plan, RouterWrite};
 use std::time::Duration;
 use storm_shared::status::{ConditionType as Cond, Reason};
 use storm_shared::types::stormservice::{RolloutPhase, RolloutStrategyType};

@@ -29,8 +29,10 @@ pub struct ObservedPod {
     pub ready: bool,
     /// Its phase is Failed.
     pub failed: bool,
-    /// A container is in CrashLoopBackOff or restarted repeatedly.
-    pub crash_looping: bool,
+    /// The most restarts of any of its containers.
+    pub restarts: i32,
+    /// A container waits in `CrashLoopBackOff` (the kubelet's own verdict).
+    pub back_off: bool,
     /// When it last became unready (or was created, if it never was Ready).
     pub unready_since: Option<Timestamp>,
 }
@@ -45,6 +47,17 @@ pub struct Observed {
     /// The canary weight the traffic routers report (None without routers, when they disagree,
     /// or when their objects could not be read).
     pub router_weight: Option<i32>,
+    /// Why the traffic routers could not be read, when they could not.
+    pub router_error: Option<String>,
+}
+
+/// What the analysis runner did just before the decision.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Measured {
+    /// Events of runs that reached a verdict.
+    pub notes: Vec<Note>,
+    /// When the next measurement is due.
+    pub next_due: Option<std::time::Duration>,
 }
 
 impl Observed {
@@ -87,6 +100,10 @@ pub struct Input<'a> {
     pub annotations: &'a BTreeMap<String, String>,
     /// The observed RoleSets and Pods.
     pub observed: &'a Observed,
+    /// The revision of the current template (`revision::of_template`, computed once).
+    pub update: &'a str,
+    /// The measurements taken before this decision.
+    pub measured: &'a Measured,
     /// The time of the decision.
     pub now: Timestamp,
 }
@@ -111,16 +128,30 @@ pub struct Plan {
     pub services: Vec<(String, String)>,
     /// The canary's share of traffic, for routers.
     pub weight: i32,
+    /// The traffic routers to set to `weight`, when the StormService routes its canary.
+    pub routers: Option<RouterWrite>,
     /// The status to write.
     pub status: StormServiceStatus,
     /// Events to record.
     pub notes: Vec<Note>,
     /// Control annotations to remove (after the status is written).
     pub remove_annotations: Vec<String>,
-    /// When to look again even if nothing changes.
-    pub requeue_after: Option<std::time::Duration>,
+    /// When to look again even if nothing changes (at the latest the periodic resync).
+    pub requeue_after: std::time::Duration,
     /// The reason of a rollback (automatic, or an abort) triggered by this decision.
     pub rollback: Option<Reason>,
+}
+
+/// Where the traffic routers point after the decision, and whether a failure to set them matters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouterWrite {
+    /// The stable revision (after a completion: the new one).
+    pub stable_revision: String,
+    /// The revision the canary Service selects.
+    pub canary_revision: String,
+    /// A failed write is a Warning event and a failed reconcile mid-rollout; at rest the user's
+    /// router objects may not exist yet, so it is only logged.
+    pub report_errors: bool,
 }
 
 /// Sets a condition, keeping its timestamps when nothing about it changes (so replaying an

@@ -94,7 +94,8 @@ impl Sim {
                 revision: r.revision.clone(),
                 ready: r.ready && !self.failing.contains(&r.revision),
                 failed: self.failing.contains(&r.revision),
-                crash_looping: false,
+                restarts: 0,
+                back_off: false,
                 unready_since: None,
             })
             .collect();
@@ -102,6 +103,7 @@ impl Sim {
             rolesets: self.rolesets.clone(),
             pods,
             router_weight: self.router,
+            router_error: None,
         }
     }
 
@@ -131,6 +133,8 @@ impl Sim {
             status: status.as_ref(),
             annotations: &self.annotations,
             observed: &observed,
+            update: &revision::of_template(&self.spec.template),
+            measured: &Measured::default(),
             now: self.now,
         };
         decide(&input)
@@ -324,7 +328,7 @@ fn seed_canary_completes_after_one_approval() {
     let requeue = sim
         .last
         .as_ref()
-        .and_then(|p| p.requeue_after)
+        .map(|p| p.requeue_after)
         .expect("requeue at the pause end");
     assert!(
         requeue <= std::time::Duration::from_secs(300)

@@ -32,7 +32,7 @@ impl<'a> Routing<'a> {
             routing: c.traffic_routing.as_ref()?,
             target: Target {
                 namespace: ns,
-                owner: super::owner(obj),
+                owner: super::revisions::owner(obj),
                 stable_service: c.stable_service.as_deref()?,
                 canary_service: c.canary_service.as_deref()?,
                 stable_revision: stable,

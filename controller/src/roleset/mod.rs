@@ -6,21 +6,22 @@ pub mod plan;
 pub mod status;
 
 use crate::context::{Context, MANAGER};
+use crate::error::{Backoff, Error};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use plan::{DeleteReason, PlanError};
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storm_shared::keys::AIBRIX_LABEL_ROLESET_NAME;
+use storm_shared::status::Reason;
 use storm_shared::types::roleset::RoleSet;
 use tracing::{debug, info, warn};
 
@@ -33,61 +34,13 @@ const CONCURRENCY: u16 = 8;
 const RESYNC: Duration = Duration::from_secs(300);
 /// Retry delay while the Pod cache is still loading (only right after start).
 const POD_CACHE_RETRY: Duration = Duration::from_millis(500);
-/// First delay after a failed reconcile; doubled per consecutive failure up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_secs(1);
-/// Longest delay between retries of a failing RoleSet.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
-
-/// A reconcile of a RoleSet failed; each variant names the action that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    /// The plan could not be made (the RoleSet lacks metadata).
-    #[error("planning Pods: {0}")]
-    PlanPods(#[from] PlanError),
-    /// The Pod cache stopped (its watch task ended), so owned Pods can't be known.
-    #[error("reading the Pod cache: the watch has stopped")]
-    ReadPodCache,
-    /// Creating a Pod failed.
-    #[error("creating Pod {name}: {source}")]
-    CreatePod {
-        /// Name of the Pod.
-        name: String,
-        /// The API error.
-        source: kube::Error,
-    },
-    /// Deleting a Pod failed.
-    #[error("deleting Pod {name}: {source}")]
-    DeletePod {
-        /// Name of the Pod.
-        name: String,
-        /// The API error.
-        source: kube::Error,
-    },
-    /// Writing the RoleSet's status failed.
-    #[error("patching RoleSet status: {0}")]
-    PatchStatus(#[source] kube::Error),
-}
-
-impl ReconcileError {
-    /// A short, bounded label for metrics (`storm_reconcile_errors_total{error=...}`).
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::PlanPods(_) => "PlanPods",
-            Self::ReadPodCache => "ReadPodCache",
-            Self::CreatePod { .. } => "CreatePod",
-            Self::DeletePod { .. } => "DeletePod",
-            Self::PatchStatus(_) => "PatchStatus",
-        }
-    }
-}
-
 /// What the reconciles of this controller share.
 struct State {
     ctx: Arc<Context>,
     /// Pods carrying the `roleset-name` label, from one watch for all RoleSets.
     pods: Store<Pod>,
     /// Consecutive failures per RoleSet, for the retry backoff; cleared on success.
-    failures: Mutex<HashMap<ObjectRef<RoleSet>, u32>>,
+    backoff: Backoff<RoleSet>,
 }
 
 /// Runs the RoleSet controller over the context's namespace (all namespaces when it has none)
@@ -117,7 +70,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let state = Arc::new(State {
         ctx,
         pods: reader,
-        failures: Mutex::new(HashMap::new()),
+        backoff: Backoff::default(),
     });
     info!("RoleSet controller starting");
     Controller::new(rolesets, watcher::Config::default())
@@ -143,23 +96,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     info!("RoleSet controller stopped");
 }
 
-async fn reconcile(roleset: Arc<RoleSet>, state: Arc<State>) -> Result<Action, ReconcileError> {
+async fn reconcile(roleset: Arc<RoleSet>, state: Arc<State>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_roleset(&roleset, &state).await;
     state.ctx.metrics.observe_reconcile(
         KIND,
         started.elapsed().as_secs_f64(),
-        result.as_ref().err().map(ReconcileError::label),
+        result.as_ref().err().map(Error::metric_label),
     );
-    if result.is_ok()
-        && let Ok(mut failures) = state.failures.lock()
-    {
-        failures.remove(&ObjectRef::from_obj(roleset.as_ref()));
+    if result.is_ok() {
+        state.backoff.succeeded(&roleset);
     }
     result
 }
 
-async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, ReconcileError> {
+async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, Error> {
     let namespace = roleset.namespace().ok_or(PlanError::FindNamespace)?;
     let name = roleset.name_any();
     if roleset.meta().deletion_timestamp.is_some() {
@@ -173,7 +124,7 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, R
     // graceful shutdown stops first, so a reconcile waiting for it would block shutdown forever.
     match state.pods.wait_until_ready().now_or_never() {
         Some(Ok(())) => {}
-        Some(Err(_)) => return Err(ReconcileError::ReadPodCache),
+        Some(Err(_)) => return Err(Error::ReadCache("Pod")),
         None => return Ok(Action::requeue(POD_CACHE_RETRY)),
     }
     let owned_arcs = state.pods.state_filter(|p| plan::is_owned_by(p, roleset));
@@ -196,16 +147,19 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, R
             // Gone already, or the name now belongs to another Pod: either way this one is gone.
             Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => continue,
             Err(source) => {
-                return Err(ReconcileError::DeletePod {
+                return Err(Error::DeletePod {
                     name: doomed.name.clone(),
                     source,
                 });
             }
         }
         let (reason, note) = match doomed.reason {
-            DeleteReason::Excess => ("SuccessfulDelete", format!("Deleted Pod {}", doomed.name)),
+            DeleteReason::Excess => (
+                Reason::SuccessfulDelete,
+                format!("Deleted Pod {}", doomed.name),
+            ),
             DeleteReason::Failed => (
-                "ReplacingFailedPod",
+                Reason::ReplacingFailedPod,
                 format!(
                     "Deleted Pod {} after {}s in a terminal phase; it will be re-created",
                     doomed.name,
@@ -213,7 +167,7 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, R
                 ),
             ),
         };
-        info!(%namespace, %name, pod = %doomed.name, reason, "deleted Pod");
+        info!(%namespace, %name, pod = %doomed.name, %reason, "deleted Pod");
         publish(state, roleset, EventType::Normal, reason, note).await;
     }
 
@@ -223,14 +177,21 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, R
             Ok(_) => {
                 info!(%namespace, %name, pod = %pod_name, "created Pod");
                 let note = format!("Created Pod {pod_name}");
-                publish(state, roleset, EventType::Normal, "SuccessfulCreate", note).await;
+                publish(
+                    state,
+                    roleset,
+                    EventType::Normal,
+                    Reason::SuccessfulCreate,
+                    note,
+                )
+                .await;
             }
             // Deterministic names make a repeated create (stale cache, retry) a no-op.
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 debug!(%namespace, %name, pod = %pod_name, "Pod exists already");
             }
             Err(source) => {
-                return Err(ReconcileError::CreatePod {
+                return Err(Error::CreatePod {
                     name: pod_name,
                     source,
                 });
@@ -252,7 +213,7 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, R
             &Patch::Apply(&body),
         )
         .await
-        .map_err(ReconcileError::PatchStatus)?;
+        .map_err(Error::WriteStatus)?;
         debug!(%namespace, %name, ready = status.ready_replicas, desired = status.replicas, "status written");
     }
 
@@ -260,10 +221,10 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, R
 }
 
 /// Records a Kubernetes Event on the RoleSet. Best effort: a lost event must not fail the reconcile.
-async fn publish(state: &State, roleset: &RoleSet, type_: EventType, reason: &str, note: String) {
+async fn publish(state: &State, roleset: &RoleSet, type_: EventType, reason: Reason, note: String) {
     let event = Event {
         type_,
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         note: Some(note),
         action: "ReconcilePods".to_string(),
         secondary: None,
@@ -278,57 +239,15 @@ async fn publish(state: &State, roleset: &RoleSet, type_: EventType, reason: &st
     }
 }
 
-fn error_policy(roleset: Arc<RoleSet>, error: &ReconcileError, state: Arc<State>) -> Action {
-    let failures = match state.failures.lock() {
-        Ok(mut map) => {
-            let n = map
-                .entry(ObjectRef::from_obj(roleset.as_ref()))
-                .or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        }
-        // A poisoned lock only loses the count; retry at the slowest pace.
-        Err(_) => u32::MAX,
-    };
-    let delay = backoff(failures);
+fn error_policy(roleset: Arc<RoleSet>, error: &Error, state: Arc<State>) -> Action {
+    let (failures, action) = state.backoff.failed(&roleset);
     warn!(
         namespace = ?roleset.namespace(),
         name = %roleset.name_any(),
         error = %error,
         failures,
-        retry_in = ?delay,
+        retry = ?action,
         "reconcile failed"
     );
-    Action::requeue(delay)
-}
-
-/// Delay before retry number `failures` (1-based): 1 s, 2 s, 4 s, … capped at [`MAX_BACKOFF`].
-pub fn backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
-    MIN_BACKOFF
-        .saturating_mul(1u32 << exponent)
-        .min(MAX_BACKOFF)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(1));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(4), Duration::from_secs(8));
-        assert_eq!(backoff(9), Duration::from_secs(256));
-        assert_eq!(backoff(10), MAX_BACKOFF);
-        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
-        assert_eq!(backoff(0), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn error_labels_are_the_variant_names() {
-        let e = ReconcileError::PlanPods(PlanError::FindNamespace);
-        assert_eq!(e.label(), "PlanPods");
-        assert_eq!(ReconcileError::ReadPodCache.label(), "ReadPodCache");
-    }
+    action
 }

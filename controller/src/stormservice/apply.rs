@@ -1,0 +1,245 @@
+//! Executes a plan. Nothing is decided here: the plan says what to write, this writes it, in this
+//! order:
+//!
+//! 1. status: the decision (including the controls it acted on) is recorded before anything else;
+//! 2. revisions: the template being rolled out is kept, old ones pruned;
+//! 3. Services: each pinned to its revision (traffic moves before capacity: an abort moves it at
+//!    once, and the decision takes capacity away only once traffic is gone);
+//! 4. traffic routers: set to the plan's weight;
+//! 5. RoleSets: what is missing is created, then what is too much is deleted;
+//! 6. control annotations that acted are removed (the status written in 1 acknowledges them);
+//! 7. events, last: the record of what happened, not part of it.
+//!
+//! A failed write stops the sequence, except that a failed router write or RoleSet write still lets
+//! 6 and 7 happen: the decision was recorded and its events must not be lost.
+
+use super::observe::Caches;
+use super::revisions::{self, index_of, roleset_for, template_of};
+use super::routing::{self, Routing};
+use crate::context::{Context, MANAGER};
+use crate::error::Error;
+use crate::rollout::{Note, Observed, Plan};
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use std::collections::BTreeSet;
+use storm_shared::keys::LABEL_REVISION;
+use storm_shared::types::API_VERSION;
+use storm_shared::{RoleSet, StormService};
+use tracing::{debug, info, warn};
+
+/// Field manager for the Service selectors the controller pins.
+pub const ROUTING_MANAGER: &str = "storm-controller-routing";
+
+/// Writes `plan` for `obj`, in the order above.
+pub async fn apply(
+    ctx: &Context,
+    caches: &Caches,
+    obj: &StormService,
+    observed: &Observed,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let name = obj.name_any();
+    let client = &ctx.client;
+    let api: Api<StormService> = Api::namespaced(client.clone(), &ns);
+    // 1. Status.
+    if obj.status.as_ref() != Some(&plan.status) {
+        let body =
+            json!({"apiVersion": API_VERSION, "kind": "StormService", "status": plan.status});
+        api.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(Error::WriteStatus)?;
+    }
+    // 2. Revisions.
+    let update = plan.status.update_revision.clone().unwrap_or_default();
+    revisions::record(client, caches, obj, &update).await?;
+    revisions::prune(client, caches, obj, plan).await?;
+    // 3. Services.
+    pin_services(ctx, caches, &ns, plan).await?;
+    // 4. Traffic routers.
+    let mut notes = Vec::new();
+    let routed = set_routers(ctx, obj, &ns, observed, plan, &mut notes).await;
+    // 5. Capacity.
+    let scaled = scale(ctx, caches, obj, &update, observed, plan).await;
+    // 6. Controls that acted go away.
+    if !plan.remove_annotations.is_empty() {
+        let nulls: serde_json::Map<String, serde_json::Value> = plan
+            .remove_annotations
+            .iter()
+            .map(|k| (k.clone(), serde_json::Value::Null))
+            .collect();
+        let body = json!({"metadata": {"annotations": nulls}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .map_err(Error::RemoveAnnotations)?;
+    }
+    // 7. Events.
+    publish(ctx, obj, plan.notes.iter().chain(&notes)).await;
+    if let Some(reason) = &plan.rollback {
+        ctx.metrics.rollback(reason.as_str());
+    }
+    scaled.and(routed)
+}
+
+/// Pins each Service of the plan to its revision (a merge patch of our one selector key).
+async fn pin_services(ctx: &Context, caches: &Caches, ns: &str, plan: &Plan) -> Result<(), Error> {
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    for (svc, rev) in &plan.services {
+        let Some(current) = caches.services.get(&ObjectRef::new(svc).within(ns)) else {
+            // A missing Service is the user's to create; admission already warned about it.
+            debug!(namespace = ns, service = %svc, "Service not found; not pinned");
+            continue;
+        };
+        let pinned = current
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.as_ref())
+            .and_then(|s| s.get(LABEL_REVISION))
+            .map(String::as_str);
+        if pinned == Some(rev.as_str()) {
+            continue;
+        }
+        // A Service's selector is an atomic map: server-side apply would replace the user's keys.
+        // A merge patch adds or updates our one key and leaves theirs alone.
+        let body = json!({"spec": {"selector": {LABEL_REVISION: rev}}});
+        let params = PatchParams {
+            field_manager: Some(ROUTING_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch(svc, &params, &Patch::Merge(&body))
+            .await
+            .map_err(|e| Error::PinService(svc.clone(), e))?;
+        info!(namespace = ns, service = %svc, revision = %rev, "Service pinned");
+    }
+    Ok(())
+}
+
+/// Sets the routers to the plan's weight. A failure is an event and an error only when the plan
+/// says it matters.
+async fn set_routers(
+    ctx: &Context,
+    obj: &StormService,
+    ns: &str,
+    observed: &Observed,
+    plan: &Plan,
+    notes: &mut Vec<Note>,
+) -> Result<(), Error> {
+    let Some(write) = &plan.routers else {
+        return Ok(());
+    };
+    let Some(r) = Routing::of(obj, ns, &write.stable_revision, &write.canary_revision) else {
+        return Ok(());
+    };
+    match r
+        .set(&ctx.client, observed.router_weight, plan.weight)
+        .await
+    {
+        Ok(true) => {
+            info!(namespace = ns, name = %obj.name_any(), weight = plan.weight, "traffic routers set");
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) if write.report_errors => {
+            notes.push(routing::error_note("setting the traffic routers", &e));
+            Err(Error::Router(e))
+        }
+        Err(e) => {
+            debug!(namespace = ns, name = %obj.name_any(), error = %e, "traffic routers not settable at rest");
+            Ok(())
+        }
+    }
+}
+
+/// Creates the RoleSets the plan wants and deletes the ones it does not.
+async fn scale(
+    ctx: &Context,
+    caches: &Caches,
+    obj: &StormService,
+    update: &str,
+    observed: &Observed,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    let api: Api<RoleSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let revisions: BTreeSet<String> = observed
+        .revisions()
+        .into_iter()
+        .chain(plan.scale.keys().cloned())
+        .collect();
+    let mut deletions = Vec::new();
+    for rev in revisions {
+        let want = plan.scale.get(&rev).copied().unwrap_or(0);
+        let prefix = format!("{name}-{rev}-");
+        let have: BTreeSet<i32> = observed
+            .rolesets
+            .iter()
+            .filter(|r| r.revision == rev)
+            .filter_map(|r| index_of(&r.name, &prefix))
+            .collect();
+        let missing: Vec<i32> = (0..want).filter(|i| !have.contains(i)).collect();
+        let template = if missing.is_empty() {
+            None
+        } else {
+            Some(template_of(caches, obj, update, &rev)?)
+        };
+        for i in missing {
+            let rs = roleset_for(
+                obj,
+                template.as_ref().unwrap_or(&obj.spec.template),
+                &rev,
+                i,
+            );
+            match api.create(&PostParams::default(), &rs).await {
+                Ok(_) => info!(namespace = %ns, roleset = %rs.name_any(), "RoleSet created"),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(Error::CreateRoleSet(rs.name_any(), e)),
+            }
+        }
+        for r in observed.rolesets.iter().filter(|r| r.revision == rev) {
+            if index_of(&r.name, &prefix).is_none_or(|i| i >= want) {
+                deletions.push(r.name.clone());
+            }
+        }
+    }
+    for d in deletions {
+        match api.delete(&d, &DeleteParams::background()).await {
+            Ok(_) => info!(namespace = %ns, roleset = %d, "RoleSet deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(Error::DeleteRoleSet(d, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Records the notes as Events on the StormService. Best effort: a lost event fails nothing.
+async fn publish<'a>(ctx: &Context, obj: &StormService, notes: impl Iterator<Item = &'a Note>) {
+    let reference = obj.object_ref(&());
+    for note in notes {
+        let ev = Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.as_str().to_string(),
+            note: Some(note.message.clone()),
+            // The recorder folds events with the same (type, reason, action) into one series, which
+            // would hide "Step 1 completed" under "Step 0 completed": the action carries the
+            // specific message so distinct transitions stay distinct events.
+            action: note.message.chars().take(128).collect(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            warn!(namespace = ?obj.namespace(), name = %obj.name_any(), error = %e, "recording event");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The StormService controller: observes a StormService's world, asks the rollout state machine
+//! what to do, and executes its plan.
+//!
+//! One reconcile is four moves, each in its own file:
+//! - [`observe`]: RoleSets and Pods from the watch caches, and the traffic routers read back;
+//! - [`measure`]: analysis runs take the measurements that are due;
+//! - `rollout::decide` (pure): the plan, with every write, event and requeue;
+//! - [`apply`]: the plan's writes, in a fixed order (status, revisions, Services, routers,
+//!   RoleSets, annotation removal, events).
+//!
+//! [`revisions`] keeps each revision's template (ControllerRevisions) so its RoleSets can be made
+//! again after the template moved on.
+
+use crate::context::Context;
+use crate::error::{Backoff, Error};
+use crate::rollout::{self, Input};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use storm_shared::keys::LABEL_NAME;
+use storm_shared::types::stormservice::RolloutPhase;
+use storm_shared::{RoleSet, StormService};
+use tracing::{debug, info, warn};
+
+pub mod apply;
+mod measure;
+pub mod observe;
+pub mod revisions;
+mod routing;
+
+pub use observe::{Caches, observe_pod};
+
+/// Kind label of this controller's metrics.
+pub const KIND: &str = "StormService";
+/// Reconciles at most this many StormServices at once.
+const CONCURRENCY: u16 = 16;
+/// How soon to look again while the caches are still loading.
+const CACHE_RETRY: Duration = Duration::from_millis(500);
+
+/// What the reconciles of this controller share.
+pub struct State {
+    /// Client, metrics, events.
+    pub ctx: Arc<Context>,
+    /// Takes analysis measurements.
+    pub runner: crate::analysis::Runner,
+    /// What the controller sees of the cluster.
+    pub caches: Caches,
+    /// Consecutive failures per StormService, for the retry backoff.
+    pub backoff: Backoff<StormService>,
+}
+
+/// Runs the StormService controller over all namespaces until `shutdown` completes.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let labelled = watcher::Config::default().labels(LABEL_NAME);
+    let (rolesets, rs_writer) = reflector::store::<RoleSet>();
+    let roleset_events = watcher(ctx.api::<RoleSet>(), labelled.clone())
+        .default_backoff()
+        .modify(|r| r.managed_fields_mut().clear())
+        .reflect(rs_writer)
+        .touched_objects();
+    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pod_events = watcher(ctx.api::<Pod>(), labelled)
+        .default_backoff()
+        .modify(crate::cache::slim_pod)
+        .reflect(pod_writer)
+        .touched_objects();
+    let (services, svc_writer) = reflector::store::<Service>();
+    let svc_reflector = watcher(ctx.api::<Service>(), watcher::Config::default())
+        .default_backoff()
+        .modify(crate::cache::slim_service)
+        .reflect(svc_writer)
+        .applied_objects()
+        .for_each(|_| async {});
+    tokio::spawn(svc_reflector);
+
+    let (revisions, rev_writer) = reflector::store::<ControllerRevision>();
+    let rev_reflector = watcher(
+        ctx.api::<ControllerRevision>(),
+        watcher::Config::default().labels(LABEL_NAME),
+    )
+    .default_backoff()
+    .modify(|r| r.managed_fields_mut().clear())
+    .reflect(rev_writer)
+    .applied_objects()
+    .for_each(|_| async {});
+    tokio::spawn(rev_reflector);
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+    let runner = match crate::analysis::Runner::new() {
+        Ok(r) => r.with_metrics(ctx.metrics.clone()),
+        Err(e) => {
+            warn!(error = %e, "analysis runner unavailable; StormService controller not started");
+            return;
+        }
+    };
+    let state = Arc::new(State {
+        ctx,
+        runner,
+        caches: Caches {
+            rolesets,
+            pods,
+            services,
+            revisions,
+        },
+        backoff: Backoff::default(),
+    });
+    info!("StormService controller starting");
+    Controller::new(state.ctx.api::<StormService>(), watcher::Config::default())
+        .with_config(controller::Config::default().concurrency(CONCURRENCY))
+        .owns_stream(roleset_events)
+        .watches_stream(pod_events, |pod: Pod| {
+            let name = pod.labels().get(LABEL_NAME)?.clone();
+            Some(ObjectRef::<StormService>::new(&name).within(&pod.namespace()?))
+        })
+        .graceful_shutdown_on(async move {
+            let _ = stop_rx.await;
+        })
+        .run(reconcile, error_policy, state)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
+                // Reconcile errors were logged by error_policy already.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                // Deleted between the trigger and the reconcile: nothing to do.
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    debug!(%obj, "gone before reconcile")
+                }
+                Err(e) => warn!(error = %e, "StormService controller"),
+            }
+        })
+        .await;
+    info!("StormService controller stopped");
+}
+
+fn error_policy(obj: Arc<StormService>, err: &Error, state: Arc<State>) -> Action {
+    let (failures, action) = state.backoff.failed(&obj);
+    warn!(namespace = ?obj.namespace(), name = %obj.name_any(), error = %err, failures,
+          retry = ?action, "reconcile failed");
+    action
+}
+
+async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_stormservice(&obj, &state).await;
+    state.ctx.metrics.observe_reconcile(
+        KIND,
+        started.elapsed().as_secs_f64(),
+        result.as_ref().err().map(Error::metric_label),
+    );
+    if result.is_ok() {
+        state.backoff.succeeded(&obj);
+    }
+    result
+}
+
+async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Action, Error> {
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let name = obj.name_any();
+    if obj.meta().deletion_timestamp.is_some() {
+        state.ctx.metrics.forget_rollout(&ns, &name);
+        return Ok(Action::await_change());
+    }
+    // An empty cache reads as "no RoleSets, no Pods": status counts would drop to zero and a
+    // decision would be made blind. Until every cache has its first list, look again shortly (not
+    // wait: these watches are driven by this controller's streams, which shutdown stops first).
+    if !state.caches.ready() {
+        return Ok(Action::requeue(CACHE_RETRY));
+    }
+    let now = Timestamp::now();
+    // The revision of the current template, once per reconcile.
+    let update = rollout::revision::of_template(&obj.spec.template);
+    let mut observed = state.caches.observe(&ns, &name);
+    observe::read_routers(&state.ctx.client, obj, &ns, &update, &mut observed).await;
+    // Analyses take their due measurements; the decision reads their verdicts.
+    let mut status = obj.status.clone();
+    let mut measured = rollout::Measured::default();
+    if let Some(st) = status.as_mut() {
+        let (next_due, notes) =
+            measure::advance(&state.runner, &state.ctx.client, obj, &ns, st, &update, now).await;
+        measured = rollout::Measured { notes, next_due };
+    }
+    let annotations = obj.annotations().clone();
+    let input = Input {
+        name: &name,
+        generation: obj.meta().generation,
+        spec: &obj.spec,
+        status: status.as_ref(),
+        annotations: &annotations,
+        observed: &observed,
+        update: &update,
+        measured: &measured,
+        now,
+    };
+    let plan = rollout::decide(&input);
+    let result = apply::apply(&state.ctx, &state.caches, obj, &observed, &plan).await;
+    let rs = plan.status.rollout_status.as_ref();
+    state.ctx.metrics.set_rollout(
+        &ns,
+        &name,
+        rs.and_then(|r| r.phase)
+            .unwrap_or(RolloutPhase::Healthy)
+            .as_str(),
+        i64::from(rs.and_then(|r| r.current_step_index).unwrap_or(0)),
+        i64::from(
+            rs.and_then(|r| r.canary_status.as_ref())
+                .map_or(0, |c| c.current_weight),
+        ),
+    );
+    result?;
+    Ok(Action::requeue(plan.requeue_after))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,284 @@
+//! Revisions: each template the StormService had is kept as a ControllerRevision, so the RoleSets
+//! of a revision can be made again after the template moved on (an abort, a rollback, a stable
+//! RoleSet lost mid-rollout). Old ones are pruned beyond `spec.revisionHistoryLimit`.
+
+use super::observe::{Caches, belongs};
+use crate::error::Error;
+use crate::rollout::Plan;
+use k8s_openapi::api::apps::v1::ControllerRevision;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Client, Resource, ResourceExt};
+use std::collections::BTreeMap;
+use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME, LABEL_REVISION};
+use storm_shared::types::API_VERSION;
+use storm_shared::types::stormservice::{RoleSetTemplateSpec, TemplateMetadata};
+use storm_shared::{RoleSet, StormService};
+use tracing::info;
+
+/// Revisions kept beside the stable and the rolled-out one when `revisionHistoryLimit` is unset.
+const DEFAULT_REVISION_HISTORY: usize = 10;
+
+/// Name of the ControllerRevision holding a revision's template.
+pub fn revision_name(name: &str, rev: &str) -> String {
+    format!("{name}-{rev}")
+}
+
+/// The owner reference of everything the StormService creates.
+pub fn owner(obj: &StormService) -> OwnerReference {
+    OwnerReference {
+        api_version: API_VERSION.into(),
+        kind: "StormService".into(),
+        name: obj.name_any(),
+        uid: obj.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Stores the template of revision `update` as a ControllerRevision, once per revision.
+pub async fn record(
+    client: &Client,
+    caches: &Caches,
+    obj: &StormService,
+    update: &str,
+) -> Result<(), Error> {
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let cr_name = revision_name(&name, update);
+    if caches
+        .revisions
+        .get(&ObjectRef::new(&cr_name).within(&ns))
+        .is_some()
+    {
+        return Ok(());
+    }
+    let number = caches
+        .revisions
+        .state()
+        .iter()
+        .filter(|r| belongs(r.as_ref(), &ns, &name))
+        .map(|r| r.revision)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let mut cr = ControllerRevision {
+        data: Some(RawExtension(
+            serde_json::to_value(&obj.spec.template).unwrap_or_default(),
+        )),
+        revision: number,
+        ..Default::default()
+    };
+    cr.metadata.name = Some(cr_name.clone());
+    cr.metadata.namespace = Some(ns.clone());
+    cr.metadata.labels = Some(BTreeMap::from([
+        (LABEL_NAME.to_string(), name.clone()),
+        (LABEL_REVISION.to_string(), update.to_string()),
+    ]));
+    cr.metadata.owner_references = Some(vec![owner(obj)]);
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
+    match api.create(&PostParams::default(), &cr).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(Error::RecordRevision(cr_name, e)),
+    }
+}
+
+/// The ControllerRevisions to delete: all but the `limit` newest, never the ones in `keep`.
+/// `revisions` are (name, revision number, revision hash).
+pub fn to_prune(
+    mut revisions: Vec<(String, i64, String)>,
+    limit: usize,
+    keep: &[&str],
+) -> Vec<String> {
+    revisions.sort_by_key(|r| std::cmp::Reverse(r.1));
+    let mut kept = 0;
+    let mut out = Vec::new();
+    for (name, _, hash) in revisions {
+        if keep.contains(&hash.as_str()) {
+            continue;
+        }
+        if kept < limit {
+            kept += 1;
+        } else {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Deletes ControllerRevisions beyond `spec.revisionHistoryLimit` (the stable and the rolled-out
+/// revision always stay: their RoleSets may have to be recreated).
+pub async fn prune(
+    client: &Client,
+    caches: &Caches,
+    obj: &StormService,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let limit = obj
+        .spec
+        .revision_history_limit
+        .map_or(DEFAULT_REVISION_HISTORY, |l| {
+            usize::try_from(l).unwrap_or(0)
+        });
+    let mine: Vec<(String, i64, String)> = caches
+        .revisions
+        .state()
+        .iter()
+        .filter(|r| belongs(r.as_ref(), &ns, &name))
+        .map(|r| {
+            (
+                r.name_any(),
+                r.revision,
+                r.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let stable = plan.status.current_revision.clone().unwrap_or_default();
+    let update = plan.status.update_revision.clone().unwrap_or_default();
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
+    for doomed in to_prune(mine, limit, &[&stable, &update]) {
+        match api.delete(&doomed, &DeleteParams::default()).await {
+            Ok(_) => info!(namespace = %ns, revision = %doomed, "old revision pruned"),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(Error::RecordRevision(doomed, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The index of a RoleSet named `<service>-<revision>-<index>`.
+pub fn index_of(roleset: &str, prefix: &str) -> Option<i32> {
+    roleset.strip_prefix(prefix)?.parse().ok()
+}
+
+/// The template of revision `rev`: the current one, its ControllerRevision, or a surviving
+/// RoleSet's.
+pub fn template_of(
+    caches: &Caches,
+    obj: &StormService,
+    update: &str,
+    rev: &str,
+) -> Result<RoleSetTemplateSpec, Error> {
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    if rev == update {
+        return Ok(obj.spec.template.clone());
+    }
+    if let Some(cr) = caches
+        .revisions
+        .get(&ObjectRef::new(&revision_name(&name, rev)).within(&ns))
+        && let Some(Ok(t)) = cr
+            .data
+            .as_ref()
+            .map(|d| serde_json::from_value::<RoleSetTemplateSpec>(d.0.clone()))
+    {
+        return Ok(t);
+    }
+    // The oldest surviving RoleSet of the revision (lowest index) that is not going away.
+    let prefix = format!("{name}-{rev}-");
+    let survivor = caches
+        .rolesets
+        .state()
+        .into_iter()
+        .filter(|r| {
+            belongs(r.as_ref(), &ns, &name)
+                && r.meta().deletion_timestamp.is_none()
+                && r.labels().get(LABEL_REVISION).map(String::as_str) == Some(rev)
+        })
+        .min_by_key(|r| index_of(&r.name_any(), &prefix).unwrap_or(i32::MAX));
+    match survivor {
+        Some(r) => {
+            let mut labels = r.labels().clone();
+            labels.remove(LABEL_NAME);
+            labels.remove(LABEL_REVISION);
+            labels.remove(AIBRIX_LABEL_STORM_SERVICE_NAME);
+            Ok(RoleSetTemplateSpec {
+                metadata: Some(TemplateMetadata {
+                    labels: Some(labels),
+                    annotations: r.metadata.annotations.clone(),
+                }),
+                spec: Some(r.spec.clone()),
+            })
+        }
+        None => Err(Error::UnknownRevision(rev.to_string())),
+    }
+}
+
+/// The RoleSet with index `i` of revision `rev`, made from that revision's template.
+pub fn roleset_for(
+    obj: &StormService,
+    template: &RoleSetTemplateSpec,
+    rev: &str,
+    i: i32,
+) -> RoleSet {
+    let name = obj.name_any();
+    let tpl_meta = template.metadata.clone().unwrap_or_default();
+    let mut labels = tpl_meta.labels.unwrap_or_default();
+    labels.insert(LABEL_NAME.into(), name.clone());
+    labels.insert(LABEL_REVISION.into(), rev.to_string());
+    labels.insert(AIBRIX_LABEL_STORM_SERVICE_NAME.into(), name.clone());
+    // The revision's own template, not the current one: a stable RoleSet recreated during an abort
+    // must run the stable revision.
+    let mut rs = RoleSet::new(
+        &format!("{name}-{rev}-{i}"),
+        template.spec.clone().unwrap_or_default(),
+    );
+    rs.metadata.namespace = obj.namespace();
+    rs.metadata.labels = Some(labels);
+    rs.metadata.annotations = tpl_meta.annotations;
+    rs.metadata.owner_references = Some(vec![owner(obj)]);
+    rs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn roleset_names_and_labels() {
+        let obj: StormService = serde_json::from_value(json!({
+            "apiVersion": API_VERSION, "kind": "StormService",
+            "metadata": {"name": "svc", "namespace": "ns", "uid": "u-1"},
+            "spec": {"template": {"metadata": {"labels": {"app": "a"}}, "spec": {"roles": [{"name": "r"}]}}}
+        }))
+        .expect("object");
+        let rs = roleset_for(&obj, &obj.spec.template, "abc", 2);
+        assert_eq!(rs.name_any(), "svc-abc-2");
+        assert_eq!(rs.labels().get("app").map(String::as_str), Some("a"));
+        assert_eq!(
+            rs.labels().get(LABEL_REVISION).map(String::as_str),
+            Some("abc")
+        );
+        // A RoleSet of another revision is made from that revision's template, whatever the
+        // current one says.
+        let mut old_template = obj.spec.template.clone();
+        old_template.spec.as_mut().expect("spec").roles[0].name = "old-role".into();
+        let old_rs = roleset_for(&obj, &old_template, "old", 0);
+        assert_eq!(old_rs.spec.roles[0].name, "old-role");
+        let owner = &rs.metadata.owner_references.as_ref().expect("owner")[0];
+        assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
+        assert_eq!(index_of("svc-abc-12", "svc-abc-"), Some(12));
+        assert_eq!(index_of("svc-abcd-1", "svc-abc-"), None);
+    }
+
+    #[test]
+    fn old_revisions_are_pruned_beyond_the_limit_but_never_stable_or_update() {
+        let revs: Vec<(String, i64, String)> = (1..=5)
+            .map(|i| (format!("svc-r{i}"), i, format!("r{i}")))
+            .collect();
+        // Newest first: r5 (update) and r1 (stable) are kept whatever the limit; of the rest the
+        // newest `limit` stay.
+        assert_eq!(
+            to_prune(revs.clone(), 1, &["r1", "r5"]),
+            vec!["svc-r3", "svc-r2"]
+        );
+        assert_eq!(
+            to_prune(revs.clone(), 0, &["r1", "r5"]),
+            vec!["svc-r4", "svc-r3", "svc-r2"]
+        );
+        assert!(to_prune(revs, 10, &["r1"]).is_empty());
+    }
+}
