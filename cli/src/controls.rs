@@ -1,6 +1,7 @@
 //! `kubectl storm promote|approve|pause|resume|abort|retry`: the seed's control annotations, set only
 //! when they can act, with a message that says why not otherwise.
 
+use crate::error::Error;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
@@ -38,6 +39,17 @@ impl Control {
         }
     }
 
+    /// The command's name, as in "cannot approve".
+    pub fn command(self) -> &'static str {
+        match self {
+            Control::Approve => "approve",
+            Control::Pause => "pause",
+            Control::Resume => "resume",
+            Control::Abort => "abort",
+            Control::Retry => "retry",
+        }
+    }
+
     fn verb(self) -> &'static str {
         match self {
             Control::Approve => "approved",
@@ -70,15 +82,6 @@ fn paused_by_user(obj: &StormService) -> bool {
 /// Paused on an inconclusive analysis: the resume annotation accepts it and the rollout goes on.
 fn paused_on_inconclusive_analysis(obj: &StormService) -> bool {
     phase_of(obj) == Some(RolloutPhase::Paused) && paused_for(obj, "AnalysisInconclusive")
-}
-
-/// Why a control did not act.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlError {
-    /// It does not apply to the rollout as it stands; the message says why.
-    Refused(String),
-    /// The API server could not be read or written.
-    Api(String),
 }
 
 /// Stopped in place after a failure with autoRollback disabled: what resume can continue.
@@ -127,21 +130,22 @@ pub fn refusal(control: Control, obj: &StormService) -> Option<String> {
     }
 }
 
-/// Sets the control's annotation if it can act; returns what to tell the user.
-pub async fn run(
-    api: &Api<StormService>,
-    name: &str,
-    control: Control,
-) -> Result<String, ControlError> {
+/// Sets the control's annotation if it can act ([`Error::Refused`] otherwise); returns what to tell
+/// the user.
+pub async fn run(api: &Api<StormService>, name: &str, control: Control) -> Result<String, Error> {
     let obj = api
         .get(name)
         .await
-        .map_err(|e| ControlError::Api(format!("reading StormService {name}: {e}")))?;
+        .map_err(|source| Error::ReadStormService {
+            name: name.into(),
+            source,
+        })?;
     if let Some(why) = refusal(control, &obj) {
-        return Err(ControlError::Refused(format!(
-            "{name}: cannot {}: {why}",
-            format!("{control:?}").to_lowercase()
-        )));
+        return Err(Error::Refused {
+            name: name.into(),
+            control,
+            why,
+        });
     }
     let body = json!({"metadata": {"annotations": {control.annotation(): "true"}}});
     api.patch(
@@ -153,7 +157,10 @@ pub async fn run(
         &Patch::Merge(&body),
     )
     .await
-    .map_err(|e| ControlError::Api(format!("annotating StormService {name}: {e}")))?;
+    .map_err(|source| Error::AnnotateStormService {
+        name: name.into(),
+        source,
+    })?;
     Ok(format!(
         "stormservice/{name} {} ({}=true)",
         control.verb(),

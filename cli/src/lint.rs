@@ -1,5 +1,6 @@
 //! `kubectl storm lint`: the webhook's rules, offline.
 
+use crate::error::Error;
 use crate::schema::KindSchema;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -25,20 +26,6 @@ pub struct Outcome {
     pub warnings: usize,
 }
 
-/// Why an input could not be linted at all.
-#[derive(Debug, thiserror::Error)]
-pub enum InputError {
-    /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
-    /// The file is not YAML.
-    #[error("{file}: not valid YAML: {message}")]
-    Yaml { file: String, message: String },
-}
-
 /// The rules and schemas lint applies.
 pub struct Linter {
     schemas: BTreeMap<String, KindSchema>,
@@ -47,7 +34,7 @@ pub struct Linter {
 
 impl Linter {
     /// A linter with the CRD schemas of this build and the given RolloutPolicies.
-    pub fn new(mut policies: Vec<RolloutPolicy>) -> Result<Self, String> {
+    pub fn new(mut policies: Vec<RolloutPolicy>) -> Result<Self, Error> {
         // Offline there are no namespaces to select: every policy applies.
         for p in &mut policies {
             p.spec.namespace_selector = None;
@@ -60,7 +47,7 @@ impl Linter {
     }
 
     /// Lints every document of a YAML stream. `file` names it in the output.
-    pub fn lint_text(&self, file: &str, text: &str) -> Result<Outcome, InputError> {
+    pub fn lint_text(&self, file: &str, text: &str) -> Result<Outcome, Error> {
         let mut out = Outcome::default();
         for doc in documents(file, text)? {
             self.lint_document(file, &doc, &mut out);
@@ -137,13 +124,13 @@ impl Linter {
 }
 
 /// Splits a YAML stream into JSON documents, skipping empty ones.
-pub fn documents(file: &str, text: &str) -> Result<Vec<Value>, InputError> {
+pub fn documents(file: &str, text: &str) -> Result<Vec<Value>, Error> {
     use serde::Deserialize;
     let mut out = Vec::new();
     for de in serde_yaml::Deserializer::from_str(text) {
-        let v = Value::deserialize(de).map_err(|e| InputError::Yaml {
+        let v = Value::deserialize(de).map_err(|source| Error::InvalidYaml {
             file: file.into(),
-            message: e.to_string(),
+            source,
         })?;
         if !v.is_null() {
             out.push(v);
@@ -153,19 +140,19 @@ pub fn documents(file: &str, text: &str) -> Result<Vec<Value>, InputError> {
 }
 
 /// Reads a file, or standard input for `-`.
-pub fn read_input(path: &Path) -> Result<(String, String), InputError> {
+pub fn read_input(path: &Path) -> Result<(String, String), Error> {
     let label = path.display().to_string();
     if label == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
-            .map_err(|source| InputError::Read {
+            .map_err(|source| Error::ReadInput {
                 file: "<stdin>".into(),
                 source,
             })?;
         return Ok(("<stdin>".into(), s));
     }
-    let text = std::fs::read_to_string(path).map_err(|source| InputError::Read {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadInput {
         file: label.clone(),
         source,
     })?;
@@ -173,26 +160,29 @@ pub fn read_input(path: &Path) -> Result<(String, String), InputError> {
 }
 
 /// Reads the RolloutPolicies of a `--policy` file.
-pub fn read_policies(path: &Path) -> Result<Vec<RolloutPolicy>, String> {
-    let (label, text) = read_input(path).map_err(|e| e.to_string())?;
+pub fn read_policies(path: &Path) -> Result<Vec<RolloutPolicy>, Error> {
+    let (label, text) = read_input(path)?;
     let mut out = Vec::new();
-    for doc in documents(&label, &text).map_err(|e| e.to_string())? {
+    for doc in documents(&label, &text)? {
         if doc.get("kind").and_then(Value::as_str) != Some("RolloutPolicy") {
             continue;
         }
-        let p: RolloutPolicy = parse(&doc).map_err(|e| format!("{label}: RolloutPolicy: {e}"))?;
+        let p: RolloutPolicy = parse(&doc).map_err(|error| Error::ParsePolicy {
+            file: label.clone(),
+            error,
+        })?;
         let report = validate_rollout_policy(&p);
         if !report.is_valid() {
-            let name = p.metadata.name.clone().unwrap_or_default();
-            return Err(format!(
-                "{label}: RolloutPolicy/{name}: {}",
-                report.denial_message()
-            ));
+            return Err(Error::InvalidPolicy {
+                file: label,
+                name: p.metadata.name.clone().unwrap_or_default(),
+                denial: report.denial_message(),
+            });
         }
         out.push(p);
     }
     if out.is_empty() {
-        return Err(format!("{label}: no RolloutPolicy found"));
+        return Err(Error::NoPolicy { file: label });
     }
     Ok(out)
 }

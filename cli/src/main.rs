@@ -3,12 +3,14 @@
 
 mod controls;
 mod crds;
+mod error;
 mod lint;
 mod schema;
 mod set_image;
 mod status;
 
 use clap::{Parser, Subcommand};
+use error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use storm_shared::types::stormservice::RolloutPhase;
@@ -140,8 +142,17 @@ enum SetCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let namespace = cli.namespace.clone();
+    run(Cli::parse()).unwrap_or_else(|e| fail(&e))
+}
+
+/// The one place errors reach the user: the error's line on stderr, its exit code.
+fn fail(e: &Error) -> ExitCode {
+    eprintln!("{}", e.stderr_line());
+    ExitCode::from(e.exit_code())
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let namespace = cli.namespace;
     match cli.command {
         Command::Status {
             name,
@@ -149,15 +160,14 @@ fn main() -> ExitCode {
             wait_for,
             timeout,
         } => {
-            let timeout = match storm_shared::units::parse_duration(&timeout) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: --timeout {timeout:?}: {e}");
-                    return ExitCode::from(2);
+            let timeout = storm_shared::units::parse_duration(&timeout).map_err(|source| {
+                Error::InvalidTimeout {
+                    value: timeout,
+                    source,
                 }
-            };
-            online(namespace, move |client, ns| async move {
-                match status::run(
+            })?;
+            Ok(online(namespace, move |client, ns| async move {
+                status::run(
                     &client,
                     &ns,
                     &name,
@@ -165,76 +175,50 @@ fn main() -> ExitCode {
                     wait_for.map(Into::into),
                     timeout,
                 )
-                .await
-                {
-                    Ok(status::WaitOutcome::Reached) => Ok(ExitCode::SUCCESS),
-                    Ok(status::WaitOutcome::Failed(why)) => {
-                        eprintln!("rollout failed: {why}");
-                        Ok(ExitCode::from(1))
-                    }
-                    Ok(status::WaitOutcome::TimedOut) => {
-                        eprintln!("timed out");
-                        Ok(ExitCode::from(3))
-                    }
-                    Err(e) => Err(e),
-                }
-            })
+                .await?;
+                Ok(ExitCode::SUCCESS)
+            }))
         }
-        Command::Promote { name } => control(namespace, name, controls::Control::Approve),
-        Command::Pause { name } => control(namespace, name, controls::Control::Pause),
-        Command::Resume { name } => control(namespace, name, controls::Control::Resume),
-        Command::Abort { name } => control(namespace, name, controls::Control::Abort),
-        Command::Retry { name } => control(namespace, name, controls::Control::Retry),
+        Command::Promote { name } => Ok(control(namespace, name, controls::Control::Approve)),
+        Command::Pause { name } => Ok(control(namespace, name, controls::Control::Pause)),
+        Command::Resume { name } => Ok(control(namespace, name, controls::Control::Resume)),
+        Command::Abort { name } => Ok(control(namespace, name, controls::Control::Abort)),
+        Command::Retry { name } => Ok(control(namespace, name, controls::Control::Retry)),
         Command::Set {
             what: SetCommand::Image { name, images },
-        } => online(namespace, move |client, ns| async move {
+        } => Ok(online(namespace, move |client, ns| async move {
             let api = kube::Api::namespaced(client, &ns);
             let msg = set_image::run(&api, &name, &images).await?;
             println!("{msg}");
             Ok(ExitCode::SUCCESS)
-        }),
+        })),
         Command::Lint {
             files,
             policy,
             quiet,
         } => run_lint(&files, policy.as_deref(), quiet),
-        Command::Crds { out_dir } => match out_dir {
-            Some(dir) => match crds::write_all(&dir) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: writing CRDs to {}: {e}", dir.display());
-                    ExitCode::from(2)
-                }
-            },
-            None => match crds::stream() {
-                Ok(s) => {
-                    print!("{s}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: rendering CRDs: {e}");
-                    ExitCode::from(2)
-                }
-            },
-        },
+        Command::Crds { out_dir: Some(dir) } => {
+            crds::write_all(&dir).map_err(|source| Error::WriteCrds { dir, source })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Crds { out_dir: None } => {
+            let s = crds::stream().map_err(|source| Error::RenderCrds { source })?;
+            print!("{s}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
-fn run_lint(files: &[PathBuf], policy: Option<&std::path::Path>, quiet: bool) -> ExitCode {
-    let policies = match policy.map(lint::read_policies).transpose() {
-        Ok(p) => p.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let linter = match lint::Linter::new(policies) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: building the schemas: {e}");
-            return ExitCode::from(2);
-        }
-    };
+fn run_lint(
+    files: &[PathBuf],
+    policy: Option<&std::path::Path>,
+    quiet: bool,
+) -> Result<ExitCode, Error> {
+    let policies = policy
+        .map(lint::read_policies)
+        .transpose()?
+        .unwrap_or_default();
+    let linter = lint::Linter::new(policies)?;
     let (mut checked, mut errors, mut warnings, mut unreadable) = (0, 0, 0, false);
     for file in files {
         let result =
@@ -248,8 +232,9 @@ fn run_lint(files: &[PathBuf], policy: Option<&std::path::Path>, quiet: bool) ->
                 errors += out.errors;
                 warnings += out.warnings;
             }
+            // An unreadable input does not stop the others: say so and go on.
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("{}", e.stderr_line());
                 unreadable = true;
             }
         }
@@ -257,39 +242,32 @@ fn run_lint(files: &[PathBuf], policy: Option<&std::path::Path>, quiet: bool) ->
     if !quiet {
         eprintln!("{checked} object(s) checked: {errors} error(s), {warnings} warning(s)");
     }
-    if unreadable {
+    Ok(if unreadable {
         ExitCode::from(2)
     } else if errors > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
-    }
+    })
 }
 
+/// A manual control: 0 when the annotation was set, 1 when the control does not apply (so scripts
+/// can tell it from a failure to talk to the cluster, 2).
 fn control(namespace: Option<String>, name: String, c: controls::Control) -> ExitCode {
     online(namespace, move |client, ns| async move {
         let api = kube::Api::namespaced(client, &ns);
-        match controls::run(&api, &name, c).await {
-            Ok(msg) => {
-                println!("{msg}");
-                Ok(ExitCode::SUCCESS)
-            }
-            // The action does not apply: say why, exit 1 (scripts can tell it from a failure to talk).
-            Err(controls::ControlError::Refused(msg)) => {
-                eprintln!("{msg}");
-                Ok(ExitCode::from(1))
-            }
-            Err(controls::ControlError::Api(e)) => Err(e),
-        }
+        let msg = controls::run(&api, &name, c).await?;
+        println!("{msg}");
+        Ok(ExitCode::SUCCESS)
     })
 }
 
 /// Runs a command that talks to the cluster: a client from the kubeconfig, the namespace from the
-/// flag or the context. Errors reaching the cluster exit 2.
+/// flag or the context. Errors are reported before the runtime shuts down.
 fn online<F, Fut>(namespace: Option<String>, f: F) -> ExitCode
 where
     F: FnOnce(kube::Client, String) -> Fut,
-    Fut: std::future::Future<Output = Result<ExitCode, String>>,
+    Fut: std::future::Future<Output = Result<ExitCode, Error>>,
 {
     // One crypto provider, chosen here: the rest of the process must not pick another.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -298,33 +276,18 @@ where
         .build()
     {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(2);
-        }
+        Err(source) => return fail(&Error::StartRuntime { source }),
     };
-    runtime.block_on(async move {
-        let config = match kube::Config::infer().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: no usable kubeconfig: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        let ns = namespace.unwrap_or_else(|| config.default_namespace.clone());
-        let client = match kube::Client::try_from(config) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: building the client: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        match f(client, ns).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        }
-    })
+    runtime
+        .block_on(async move {
+            let config = kube::Config::infer()
+                .await
+                .map_err(|source| Error::Kubeconfig { source })?;
+            let ns = namespace.unwrap_or_else(|| config.default_namespace.clone());
+            let client =
+                kube::Client::try_from(config).map_err(|source| Error::BuildClient { source })?;
+            f(client, ns).await
+        })
+        // While `runtime` still exists: dropping it may wait for its blocking threads.
+        .unwrap_or_else(|e| fail(&e))
 }

@@ -1,6 +1,7 @@
 //! The CRDs' OpenAPI schemas as Draft 4 JSON Schemas, so `lint` rejects offline what the API server's
 //! schema validation (with kubectl's strict field validation) would reject.
 
+use crate::error::Error;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::{Value, json};
 
@@ -20,20 +21,18 @@ pub struct SchemaError {
 
 impl KindSchema {
     /// Compiles the schema of a CRD's first served version.
-    pub fn from_crd(crd: &CustomResourceDefinition) -> Result<Self, String> {
+    pub fn from_crd(crd: &CustomResourceDefinition) -> Result<Self, Error> {
         let schema = crd
             .spec
             .versions
             .first()
             .and_then(|v| v.schema.as_ref())
             .and_then(|s| s.open_api_v3_schema.as_ref())
-            .ok_or_else(|| {
-                format!(
-                    "CRD {} has no schema",
-                    crd.metadata.name.as_deref().unwrap_or("?")
-                )
+            .ok_or_else(|| Error::CrdWithoutSchema {
+                crd: crd.metadata.name.clone().unwrap_or_else(|| "?".into()),
             })?;
-        let mut schema = serde_json::to_value(schema).map_err(|e| e.to_string())?;
+        let mut schema =
+            serde_json::to_value(schema).map_err(|source| Error::CrdSchemaToJson { source })?;
         to_draft4(&mut schema);
         if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
             props
@@ -42,7 +41,9 @@ impl KindSchema {
             props.entry("kind").or_insert(json!({"type": "string"}));
             props.entry("metadata").or_insert(json!({"type": "object"}));
         }
-        let validator = jsonschema::draft4::new(&schema).map_err(|e| e.to_string())?;
+        let validator = jsonschema::draft4::new(&schema).map_err(|e| Error::CompileCrdSchema {
+            source: Box::new(e),
+        })?;
         Ok(Self { validator })
     }
 

@@ -2,6 +2,7 @@
 //! Deployments, for a StormService's roles (kubectl's own command cannot reach into a custom
 //! resource's templates).
 
+use crate::error::Error;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -16,18 +17,16 @@ pub struct Assignment {
 }
 
 /// Parses `ROLE[/CONTAINER]=IMAGE`.
-pub fn parse(arg: &str) -> Result<Assignment, String> {
+pub fn parse(arg: &str) -> Result<Assignment, Error> {
     let (target, image) = arg
         .split_once('=')
-        .ok_or_else(|| format!("{arg:?}: expected ROLE=IMAGE or ROLE/CONTAINER=IMAGE"))?;
+        .ok_or_else(|| Error::ImageAssignmentSyntax { arg: arg.into() })?;
     let (role, container) = match target.split_once('/') {
         Some((r, c)) => (r, Some(c.to_string())),
         None => (target, None),
     };
     if role.is_empty() || image.is_empty() || container.as_deref() == Some("") {
-        return Err(format!(
-            "{arg:?}: role, container and image must not be empty"
-        ));
+        return Err(Error::ImageAssignmentEmpty { arg: arg.into() });
     }
     Ok(Assignment {
         role: role.to_string(),
@@ -42,7 +41,7 @@ pub fn parse(arg: &str) -> Result<Assignment, String> {
 pub fn patch_for(
     obj: &StormService,
     assignments: &[Assignment],
-) -> Result<(Vec<Value>, Vec<String>), String> {
+) -> Result<(Vec<Value>, Vec<String>), Error> {
     let roles = obj
         .spec
         .template
@@ -57,9 +56,9 @@ pub fn patch_for(
             .iter()
             .enumerate()
             .find(|(_, r)| r.name == a.role)
-            .ok_or_else(|| {
-                let known: Vec<&str> = roles.iter().map(|r| r.name.as_str()).collect();
-                format!("role {:?} not found; roles: {}", a.role, known.join(", "))
+            .ok_or_else(|| Error::RoleNotFound {
+                role: a.role.clone(),
+                roles: roles.iter().map(|r| r.name.clone()).collect(),
             })?;
         let containers = role
             .template
@@ -67,29 +66,23 @@ pub fn patch_for(
             .as_ref()
             .map(|s| s.containers.as_slice())
             .unwrap_or_default();
-        let (ci, container) = match &a.container {
-            Some(name) => containers
+        let names = || -> Vec<String> { containers.iter().map(|c| c.name.clone()).collect() };
+        let (ci, container) = match (&a.container, containers) {
+            (Some(name), _) => containers
                 .iter()
                 .enumerate()
                 .find(|(_, c)| c.name == *name)
-                .ok_or_else(|| {
-                    let known: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-                    format!(
-                        "container {name:?} not found in role {:?}; containers: {}",
-                        a.role,
-                        known.join(", ")
-                    )
+                .ok_or_else(|| Error::ContainerNotFound {
+                    role: a.role.clone(),
+                    container: name.clone(),
+                    containers: names(),
                 })?,
-            None if containers.len() == 1 => (0, &containers[0]),
-            None => {
-                let known: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
-                return Err(format!(
-                    "role {:?} has {} containers ({}): say which, as {}/CONTAINER=IMAGE",
-                    a.role,
-                    containers.len(),
-                    known.join(", "),
-                    a.role
-                ));
+            (None, [only]) => (0, only),
+            (None, _) => {
+                return Err(Error::ContainerAmbiguous {
+                    role: a.role.clone(),
+                    containers: names(),
+                });
             }
         };
         let base = format!("/spec/template/spec/roles/{ri}");
@@ -107,15 +100,18 @@ pub fn patch_for(
 }
 
 /// Sets the images; returns what to tell the user.
-pub async fn run(api: &Api<StormService>, name: &str, args: &[String]) -> Result<String, String> {
+pub async fn run(api: &Api<StormService>, name: &str, args: &[String]) -> Result<String, Error> {
     let assignments: Vec<Assignment> = args.iter().map(|a| parse(a)).collect::<Result<_, _>>()?;
     let obj = api
         .get(name)
         .await
-        .map_err(|e| format!("reading StormService {name}: {e}"))?;
+        .map_err(|source| Error::ReadStormService {
+            name: name.into(),
+            source,
+        })?;
     let (ops, changes) = patch_for(&obj, &assignments)?;
-    let patch: json_patch::Patch =
-        serde_json::from_value(Value::Array(ops)).map_err(|e| e.to_string())?;
+    let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops))
+        .map_err(|source| Error::BuildImagePatch { source })?;
     let updated = api
         .patch(
             name,
@@ -126,7 +122,10 @@ pub async fn run(api: &Api<StormService>, name: &str, args: &[String]) -> Result
             &Patch::<()>::Json(patch),
         )
         .await
-        .map_err(|e| format!("updating StormService {name}: {e}"))?;
+        .map_err(|source| Error::UpdateStormService {
+            name: name.into(),
+            source,
+        })?;
     let strategy = match updated.spec.rollout_strategy.as_ref().map(|s| s.type_) {
         Some(t) => format!("a {t:?} rollout starts"),
         None => "a rolling update starts".to_string(),
@@ -162,24 +161,33 @@ mod tests {
     #[test]
     fn parses_assignments() {
         assert_eq!(
-            parse("prefill=v:2"),
-            Ok(Assignment {
+            parse("prefill=v:2").ok(),
+            Some(Assignment {
                 role: "prefill".into(),
                 container: None,
                 image: "v:2".into()
             })
         );
         assert_eq!(
-            parse("decode/vllm=reg.io/v:2"),
-            Ok(Assignment {
+            parse("decode/vllm=reg.io/v:2").ok(),
+            Some(Assignment {
                 role: "decode".into(),
                 container: Some("vllm".into()),
                 image: "reg.io/v:2".into()
             })
         );
-        assert!(parse("prefill").is_err());
-        assert!(parse("=v:2").is_err());
-        assert!(parse("decode/=v:2").is_err());
+        assert!(matches!(
+            parse("prefill"),
+            Err(Error::ImageAssignmentSyntax { .. })
+        ));
+        assert!(matches!(
+            parse("=v:2"),
+            Err(Error::ImageAssignmentEmpty { .. })
+        ));
+        assert!(matches!(
+            parse("decode/=v:2"),
+            Err(Error::ImageAssignmentEmpty { .. })
+        ));
     }
 
     #[test]
@@ -201,12 +209,17 @@ mod tests {
 
     #[test]
     fn clear_errors() {
-        let e = patch_for(&obj(), &[parse("router=x").expect("arg")]).expect_err("no such role");
+        let e = patch_for(&obj(), &[parse("router=x").expect("arg")])
+            .expect_err("no such role")
+            .to_string();
         assert!(e.contains("roles: prefill, decode"), "{e}");
-        let e = patch_for(&obj(), &[parse("decode=x").expect("arg")]).expect_err("ambiguous");
+        let e = patch_for(&obj(), &[parse("decode=x").expect("arg")])
+            .expect_err("ambiguous")
+            .to_string();
         assert!(e.contains("say which"), "{e}");
         let e = patch_for(&obj(), &[parse("decode/nope=x").expect("arg")])
-            .expect_err("no such container");
+            .expect_err("no such container")
+            .to_string();
         assert!(e.contains("containers: vllm, sidecar"), "{e}");
     }
 }

@@ -1,5 +1,6 @@
 //! `kubectl storm status NAME [-w] [--wait-for PHASE]`: where a rollout stands, step by step.
 
+use crate::error::Error;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::jiff::Timestamp;
@@ -238,18 +239,21 @@ fn age(t: Option<Timestamp>) -> String {
 }
 
 /// Reads everything the view shows.
-pub async fn load(client: &kube::Client, ns: &str, name: &str) -> Result<View, String> {
+pub async fn load(client: &kube::Client, ns: &str, name: &str) -> Result<View, Error> {
     let api: Api<StormService> = Api::namespaced(client.clone(), ns);
     let obj = api
         .get_opt(name)
         .await
-        .map_err(|e| format!("reading StormService {name}: {e}"))?;
+        .map_err(|source| Error::ReadStormService {
+            name: name.into(),
+            source,
+        })?;
     let rolesets: Api<RoleSet> = Api::namespaced(client.clone(), ns);
     let mut revisions: BTreeMap<String, RevisionCount> = BTreeMap::new();
     let list = rolesets
         .list(&ListParams::default().labels(&format!("{}={name}", storm_shared::keys::LABEL_NAME)))
         .await
-        .map_err(|e| format!("listing RoleSets: {e}"))?;
+        .map_err(|source| Error::ListRoleSets { source })?;
     for r in list.items {
         let rev = r.labels().get(LABEL_REVISION).cloned().unwrap_or_default();
         let ready = r.status.as_ref().is_some_and(|s| {
@@ -298,19 +302,9 @@ pub async fn load(client: &kube::Client, ns: &str, name: &str) -> Result<View, S
     })
 }
 
-/// How waiting for a phase ended.
-#[derive(Debug, PartialEq, Eq)]
-pub enum WaitOutcome {
-    /// The phase was reached.
-    Reached,
-    /// The rollout failed (Degraded or Aborted) before reaching it.
-    Failed(String),
-    /// Time ran out.
-    TimedOut,
-}
-
 /// Prints the status once, or on every change with `watch`; with `wait_for`, returns when the phase
-/// is reached, the rollout fails, or `timeout` passes.
+/// is reached, or fails when the rollout fails first ([`Error::RolloutFailed`]) or `timeout` passes
+/// ([`Error::WaitTimedOut`]).
 pub async fn run(
     client: &kube::Client,
     ns: &str,
@@ -318,17 +312,20 @@ pub async fn run(
     watch: bool,
     wait_for: Option<RolloutPhase>,
     timeout: Duration,
-) -> Result<WaitOutcome, String> {
+) -> Result<(), Error> {
     let view = load(client, ns, name).await?;
     if view.obj.is_none() {
-        return Err(format!("StormService {name} not found in namespace {ns}"));
+        return Err(Error::StormServiceNotFound {
+            name: name.into(),
+            namespace: ns.into(),
+        });
     }
     print!("{}", render(&view));
     if let Some(outcome) = judge(&view, wait_for) {
-        return Ok(outcome);
+        return outcome;
     }
     if !watch && wait_for.is_none() {
-        return Ok(WaitOutcome::Reached);
+        return Ok(());
     }
     let api: Api<StormService> = Api::namespaced(client.clone(), ns);
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
@@ -341,9 +338,14 @@ pub async fn run(
     loop {
         let next = tokio::time::timeout_at(deadline, stream.try_next()).await;
         match next {
-            Err(_) => return Ok(WaitOutcome::TimedOut),
-            Ok(Err(e)) => return Err(format!("watching StormService {name}: {e}")),
-            Ok(Ok(None)) => return Err("watch ended".into()),
+            Err(source) => return Err(Error::WaitTimedOut { source }),
+            Ok(Err(source)) => {
+                return Err(Error::WatchStormService {
+                    name: name.into(),
+                    source,
+                });
+            }
+            Ok(Ok(None)) => return Err(Error::WatchEnded),
             Ok(Ok(Some(_))) => {}
         }
         let view = load(client, ns, name).await?;
@@ -356,13 +358,14 @@ pub async fn run(
             last = text;
         }
         if let Some(outcome) = outcome {
-            return Ok(outcome);
+            return outcome;
         }
     }
 }
 
-/// Whether waiting is over.
-fn judge(view: &View, wait_for: Option<RolloutPhase>) -> Option<WaitOutcome> {
+/// Whether waiting is over: `None` while it goes on, `Some(Ok(()))` when the phase is reached,
+/// `Some(Err(_))` when the rollout failed first.
+fn judge(view: &View, wait_for: Option<RolloutPhase>) -> Option<Result<(), Error>> {
     let want = wait_for?;
     let obj = view.obj.as_ref()?;
     let status = obj.status.as_ref();
@@ -373,13 +376,13 @@ fn judge(view: &View, wait_for: Option<RolloutPhase>) -> Option<WaitOutcome> {
     let rs = status.and_then(|s| s.rollout_status.as_ref())?;
     let phase = rs.phase?;
     if phase == want {
-        return Some(WaitOutcome::Reached);
+        return Some(Ok(()));
     }
     if matches!(phase, RolloutPhase::Degraded | RolloutPhase::Aborted) {
-        return Some(WaitOutcome::Failed(format!(
-            "phase {phase:?}: {}",
-            rs.message.clone().unwrap_or_default()
-        )));
+        return Some(Err(Error::RolloutFailed {
+            phase,
+            message: rs.message.clone().unwrap_or_default(),
+        }));
     }
     None
 }
@@ -486,22 +489,23 @@ mod tests {
 
     #[test]
     fn waiting_ends_on_the_phase_or_a_failure_of_the_current_generation() {
+        // What judge says, as the text users read.
+        let said = |v: &View| {
+            judge(v, Some(RolloutPhase::Completed)).map(|r| r.map_err(|e| e.to_string()))
+        };
         let done = view(json!({"observedGeneration": 2, "rolloutStatus": {"phase": "Completed"}}));
-        assert_eq!(
-            judge(&done, Some(RolloutPhase::Completed)),
-            Some(WaitOutcome::Reached)
-        );
+        assert_eq!(said(&done), Some(Ok(())));
         let stale = view(json!({"observedGeneration": 1, "rolloutStatus": {"phase": "Completed"}}));
-        assert_eq!(judge(&stale, Some(RolloutPhase::Completed)), None);
+        assert_eq!(said(&stale), None);
         let failed = view(
             json!({"observedGeneration": 2, "rolloutStatus": {"phase": "Degraded", "message": "x"}}),
         );
-        assert!(matches!(
-            judge(&failed, Some(RolloutPhase::Completed)),
-            Some(WaitOutcome::Failed(_))
-        ));
+        assert_eq!(
+            said(&failed),
+            Some(Err("rollout failed: phase Degraded: x".into()))
+        );
         let running =
             view(json!({"observedGeneration": 2, "rolloutStatus": {"phase": "Progressing"}}));
-        assert_eq!(judge(&running, Some(RolloutPhase::Completed)), None);
+        assert_eq!(said(&running), None);
     }
 }
