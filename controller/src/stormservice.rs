@@ -128,6 +128,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .applied_objects()
     .for_each(|_| async {});
     tokio::spawn(rev_reflector);
+    let analysis_caches = crate::analysis::Caches::watch(ctx.api(), ctx.api());
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -135,7 +136,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         let _ = stop_tx.send(());
     });
     let runner = match crate::analysis::Runner::new() {
-        Ok(r) => r.with_metrics(ctx.metrics.clone()),
+        Ok(r) => r
+            .with_metrics(ctx.metrics.clone())
+            .with_caches(analysis_caches),
         Err(e) => {
             warn!(error = %e, "analysis runner unavailable; StormService controller not started");
             return;
@@ -197,6 +200,7 @@ fn caches_ready(state: &State) -> bool {
         && ready(state.pods.wait_until_ready().now_or_never())
         && ready(state.services.wait_until_ready().now_or_never())
         && ready(state.revisions.wait_until_ready().now_or_never())
+        && state.runner.caches_ready()
 }
 
 /// Whether a cached object belongs to StormService `ns/name` (by namespace and name label).

@@ -188,3 +188,19 @@ fn rbac_lets_the_controller_keep_and_prune_controller_revisions() {
         );
     }
 }
+
+/// The analysis runner reads AnalysisTemplates from a watch cache and watches Secrets' metadata
+/// (`analysis::Caches::watch`); a due Datadog metric reads its Secret with `get`.
+#[test]
+fn rbac_lets_the_analysis_caches_list_and_watch() {
+    let docs = documents("rbac.yaml");
+    for verb in ["list", "watch"] {
+        assert!(
+            grants(&docs, "orchestration.aibrix.ai", "analysistemplates", verb),
+            "analysistemplates {verb}"
+        );
+    }
+    for verb in ["get", "list", "watch"] {
+        assert!(grants(&docs, "", "secrets", verb), "secrets {verb}");
+    }
+}
