@@ -188,3 +188,23 @@ fn rbac_lets_the_controller_keep_and_prune_controller_revisions() {
         );
     }
 }
+
+/// The analysis runner reads AnalysisTemplates from a watch cache and watches Secrets' metadata
+/// (`analysis::Caches::watch`); a due Datadog metric reads its Secret with `get`.
+#[test]
+fn rbac_lets_the_template_cache_list_and_watch_but_never_lists_secrets() {
+    let docs = documents("rbac.yaml");
+    for verb in ["list", "watch"] {
+        assert!(
+            grants(&docs, "orchestration.aibrix.ai", "analysistemplates", verb),
+            "analysistemplates {verb}"
+        );
+    }
+    assert!(grants(&docs, "", "secrets", "get"), "secrets get");
+    for verb in ["list", "watch"] {
+        assert!(
+            !grants(&docs, "", "secrets", verb),
+            "secrets {verb}: bulk reads of Secrets"
+        );
+    }
+}

@@ -5,31 +5,43 @@
 //! in place and says when the next one is due. Everything needed to resume after a restart is in the
 //! run: counts, the latest measurements with their `finishedAt`, and `startedAt`.
 //!
+//! A measurement is prepared only when one is due: while the run's recorded measurements say the
+//! next one is in the future (and what it is planned from is unchanged), `advance` returns the
+//! remaining wait without planning (module `schedule`). In the controller, templates come from a watch
+//! cache and Datadog Secrets are read only when a Datadog metric is due ([`cache`]).
+//!
 //! - [`args`]: `{{args.NAME}}` substitution.
+//! - [`cache`]: the AnalysisTemplate and Secret-metadata caches the controller gives the runner.
 //! - [`condition`]: CEL conditions, and the shape of `result` per provider.
 //! - [`limits`]: count, interval, initialDelay and the limits; metric and run phases (pure).
 //! - [`provider`]: the [`provider::Provider`] trait; [`prometheus`], [`web`], [`datadog`] implement it.
 //! - [`http`]: the HTTP(S) client (rustls on ring).
 
 pub mod args;
+pub mod cache;
 pub mod condition;
 pub mod datadog;
 pub mod http;
 pub mod limits;
 pub mod prometheus;
 pub mod provider;
+mod schedule;
 pub mod web;
 
 use crate::metrics::Metrics;
+pub use cache::Caches;
+use cache::SecretSeen;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use limits::{Limits, Purpose};
+use limits::{Limits, LimitsError, Purpose};
 use provider::{MeasureError, Provider};
+use schedule::{Inputs, Schedules};
 use serde_json::Value as Json;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use storm_shared::types::analysis::{AnalysisTemplate, Metric};
 use storm_shared::types::stormservice::{
@@ -66,10 +78,19 @@ pub enum Error {
     Client(#[from] http::ClientError),
 }
 
-/// Takes measurements for analysis runs. Built once; holds the HTTP client.
+/// Takes measurements for analysis runs. Built once; holds the HTTP client, the caches it reads
+/// templates and Secrets' metadata from (without them it reads both from the API server, as the
+/// e2e suites do), the runs' schedules and the Datadog keys last read.
 pub struct Runner {
     http: http::HttpClient,
     metrics: Option<Arc<Metrics>>,
+    caches: Option<Caches>,
+    schedules: Schedules,
+    /// Datadog keys by Secret (namespace, name), with the resourceVersion they were read at: used
+    /// again while the Secret cache shows that version. Never logged (`Keys` redacts itself).
+    keys: Mutex<HashMap<(String, String), (String, datadog::Keys)>>,
+    /// Runs planned (templates looked up, arguments substituted): tests count them.
+    plans: AtomicUsize,
 }
 
 impl std::fmt::Debug for Runner {
@@ -101,7 +122,23 @@ impl Runner {
         Ok(Self {
             http: http::HttpClient::new()?,
             metrics: None,
+            caches: None,
+            schedules: Schedules::default(),
+            keys: Mutex::default(),
+            plans: AtomicUsize::new(0),
         })
+    }
+
+    /// Reads AnalysisTemplates, and whether Datadog Secrets exist, from `caches` instead of the API
+    /// server (the Secrets' keys are still read from the API server, when a Datadog metric is due).
+    pub fn with_caches(mut self, caches: Caches) -> Self {
+        self.caches = Some(caches);
+        self
+    }
+
+    /// Whether the caches have listed the templates (true without caches).
+    pub fn caches_ready(&self) -> bool {
+        self.caches.as_ref().is_none_or(Caches::ready)
     }
 
     /// Counts measurements in `storm_analysis_measurements_total{provider,phase}`.
@@ -117,6 +154,9 @@ impl Runner {
     /// named in another namespace, a missing template, a missing argument or an unreadable Secret
     /// ends the run `Error` with a message naming it; an API server that cannot be reached leaves
     /// the run `Running` and retries.
+    ///
+    /// When nothing is due the run is not planned again (module `schedule`): only its message is
+    /// set, to the same one planning would give.
     pub async fn advance(
         &self,
         client: &kube::Client,
@@ -128,10 +168,19 @@ impl Runner {
         if run.phase != AnalysisPhase::Running {
             return None;
         }
-        let planned = match plan(client, namespace, source).await {
+        if let Some(next) =
+            self.schedules
+                .not_due(namespace, source, self.caches.as_ref(), run, now)
+        {
+            run.message = Some(running_message(&run.metrics, Some(next)));
+            return Some(limits::until(now, next));
+        }
+        self.plans.fetch_add(1, Ordering::Relaxed);
+        let (planned, inputs) = match self.plan(client, namespace, source).await {
             Ok(p) => p,
             Err(PlanError::Fatal(message)) => {
                 warn!(%namespace, run = %run.name, %message, "analysis cannot run");
+                self.schedules.forget(namespace, run);
                 run.phase = AnalysisPhase::Error;
                 run.message = Some(message);
                 return None;
@@ -144,22 +193,26 @@ impl Runner {
         };
         let started = run.started_at.get_or_insert(Time(now)).0;
         sync_statuses(run, &planned);
+        let all_limits: Vec<Result<Limits, LimitsError>> = planned
+            .iter()
+            .map(|p| Limits::of(&p.metric, p.purpose))
+            .collect();
 
         // Decide which metrics are due; unusable limits end the metric right away.
         let mut due: Vec<(usize, &Planned, Limits)> = Vec::new();
-        for (i, p) in planned.iter().enumerate() {
+        for (i, (p, l)) in planned.iter().zip(&all_limits).enumerate() {
             let status = &mut run.metrics[i];
             if status.phase != AnalysisPhase::Running {
                 continue;
             }
-            match Limits::of(&p.metric, p.purpose) {
+            match l {
                 Err(e) => {
                     status.phase = AnalysisPhase::Error;
                     status.message = Some(format!("metric {} cannot be measured: {e}", p.name));
                 }
                 Ok(l) => {
-                    if limits::next_due(status, &l, started) <= now {
-                        due.push((i, p, l));
+                    if limits::next_due(status, l, started) <= now {
+                        due.push((i, p, l.clone()));
                     }
                 }
             }
@@ -169,6 +222,7 @@ impl Runner {
             Ok(k) => k,
             Err(PlanError::Fatal(message)) => {
                 warn!(%namespace, run = %run.name, %message, "analysis cannot run");
+                self.schedules.forget(namespace, run);
                 run.phase = AnalysisPhase::Error;
                 run.message = Some(message);
                 return None;
@@ -207,18 +261,22 @@ impl Runner {
             });
             info!(%namespace, run = %run.name, phase = ?run.phase,
                   message = run.message.as_deref().unwrap_or(""), "analysis decided");
+            self.schedules.forget(namespace, run);
             return None;
         }
-        let next = planned
+        let next = all_limits
             .iter()
             .zip(&run.metrics)
             .filter(|(_, s)| s.phase == AnalysisPhase::Running)
-            .filter_map(|(p, s)| {
-                let l = Limits::of(&p.metric, p.purpose).ok()?;
-                Some(limits::next_due(s, &l, started))
-            })
+            .filter_map(|(l, s)| Some(limits::next_due(s, l.as_ref().ok()?, started)))
             .min();
         run.message = Some(running_message(&run.metrics, next));
+        let schedule = planned
+            .into_iter()
+            .zip(all_limits)
+            .map(|(p, l)| (p.name, l.ok()))
+            .collect();
+        self.schedules.record(namespace, run, inputs, schedule);
         next.map(|due| limits::until(now, due))
     }
 
@@ -238,22 +296,141 @@ impl Runner {
             if keys.contains_key(name) {
                 continue;
             }
-            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            let secret = match api.get_opt(name).await {
-                Ok(Some(s)) => s,
-                Ok(None) => {
-                    return Err(PlanError::Fatal(format!(
-                        "metric {}: Secret {namespace}/{name} not found: create it with the keys api-key and app-key (kubectl create secret generic {name} -n {namespace} --from-literal=api-key=... --from-literal=app-key=...)",
-                        p.name
-                    )));
-                }
-                Err(e) => return Err(api_error(&format!("Secret {namespace}/{name}"), &e)),
-            };
-            let k = datadog::Keys::from_secret(&secret)
-                .map_err(|e| PlanError::Fatal(format!("metric {}: {e}", p.name)))?;
+            let k = self.datadog_keys(client, namespace, &p.name, name).await?;
             keys.insert(name.clone(), k);
         }
         Ok(keys)
+    }
+
+    /// The keys in Secret `namespace/name`, for metric `metric`. With a Secret cache that has
+    /// listed, a Secret it does not know is missing without a read, and keys read at the
+    /// resourceVersion it shows are used again; otherwise the Secret is read.
+    async fn datadog_keys(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        metric: &str,
+        name: &str,
+    ) -> Result<datadog::Keys, PlanError> {
+        let not_found = || {
+            PlanError::Fatal(format!(
+                "metric {metric}: Secret {namespace}/{name} not found: create it with the keys api-key and app-key (kubectl create secret generic {name} -n {namespace} --from-literal=api-key=... --from-literal=app-key=...)"
+            ))
+        };
+        let id = (namespace.to_string(), name.to_string());
+        let seen = self
+            .caches
+            .as_ref()
+            .map_or(SecretSeen::Unknown, |c| c.secret(namespace, name));
+        {
+            let mut known = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            match &seen {
+                SecretSeen::Unknown => {}
+                SecretSeen::Absent => {
+                    known.remove(&id);
+                    return Err(not_found());
+                }
+                SecretSeen::Present(version) => {
+                    if let Some((v, k)) = known.get(&id)
+                        && version.as_ref() == Some(v)
+                    {
+                        return Ok(k.clone());
+                    }
+                }
+            }
+        }
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let secret = match api.get_opt(name).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(not_found()),
+            Err(e) => return Err(api_error(&format!("Secret {namespace}/{name}"), &e)),
+        };
+        let k = datadog::Keys::from_secret(&secret)
+            .map_err(|e| PlanError::Fatal(format!("metric {metric}: {e}")))?;
+        if seen != SecretSeen::Unknown
+            && let Some(version) = secret.metadata.resource_version.clone()
+        {
+            self.keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(id, (version, k.clone()));
+        }
+        Ok(k)
+    }
+
+    /// The metrics of a run, and what they were planned from: the templates' metrics with their
+    /// arguments, or the error-rate metric.
+    async fn plan(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        source: Source<'_>,
+    ) -> Result<(Vec<Planned>, Inputs), PlanError> {
+        match source {
+            Source::ErrorRate { metric, threshold } => Ok((
+                vec![Planned {
+                    name: ERROR_RATE_METRIC.to_string(),
+                    metric: error_rate_metric(metric, threshold).map_err(|e| {
+                        PlanError::Fatal(format!("autoRollback.onFailure.errorRate: {e}"))
+                    })?,
+                    purpose: Purpose::ErrorRate,
+                }],
+                Inputs::ErrorRate {
+                    metric: Box::new(metric.clone()),
+                    threshold,
+                },
+            )),
+            Source::Templates(analysis) => {
+                if analysis.templates.is_empty() {
+                    return Err(PlanError::Fatal(
+                        "the analysis lists no templates: name at least one AnalysisTemplate"
+                            .into(),
+                    ));
+                }
+                if let Some(refused) = foreign_template(analysis, namespace) {
+                    return Err(refused);
+                }
+                let mut planned: Vec<Planned> = Vec::new();
+                let mut templates = Vec::with_capacity(analysis.templates.len());
+                for r in &analysis.templates {
+                    let Some(template) = self.template(client, namespace, &r.name).await? else {
+                        return Err(PlanError::Fatal(format!(
+                            "AnalysisTemplate {namespace}/{} not found: create it, or fix the template name in the StormService's analysis",
+                            r.name
+                        )));
+                    };
+                    planned.extend(template_metrics(&r.name, &template, analysis)?);
+                    templates.push(template);
+                }
+                // The same template listed twice measures once.
+                let mut seen = std::collections::BTreeSet::new();
+                planned.retain(|p| seen.insert(p.name.clone()));
+                Ok((
+                    planned,
+                    Inputs::Templates {
+                        analysis: analysis.clone(),
+                        templates,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// The AnalysisTemplate `namespace/name`: from the cache, or read from the API server without one.
+    async fn template(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<AnalysisTemplate>>, PlanError> {
+        if let Some(caches) = &self.caches {
+            return Ok(caches.template(namespace, name));
+        }
+        let api: Api<AnalysisTemplate> = Api::namespaced(client.clone(), namespace);
+        api.get_opt(name)
+            .await
+            .map(|t| t.map(Arc::new))
+            .map_err(|e| api_error(&format!("AnalysisTemplate {namespace}/{name}"), &e))
     }
 
     /// Takes one measurement of `metric` at `now` and judges it; returns the provider's name too.
@@ -348,56 +525,6 @@ fn running_message(metrics: &[MetricStatus], next: Option<Timestamp>) -> String 
             due.strftime("%Y-%m-%dT%H:%M:%SZ")
         ),
         None => progress,
-    }
-}
-
-/// The metrics of a run: the templates' metrics with their arguments, or the error-rate metric.
-async fn plan(
-    client: &kube::Client,
-    namespace: &str,
-    source: Source<'_>,
-) -> Result<Vec<Planned>, PlanError> {
-    match source {
-        Source::ErrorRate { metric, threshold } => Ok(vec![Planned {
-            name: ERROR_RATE_METRIC.to_string(),
-            metric: error_rate_metric(metric, threshold)
-                .map_err(|e| PlanError::Fatal(format!("autoRollback.onFailure.errorRate: {e}")))?,
-            purpose: Purpose::ErrorRate,
-        }]),
-        Source::Templates(analysis) => {
-            if analysis.templates.is_empty() {
-                return Err(PlanError::Fatal(
-                    "the analysis lists no templates: name at least one AnalysisTemplate".into(),
-                ));
-            }
-            if let Some(refused) = foreign_template(analysis, namespace) {
-                return Err(refused);
-            }
-            let mut planned: Vec<Planned> = Vec::new();
-            for r in &analysis.templates {
-                let api: Api<AnalysisTemplate> = Api::namespaced(client.clone(), namespace);
-                let template = match api.get_opt(&r.name).await {
-                    Ok(Some(t)) => t,
-                    Ok(None) => {
-                        return Err(PlanError::Fatal(format!(
-                            "AnalysisTemplate {namespace}/{} not found: create it, or fix the template name in the StormService's analysis",
-                            r.name
-                        )));
-                    }
-                    Err(e) => {
-                        return Err(api_error(
-                            &format!("AnalysisTemplate {namespace}/{}", r.name),
-                            &e,
-                        ));
-                    }
-                };
-                planned.extend(template_metrics(&r.name, &template, analysis)?);
-            }
-            // The same template listed twice measures once.
-            let mut seen = std::collections::BTreeSet::new();
-            planned.retain(|p| seen.insert(p.name.clone()));
-            Ok(planned)
-        }
     }
 }
 

@@ -321,3 +321,391 @@ async fn a_template_in_another_namespace_ends_the_run_without_reading_it() {
         )
     );
 }
+
+// --- Templates from the cache, and a measurement prepared only when one is due ---
+
+use kube::core::{ObjectMeta as Meta, PartialObjectMeta, PartialObjectMetaExt};
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher::Event;
+use storm_shared::types::analysis::{DatadogMetric, SecretRef};
+
+/// Requests a fake API server saw (method and path).
+type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// A client whose API server answers only `GET /api/v1/namespaces/ns/secrets/dd`, with a Secret
+/// holding Datadog keys at the resourceVersion in `version`, and records every request.
+fn recording_client(version: Arc<std::sync::Mutex<String>>) -> (kube::Client, Seen) {
+    let seen = Seen::default();
+    let log = seen.clone();
+    let service = tower::service_fn(move |req: ::http::Request<kube::client::Body>| {
+        let (log, version) = (log.clone(), version.clone());
+        async move {
+            let path = req.uri().path().to_string();
+            log.lock().unwrap().push(format!("{} {path}", req.method()));
+            if req.method() != ::http::Method::GET || path != "/api/v1/namespaces/ns/secrets/dd" {
+                return Err(std::io::Error::other("not served in unit tests"));
+            }
+            let secret = json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "dd", "namespace": "ns",
+                             "resourceVersion": version.lock().unwrap().clone()},
+                // base64 of "api-value" and "app-value"
+                "data": {"api-key": "YXBpLXZhbHVl", "app-key": "YXBwLXZhbHVl"}
+            });
+            Ok(::http::Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(secret.to_string().into_bytes()))
+                .unwrap())
+        }
+    });
+    (kube::Client::new(service, "default"), seen)
+}
+
+/// A client that records every request and fails it.
+fn recording_offline_client() -> (kube::Client, Seen) {
+    recording_client(Arc::default())
+}
+
+/// Caches listed with `templates` (in namespace ns) and Secrets `(name, resourceVersion)`; the
+/// writers update them. `secrets: None` leaves the Secret cache unlisted.
+fn caches(
+    templates: Vec<AnalysisTemplate>,
+    secrets: Option<&[(&str, &str)]>,
+) -> (
+    Caches,
+    Writer<AnalysisTemplate>,
+    Writer<PartialObjectMeta<Secret>>,
+) {
+    let (template_store, mut template_writer) = reflector::store::<AnalysisTemplate>();
+    template_writer.apply_watcher_event(&Event::Init);
+    for t in templates {
+        template_writer.apply_watcher_event(&Event::InitApply(in_ns(t)));
+    }
+    template_writer.apply_watcher_event(&Event::InitDone);
+    let (secret_store, mut secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    if let Some(secrets) = secrets {
+        secret_writer.apply_watcher_event(&Event::Init);
+        for (name, version) in secrets {
+            secret_writer.apply_watcher_event(&Event::InitApply(secret_meta(name, version)));
+        }
+        secret_writer.apply_watcher_event(&Event::InitDone);
+    }
+    (
+        Caches::new(template_store, secret_store),
+        template_writer,
+        secret_writer,
+    )
+}
+
+fn in_ns(mut t: AnalysisTemplate) -> AnalysisTemplate {
+    t.metadata.namespace = Some("ns".into());
+    t
+}
+
+fn secret_meta(name: &str, version: &str) -> PartialObjectMeta<Secret> {
+    Meta {
+        name: Some(name.into()),
+        namespace: Some("ns".into()),
+        resource_version: Some(version.into()),
+        ..Meta::default()
+    }
+    .into_response_partial()
+}
+
+/// A metric first measured a minute after the run starts (nothing is measured before).
+fn delayed(name: &str) -> Metric {
+    Metric {
+        initial_delay: Some("1m".into()),
+        ..prom_metric(name, "x")
+    }
+}
+
+fn new_step_run() -> AnalysisRunStatus {
+    AnalysisRunStatus {
+        name: "step-1".into(),
+        revision: "abc".into(),
+        phase: AnalysisPhase::Running,
+        started_at: Some(Time(now())),
+        ..AnalysisRunStatus::default()
+    }
+}
+
+#[tokio::test]
+async fn templates_are_read_from_the_cache_not_the_api_server() {
+    let (caches, _tw, _sw) = caches(vec![template(vec![], vec![delayed("errors")])], None);
+    let runner = Runner::new().unwrap().with_caches(caches);
+    assert!(runner.caches_ready());
+    let (client, seen) = recording_offline_client();
+    let analysis = analysis(&[]);
+    let mut run = new_step_run();
+    let next = runner
+        .advance(&client, "ns", Source::Templates(&analysis), &mut run, now())
+        .await;
+    assert_eq!(next, Some(Duration::from_secs(60)), "{run:#?}");
+    assert_eq!(run.phase, AnalysisPhase::Running);
+    let names: Vec<_> = run.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["success-rate/errors"]);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn nothing_is_planned_while_no_measurement_is_due() {
+    let (caches, _tw, _sw) = caches(vec![template(vec![], vec![delayed("errors")])], None);
+    let runner = Runner::new().unwrap().with_caches(caches.clone());
+    let (client, seen) = recording_offline_client();
+    let analysis = analysis(&[]);
+    let source = Source::Templates(&analysis);
+    let mut run = new_step_run();
+    runner.advance(&client, "ns", source, &mut run, now()).await;
+    assert_eq!(runner.plans.load(Ordering::Relaxed), 1);
+    let planned = serde_json::to_string(&run).unwrap();
+
+    // Within the initial delay: the wait from the recorded status, no plan, the status unchanged.
+    for (at_s, wait) in [(1, 59), (30, 30), (59, 1)] {
+        let next = runner
+            .advance(&client, "ns", source, &mut run, at(at_s))
+            .await;
+        assert_eq!(next, Some(Duration::from_secs(wait)));
+        assert_eq!(serde_json::to_string(&run).unwrap(), planned);
+    }
+    assert_eq!(runner.plans.load(Ordering::Relaxed), 1);
+    // The same answer a runner that plans gives.
+    let fresh = Runner::new().unwrap().with_caches(caches);
+    let mut again = run.clone();
+    let next = fresh
+        .advance(&client, "ns", source, &mut again, at(30))
+        .await;
+    assert_eq!(next, Some(Duration::from_secs(30)));
+    assert_eq!(again, run);
+    assert_eq!(fresh.plans.load(Ordering::Relaxed), 1);
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_due_measurement_plans_and_measures() {
+    let unreachable = Metric {
+        provider: MetricProvider {
+            prometheus: Some(PrometheusMetric {
+                address: "http://127.0.0.1:9".into(),
+                query: "x".into(),
+                timeout: Some("1s".into()),
+            }),
+            ..MetricProvider::default()
+        },
+        ..delayed("errors")
+    };
+    let (caches, _tw, _sw) = caches(vec![template(vec![], vec![unreachable])], None);
+    let runner = Runner::new().unwrap().with_caches(caches);
+    let (client, seen) = recording_offline_client();
+    let analysis = analysis(&[]);
+    let source = Source::Templates(&analysis);
+    let mut run = new_step_run();
+    runner.advance(&client, "ns", source, &mut run, now()).await;
+    runner
+        .advance(&client, "ns", source, &mut run, at(30))
+        .await;
+    assert_eq!(runner.plans.load(Ordering::Relaxed), 1);
+    let next = runner
+        .advance(&client, "ns", source, &mut run, at(60))
+        .await;
+    assert_eq!(runner.plans.load(Ordering::Relaxed), 2);
+    assert_eq!(run.metrics[0].count, 1, "{run:#?}");
+    assert_eq!(run.metrics[0].measurements[0].phase, AnalysisPhase::Error);
+    // Retried after 10s (no interval); nothing planned until then.
+    assert_eq!(next, Some(Duration::from_secs(10)));
+    runner
+        .advance(&client, "ns", source, &mut run, at(65))
+        .await;
+    assert_eq!(runner.plans.load(Ordering::Relaxed), 2);
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_changed_template_is_planned_again_at_the_next_reconcile() {
+    let (caches, mut tw, _sw) = caches(vec![template(vec![], vec![delayed("errors")])], None);
+    let runner = Runner::new().unwrap().with_caches(caches);
+    let (client, _) = recording_offline_client();
+    let analysis = analysis(&[]);
+    let source = Source::Templates(&analysis);
+    let mut run = new_step_run();
+    runner.advance(&client, "ns", source, &mut run, now()).await;
+
+    tw.apply_watcher_event(&Event::Apply(in_ns(template(
+        vec![],
+        vec![delayed("errors"), delayed("latency")],
+    ))));
+    let next = runner
+        .advance(&client, "ns", source, &mut run, at(30))
+        .await;
+    assert_eq!(next, Some(Duration::from_secs(30)));
+    assert_eq!(runner.plans.load(Ordering::Relaxed), 2);
+    let names: Vec<_> = run.metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["success-rate/errors", "success-rate/latency"]);
+
+    // Other arguments are other inputs too.
+    let other = AnalysisRef {
+        args: vec![AnalysisArg {
+            name: "unused".into(),
+            value: "1".into(),
+        }],
+        ..analysis.clone()
+    };
+    runner
+        .advance(&client, "ns", Source::Templates(&other), &mut run, at(31))
+        .await;
+    assert_eq!(runner.plans.load(Ordering::Relaxed), 3);
+}
+
+const MISSING_TEMPLATE: &str = "AnalysisTemplate ns/success-rate not found: create it, or fix the template name in the StormService's analysis";
+
+#[tokio::test]
+async fn a_template_missing_from_the_cache_ends_the_run_error() {
+    let (caches, _tw, _sw) = caches(vec![], None);
+    let runner = Runner::new().unwrap().with_caches(caches);
+    let (client, seen) = recording_offline_client();
+    let analysis = analysis(&[]);
+    let mut run = new_step_run();
+    let next = runner
+        .advance(&client, "ns", Source::Templates(&analysis), &mut run, now())
+        .await;
+    assert_eq!(next, None);
+    assert_eq!(run.phase, AnalysisPhase::Error);
+    assert_eq!(run.message.as_deref(), Some(MISSING_TEMPLATE));
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_template_deleted_mid_run_ends_it_even_when_nothing_is_due() {
+    let t = template(vec![], vec![delayed("errors")]);
+    let (caches, mut tw, _sw) = caches(vec![t.clone()], None);
+    let runner = Runner::new().unwrap().with_caches(caches);
+    let (client, _) = recording_offline_client();
+    let analysis = analysis(&[]);
+    let source = Source::Templates(&analysis);
+    let mut run = new_step_run();
+    runner.advance(&client, "ns", source, &mut run, now()).await;
+    assert_eq!(runner.schedules.len(), 1);
+    tw.apply_watcher_event(&Event::Delete(in_ns(t)));
+    let next = runner
+        .advance(&client, "ns", source, &mut run, at(30))
+        .await;
+    assert_eq!(next, None);
+    assert_eq!(run.phase, AnalysisPhase::Error);
+    assert_eq!(run.message.as_deref(), Some(MISSING_TEMPLATE));
+    // A decided run is forgotten.
+    assert_eq!(runner.schedules.len(), 0);
+}
+
+/// A Datadog metric measured 3 times, a minute apart, against an address that refuses.
+fn datadog_template() -> AnalysisTemplate {
+    template(
+        vec![],
+        vec![Metric {
+            name: "errors".into(),
+            provider: MetricProvider {
+                datadog: Some(DatadogMetric {
+                    query: "avg:errors{*}".into(),
+                    interval: None,
+                    address: Some("http://127.0.0.1:9".into()),
+                    secret_ref: SecretRef { name: "dd".into() },
+                }),
+                ..MetricProvider::default()
+            },
+            success_condition: Some("result < 1".into()),
+            count: Some(3),
+            interval: Some("1m".into()),
+            ..Metric::default()
+        }],
+    )
+}
+
+const SECRET_GET: &str = "GET /api/v1/namespaces/ns/secrets/dd";
+
+#[tokio::test]
+async fn datadog_keys_are_read_when_due_and_again_only_when_the_secret_changed() {
+    let (caches, _tw, mut sw) = caches(vec![datadog_template()], Some(&[("dd", "1")]));
+    let runner = Runner::new().unwrap().with_caches(caches);
+    let version = Arc::new(std::sync::Mutex::new("1".to_string()));
+    let (client, seen) = recording_client(version.clone());
+    let analysis = analysis(&[]);
+    let source = Source::Templates(&analysis);
+    let mut run = new_step_run();
+    let gets = || {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|r| *r == SECRET_GET)
+            .count()
+    };
+
+    runner.advance(&client, "ns", source, &mut run, now()).await;
+    assert_eq!(gets(), 1);
+    assert_eq!(run.metrics[0].count, 1, "{run:#?}");
+    // Not due: no read.
+    runner
+        .advance(&client, "ns", source, &mut run, at(30))
+        .await;
+    assert_eq!(gets(), 1);
+    // Due, the Secret unchanged: the keys read at resourceVersion 1 are used again.
+    runner
+        .advance(&client, "ns", source, &mut run, at(60))
+        .await;
+    assert_eq!(run.metrics[0].count, 2, "{run:#?}");
+    assert_eq!(gets(), 1);
+    // The Secret changed: read again.
+    *version.lock().unwrap() = "2".into();
+    sw.apply_watcher_event(&Event::Apply(secret_meta("dd", "2")));
+    runner
+        .advance(&client, "ns", source, &mut run, at(120))
+        .await;
+    assert_eq!(run.metrics[0].count, 3, "{run:#?}");
+    assert_eq!(gets(), 2);
+    assert_eq!(seen.lock().unwrap().len(), 2, "{:?}", seen.lock().unwrap());
+    let status = serde_json::to_string(&run).unwrap();
+    assert!(
+        !status.contains("api-value") && !status.contains("app-value"),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn a_datadog_secret_missing_from_the_cache_ends_the_run_without_a_read() {
+    let (caches, _tw, _sw) = caches(vec![datadog_template()], Some(&[]));
+    let runner = Runner::new().unwrap().with_caches(caches);
+    let (client, seen) = recording_offline_client();
+    let analysis = analysis(&[]);
+    let mut run = new_step_run();
+    let next = runner
+        .advance(&client, "ns", Source::Templates(&analysis), &mut run, now())
+        .await;
+    assert_eq!(next, None);
+    assert_eq!(run.phase, AnalysisPhase::Error);
+    assert_eq!(
+        run.message.as_deref(),
+        Some(
+            "metric success-rate/errors: Secret ns/dd not found: create it with the keys api-key and app-key (kubectl create secret generic dd -n ns --from-literal=api-key=... --from-literal=app-key=...)"
+        )
+    );
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn until_the_secret_cache_has_listed_the_secret_is_read_every_time() {
+    let (caches, _tw, _sw) = caches(vec![datadog_template()], None);
+    let runner = Runner::new().unwrap().with_caches(caches);
+    let (client, seen) = recording_client(Arc::new(std::sync::Mutex::new("1".into())));
+    let analysis = analysis(&[]);
+    let source = Source::Templates(&analysis);
+    let mut run = new_step_run();
+    runner.advance(&client, "ns", source, &mut run, now()).await;
+    runner
+        .advance(&client, "ns", source, &mut run, at(60))
+        .await;
+    assert_eq!(run.metrics[0].count, 2, "{run:#?}");
+    assert_eq!(seen.lock().unwrap().as_slice(), [SECRET_GET, SECRET_GET]);
+}

@@ -98,8 +98,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         shutdown.await;
         let _ = stop_tx.send(());
     });
+    let analysis_caches = crate::analysis::Caches::watch(ctx.api());
     let runner = match crate::analysis::Runner::new() {
-        Ok(r) => r.with_metrics(ctx.metrics.clone()),
+        Ok(r) => r
+            .with_metrics(ctx.metrics.clone())
+            .with_caches(analysis_caches),
         Err(e) => {
             warn!(error = %e, "analysis runner unavailable; StormService controller not started");
             return;
@@ -175,7 +178,7 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
     // An empty cache reads as "no RoleSets, no Pods": status counts would drop to zero and a
     // decision would be made blind. Until every cache has its first list, look again shortly (not
     // wait: these watches are driven by this controller's streams, which shutdown stops first).
-    if !state.caches.ready() {
+    if !state.caches.ready() || !state.runner.caches_ready() {
         return Ok(Action::requeue(CACHE_RETRY));
     }
     let now = Timestamp::now();
