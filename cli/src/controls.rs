@@ -9,8 +9,8 @@ use storm_shared::StormService;
 use storm_shared::keys::{
     ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
 };
-use storm_shared::status::waiting_for_approval;
-use storm_shared::types::stormservice::RolloutPhase;
+use storm_shared::status::{rollout_status, waiting_for_approval};
+use storm_shared::types::stormservice::{RolloutPhase, RolloutStatus};
 
 /// A manual control.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,38 +62,21 @@ impl Control {
 }
 
 fn phase_of(obj: &StormService) -> Option<RolloutPhase> {
-    obj.status.as_ref()?.rollout_status.as_ref()?.phase
-}
-
-/// The `Paused` condition is true with `reason`.
-fn paused_for(obj: &StormService, reason: &str) -> bool {
-    let Some(rs) = obj.status.as_ref().and_then(|s| s.rollout_status.as_ref()) else {
-        return false;
-    };
-    rs.conditions
-        .iter()
-        .any(|c| c.type_ == "Paused" && c.status == "True" && c.reason.as_deref() == Some(reason))
+    rollout_status(obj)?.phase
 }
 
 fn paused_by_user(obj: &StormService) -> bool {
-    paused_for(obj, "PausedByUser")
+    rollout_status(obj).is_some_and(RolloutStatus::paused_by_user)
 }
 
 /// Paused on an inconclusive analysis: the resume annotation accepts it and the rollout goes on.
 fn paused_on_inconclusive_analysis(obj: &StormService) -> bool {
-    phase_of(obj) == Some(RolloutPhase::Paused) && paused_for(obj, "AnalysisInconclusive")
+    rollout_status(obj).is_some_and(RolloutStatus::inconclusive)
 }
 
 /// Stopped in place after a failure with autoRollback disabled: what resume can continue.
 fn halted(obj: &StormService) -> bool {
-    let Some(rs) = obj.status.as_ref().and_then(|s| s.rollout_status.as_ref()) else {
-        return false;
-    };
-    rs.phase == Some(RolloutPhase::Degraded)
-        && rs
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("Halted"))
+    rollout_status(obj).is_some_and(RolloutStatus::halted)
 }
 
 /// Why a control cannot act on the object as it stands, or `None` when it can.

@@ -88,7 +88,7 @@ pub enum Error {
         why: String,
     },
     /// While waiting for a phase, the rollout became Degraded or Aborted.
-    #[error("rollout failed: phase {phase:?}: {message}")]
+    #[error("rollout failed: phase {phase}: {message}")]
     RolloutFailed {
         phase: RolloutPhase,
         message: String,

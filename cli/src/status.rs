@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 use storm_shared::keys::LABEL_REVISION;
+use storm_shared::status::ConditionType;
 use storm_shared::types::stormservice::{CanaryStep, RolloutPhase, RolloutStrategyType};
 use storm_shared::{RoleSet, StormService};
 
@@ -86,7 +87,7 @@ pub fn render(view: &View) -> String {
         None => "RollingUpdate".into(),
     };
     let _ = writeln!(out, "Strategy:   {strategy_text}");
-    let phase = rs.phase.map_or("-".to_string(), |p| format!("{p:?}"));
+    let phase = rs.phase.map_or("-", RolloutPhase::as_str);
     let _ = writeln!(
         out,
         "Phase:      {phase}{}",
@@ -127,7 +128,7 @@ pub fn render(view: &View) -> String {
                 out,
                 "  {:<15} {:<12} {}{}",
                 run.name,
-                format!("{:?}", run.phase),
+                run.phase.as_str().to_string(),
                 run.revision,
                 run.message
                     .as_deref()
@@ -144,7 +145,7 @@ pub fn render(view: &View) -> String {
                     out,
                     "    {:<30} {:<12} {} measured: {} ok, {} failed, {} inconclusive, {} errors; last {last}",
                     m.name,
-                    format!("{:?}", m.phase),
+                    m.phase.as_str().to_string(),
                     m.count,
                     m.successful,
                     m.failed,
@@ -259,7 +260,7 @@ pub async fn load(client: &kube::Client, ns: &str, name: &str) -> Result<View, E
         let ready = r.status.as_ref().is_some_and(|s| {
             s.conditions
                 .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .any(|c| c.type_ == ConditionType::Ready.as_str() && c.status == "True")
         });
         let e = revisions.entry(rev).or_default();
         e.rolesets += 1;

@@ -7,17 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-
-/// Every rollout phase, so `storm_rollout_phase` always has one series per phase (1 for the current,
-/// 0 for the others) and queries like `storm_rollout_phase{phase="Degraded"} == 1` work without `absent()`.
-pub const ROLLOUT_PHASES: [&str; 6] = [
-    "Healthy",
-    "Progressing",
-    "Paused",
-    "Completed",
-    "Degraded",
-    "Aborted",
-];
+use storm_shared::types::stormservice::RolloutPhase;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
@@ -187,13 +177,22 @@ impl Metrics {
         }
     }
 
-    /// Publishes the rollout state of one StormService. An unknown `phase` sets every known phase to 0.
-    pub fn set_rollout(&self, namespace: &str, name: &str, phase: &str, step: i64, weight: i64) {
-        for known in ROLLOUT_PHASES {
+    /// Publishes the rollout state of one StormService. Every phase has a series (1 for the
+    /// current, 0 for the others), so queries like `storm_rollout_phase{phase="Degraded"} == 1`
+    /// work without `absent()`.
+    pub fn set_rollout(
+        &self,
+        namespace: &str,
+        name: &str,
+        phase: RolloutPhase,
+        step: i64,
+        weight: i64,
+    ) {
+        for known in RolloutPhase::ALL {
             let labels = PhaseLabels {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
-                phase: known,
+                phase: known.as_str(),
             };
             self.rollout_phase
                 .get_or_create(&labels)
@@ -209,11 +208,11 @@ impl Metrics {
 
     /// Removes every series of a StormService that no longer exists, so deleted services don't linger.
     pub fn forget_rollout(&self, namespace: &str, name: &str) {
-        for known in ROLLOUT_PHASES {
+        for known in RolloutPhase::ALL {
             self.rollout_phase.remove(&PhaseLabels {
                 namespace: namespace.to_string(),
                 name: name.to_string(),
-                phase: known,
+                phase: known.as_str(),
             });
         }
         let labels = RolloutLabels {
@@ -310,9 +309,9 @@ mod tests {
     #[test]
     fn set_rollout_marks_exactly_the_current_phase() {
         let m = Metrics::new();
-        m.set_rollout("ns", "llm", "Progressing", 2, 40);
+        m.set_rollout("ns", "llm", RolloutPhase::Progressing, 2, 40);
         let text = m.encode();
-        for phase in ROLLOUT_PHASES {
+        for phase in RolloutPhase::ALL.map(RolloutPhase::as_str) {
             let want = i32::from(phase == "Progressing");
             let series = format!(
                 "storm_rollout_phase{{namespace=\"ns\",name=\"llm\",phase=\"{phase}\"}} {want}"
@@ -323,7 +322,7 @@ mod tests {
         assert!(text.contains("storm_rollout_weight{namespace=\"ns\",name=\"llm\"} 40"));
 
         // A transition moves the 1 and overwrites step and weight.
-        m.set_rollout("ns", "llm", "Completed", 3, 100);
+        m.set_rollout("ns", "llm", RolloutPhase::Completed, 3, 100);
         let text = m.encode();
         assert!(text.contains("phase=\"Progressing\"} 0"));
         assert!(text.contains("phase=\"Completed\"} 1"));
@@ -333,8 +332,8 @@ mod tests {
     #[test]
     fn forget_rollout_removes_only_that_service() {
         let m = Metrics::new();
-        m.set_rollout("ns", "gone", "Healthy", 0, 0);
-        m.set_rollout("ns", "kept", "Paused", 1, 20);
+        m.set_rollout("ns", "gone", RolloutPhase::Healthy, 0, 0);
+        m.set_rollout("ns", "kept", RolloutPhase::Paused, 1, 20);
         m.forget_rollout("ns", "gone");
         let text = m.encode();
         assert!(!text.contains("name=\"gone\""), "{text}");

@@ -242,7 +242,7 @@ impl Runner {
             debug!(%namespace, run = %run.name, metric = %p.name, phase = ?m.phase,
                    value = m.value.as_deref().unwrap_or(""), "analysis measurement");
             if let Some(metrics) = &self.metrics {
-                metrics.analysis_measurement(provider, phase_name(m.phase));
+                metrics.analysis_measurement(provider, m.phase.as_str());
             }
             limits::record(&mut run.metrics[i], m, l);
         }
@@ -254,10 +254,10 @@ impl Runner {
                 Some(m) => format!(
                     "{} {}: {}",
                     m.name,
-                    phase_name(m.phase).to_lowercase(),
+                    m.phase.as_str().to_lowercase(),
                     m.message.as_deref().unwrap_or("")
                 ),
-                None => format!("analysis {}", phase_name(run.phase).to_lowercase()),
+                None => format!("analysis {}", run.phase.as_str().to_lowercase()),
             });
             info!(%namespace, run = %run.name, phase = ?run.phase,
                   message = run.message.as_deref().unwrap_or(""), "analysis decided");
@@ -616,17 +616,6 @@ fn api_error(what: &str, e: &kube::Error) -> PlanError {
             PlanError::Fatal(format!("reading {what} failed: {}", s.message))
         }
         other => PlanError::Transient(format!("reading {what} failed: {other}")),
-    }
-}
-
-/// The phase as written in the status (`Successful`, ...): the `phase` label of the counters.
-pub fn phase_name(phase: AnalysisPhase) -> &'static str {
-    match phase {
-        AnalysisPhase::Running => "Running",
-        AnalysisPhase::Successful => "Successful",
-        AnalysisPhase::Failed => "Failed",
-        AnalysisPhase::Inconclusive => "Inconclusive",
-        AnalysisPhase::Error => "Error",
     }
 }
 

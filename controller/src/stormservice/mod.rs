@@ -212,9 +212,7 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
     state.ctx.metrics.set_rollout(
         &ns,
         &name,
-        rs.and_then(|r| r.phase)
-            .unwrap_or(RolloutPhase::Healthy)
-            .as_str(),
+        rs.and_then(|r| r.phase).unwrap_or(RolloutPhase::Healthy),
         i64::from(rs.and_then(|r| r.current_step_index).unwrap_or(0)),
         i64::from(
             rs.and_then(|r| r.canary_status.as_ref())

@@ -16,7 +16,7 @@ pub(super) fn check(new: &StormService, old: &StormService, report: &mut Report)
     };
     let path = FieldPath::new("spec").child("rolloutStrategy");
     let how = format!(
-        "cannot be changed while a rollout is in progress (phase {phase:?}); abort it (stormservice.aibrix.ai/rollout-abort=true) or let it complete first"
+        "cannot be changed while a rollout is in progress (phase {phase}); abort it (stormservice.aibrix.ai/rollout-abort=true) or let it complete first"
     );
     let (Some(old_s), new_s) = (&old.spec.rollout_strategy, &new.spec.rollout_strategy) else {
         return;
