@@ -243,8 +243,11 @@ fn serve_main(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// Why the webhook stopped: the binary's one error type. The library's domain errors
+/// (certificates, self-managed issuance) arrive wrapped with their source; a review the server
+/// cannot read is not an error of the server but an answer to the caller (`review::BadReview`).
 #[derive(Debug, thiserror::Error)]
-enum StartError {
+enum Error {
     #[error("--tls-cert and --tls-key are required (or STORM_WEBHOOK_TLS_CERT/_KEY)")]
     NoCertificate,
     #[error("loading the serving certificate: {0}")]
@@ -263,23 +266,23 @@ enum StartError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--self-managed-secret {0:?}: expected NAMESPACE/NAME")]
+    SelfManagedSecretName(String),
     #[error("self-managed certificates: {0}")]
-    SelfManaged(String),
+    SelfManaged(#[from] storm_webhook::selfmanaged::SelfManagedError),
 }
 
-async fn serve(args: ServeArgs) -> Result<(), StartError> {
+async fn serve(args: ServeArgs) -> Result<(), Error> {
     let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) else {
-        return Err(StartError::NoCertificate);
+        return Err(Error::NoCertificate);
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     if args.self_managed {
         let client = kube::Client::try_default().await?;
-        let (namespace, secret) = args.self_managed_secret.split_once('/').ok_or_else(|| {
-            StartError::SelfManaged(format!(
-                "--self-managed-secret {:?}: expected NAMESPACE/NAME",
-                args.self_managed_secret
-            ))
-        })?;
+        let (namespace, secret) = args
+            .self_managed_secret
+            .split_once('/')
+            .ok_or_else(|| Error::SelfManagedSecretName(args.self_managed_secret.clone()))?;
         let (ips, dns): (Vec<String>, Vec<String>) = args
             .sans
             .iter()
@@ -292,11 +295,8 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
             ips: ips.iter().filter_map(|i| i.parse().ok()).collect(),
             dns,
         };
-        let pair = storm_webhook::selfmanaged::ensure_pair(&client, &settings)
-            .await
-            .map_err(|e| StartError::SelfManaged(e.to_string()))?;
-        storm_webhook::selfmanaged::write_serving_pair(&pair, &cert, &key)
-            .map_err(|e| StartError::SelfManaged(e.to_string()))?;
+        let pair = storm_webhook::selfmanaged::ensure_pair(&client, &settings).await?;
+        storm_webhook::selfmanaged::write_serving_pair(&pair, &cert, &key)?;
         tokio::spawn(storm_webhook::selfmanaged::keep_ca_bundles(
             client,
             settings.configuration.clone(),
@@ -324,11 +324,11 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
     let tls = Arc::new(server::tls_config(resolver, provider)?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|source| StartError::Listen {
+        .map_err(|source| Error::Listen {
             addr: args.listen,
             source,
         })?;
-    let bound = listener.local_addr().map_err(|source| StartError::Listen {
+    let bound = listener.local_addr().map_err(|source| Error::Listen {
         addr: args.listen,
         source,
     })?;
@@ -336,7 +336,7 @@ async fn serve(args: ServeArgs) -> Result<(), StartError> {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, format!("{}\n", bound.port()))
             .and_then(|()| std::fs::rename(&tmp, path))
-            .map_err(|source| StartError::PortFile {
+            .map_err(|source| Error::PortFile {
                 path: path.clone(),
                 source,
             })?;
