@@ -41,6 +41,9 @@ pub enum Error {
     /// Deleting a RoleSet failed.
     #[error("deleting RoleSet {0}: {1}")]
     DeleteRoleSet(String, #[source] kube::Error),
+    /// Resizing a RoleSet's roles failed.
+    #[error("resizing the roles of RoleSet {0}: {1}")]
+    ResizeRoleSet(String, #[source] kube::Error),
     /// Recording (or pruning) a revision's template failed.
     #[error("recording revision {0}: {1}")]
     RecordRevision(String, #[source] kube::Error),
@@ -80,6 +83,7 @@ impl Error {
             Error::Router(_) => "router",
             Error::CreateRoleSet(..) => "create_roleset",
             Error::DeleteRoleSet(..) => "delete_roleset",
+            Error::ResizeRoleSet(..) => "resize_roleset",
             Error::RecordRevision(..) => "record_revision",
             Error::UnknownRevision(_) => "unknown_revision",
             Error::PlanPods(_) => "plan_pods",

@@ -3,14 +3,15 @@
 
 use super::gates;
 use super::plan::{self, Input, Plan, set_condition};
+use super::revision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use storm_shared::status::{ConditionType as Cond, Reason};
 use storm_shared::types::stormservice::{
-    BlueGreenStatus, BlueGreenStrategy, CanaryStatus, RolloutPhase, RolloutStatus,
-    RolloutStrategyType, StormServiceStatus,
+    BlueGreenStatus, BlueGreenStrategy, CanaryStatus, RoleSetTemplateSpec, RolloutPhase,
+    RolloutStatus, RolloutStrategyType, StormServiceStatus,
 };
 
 /// Look again this often even when nothing happens (pauses requeue at their exact end).
@@ -264,8 +265,10 @@ impl<'a> Machine<'a> {
             canary_revision: self.update.clone(),
             report_errors: mid_rollout,
         });
+        let resize = resize(name, obs, &self.scale, &self.input.spec.template);
         Plan {
             scale: self.scale,
+            resize,
             services: self.services,
             weight: self.weight,
             routers,
@@ -291,4 +294,35 @@ impl<'a> Machine<'a> {
                     && c.canary_service.is_some()
             })
     }
+}
+
+/// The RoleSets that stay (their index is below their revision's planned count) and whose roles'
+/// `replicas` differ from the template's: scaling a role resizes every revision in place.
+fn resize(
+    name: &str,
+    obs: &plan::Observed,
+    scale: &BTreeMap<String, i32>,
+    template: &RoleSetTemplateSpec,
+) -> BTreeMap<String, BTreeMap<String, i32>> {
+    let wanted = revision::role_replicas(template);
+    let mut out = BTreeMap::new();
+    for rs in &obs.rolesets {
+        let index = rs
+            .name
+            .strip_prefix(&format!("{name}-{}-", rs.revision))
+            .and_then(|i| i.parse::<i32>().ok());
+        let keeps = scale.get(&rs.revision).copied().unwrap_or(0);
+        if index.is_none_or(|i| i >= keeps) {
+            continue;
+        }
+        let changes: BTreeMap<String, i32> = wanted
+            .iter()
+            .filter(|(role, want)| rs.roles.get(*role).is_some_and(|have| have != *want))
+            .map(|(role, want)| (role.clone(), *want))
+            .collect();
+        if !changes.is_empty() {
+            out.insert(rs.name.clone(), changes);
+        }
+    }
+    out
 }

@@ -16,6 +16,8 @@ pub struct ObservedRoleSet {
     pub revision: String,
     /// All its Pods are Ready.
     pub ready: bool,
+    /// The replicas its spec gives each role.
+    pub roles: BTreeMap<String, i32>,
 }
 
 /// A Pod of the StormService, as observed.
@@ -124,6 +126,9 @@ pub struct Note {
 pub struct Plan {
     /// Desired RoleSet count per revision; revisions not listed go to zero.
     pub scale: BTreeMap<String, i32>,
+    /// RoleSets that stay and whose roles are resized in place to the template's `replicas`:
+    /// RoleSet name → role name → replicas (only the roles that change).
+    pub resize: BTreeMap<String, BTreeMap<String, i32>>,
     /// Services to pin to a revision: (Service name, revision).
     pub services: Vec<(String, String)>,
     /// The canary's share of traffic, for routers.

@@ -185,10 +185,17 @@ impl Sim {
             }
             for n in have.len()..want {
                 self.rolesets.push(ObservedRoleSet {
+                    roles: revision::role_replicas(&self.spec.template),
                     name: format!("svc-{rev}-{n}"),
                     revision: rev.clone(),
                     ready: false,
                 });
+            }
+        }
+        // Roles resized in place.
+        for r in &mut self.rolesets {
+            if let Some(changes) = plan.resize.get(&r.name) {
+                r.roles.extend(changes.clone());
             }
         }
         self.last = Some(plan.clone());
@@ -756,3 +763,73 @@ fn an_approval_gate_is_shown_before_the_analysis_of_the_same_step() {
 mod analysis;
 mod bluegreen;
 mod routers;
+
+/// Sets role `r`'s replicas in the template, as AIBrix's autoscaler does.
+fn scale_role(sim: &mut Sim, replicas: i32) {
+    sim.spec.template.spec.as_mut().expect("spec").roles[0].replicas = Some(replicas);
+}
+
+#[test]
+fn scaling_a_role_resizes_the_rolesets_in_place_and_is_never_a_revision() {
+    let mut sim = Sim::new(spec(seed_steps(), 3, "app:v1"));
+    sim.settle(3);
+    let v1 = sim.revision();
+    assert_eq!(sim.count(&v1), 3);
+    scale_role(&mut sim, 4);
+    assert_eq!(sim.revision(), v1, "replicas are not part of the revision");
+    let plan = sim.tick();
+    assert_eq!(
+        plan.scale,
+        BTreeMap::from([(v1.clone(), 3)]),
+        "no new RoleSet"
+    );
+    assert_eq!(
+        plan.resize.len(),
+        3,
+        "every RoleSet resized: {:?}",
+        plan.resize
+    );
+    assert!(
+        plan.resize
+            .values()
+            .all(|c| *c == BTreeMap::from([("r".to_string(), 4)]))
+    );
+    let rs = plan.status.rollout_status.as_ref().expect("rs");
+    assert_eq!(rs.phase, Some(RolloutPhase::Healthy), "no rollout started");
+    // Resized: nothing more to do.
+    assert!(sim.tick().resize.is_empty());
+}
+
+#[test]
+fn a_role_scales_while_spec_paused_and_during_a_rollout() {
+    let mut sim = Sim::new(spec(seed_steps(), 2, "app:v1"));
+    sim.settle(3);
+    let v1 = sim.revision();
+    sim.spec.paused = Some(true);
+    scale_role(&mut sim, 2);
+    let plan = sim.tick();
+    assert_eq!(
+        plan.resize.len(),
+        2,
+        "spec.paused freezes rollouts, not scaling"
+    );
+    sim.spec.paused = None;
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(2);
+    assert!(sim.count(&v2) >= 1, "the canary runs");
+    scale_role(&mut sim, 5);
+    assert_eq!(sim.revision(), v2);
+    let plan = sim.tick();
+    // Both revisions' RoleSets are resized: scaling is not part of either.
+    let revisions: BTreeSet<&str> = plan
+        .resize
+        .keys()
+        .filter_map(|n| n.strip_prefix("svc-"))
+        .filter_map(|n| n.rsplit_once('-').map(|(r, _)| r))
+        .collect();
+    assert!(
+        revisions.contains(v1.as_str()) && revisions.contains(v2.as_str()),
+        "{revisions:?}"
+    );
+}

@@ -67,8 +67,11 @@ pub async fn apply(
     // 4. Traffic routers.
     let mut notes = Vec::new();
     let routed = set_routers(ctx, obj, &ns, observed, plan, &mut notes).await;
-    // 5. Capacity.
-    let scaled = scale(ctx, caches, obj, &update, observed, plan).await;
+    // 5. Capacity: RoleSets created and deleted, then roles resized in the ones that stay.
+    let mut scaled = scale(ctx, caches, obj, &update, observed, plan).await;
+    if scaled.is_ok() {
+        scaled = resize(ctx, caches, &ns, plan).await;
+    }
     // 6. Controls that acted go away.
     if !plan.remove_annotations.is_empty() {
         let nulls: serde_json::Map<String, serde_json::Value> = plan
@@ -216,6 +219,33 @@ async fn scale(
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(Error::DeleteRoleSet(d, e)),
         }
+    }
+    Ok(())
+}
+
+/// Resizes roles in place: each RoleSet's `spec.roles` with the planned `replicas`, written as a
+/// merge patch guarded by the cached resourceVersion (a RoleSet changed meanwhile is a conflict,
+/// retried on the next reconcile with fresh data).
+async fn resize(ctx: &Context, caches: &Caches, ns: &str, plan: &Plan) -> Result<(), Error> {
+    let api: Api<RoleSet> = Api::namespaced(ctx.client.clone(), ns);
+    for (name, changes) in &plan.resize {
+        let Some(current) = caches.rolesets.get(&ObjectRef::new(name).within(ns)) else {
+            continue;
+        };
+        let mut roles = current.spec.roles.clone();
+        for role in &mut roles {
+            if let Some(want) = changes.get(&role.name) {
+                role.replicas = Some(*want);
+            }
+        }
+        let body = json!({
+            "metadata": {"resourceVersion": current.metadata.resource_version},
+            "spec": {"roles": roles},
+        });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .map_err(|e| Error::ResizeRoleSet(name.clone(), e))?;
+        info!(namespace = ns, roleset = %name, roles = ?changes, "RoleSet roles resized");
     }
     Ok(())
 }

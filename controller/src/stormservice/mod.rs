@@ -183,7 +183,7 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
     }
     let now = Timestamp::now();
     // The revision of the current template, once per reconcile.
-    let update = rollout::revision::of_template(&obj.spec.template);
+    let update = revisions::update_revision(&state.caches, obj);
     let mut observed = state.caches.observe(&ns, &name);
     observe::read_routers(&state.ctx.client, obj, &ns, &update, &mut observed).await;
     // Analyses take their due measurements; the decision reads their verdicts.

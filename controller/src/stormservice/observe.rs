@@ -57,6 +57,12 @@ impl Caches {
                         .iter()
                         .any(|c| c.type_ == ConditionType::Ready.as_str() && c.status == "True")
                 }),
+                roles: r
+                    .spec
+                    .roles
+                    .iter()
+                    .map(|role| (role.name.clone(), role.replicas.unwrap_or(1).max(0)))
+                    .collect(),
             })
             .collect();
         let pods = self

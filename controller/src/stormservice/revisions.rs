@@ -4,7 +4,7 @@
 
 use super::observe::{Caches, belongs};
 use crate::error::Error;
-use crate::rollout::Plan;
+use crate::rollout::{self, Plan};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
@@ -36,6 +36,35 @@ pub fn owner(obj: &StormService) -> OwnerReference {
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// The revision name of the current template. A revision is named by the hash of its template
+/// without the roles' `replicas` ([`rollout::revision::of_template`]); a stored revision (the
+/// stable or the one being rolled out) whose template is the same apart from `replicas` is kept
+/// by name, whatever its name was computed from. So scaling a role is never a new revision, and
+/// revisions named by earlier versions (whose hash included `replicas`) stay what they are.
+pub fn update_revision(caches: &Caches, obj: &StormService) -> String {
+    let id = rollout::revision::of_template(&obj.spec.template);
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let status = obj.status.as_ref();
+    let known = status
+        .and_then(|s| s.current_revision.as_deref())
+        .into_iter()
+        .chain(status.and_then(|s| s.update_revision.as_deref()));
+    for rev in known {
+        if rev == id {
+            return id;
+        }
+        let stored = caches
+            .revisions
+            .get(&ObjectRef::new(&revision_name(&name, rev)).within(&ns))
+            .and_then(|cr| cr.data.clone())
+            .and_then(|d| serde_json::from_value::<RoleSetTemplateSpec>(d.0).ok());
+        if stored.is_some_and(|t| rollout::revision::of_template(&t) == id) {
+            return rev.to_string();
+        }
+    }
+    id
 }
 
 /// Stores the template of revision `update` as a ControllerRevision, once per revision.
@@ -174,7 +203,7 @@ pub fn template_of(
             .as_ref()
             .map(|d| serde_json::from_value::<RoleSetTemplateSpec>(d.0.clone()))
     {
-        return Ok(t);
+        return Ok(with_current_replicas(t, &obj.spec.template));
     }
     // The oldest surviving RoleSet of the revision (lowest index) that is not going away.
     let prefix = format!("{name}-{rev}-");
@@ -191,6 +220,14 @@ pub fn template_of(
     match survivor {
         Some(r) => {
             let mut labels = r.labels().clone();
+            let spec = with_current_replicas(
+                RoleSetTemplateSpec {
+                    metadata: None,
+                    spec: Some(r.spec.clone()),
+                },
+                &obj.spec.template,
+            )
+            .spec;
             labels.remove(LABEL_NAME);
             labels.remove(LABEL_REVISION);
             labels.remove(AIBRIX_LABEL_STORM_SERVICE_NAME);
@@ -199,11 +236,28 @@ pub fn template_of(
                     labels: Some(labels),
                     annotations: r.metadata.annotations.clone(),
                 }),
-                spec: Some(r.spec.clone()),
+                spec,
             })
         }
         None => Err(Error::UnknownRevision(rev.to_string())),
     }
+}
+
+/// A stored revision's template with the roles' `replicas` of the current one: scaling applies to
+/// every revision (roles the current template does not have keep theirs).
+fn with_current_replicas(
+    mut stored: RoleSetTemplateSpec,
+    current: &RoleSetTemplateSpec,
+) -> RoleSetTemplateSpec {
+    let wanted = rollout::revision::role_replicas(current);
+    if let Some(spec) = stored.spec.as_mut() {
+        for role in &mut spec.roles {
+            if let Some(want) = wanted.get(&role.name) {
+                role.replicas = Some(*want);
+            }
+        }
+    }
+    stored
 }
 
 /// The RoleSet with index `i` of revision `rev`, made from that revision's template.

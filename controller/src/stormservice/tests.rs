@@ -210,6 +210,7 @@ async fn reconcile_once(obj: &StormService, world: World, reported: i32) -> (Pla
             .rolesets
             .iter()
             .map(|(name, ready)| ObservedRoleSet {
+                roles: Default::default(),
                 name: name.clone(),
                 revision: name
                     .strip_prefix("svc-")
