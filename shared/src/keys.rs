@@ -17,6 +17,44 @@ pub const AIBRIX_LABEL_ROLESET_NAME: &str = "roleset-name";
 /// AIBrix's role name label.
 pub const AIBRIX_LABEL_ROLE_NAME: &str = "role-name";
 
+/// AIBrix's label on RoleSets: the ControllerRevision (`<stormservice>-<revision>`) they run.
+pub const AIBRIX_LABEL_STORM_SERVICE_REVISION: &str = "storm-service-revision";
+/// AIBrix's label on Pods: the hash of their role's Pod template.
+pub const AIBRIX_LABEL_ROLE_TEMPLATE_HASH: &str = "role-template-hash";
+/// Prefix of AIBrix's own StormService annotations and labels.
+pub const AIBRIX_PREFIX: &str = "stormservice.orchestration.aibrix.ai/";
+/// AIBrix's annotation on RoleSets and Pods: the RoleSet's index within its StormService.
+pub const AIBRIX_ANNOTATION_ROLESET_INDEX: &str =
+    "stormservice.orchestration.aibrix.ai/roleset-index";
+/// AIBrix's annotation on RoleSets: the revision (ControllerRevision name) they run.
+pub const AIBRIX_ANNOTATION_REVISION: &str = "stormservice.orchestration.aibrix.ai/revision";
+/// AIBrix's label and annotation on Pods of stateful roles: the Pod's index within its role.
+pub const AIBRIX_ROLE_REPLICA_INDEX: &str =
+    "stormservice.orchestration.aibrix.ai/role-replica-index";
+
+/// Env injected into every container of a StormService's Pods (AIBrix's names), in this order,
+/// before the user's own env; a user variable of one of these names is dropped.
+pub const ENV_STORM_SERVICE_NAME: &str = "STORM_SERVICE_NAME";
+/// The RoleSet's name.
+pub const ENV_ROLESET_NAME: &str = "ROLESET_NAME";
+/// The RoleSet's index within its StormService.
+pub const ENV_ROLESET_INDEX: &str = "ROLESET_INDEX";
+/// The role's name.
+pub const ENV_ROLE_NAME: &str = "ROLE_NAME";
+/// The hash of the role's Pod template (as the Pod was created: an in-place update keeps it).
+pub const ENV_ROLE_TEMPLATE_HASH: &str = "ROLE_TEMPLATE_HASH";
+/// The Pod's index within its role (stateful roles only).
+pub const ENV_ROLE_REPLICA_INDEX: &str = "ROLE_REPLICA_INDEX";
+/// Every injected name: a user variable of one of these is dropped.
+pub const INJECTED_ENV: [&str; 6] = [
+    ENV_STORM_SERVICE_NAME,
+    ENV_ROLESET_NAME,
+    ENV_ROLESET_INDEX,
+    ENV_ROLE_NAME,
+    ENV_ROLE_TEMPLATE_HASH,
+    ENV_ROLE_REPLICA_INDEX,
+];
+
 /// Annotation that pauses a rollout.
 pub const ANNOTATION_PAUSE: &str = "stormservice.aibrix.ai/rollout-pause";
 /// Annotation that resumes a paused rollout.

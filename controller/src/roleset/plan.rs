@@ -1,15 +1,18 @@
 //! Which Pods a RoleSet should have, and which of its Pods must go. Pure: no client, no clock
 //! (`now` is passed in), so every rule here is tested without a cluster.
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use storm_shared::keys::{
-    AIBRIX_LABEL_ROLE_NAME, AIBRIX_LABEL_ROLESET_NAME, AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME,
-    LABEL_ROLE,
+    AIBRIX_ANNOTATION_ROLESET_INDEX, AIBRIX_LABEL_ROLE_NAME, AIBRIX_LABEL_ROLE_TEMPLATE_HASH,
+    AIBRIX_LABEL_ROLESET_NAME, AIBRIX_LABEL_STORM_SERVICE_NAME, AIBRIX_ROLE_REPLICA_INDEX,
+    ENV_ROLE_NAME, ENV_ROLE_REPLICA_INDEX, ENV_ROLE_TEMPLATE_HASH, ENV_ROLESET_INDEX,
+    ENV_ROLESET_NAME, ENV_STORM_SERVICE_NAME, INJECTED_ENV, LABEL_NAME, LABEL_ROLE,
 };
 use storm_shared::types::roleset::{RoleSet, RoleSpec};
 
@@ -208,10 +211,16 @@ pub fn plan_pods(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Result<Po
         });
     }
 
-    for (name, (role, _)) in &desired {
+    for (name, (role, index)) in &desired {
         if !taken.contains(name) {
-            plan.create
-                .push(build_pod(roleset, role, name, &namespace, owner.clone()));
+            plan.create.push(build_pod(
+                roleset,
+                role,
+                name,
+                *index,
+                &namespace,
+                owner.clone(),
+            ));
         }
     }
     Ok(plan)
@@ -229,11 +238,7 @@ pub fn pod_labels(roleset: &RoleSet, role: &RoleSpec) -> BTreeMap<String, String
         .unwrap_or_default();
     labels.extend(roleset.labels().clone());
     labels.insert(LABEL_ROLE.to_string(), role.name.clone());
-    let service = roleset
-        .labels()
-        .get(LABEL_NAME)
-        .or_else(|| roleset.labels().get(AIBRIX_LABEL_STORM_SERVICE_NAME));
-    if let Some(service) = service {
+    if let Some(service) = stormservice_of(roleset) {
         labels.insert(AIBRIX_LABEL_STORM_SERVICE_NAME.to_string(), service.clone());
     }
     labels.insert(AIBRIX_LABEL_ROLESET_NAME.to_string(), roleset.name_any());
@@ -241,25 +246,111 @@ pub fn pod_labels(roleset: &RoleSet, role: &RoleSpec) -> BTreeMap<String, String
     labels
 }
 
+/// The hash of a role's Pod template: 10 hex characters of its SHA-256 (AIBrix's
+/// `role-template-hash` label and `ROLE_TEMPLATE_HASH`).
+pub fn role_template_hash(role: &RoleSpec) -> String {
+    let bytes = serde_json::to_vec(&role.template).unwrap_or_default();
+    Sha256::digest(&bytes)
+        .iter()
+        .take(5)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The StormService a RoleSet belongs to (ours or AIBrix's label), if any.
+fn stormservice_of(roleset: &RoleSet) -> Option<&String> {
+    roleset
+        .labels()
+        .get(LABEL_NAME)
+        .or_else(|| roleset.labels().get(AIBRIX_LABEL_STORM_SERVICE_NAME))
+}
+
+/// The env AIBrix injects, in its order: who the Pod is. A role's own variables of these names are
+/// dropped (theirs would contradict it); its other variables keep their order after ours, so they
+/// can expand `$(ROLE_REPLICA_INDEX)` and the like.
+pub fn injected_env(roleset: &RoleSet, role: &RoleSpec, index: i32) -> Vec<EnvVar> {
+    let var = |name: &str, value: String| EnvVar {
+        name: name.to_string(),
+        value: Some(value),
+        value_from: None,
+    };
+    let mut env = Vec::new();
+    if let Some(service) = stormservice_of(roleset) {
+        env.push(var(ENV_STORM_SERVICE_NAME, service.clone()));
+    }
+    env.push(var(ENV_ROLESET_NAME, roleset.name_any()));
+    env.push(var(ENV_ROLESET_INDEX, roleset_index(roleset)));
+    env.push(var(ENV_ROLE_NAME, role.name.clone()));
+    env.push(var(ENV_ROLE_TEMPLATE_HASH, role_template_hash(role)));
+    if role.stateful == Some(true) {
+        env.push(var(ENV_ROLE_REPLICA_INDEX, index.to_string()));
+    }
+    env
+}
+
+/// The RoleSet's index within its StormService (its annotation; 0 for a RoleSet of its own).
+fn roleset_index(roleset: &RoleSet) -> String {
+    roleset
+        .annotations()
+        .get(AIBRIX_ANNOTATION_ROLESET_INDEX)
+        .cloned()
+        .unwrap_or_else(|| "0".to_string())
+}
+
 fn build_pod(
     roleset: &RoleSet,
     role: &RoleSpec,
     name: &str,
+    index: i32,
     namespace: &str,
     owner: OwnerReference,
 ) -> Pod {
     let template_meta = role.template.metadata.clone().unwrap_or_default();
+    let stateful = role.stateful == Some(true);
+    let mut labels = pod_labels(roleset, role);
+    labels.insert(
+        AIBRIX_LABEL_ROLE_TEMPLATE_HASH.to_string(),
+        role_template_hash(role),
+    );
+    let mut annotations = template_meta.annotations.unwrap_or_default();
+    annotations.insert(
+        AIBRIX_ANNOTATION_ROLESET_INDEX.to_string(),
+        roleset_index(roleset),
+    );
+    if stateful {
+        labels.insert(AIBRIX_ROLE_REPLICA_INDEX.to_string(), index.to_string());
+        annotations.insert(AIBRIX_ROLE_REPLICA_INDEX.to_string(), index.to_string());
+    }
+    let mut spec = role.template.spec.clone().unwrap_or_default();
+    let injected = injected_env(roleset, role, index);
+    for c in &mut spec.containers {
+        let own = c.env.take().unwrap_or_default();
+        let mut env = injected.clone();
+        env.extend(
+            own.into_iter()
+                .filter(|e| !INJECTED_ENV.contains(&e.name.as_str())),
+        );
+        c.env = Some(env);
+    }
+    // Per-Pod DNS: `<pod>.<stormservice>.<namespace>.svc` through the StormService's headless
+    // Service, for the Pods that have a stable name (stateful roles); the others share the domain.
+    if let Some(service) = stormservice_of(roleset) {
+        spec.subdomain = Some(service.clone());
+        if stateful {
+            spec.hostname = Some(name.to_string());
+        }
+    }
     Pod {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
-            labels: Some(pod_labels(roleset, role)),
-            annotations: template_meta.annotations,
+            labels: Some(labels),
+            annotations: Some(annotations),
             finalizers: template_meta.finalizers,
             owner_references: Some(vec![owner]),
             ..ObjectMeta::default()
         },
-        spec: role.template.spec.clone(),
+        spec: Some(spec),
         status: None,
     }
 }

@@ -1,7 +1,7 @@
 use super::*;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateTerminated, ContainerStatus, PodCondition, PodSpec,
-    PodStatus, PodTemplateSpec,
+    Container, ContainerState, ContainerStateTerminated, ContainerStatus, EnvVar, PodCondition,
+    PodSpec, PodStatus, PodTemplateSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use storm_shared::keys::LABEL_REVISION;
@@ -148,6 +148,10 @@ fn created_pods_carry_labels_owner_namespace_and_template() {
         (AIBRIX_LABEL_STORM_SERVICE_NAME, "llm"),
         (AIBRIX_LABEL_ROLESET_NAME, "llm-abc123-0"),
         (AIBRIX_LABEL_ROLE_NAME, "decode"),
+        (
+            AIBRIX_LABEL_ROLE_TEMPLATE_HASH,
+            role_template_hash(&rs.spec.roles[0]).as_str(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -166,8 +170,87 @@ fn created_pods_carry_labels_owner_namespace_and_template() {
     assert_eq!(owner.uid, UID);
     assert_eq!(owner.controller, Some(true));
     assert_eq!(owner.block_owner_deletion, Some(true));
-    assert_eq!(pod.spec, rs.spec.roles[0].template.spec);
+    // The role's Pod template, with AIBrix's env injected and the StormService's DNS domain.
+    let spec = pod.spec.as_ref().unwrap();
+    let template = rs.spec.roles[0].template.spec.as_ref().unwrap();
+    assert_eq!(spec.containers[0].image, template.containers[0].image);
+    assert_eq!(spec.subdomain.as_deref(), Some("llm"));
+    assert_eq!(
+        spec.hostname, None,
+        "a stateless role's Pods have no stable hostname"
+    );
     assert!(is_owned_by(pod, &rs));
+}
+
+fn env_of(pod: &Pod) -> Vec<(String, String)> {
+    pod.spec.as_ref().unwrap().containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[test]
+fn pods_get_aibrix_env_first_and_the_users_own_of_those_names_is_dropped() {
+    let mut r = role("prefill", Some(2));
+    r.stateful = Some(true);
+    r.template.spec.as_mut().unwrap().containers[0].env = Some(vec![
+        EnvVar {
+            name: "ROLE_NAME".into(),
+            value: Some("mine".into()),
+            value_from: None,
+        },
+        EnvVar {
+            name: "ENGINE_ID".into(),
+            value: Some("$(ROLE_REPLICA_INDEX)".into()),
+            value_from: None,
+        },
+    ]);
+    let mut rs = roleset(vec![r]);
+    rs.metadata.annotations =
+        Some([(AIBRIX_ANNOTATION_ROLESET_INDEX.to_string(), "3".to_string())].into());
+    let plan = plan_pods(&rs, &[], ts(NOW)).unwrap();
+    let pod = plan
+        .create
+        .iter()
+        .find(|p| p.name_any() == "llm-abc123-0-prefill-1")
+        .unwrap();
+    let hash = role_template_hash(&rs.spec.roles[0]);
+    let want: Vec<(String, String)> = [
+        ("STORM_SERVICE_NAME", "llm"),
+        ("ROLESET_NAME", "llm-abc123-0"),
+        ("ROLESET_INDEX", "3"),
+        ("ROLE_NAME", "prefill"),
+        ("ROLE_TEMPLATE_HASH", hash.as_str()),
+        ("ROLE_REPLICA_INDEX", "1"),
+        ("ENGINE_ID", "$(ROLE_REPLICA_INDEX)"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(env_of(pod), want);
+    let spec = pod.spec.as_ref().unwrap();
+    assert_eq!(spec.hostname.as_deref(), Some("llm-abc123-0-prefill-1"));
+    assert_eq!(spec.subdomain.as_deref(), Some("llm"));
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    let annotations = pod.metadata.annotations.as_ref().unwrap();
+    assert_eq!(
+        labels.get(AIBRIX_ROLE_REPLICA_INDEX).map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        annotations
+            .get(AIBRIX_ROLE_REPLICA_INDEX)
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(
+        annotations
+            .get(AIBRIX_ANNOTATION_ROLESET_INDEX)
+            .map(String::as_str),
+        Some("3")
+    );
 }
 
 #[test]

@@ -26,7 +26,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use std::collections::BTreeSet;
-use storm_shared::keys::LABEL_REVISION;
+use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_REVISION};
 use storm_shared::types::API_VERSION;
 use storm_shared::{RoleSet, StormService};
 use tracing::{debug, info, warn};
@@ -62,7 +62,8 @@ pub async fn apply(
     let update = plan.status.update_revision.clone().unwrap_or_default();
     revisions::record(client, caches, obj, &update).await?;
     revisions::prune(client, caches, obj, plan).await?;
-    // 3. Services.
+    // 3. Services: the StormService's headless Service (per-Pod DNS), then the pinned selectors.
+    headless_service(ctx, caches, obj).await;
     pin_services(ctx, caches, &ns, plan).await?;
     // 4. Traffic routers.
     let mut notes = Vec::new();
@@ -90,6 +91,48 @@ pub async fn apply(
         ctx.metrics.rollback(reason.as_str());
     }
     scaled.and(routed)
+}
+
+/// The StormService's headless Service `<name>`, as AIBrix makes it: `clusterIP: None`, selecting
+/// every Pod of the StormService (`storm-service-name`), not-ready addresses published (engines
+/// rendezvous before they are Ready), no ports. Pods get `subdomain: <name>`, so
+/// `<pod>.<name>.<namespace>.svc` resolves. A Service of that name that is not ours is left alone;
+/// a failure here never holds a rollout back (it is logged and tried again next time).
+async fn headless_service(ctx: &Context, caches: &Caches, obj: &StormService) {
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    if let Some(existing) = caches.services.get(&ObjectRef::new(&name).within(&ns)) {
+        let ours = existing
+            .owner_references()
+            .iter()
+            .any(|o| Some(o.uid.as_str()) == obj.uid().as_deref());
+        if !ours {
+            debug!(namespace = %ns, service = %name, "a Service of the StormService's name exists and is not ours; per-Pod DNS uses it as it is");
+        }
+        return;
+    }
+    let mut labels = obj.labels().clone();
+    labels.insert(AIBRIX_LABEL_STORM_SERVICE_NAME.into(), name.clone());
+    let svc: Service = match serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": ns, "labels": labels,
+                     "ownerReferences": [revisions::owner(obj)]},
+        "spec": {"clusterIP": "None", "publishNotReadyAddresses": true,
+                 "selector": {AIBRIX_LABEL_STORM_SERVICE_NAME: name}}
+    })) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(namespace = %ns, service = %name, error = %e, "building the headless Service");
+            return;
+        }
+    };
+    let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.create(&PostParams::default(), &svc).await {
+        Ok(_) => info!(namespace = %ns, service = %name, "headless Service created"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => {
+            warn!(namespace = %ns, service = %name, error = %e, "creating the headless Service")
+        }
+    }
 }
 
 /// Pins each Service of the plan to its revision (a merge patch of our one selector key).

@@ -12,7 +12,10 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::BTreeMap;
-use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME, LABEL_REVISION};
+use storm_shared::keys::{
+    AIBRIX_ANNOTATION_REVISION, AIBRIX_ANNOTATION_ROLESET_INDEX, AIBRIX_LABEL_STORM_SERVICE_NAME,
+    AIBRIX_LABEL_STORM_SERVICE_REVISION, LABEL_NAME, LABEL_REVISION,
+};
 use storm_shared::types::API_VERSION;
 use storm_shared::types::stormservice::{RoleSetTemplateSpec, TemplateMetadata};
 use storm_shared::{RoleSet, StormService};
@@ -231,10 +234,14 @@ pub fn template_of(
             labels.remove(LABEL_NAME);
             labels.remove(LABEL_REVISION);
             labels.remove(AIBRIX_LABEL_STORM_SERVICE_NAME);
+            labels.remove(AIBRIX_LABEL_STORM_SERVICE_REVISION);
+            let mut annotations = r.metadata.annotations.clone().unwrap_or_default();
+            annotations.remove(AIBRIX_ANNOTATION_ROLESET_INDEX);
+            annotations.remove(AIBRIX_ANNOTATION_REVISION);
             Ok(RoleSetTemplateSpec {
                 metadata: Some(TemplateMetadata {
                     labels: Some(labels),
-                    annotations: r.metadata.annotations.clone(),
+                    annotations: Some(annotations).filter(|a| !a.is_empty()),
                 }),
                 spec,
             })
@@ -273,6 +280,13 @@ pub fn roleset_for(
     labels.insert(LABEL_NAME.into(), name.clone());
     labels.insert(LABEL_REVISION.into(), rev.to_string());
     labels.insert(AIBRIX_LABEL_STORM_SERVICE_NAME.into(), name.clone());
+    labels.insert(
+        AIBRIX_LABEL_STORM_SERVICE_REVISION.into(),
+        revision_name(&name, rev),
+    );
+    let mut annotations = tpl_meta.annotations.unwrap_or_default();
+    annotations.insert(AIBRIX_ANNOTATION_ROLESET_INDEX.into(), i.to_string());
+    annotations.insert(AIBRIX_ANNOTATION_REVISION.into(), revision_name(&name, rev));
     // The revision's own template, not the current one: a stable RoleSet recreated during an abort
     // must run the stable revision.
     let mut rs = RoleSet::new(
@@ -281,7 +295,7 @@ pub fn roleset_for(
     );
     rs.metadata.namespace = obj.namespace();
     rs.metadata.labels = Some(labels);
-    rs.metadata.annotations = tpl_meta.annotations;
+    rs.metadata.annotations = Some(annotations);
     rs.metadata.owner_references = Some(vec![owner(obj)]);
     rs
 }
@@ -314,6 +328,18 @@ mod tests {
         assert_eq!(old_rs.spec.roles[0].name, "old-role");
         let owner = &rs.metadata.owner_references.as_ref().expect("owner")[0];
         assert_eq!((owner.uid.as_str(), owner.controller), ("u-1", Some(true)));
+        assert_eq!(
+            rs.annotations()
+                .get(AIBRIX_ANNOTATION_ROLESET_INDEX)
+                .map(String::as_str),
+            Some("2")
+        );
+        assert_eq!(
+            rs.labels()
+                .get(AIBRIX_LABEL_STORM_SERVICE_REVISION)
+                .map(String::as_str),
+            Some("svc-abc")
+        );
         assert_eq!(index_of("svc-abc-12", "svc-abc-"), Some(12));
         assert_eq!(index_of("svc-abcd-1", "svc-abc-"), None);
     }

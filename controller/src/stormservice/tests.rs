@@ -53,7 +53,7 @@ impl Seen {
             Write::Status
         } else if p.contains("/controllerrevisions") {
             Write::Revision
-        } else if p.contains("/services/") {
+        } else if p.contains("/services") {
             Write::Service
         } else if p.contains("/trafficsplits/") {
             Write::Router
