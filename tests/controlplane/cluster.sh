@@ -310,11 +310,15 @@ status:
     memory: 256Gi
     pods: "110"
     ephemeral-storage: 500Gi
+    nvidia.com/gpu: "8"
+    vke.volcengine.com/rdma: "8"
   capacity:
     cpu: "32"
     memory: 256Gi
     pods: "110"
     ephemeral-storage: 500Gi
+    nvidia.com/gpu: "8"
+    vke.volcengine.com/rdma: "8"
   nodeInfo:
     architecture: amd64
     operatingSystem: linux

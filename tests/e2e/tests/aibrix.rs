@@ -1,0 +1,341 @@
+//! AIBrix's own StormServices (`../shared/fixtures/aibrix/`, read in place) run by our controller
+//! on the local control plane: the object graph AIBrix's components read (headless Service, Pod
+//! env, labels, per-Pod DNS through EndpointSlices), and scaling a role in place.
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+use storm_shared::keys::{
+    AIBRIX_ANNOTATION_ROLESET_INDEX, AIBRIX_LABEL_ROLE_NAME, AIBRIX_LABEL_ROLE_TEMPLATE_HASH,
+    AIBRIX_LABEL_ROLESET_NAME, AIBRIX_LABEL_STORM_SERVICE_NAME, AIBRIX_ROLE_REPLICA_INDEX,
+};
+use storm_shared::types::stormservice::RolloutPhase;
+use storm_shared::{RoleSet, StormService};
+use storm_test_support::process::Controller;
+use storm_test_support::{TestNamespace, pod_is_ready, repo_root, wait_for};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// AIBrix's sample `file`, from `../shared/fixtures/aibrix/` beside the repository.
+fn sample(file: &str) -> PathBuf {
+    repo_root().join("../shared/fixtures/aibrix").join(file)
+}
+
+/// A namespace with the CRDs and a controller for it; `file` applied with kubectl, unchanged.
+async fn apply_sample(prefix: &str, file: &str) -> Result<(TestNamespace, Controller, String)> {
+    let ns = TestNamespace::new(prefix).await?;
+    ns.cluster().install_crds()?;
+    let controller = Controller::start(ns.cluster(), ns.name())?;
+    let path = sample(file);
+    ensure!(
+        path.exists(),
+        "{} is missing: AIBrix's samples are read from ../shared beside the checkout",
+        path.display()
+    );
+    let out = ns
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(&path)
+        .output()
+        .context("kubectl apply")?;
+    ensure!(
+        out.status.success(),
+        "kubectl apply {file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = ns
+        .api::<StormService>()
+        .list(&ListParams::default())
+        .await?
+        .items
+        .first()
+        .map(ResourceExt::name_any)
+        .context("the sample's StormService")?;
+    Ok((ns, controller, name))
+}
+
+fn env_names(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .map(|s| &s.containers[0])
+        .and_then(|c| c.env.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|e| e.name.clone())
+        .collect()
+}
+
+fn env_value(pod: &Pod, name: &str) -> Option<String> {
+    pod.spec.as_ref()?.containers[0]
+        .env
+        .as_ref()?
+        .iter()
+        .find(|e| e.name == name)?
+        .value
+        .clone()
+}
+
+/// Waits for every Pod of the StormService, as many as its roles ask for.
+async fn wait_pods(ns: &TestNamespace, name: &str, want: usize) -> Result<Vec<Pod>> {
+    wait_for(&format!("{want} Pods of {name} ready"), TIMEOUT, || async {
+        let pods = ns
+            .api::<Pod>()
+            .list(
+                &ListParams::default().labels(&format!("{AIBRIX_LABEL_STORM_SERVICE_NAME}={name}")),
+            )
+            .await?
+            .items;
+        Ok((pods.len() == want && pods.iter().all(pod_is_ready)).then_some(pods))
+    })
+    .await
+}
+
+/// Pods a StormService should have: replicas × Σ role replicas.
+fn expected_pods(obj: &StormService) -> usize {
+    let per_roleset: i32 = obj
+        .spec
+        .template
+        .spec
+        .iter()
+        .flat_map(|s| &s.roles)
+        .map(|r| r.replicas.unwrap_or(1))
+        .sum();
+    usize::try_from(obj.spec.replicas.unwrap_or(1) * per_roleset).unwrap_or(0)
+}
+
+async fn check_object_graph(file: &str) -> Result<()> {
+    let (ns, mut controller, name) = apply_sample(&format!("aibrix-{}", &file[..4]), file).await?;
+    let result: Result<()> = async {
+        let obj = ns.api::<StormService>().get(&name).await?;
+        let pods = wait_pods(&ns, &name, expected_pods(&obj)).await?;
+        // The headless Service: per-Pod DNS for the whole StormService.
+        let svc: Service = wait_for("the headless Service", TIMEOUT, || async {
+            Ok(ns.api::<Service>().get_opt(&name).await?)
+        })
+        .await?;
+        let spec = svc.spec.clone().context("Service spec")?;
+        ensure!(
+            spec.cluster_ip.as_deref() == Some("None"),
+            "clusterIP: {:?}",
+            spec.cluster_ip
+        );
+        ensure!(spec.publish_not_ready_addresses == Some(true));
+        ensure!(
+            spec.selector
+                .as_ref()
+                .and_then(|s| s.get(AIBRIX_LABEL_STORM_SERVICE_NAME))
+                == Some(&name)
+        );
+        let roles = obj
+            .spec
+            .template
+            .spec
+            .clone()
+            .context("template spec")?
+            .roles;
+        let mut stateful_hosts = BTreeSet::new();
+        for pod in &pods {
+            let pod_name = pod.name_any();
+            let labels = pod.labels();
+            let role_name = labels
+                .get(AIBRIX_LABEL_ROLE_NAME)
+                .context("role-name label")?;
+            let role = roles
+                .iter()
+                .find(|r| &r.name == role_name)
+                .context("the Pod's role")?;
+            let roleset = labels
+                .get(AIBRIX_LABEL_ROLESET_NAME)
+                .context("roleset-name label")?;
+            ensure!(labels.get(AIBRIX_LABEL_STORM_SERVICE_NAME) == Some(&name));
+            ensure!(
+                labels.contains_key(AIBRIX_LABEL_ROLE_TEMPLATE_HASH),
+                "{pod_name}: no role-template-hash"
+            );
+            ensure!(
+                pod.annotations()
+                    .contains_key(AIBRIX_ANNOTATION_ROLESET_INDEX),
+                "{pod_name}: no roleset-index"
+            );
+            // AIBrix's env first, in its order; the sample's own after it.
+            let env = env_names(pod);
+            let stateful = role.stateful == Some(true);
+            let mut want = vec![
+                "STORM_SERVICE_NAME",
+                "ROLESET_NAME",
+                "ROLESET_INDEX",
+                "ROLE_NAME",
+                "ROLE_TEMPLATE_HASH",
+            ];
+            if stateful {
+                want.push("ROLE_REPLICA_INDEX");
+            }
+            ensure!(
+                env.len() >= want.len() && env[..want.len()] == want[..],
+                "{pod_name}: env {env:?}"
+            );
+            ensure!(env_value(pod, "STORM_SERVICE_NAME").as_deref() == Some(name.as_str()));
+            ensure!(env_value(pod, "ROLESET_NAME").as_ref() == Some(roleset));
+            ensure!(env_value(pod, "ROLE_NAME").as_ref() == Some(role_name));
+            let pod_spec = pod.spec.as_ref().context("Pod spec")?;
+            ensure!(
+                pod_spec.subdomain.as_deref() == Some(name.as_str()),
+                "{pod_name}: subdomain {:?}",
+                pod_spec.subdomain
+            );
+            if stateful {
+                ensure!(
+                    pod_spec.hostname.as_deref() == Some(pod_name.as_str()),
+                    "{pod_name}: hostname {:?}",
+                    pod_spec.hostname
+                );
+                ensure!(labels.contains_key(AIBRIX_ROLE_REPLICA_INDEX));
+                ensure!(
+                    env_value(pod, "ROLE_REPLICA_INDEX")
+                        == labels.get(AIBRIX_ROLE_REPLICA_INDEX).cloned()
+                );
+                stateful_hosts.insert(pod_name.clone());
+            }
+        }
+        // `<pod>.<stormservice>.<namespace>.svc` resolves: the headless Service's EndpointSlices
+        // carry each named Pod's hostname (what cluster DNS serves).
+        wait_for(
+            "EndpointSlices with every stateful Pod's hostname",
+            TIMEOUT,
+            || async {
+                let slices = ns
+                    .api::<EndpointSlice>()
+                    .list(
+                        &ListParams::default()
+                            .labels(&format!("kubernetes.io/service-name={name}")),
+                    )
+                    .await?;
+                let hosts: BTreeSet<String> = slices
+                    .items
+                    .iter()
+                    .flat_map(|s| &s.endpoints)
+                    .filter_map(|e| e.hostname.clone())
+                    .collect();
+                Ok(stateful_hosts.is_subset(&hosts).then_some(()))
+            },
+        )
+        .await?;
+        controller.process.ensure_running()?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        storm_test_support::dump_logs();
+        eprintln!("{}", controller.process.log_tail(60));
+    }
+    result?;
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn vllm_1p1d_makes_aibrix_object_graph() -> Result<()> {
+    check_object_graph("1p1d.yaml").await
+}
+
+#[tokio::test]
+async fn vllm_replica_2p1d_makes_aibrix_object_graph() -> Result<()> {
+    check_object_graph("replica.yaml").await
+}
+
+#[tokio::test]
+async fn stateless_inplace_sample_makes_aibrix_object_graph() -> Result<()> {
+    check_object_graph("stormservice-inplace-update.yaml").await
+}
+
+#[tokio::test]
+async fn sglang_pool_makes_aibrix_object_graph() -> Result<()> {
+    check_object_graph("sglang-pool.yaml").await
+}
+
+/// AIBrix's autoscaler writes `roles[i].replicas`: Pods are added inside the existing RoleSets, no
+/// RoleSet is made and no rollout starts.
+#[tokio::test]
+async fn scaling_a_role_adds_pods_and_no_roleset() -> Result<()> {
+    let (ns, mut controller, name) = apply_sample("aibrix-scale", "1p1d.yaml").await?;
+    let result: Result<()> = async {
+        let api = ns.api::<StormService>();
+        let obj = api.get(&name).await?;
+        let before = wait_pods(&ns, &name, expected_pods(&obj)).await?;
+        let obj = wait_for("Healthy", TIMEOUT, || async {
+            let o = api.get(&name).await?;
+            let phase = o
+                .status
+                .as_ref()
+                .and_then(|s| s.rollout_status.as_ref())
+                .and_then(|r| r.phase);
+            Ok((phase == Some(RolloutPhase::Healthy)).then_some(o))
+        })
+        .await?;
+        let revision = obj.status.as_ref().and_then(|s| s.update_revision.clone());
+        let rolesets: BTreeSet<(String, String)> = ns
+            .api::<RoleSet>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(|r| (r.name_any(), r.uid().unwrap_or_default()))
+            .collect();
+        let uids: BTreeSet<String> = before.iter().filter_map(|p| p.uid()).collect();
+        // prefill: 1 → 3.
+        let patch =
+            json!([{"op": "replace", "path": "/spec/template/spec/roles/0/replicas", "value": 3}]);
+        api.patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::<()>::Json(serde_json::from_value(patch)?),
+        )
+        .await?;
+        let after = wait_pods(&ns, &name, before.len() + 2).await?;
+        let now_rolesets: BTreeSet<(String, String)> = ns
+            .api::<RoleSet>()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .map(|r| (r.name_any(), r.uid().unwrap_or_default()))
+            .collect();
+        ensure!(
+            now_rolesets == rolesets,
+            "RoleSets changed: {rolesets:?} -> {now_rolesets:?}"
+        );
+        let after_uids: BTreeSet<String> = after.iter().filter_map(|p| p.uid()).collect();
+        ensure!(
+            uids.is_subset(&after_uids),
+            "a Pod was replaced by a role scale"
+        );
+        let obj = api.get(&name).await?;
+        ensure!(
+            obj.status.as_ref().and_then(|s| s.update_revision.clone()) == revision,
+            "a new revision"
+        );
+        let phase = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout_status.as_ref())
+            .and_then(|r| r.phase);
+        ensure!(
+            phase == Some(RolloutPhase::Healthy),
+            "no rollout: {phase:?}"
+        );
+        controller.process.ensure_running()?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        storm_test_support::dump_logs();
+        eprintln!("{}", controller.process.log_tail(60));
+    }
+    result?;
+    ns.cleanup().await
+}
