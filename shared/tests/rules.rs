@@ -809,3 +809,49 @@ fn analysis_templates_come_from_the_storm_services_own_namespace() {
         &["spec.rolloutStrategy.canary.steps[1].analysis.templates[0].namespace"],
     );
 }
+
+#[test]
+fn names_the_controller_derives_must_stay_valid() {
+    // 48 characters is the most: RoleSets are <name>-<revision>-<index>, a 63-character label value.
+    let mut v = canary();
+    set(&mut v, "/metadata/name", json!("a".repeat(48)));
+    accepts(&v);
+    set(&mut v, "/metadata/name", json!("a".repeat(49)));
+    rejects(&v, &["metadata.name"]);
+    // A stateful role's Pods use their name as hostname: name + role must fit 63 with the suffixes.
+    let mut v = canary();
+    set(&mut v, "/metadata/name", json!("a".repeat(30)));
+    set(&mut v, "/spec/template/spec/roles/0/stateful", json!(true));
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/name",
+        json!("r".repeat(13)),
+    );
+    accepts(&v);
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/name",
+        json!("r".repeat(14)),
+    );
+    rejects(&v, &["spec.template.spec.roles[0].name"]);
+    // A stateless role's Pods have no hostname: no limit beyond the role name's own.
+    set(&mut v, "/spec/template/spec/roles/0/stateful", json!(false));
+    accepts(&v);
+}
+
+#[test]
+fn a_name_that_cannot_name_the_headless_service_is_a_warning() {
+    let mut v = canary();
+    set(&mut v, "/metadata/name", json!("1p1d"));
+    let obj: StormService = serde_json::from_value(v).expect("object");
+    let report = validate_storm_service(&obj, None);
+    assert!(report.is_valid());
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.path.as_str() == "metadata.name" && w.message.contains("headless Service")),
+        "{:?}",
+        report.warnings
+    );
+}

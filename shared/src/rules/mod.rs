@@ -24,6 +24,7 @@ pub fn validate_storm_service(obj: &StormService, old: Option<&StormService>) ->
     let mut report = Report::default();
     let spec_path = FieldPath::new("spec");
     template::check(&obj.spec, &spec_path, &mut report);
+    names::check_derived(obj, &mut report);
     if let Some(strategy) = &obj.spec.rollout_strategy {
         check_strategy(
             obj,

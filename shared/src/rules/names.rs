@@ -63,6 +63,69 @@ pub fn dns1123_subdomain(name: &str) -> Option<String> {
     }
 }
 
+/// Characters a RoleSet name adds to its StormService's: `-<revision (10)>-<index (up to 3)>`.
+pub const ROLESET_SUFFIX: usize = 15;
+/// Characters a Pod name adds to its RoleSet's besides the role name: `-<role>-<index (up to 3)>`.
+pub const POD_SUFFIX: usize = 5;
+
+/// The names the controller derives from a StormService must be valid: RoleSet names are label
+/// values (`roleset-name`, at most 63), stateful Pods' names are their hostnames (at most 63), and
+/// the headless Service `<name>` (per-Pod DNS) needs a DNS-1035 name. A name that cannot be is
+/// denied here, with the field and the fix, rather than shortened into names nobody can predict.
+pub(super) fn check_derived(
+    obj: &crate::types::stormservice::StormService,
+    report: &mut crate::errors::Report,
+) {
+    use crate::errors::{FieldError, FieldPath};
+    let Some(name) = obj.metadata.name.as_deref() else {
+        return;
+    };
+    let max_name = 63 - ROLESET_SUFFIX;
+    if name.len() > max_name {
+        report.error(FieldError::invalid(
+            FieldPath::new("metadata").child("name"),
+            name,
+            format!(
+                "must be no more than {max_name} characters (is {}): RoleSets are named <name>-<revision>-<index> and that name is a label value of at most 63 characters; choose a shorter name",
+                name.len()
+            ),
+        ));
+        return;
+    }
+    if dns1035_label(name).is_some() {
+        report.warn(
+            FieldPath::new("metadata").child("name"),
+            format!(
+                "\"{name}\" is not a DNS-1035 label (it must start with a letter), so the headless Service {name} that gives each Pod a DNS name cannot be created; choose a name that starts with a letter if the engines rendezvous by Pod DNS name"
+            ),
+        );
+    }
+    let roles = FieldPath::new("spec")
+        .child("template")
+        .child("spec")
+        .child("roles");
+    for (i, role) in obj
+        .spec
+        .template
+        .spec
+        .iter()
+        .flat_map(|s| s.roles.iter())
+        .enumerate()
+        .filter(|(_, r)| r.stateful == Some(true))
+    {
+        let max_role = 63 - ROLESET_SUFFIX - POD_SUFFIX - name.len();
+        if role.name.len() > max_role {
+            report.error(FieldError::invalid(
+                roles.index(i).child("name"),
+                &role.name,
+                format!(
+                    "must be no more than {max_role} characters with a StormService named \"{name}\": a stateful role's Pods are named <name>-<revision>-<index>-<role>-<index> and use that name as their hostname (at most 63); shorten the role name or the StormService's"
+                ),
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
