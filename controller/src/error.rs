@@ -61,6 +61,14 @@ pub enum Error {
         /// The API error.
         source: kube::Error,
     },
+    /// Updating a Pod in place failed.
+    #[error("updating Pod {name} in place: {source}")]
+    UpdatePod {
+        /// Name of the Pod.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
     /// Deleting a Pod failed.
     #[error("deleting Pod {name}: {source}")]
     DeletePod {
@@ -89,6 +97,7 @@ impl Error {
             Error::PlanPods(_) => "plan_pods",
             Error::CreatePod { .. } => "create_pod",
             Error::DeletePod { .. } => "delete_pod",
+            Error::UpdatePod { .. } => "update_pod",
         }
     }
 }

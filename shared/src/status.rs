@@ -192,6 +192,10 @@ reasons! {
     SuccessfulDelete = "SuccessfulDelete",
     /// Event: a RoleSet replaces a failed Pod.
     ReplacingFailedPod = "ReplacingFailedPod",
+    /// Event: a RoleSet replaces a Pod made from an older template of its role.
+    ReplacingOutdatedPod = "ReplacingOutdatedPod",
+    /// Event: a RoleSet updated a Pod's images in place.
+    UpdatedPodInPlace = "UpdatedPodInPlace",
 }
 
 impl std::fmt::Display for Reason {

@@ -4,6 +4,7 @@
 
 pub mod plan;
 pub mod status;
+pub mod update;
 
 use crate::context::{Context, MANAGER};
 use crate::error::{Backoff, Error};
@@ -20,7 +21,7 @@ use plan::{DeleteReason, PlanError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storm_shared::keys::AIBRIX_LABEL_ROLESET_NAME;
+use storm_shared::keys::{AIBRIX_LABEL_ROLE_TEMPLATE_HASH, AIBRIX_LABEL_ROLESET_NAME};
 use storm_shared::status::Reason;
 use storm_shared::types::roleset::RoleSet;
 use tracing::{debug, info, warn};
@@ -166,9 +167,72 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
                     plan::FAILED_POD_GRACE.as_secs()
                 ),
             ),
+            DeleteReason::Outdated => (
+                Reason::ReplacingOutdatedPod,
+                format!(
+                    "Deleted Pod {}: its role's template changed; it will be re-created from the new one",
+                    doomed.name
+                ),
+            ),
         };
         info!(%namespace, %name, pod = %doomed.name, %reason, "deleted Pod");
         publish(state, roleset, EventType::Normal, reason, note).await;
+    }
+
+    for update in &plan.in_place {
+        // Containers are a list merged by name: only their images change. The UID in the body
+        // makes a same-named successor refuse the patch (a UID cannot change).
+        let containers: Vec<serde_json::Value> = update
+            .images
+            .iter()
+            .map(|(c, image)| serde_json::json!({"name": c, "image": image}))
+            .collect();
+        let body = serde_json::json!({
+            "metadata": {
+                "uid": update.uid,
+                "labels": {AIBRIX_LABEL_ROLE_TEMPLATE_HASH: update.hash},
+            },
+            "spec": {"containers": containers},
+        });
+        match pods
+            .patch(
+                &update.name,
+                &PatchParams::default(),
+                &Patch::Strategic(&body),
+            )
+            .await
+        {
+            Ok(_) => {
+                info!(%namespace, %name, pod = %update.name, "updated Pod in place");
+                let note = format!(
+                    "Updated Pod {} in place: images {}",
+                    update.name,
+                    update
+                        .images
+                        .iter()
+                        .map(|(c, i)| format!("{c}={i}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                publish(
+                    state,
+                    roleset,
+                    EventType::Normal,
+                    Reason::UpdatedPodInPlace,
+                    note,
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 || s.code == 422 => {
+                debug!(%namespace, %name, pod = %update.name, "Pod changed before its in-place update");
+            }
+            Err(source) => {
+                return Err(Error::UpdatePod {
+                    name: update.name.clone(),
+                    source,
+                });
+            }
+        }
     }
 
     for pod in &plan.create {

@@ -1,11 +1,11 @@
 //! Which Pods a RoleSet should have, and which of its Pods must go. Pure: no client, no clock
 //! (`now` is passed in), so every rule here is tested without a cluster.
 
+use super::update::{self, ANNOTATION_SHAPE_HASH, InPlace, role_template_hash};
 use k8s_openapi::api::core::v1::{EnvVar, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Resource, ResourceExt};
-use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use storm_shared::keys::{
@@ -31,6 +31,8 @@ pub struct PodPlan {
     pub create: Vec<Pod>,
     /// Pods to delete, by name and UID (the UID guards against deleting a same-named successor).
     pub delete: Vec<PodToDelete>,
+    /// Outdated Pods updated in place (only their containers' images changed).
+    pub in_place: Vec<InPlace>,
     /// When to look again although nothing may have changed: the moment a failed Pod's grace ends.
     pub requeue_after: Option<Duration>,
 }
@@ -53,6 +55,8 @@ pub enum DeleteReason {
     Excess,
     /// It has been `Failed` (or `Succeeded`: a serving Pod must never exit) for [`FAILED_POD_GRACE`].
     Failed,
+    /// It was made from an older template of its role; it is made again from the current one.
+    Outdated,
 }
 
 /// The plan could not be made.
@@ -211,6 +215,18 @@ pub fn plan_pods(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Result<Po
         });
     }
 
+    let updates = update::plan_updates(roleset, owned);
+    for (name, uid) in updates.replace {
+        if !plan.delete.iter().any(|d| d.name == name) {
+            plan.delete.push(PodToDelete {
+                name,
+                uid,
+                reason: DeleteReason::Outdated,
+            });
+        }
+    }
+    plan.in_place = updates.in_place;
+
     for (name, (role, index)) in &desired {
         if !taken.contains(name) {
             plan.create.push(build_pod(
@@ -244,17 +260,6 @@ pub fn pod_labels(roleset: &RoleSet, role: &RoleSpec) -> BTreeMap<String, String
     labels.insert(AIBRIX_LABEL_ROLESET_NAME.to_string(), roleset.name_any());
     labels.insert(AIBRIX_LABEL_ROLE_NAME.to_string(), role.name.clone());
     labels
-}
-
-/// The hash of a role's Pod template: 10 hex characters of its SHA-256 (AIBrix's
-/// `role-template-hash` label and `ROLE_TEMPLATE_HASH`).
-pub fn role_template_hash(role: &RoleSpec) -> String {
-    let bytes = serde_json::to_vec(&role.template).unwrap_or_default();
-    Sha256::digest(&bytes)
-        .iter()
-        .take(5)
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The StormService a RoleSet belongs to (ours or AIBrix's label), if any.
@@ -316,6 +321,10 @@ fn build_pod(
     annotations.insert(
         AIBRIX_ANNOTATION_ROLESET_INDEX.to_string(),
         roleset_index(roleset),
+    );
+    annotations.insert(
+        ANNOTATION_SHAPE_HASH.to_string(),
+        update::shape_hash(&role.template),
     );
     if stateful {
         labels.insert(AIBRIX_ROLE_REPLICA_INDEX.to_string(), index.to_string());

@@ -3,6 +3,7 @@
 //! no watch event, and no further reconcile).
 
 use super::plan::{desired_replicas, is_ready, is_terminating, slot_index, unique_roles};
+use super::update::{is_outdated, role_template_hash};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{Timestamp, Unit};
@@ -32,13 +33,23 @@ pub fn compute_status(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Role
         let mut existing = 0;
         let mut ready = 0;
         let mut ready_in_slots = 0;
+        let mut updated = 0;
+        let mut updated_ready = 0;
+        let hash = role_template_hash(role);
         for pod in &live {
             let Some(index) = slot_index(&rs_name, &role.name, &pod.name_any()) else {
                 continue;
             };
             existing += 1;
+            let current = !is_outdated(pod, &hash);
+            if current {
+                updated += 1;
+            }
             if is_ready(pod) {
                 ready += 1;
+                if current {
+                    updated_ready += 1;
+                }
                 if index < desired {
                     ready_in_slots += 1;
                 }
@@ -54,10 +65,9 @@ pub fn compute_status(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Role
             replicas: existing,
             ready_replicas: ready,
             not_ready_replicas: existing - ready,
-            // Pods are never updated in place: a new revision is a new RoleSet, so every Pod
-            // of this RoleSet runs its template.
-            updated_replicas: existing,
-            updated_ready_replicas: ready,
+            // Made from the role's current template (or updated in place to it).
+            updated_replicas: updated,
+            updated_ready_replicas: updated_ready,
         });
     }
     let ready_total: i32 = roles.iter().map(|r| r.ready_replicas).sum();
