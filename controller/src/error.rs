@@ -41,6 +41,9 @@ pub enum Error {
     /// Deleting a RoleSet failed.
     #[error("deleting RoleSet {0}: {1}")]
     DeleteRoleSet(String, #[source] kube::Error),
+    /// Updating a RoleSet to a new template in place failed.
+    #[error("updating RoleSet {0} in place: {1}")]
+    RetemplateRoleSet(String, #[source] kube::Error),
     /// Resizing a RoleSet's roles failed.
     #[error("resizing the roles of RoleSet {0}: {1}")]
     ResizeRoleSet(String, #[source] kube::Error),
@@ -92,6 +95,7 @@ impl Error {
             Error::CreateRoleSet(..) => "create_roleset",
             Error::DeleteRoleSet(..) => "delete_roleset",
             Error::ResizeRoleSet(..) => "resize_roleset",
+            Error::RetemplateRoleSet(..) => "retemplate_roleset",
             Error::RecordRevision(..) => "record_revision",
             Error::UnknownRevision(_) => "unknown_revision",
             Error::PlanPods(_) => "plan_pods",

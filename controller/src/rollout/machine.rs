@@ -33,6 +33,7 @@ pub(crate) struct Machine<'a> {
     pub remove: Vec<String>,
     pub requeue: Option<Duration>,
     pub rollback: Option<Reason>,
+    pub retemplate: Vec<String>,
     pub now: Timestamp,
 }
 
@@ -55,6 +56,7 @@ impl<'a> Machine<'a> {
             remove: Vec::new(),
             requeue: None,
             rollback: None,
+            retemplate: Vec::new(),
             now: input.now,
         }
     }
@@ -265,10 +267,16 @@ impl<'a> Machine<'a> {
             canary_revision: self.update.clone(),
             report_errors: mid_rollout,
         });
-        let resize = resize(name, obs, &self.scale, &self.input.spec.template);
+        let resize = resize(
+            obs,
+            &self.scale,
+            &self.retemplate,
+            &self.input.spec.template,
+        );
         Plan {
             scale: self.scale,
             resize,
+            retemplate: self.retemplate,
             services: self.services,
             weight: self.weight,
             routers,
@@ -299,20 +307,20 @@ impl<'a> Machine<'a> {
 /// The RoleSets that stay (their index is below their revision's planned count) and whose roles'
 /// `replicas` differ from the template's: scaling a role resizes every revision in place.
 fn resize(
-    name: &str,
     obs: &plan::Observed,
     scale: &BTreeMap<String, i32>,
+    retemplate: &[String],
     template: &RoleSetTemplateSpec,
 ) -> BTreeMap<String, BTreeMap<String, i32>> {
     let wanted = revision::role_replicas(template);
     let mut out = BTreeMap::new();
     for rs in &obs.rolesets {
-        let index = rs
-            .name
-            .strip_prefix(&format!("{name}-{}-", rs.revision))
-            .and_then(|i| i.parse::<i32>().ok());
+        // Retemplated RoleSets take the whole template, replicas included.
+        if retemplate.contains(&rs.name) {
+            continue;
+        }
         let keeps = scale.get(&rs.revision).copied().unwrap_or(0);
-        if index.is_none_or(|i| i >= keeps) {
+        if rs.index.is_none_or(|i| i >= keeps) {
             continue;
         }
         let changes: BTreeMap<String, i32> = wanted

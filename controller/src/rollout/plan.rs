@@ -10,8 +10,11 @@ use storm_shared::types::stormservice::{StormServiceSpec, StormServiceStatus};
 /// A RoleSet of the StormService, as observed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObservedRoleSet {
-    /// Its name, `<service>-<revision>-<index>`.
+    /// Its name, `<service>-<revision>-<index>` (the revision it was created at).
     pub name: String,
+    /// Its slot within the StormService (its `roleset-index`; a RoleSet updated in place keeps its
+    /// name and slot while its revision label moves on).
+    pub index: Option<i32>,
     /// Its revision label.
     pub revision: String,
     /// All its Pods are Ready.
@@ -126,6 +129,10 @@ pub struct Note {
 pub struct Plan {
     /// Desired RoleSet count per revision; revisions not listed go to zero.
     pub scale: BTreeMap<String, i32>,
+    /// RoleSets of other revisions that take the update revision's template in place
+    /// (`updateStrategy.type: InPlaceUpdate`); they keep their names and slots and count as the
+    /// update revision's from now on.
+    pub retemplate: Vec<String>,
     /// RoleSets that stay and whose roles are resized in place to the template's `replicas`:
     /// RoleSet name → role name → replicas (only the roles that change).
     pub resize: BTreeMap<String, BTreeMap<String, i32>>,

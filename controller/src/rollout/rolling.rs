@@ -1,17 +1,25 @@
-//! Plain rolling updates (no `rolloutStrategy`): replace RoleSets within the surge and
-//! unavailability budgets, like a Deployment.
+//! Updates without a `rolloutStrategy`: a rolling update replaces RoleSets within the surge and
+//! unavailability budgets, like a Deployment; `updateStrategy.type: InPlaceUpdate` (AIBrix's)
+//! keeps the RoleSets and gives them the new template, and the RoleSet controller replaces (or
+//! patches) the changed roles' Pods within each role's `maxUnavailable`.
 
 use super::Machine;
 use super::controls::Controls;
 use super::settings::budgets;
 use storm_shared::status::{ConditionType as Cond, Reason};
-use storm_shared::types::stormservice::RolloutPhase;
+use storm_shared::types::stormservice::{RolloutPhase, UpdateStrategyType};
 
 pub(crate) fn run(m: &mut Machine, stable: &str, controls: Controls) {
     controls.ignore_all(
         m,
         "manual controls apply to rollouts with a rolloutStrategy",
     );
+    let in_place = m.input.spec.update_strategy.as_ref().and_then(|u| u.type_)
+        == Some(UpdateStrategyType::InPlaceUpdate);
+    if in_place {
+        in_place_update(m, stable);
+        return;
+    }
     let obs = m.input.observed;
     let replicas = m.replicas;
     let update = m.update.clone();
@@ -47,6 +55,36 @@ pub(crate) fn run(m: &mut Machine, stable: &str, controls: Controls) {
     } else {
         let msg = format!(
             "rolling update from {stable} to {update}: {new_ready} of {replicas} new RoleSets ready"
+        );
+        m.set_phase(RolloutPhase::Progressing, msg.clone());
+        m.cond(Cond::Progressing, true, Reason::StepProgressing, &msg);
+    }
+}
+
+/// `InPlaceUpdate`: every RoleSet of another revision takes the new template now (same name, same
+/// slot, same Pods where a role did not change); RoleSets are neither added nor removed for the
+/// update. Complete once every RoleSet runs the new template with all its Pods Ready and current.
+fn in_place_update(m: &mut Machine, stable: &str) {
+    let obs = m.input.observed;
+    let update = m.update.clone();
+    let replicas = m.replicas;
+    m.retemplate = obs
+        .rolesets
+        .iter()
+        .filter(|r| r.revision != update)
+        .map(|r| r.name.clone())
+        .collect();
+    m.scale.insert(update.clone(), replicas);
+    let ready = obs.ready(&update);
+    if m.retemplate.is_empty() && ready >= replicas && obs.existing(&update) == replicas {
+        m.stable = Some(update.clone());
+        let msg = format!("in-place update to {update} completed");
+        m.set_phase(RolloutPhase::Completed, msg.clone());
+        m.cond(Cond::Progressing, false, Reason::Completed, &msg);
+        m.note(false, Reason::Completed, msg);
+    } else {
+        let msg = format!(
+            "updating in place from {stable} to {update}: {ready} of {replicas} RoleSets updated and ready"
         );
         m.set_phase(RolloutPhase::Progressing, msg.clone());
         m.cond(Cond::Progressing, true, Reason::StepProgressing, &msg);

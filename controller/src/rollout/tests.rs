@@ -159,6 +159,15 @@ impl Sim {
                 r.ready = true;
             }
         }
+        // RoleSets updated in place take the update revision (and are unready until their Pods are).
+        if let Some(update) = plan.status.update_revision.clone() {
+            for r in &mut self.rolesets {
+                if plan.retemplate.contains(&r.name) {
+                    r.revision = update.clone();
+                    r.ready = false;
+                }
+            }
+        }
         let revisions: BTreeSet<String> = self
             .rolesets
             .iter()
@@ -186,6 +195,7 @@ impl Sim {
             for n in have.len()..want {
                 self.rolesets.push(ObservedRoleSet {
                     roles: revision::role_replicas(&self.spec.template),
+                    index: i32::try_from(n).ok(),
                     name: format!("svc-{rev}-{n}"),
                     revision: rev.clone(),
                     ready: false,
@@ -832,4 +842,37 @@ fn a_role_scales_while_spec_paused_and_during_a_rollout() {
         revisions.contains(v1.as_str()) && revisions.contains(v2.as_str()),
         "{revisions:?}"
     );
+}
+
+#[test]
+fn in_place_update_keeps_every_roleset_and_completes_when_they_run_the_new_template() {
+    let mut s = spec(seed_steps(), 3, "app:v1");
+    s.rollout_strategy = None;
+    s.update_strategy = Some(
+        serde_json::from_value(serde_json::json!({"type": "InPlaceUpdate"})).expect("strategy"),
+    );
+    let mut sim = Sim::new(s);
+    sim.settle(3);
+    let v1 = sim.revision();
+    let names: BTreeSet<String> = sim.rolesets.iter().map(|r| r.name.clone()).collect();
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    let plan = sim.tick();
+    assert_eq!(plan.retemplate.len(), 3, "every RoleSet updated in place");
+    assert_eq!(plan.scale, BTreeMap::from([(v2.clone(), 3)]));
+    assert_eq!(sim.count(&v2), 3);
+    assert_eq!(sim.count(&v1), 0);
+    let now: BTreeSet<String> = sim.rolesets.iter().map(|r| r.name.clone()).collect();
+    assert_eq!(now, names, "no RoleSet created or deleted");
+    let rs = plan.status.rollout_status.as_ref().expect("rs");
+    assert_eq!(rs.phase, Some(RolloutPhase::Progressing));
+    sim.settle(2);
+    let rs = sim
+        .last
+        .as_ref()
+        .and_then(|p| p.status.rollout_status.clone())
+        .expect("rs");
+    assert_eq!(rs.phase, Some(RolloutPhase::Completed));
+    assert_eq!(sim.stable(), Some(v2));
+    assert!(sim.last.as_ref().expect("plan").retemplate.is_empty());
 }

@@ -14,11 +14,11 @@
 //! 6 and 7 happen: the decision was recorded and its events must not be lost.
 
 use super::observe::Caches;
-use super::revisions::{self, index_of, roleset_for, template_of};
+use super::revisions::{self, roleset_for, template_of};
 use super::routing::{self, Routing};
 use crate::context::{Context, MANAGER};
 use crate::error::Error;
-use crate::rollout::{Note, Observed, Plan};
+use crate::rollout::{Note, Observed, ObservedRoleSet, Plan};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
@@ -68,8 +68,12 @@ pub async fn apply(
     // 4. Traffic routers.
     let mut notes = Vec::new();
     let routed = set_routers(ctx, obj, &ns, observed, plan, &mut notes).await;
-    // 5. Capacity: RoleSets created and deleted, then roles resized in the ones that stay.
-    let mut scaled = scale(ctx, caches, obj, &update, observed, plan).await;
+    // 5. Capacity: RoleSets updated in place, created and deleted, then roles resized in the ones
+    //    that stay.
+    let mut scaled = retemplate(ctx, caches, obj, &update, observed, plan).await;
+    if scaled.is_ok() {
+        scaled = scale(ctx, caches, obj, &update, observed, plan).await;
+    }
     if scaled.is_ok() {
         scaled = resize(ctx, caches, &ns, plan).await;
     }
@@ -204,7 +208,9 @@ async fn set_routers(
     }
 }
 
-/// Creates the RoleSets the plan wants and deletes the ones it does not.
+/// Creates the RoleSets the plan wants and deletes the ones it does not. A RoleSet is counted by its
+/// slot (`roleset-index`) under its revision; the ones the plan retemplates count as the update
+/// revision's.
 async fn scale(
     ctx: &Context,
     caches: &Caches,
@@ -214,23 +220,29 @@ async fn scale(
     plan: &Plan,
 ) -> Result<(), Error> {
     let ns = obj.namespace().unwrap_or_default();
-    let name = obj.name_any();
     let api: Api<RoleSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let revision_of = |r: &ObservedRoleSet| {
+        if plan.retemplate.contains(&r.name) {
+            update.to_string()
+        } else {
+            r.revision.clone()
+        }
+    };
     let revisions: BTreeSet<String> = observed
-        .revisions()
-        .into_iter()
+        .rolesets
+        .iter()
+        .map(revision_of)
         .chain(plan.scale.keys().cloned())
         .collect();
     let mut deletions = Vec::new();
     for rev in revisions {
         let want = plan.scale.get(&rev).copied().unwrap_or(0);
-        let prefix = format!("{name}-{rev}-");
-        let have: BTreeSet<i32> = observed
+        let members: Vec<&ObservedRoleSet> = observed
             .rolesets
             .iter()
-            .filter(|r| r.revision == rev)
-            .filter_map(|r| index_of(&r.name, &prefix))
+            .filter(|r| revision_of(r) == rev)
             .collect();
+        let have: BTreeSet<i32> = members.iter().filter_map(|r| r.index).collect();
         let missing: Vec<i32> = (0..want).filter(|i| !have.contains(i)).collect();
         let template = if missing.is_empty() {
             None
@@ -250,8 +262,8 @@ async fn scale(
                 Err(e) => return Err(Error::CreateRoleSet(rs.name_any(), e)),
             }
         }
-        for r in observed.rolesets.iter().filter(|r| r.revision == rev) {
-            if index_of(&r.name, &prefix).is_none_or(|i| i >= want) {
+        for r in members {
+            if r.index.is_none_or(|i| i >= want) {
                 deletions.push(r.name.clone());
             }
         }
@@ -261,6 +273,48 @@ async fn scale(
             Ok(_) => info!(namespace = %ns, roleset = %d, "RoleSet deleted"),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(Error::DeleteRoleSet(d, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Gives each RoleSet the plan retemplates the update revision's template, in place: its spec,
+/// labels and annotations become those a RoleSet of that revision in its slot would have; its
+/// name, UID and Pods stay (the RoleSet controller then updates the changed roles' Pods). A PUT
+/// with the cached resourceVersion: a RoleSet changed meanwhile is a conflict, retried next time.
+async fn retemplate(
+    ctx: &Context,
+    caches: &Caches,
+    obj: &StormService,
+    update: &str,
+    observed: &Observed,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<RoleSet> = Api::namespaced(ctx.client.clone(), &ns);
+    for name in &plan.retemplate {
+        let Some(current) = caches.rolesets.get(&ObjectRef::new(name).within(&ns)) else {
+            continue;
+        };
+        let index = observed
+            .rolesets
+            .iter()
+            .find(|r| &r.name == name)
+            .and_then(|r| r.index)
+            .unwrap_or(0);
+        let mut next = roleset_for(obj, &obj.spec.template, update, index);
+        next.metadata.name = current.metadata.name.clone();
+        next.metadata.uid = current.metadata.uid.clone();
+        next.metadata.resource_version = current.metadata.resource_version.clone();
+        next.metadata.finalizers = current.metadata.finalizers.clone();
+        match api.replace(name, &PostParams::default(), &next).await {
+            Ok(_) => {
+                info!(namespace = %ns, roleset = %name, revision = update, "RoleSet updated in place")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                debug!(namespace = %ns, roleset = %name, "RoleSet changed before its in-place update");
+            }
+            Err(e) => return Err(Error::RetemplateRoleSet(name.clone(), e)),
         }
     }
     Ok(())

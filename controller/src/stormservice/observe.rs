@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::WriterDropped;
 use kube::{Client, Resource, ResourceExt};
-use storm_shared::keys::{LABEL_NAME, LABEL_REVISION};
+use storm_shared::keys::{AIBRIX_ANNOTATION_ROLESET_INDEX, LABEL_NAME, LABEL_REVISION};
 use storm_shared::status::ConditionType;
 use storm_shared::{RoleSet, StormService};
 use tracing::debug;
@@ -51,12 +51,9 @@ impl Caches {
             .filter(|r| belongs(r.as_ref(), ns, name) && r.meta().deletion_timestamp.is_none())
             .map(|r| ObservedRoleSet {
                 name: r.name_any(),
+                index: roleset_index(r),
                 revision: r.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
-                ready: r.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == ConditionType::Ready.as_str() && c.status == "True")
-                }),
+                ready: ready_and_current(r),
                 roles: r
                     .spec
                     .roles
@@ -79,6 +76,35 @@ impl Caches {
             router_error: None,
         }
     }
+}
+
+/// A RoleSet's slot: its `roleset-index` annotation, else the number its name ends with.
+pub fn roleset_index(r: &RoleSet) -> Option<i32> {
+    r.annotations()
+        .get(AIBRIX_ANNOTATION_ROLESET_INDEX)
+        .and_then(|i| i.parse().ok())
+        .or_else(|| r.name_any().rsplit('-').next()?.parse().ok())
+}
+
+/// Whether a RoleSet serves its current spec: `Ready`, with a status written for its current
+/// generation, and no role still running Pods of an older template (an in-place update).
+fn ready_and_current(r: &RoleSet) -> bool {
+    let Some(s) = r.status.as_ref() else {
+        return false;
+    };
+    let ready = s
+        .conditions
+        .iter()
+        .any(|c| c.type_ == ConditionType::Ready.as_str() && c.status == "True");
+    let generation = r.metadata.generation;
+    let seen = s.observed_generation.is_none()
+        || generation.is_none()
+        || s.observed_generation == generation;
+    ready
+        && seen
+        && s.roles
+            .iter()
+            .all(|role| role.updated_replicas == role.replicas)
 }
 
 /// A Pod as the rollout sees it: facts only; `rollout::health` judges them.

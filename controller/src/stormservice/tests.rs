@@ -211,6 +211,7 @@ async fn reconcile_once(obj: &StormService, world: World, reported: i32) -> (Pla
             .iter()
             .map(|(name, ready)| ObservedRoleSet {
                 roles: Default::default(),
+                index: name.rsplit('-').next().and_then(|i| i.parse().ok()),
                 name: name.clone(),
                 revision: name
                     .strip_prefix("svc-")
