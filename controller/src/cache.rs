@@ -8,7 +8,9 @@ use kube::ResourceExt;
 /// every Pod of every StormService, and Pod specs are most of a Pod's size.
 pub fn slim_pod(p: &mut Pod) {
     p.managed_fields_mut().clear();
-    p.annotations_mut().clear();
+    // Only what the RoleSet controller reads: whether an in-place update is possible.
+    p.annotations_mut()
+        .retain(|k, _| k == crate::roleset::update::ANNOTATION_SHAPE_HASH);
     p.spec = None;
     if let Some(status) = p.status.as_mut() {
         status.init_container_statuses = None;

@@ -153,3 +153,17 @@ fn pods_without_a_template_hash_count_as_current() {
     let owned: Vec<&Pod> = pods.iter().collect();
     assert_eq!(plan_updates(&rs, &owned), Updates::default());
 }
+
+#[test]
+fn the_pod_cache_keeps_what_an_in_place_update_needs() {
+    let mut r = role("decode", Some(1));
+    r.update_strategy = strategy(IN_PLACE_IF_POSSIBLE, None);
+    let (rs, mut pods) = updated(vec![r], |rs| set_image(rs, 0, "x:2"));
+    crate::cache::slim_pod(&mut pods[0]);
+    let owned: Vec<&Pod> = pods.iter().collect();
+    assert_eq!(
+        plan_updates(&rs, &owned).in_place.len(),
+        1,
+        "the cached Pod still qualifies"
+    );
+}

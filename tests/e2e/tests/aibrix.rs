@@ -339,3 +339,169 @@ async fn scaling_a_role_adds_pods_and_no_roleset() -> Result<()> {
     result?;
     ns.cleanup().await
 }
+
+/// Every Pod of the StormService by name: (uid, image of the first container, ready).
+async fn pod_states(
+    ns: &TestNamespace,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, (String, String, bool)>> {
+    Ok(ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!("{AIBRIX_LABEL_STORM_SERVICE_NAME}={name}")))
+        .await?
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let image = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers[0].image.clone())
+                .unwrap_or_default();
+            (
+                p.name_any(),
+                (p.uid().unwrap_or_default(), image, pod_is_ready(p)),
+            )
+        })
+        .collect())
+}
+
+fn rolesets_of(list: &[RoleSet]) -> BTreeSet<(String, String)> {
+    list.iter()
+        .map(|r| (r.name_any(), r.uid().unwrap_or_default()))
+        .collect()
+}
+
+async fn wait_completed(api: &kube::Api<StormService>, name: &str) -> Result<StormService> {
+    wait_for("the update Completed", TIMEOUT, || async {
+        let o = api.get(name).await?;
+        let status = o.status.as_ref();
+        let phase = status
+            .and_then(|s| s.rollout_status.as_ref())
+            .and_then(|r| r.phase);
+        let done = phase == Some(RolloutPhase::Completed)
+            && status.and_then(|s| s.current_revision.as_ref())
+                == status.and_then(|s| s.update_revision.as_ref());
+        Ok(done.then_some(o))
+    })
+    .await
+}
+
+/// `updateStrategy.type: InPlaceUpdate` with a role of type `InPlaceIfPossible`: an image bump
+/// patches the running Pod (same name and UID), no RoleSet is made or removed.
+#[tokio::test]
+async fn in_place_if_possible_image_bump_keeps_every_pod() -> Result<()> {
+    let (ns, mut controller, name) =
+        apply_sample("aibrix-inplace", "stormservice-inplace-update.yaml").await?;
+    let result: Result<()> = async {
+        let api = ns.api::<StormService>();
+        let obj = api.get(&name).await?;
+        wait_pods(&ns, &name, expected_pods(&obj)).await?;
+        wait_completed_or_healthy(&api, &name).await?;
+        let before = pod_states(&ns, &name).await?;
+        let rolesets = rolesets_of(&ns.api::<RoleSet>().list(&ListParams::default()).await?.items);
+        let patch = json!([{"op": "replace", "path": "/spec/template/spec/roles/0/template/spec/containers/0/image", "value": "registry.k8s.io/e2e-test-images/agnhost:2.54"}]);
+        api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(serde_json::from_value(patch)?))
+            .await?;
+        wait_completed(&api, &name).await?;
+        let after = pod_states(&ns, &name).await?;
+        ensure!(before.len() == after.len(), "{before:?} -> {after:?}");
+        for (pod, (uid, _, _)) in &before {
+            let (uid_after, image, _) = after.get(pod).context("a Pod went away")?;
+            ensure!(uid == uid_after, "{pod} was replaced");
+            ensure!(image.ends_with(":2.54"), "{pod} runs {image}");
+        }
+        let now = rolesets_of(&ns.api::<RoleSet>().list(&ListParams::default()).await?.items);
+        ensure!(now == rolesets, "RoleSets changed: {rolesets:?} -> {now:?}");
+        controller.process.ensure_running()?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        storm_test_support::dump_logs();
+        eprintln!("{}", controller.process.log_tail(60));
+    }
+    result?;
+    ns.cleanup().await
+}
+
+/// `InPlaceUpdate` with AIBrix's default role strategy (replace, maxUnavailable 1): a template
+/// change replaces the changed role's Pods one at a time inside the same RoleSet; the other role
+/// keeps its Pods, and no RoleSet is made or removed.
+#[tokio::test]
+async fn in_place_update_replaces_a_roles_pods_within_max_unavailable() -> Result<()> {
+    let (ns, mut controller, name) = apply_sample("aibrix-recreate", "1p1d.yaml").await?;
+    let result: Result<()> = async {
+        let api = ns.api::<StormService>();
+        // prefill: 3 Pods, so one at a time shows.
+        let patch = json!([{"op": "replace", "path": "/spec/template/spec/roles/0/replicas", "value": 3}]);
+        api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(serde_json::from_value(patch)?))
+            .await?;
+        wait_pods(&ns, &name, 4).await?;
+        wait_completed_or_healthy(&api, &name).await?;
+        let before = pod_states(&ns, &name).await?;
+        let rolesets = rolesets_of(&ns.api::<RoleSet>().list(&ListParams::default()).await?.items);
+        let patch = json!([{"op": "add", "path": "/spec/template/spec/roles/0/template/spec/containers/0/env/-", "value": {"name": "NEW", "value": "1"}}]);
+        api.patch(&name, &PatchParams::default(), &Patch::<()>::Json(serde_json::from_value(patch)?))
+            .await?;
+        // While it updates, at most one prefill Pod is missing or unready at any time we look.
+        let mut worst = 0;
+        let done = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                let pods = pod_states(&ns, &name).await?;
+                let prefill_up = pods
+                    .iter()
+                    .filter(|(n, (_, _, ready))| n.contains("-prefill-") && *ready)
+                    .count();
+                worst = worst.max(3usize.saturating_sub(prefill_up));
+                let o = api.get(&name).await?;
+                let st = o.status.as_ref();
+                if st.and_then(|s| s.rollout_status.as_ref()).and_then(|r| r.phase)
+                    == Some(RolloutPhase::Completed)
+                    && st.and_then(|s| s.current_revision.as_ref()) == st.and_then(|s| s.update_revision.as_ref())
+                {
+                    return anyhow::Ok(pods);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .context("the in-place update did not complete")??;
+        ensure!(worst <= 1, "{worst} prefill Pods down at once (maxUnavailable 1)");
+        let mut replaced = 0;
+        for (pod, (uid, _, _)) in &before {
+            let (uid_after, _, _) = done.get(pod).context("a Pod went away")?;
+            if pod.contains("-prefill-") {
+                replaced += usize::from(uid != uid_after);
+            } else {
+                ensure!(uid == uid_after, "{pod} of the unchanged role was replaced");
+            }
+        }
+        ensure!(replaced == 3, "{replaced} of 3 prefill Pods replaced");
+        let now = rolesets_of(&ns.api::<RoleSet>().list(&ListParams::default()).await?.items);
+        ensure!(now == rolesets, "RoleSets changed: {rolesets:?} -> {now:?}");
+        controller.process.ensure_running()?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        storm_test_support::dump_logs();
+        eprintln!("{}", controller.process.log_tail(60));
+    }
+    result?;
+    ns.cleanup().await
+}
+
+/// At rest after the first deployment (Healthy) or after an update (Completed).
+async fn wait_completed_or_healthy(api: &kube::Api<StormService>, name: &str) -> Result<()> {
+    wait_for("at rest", TIMEOUT, || async {
+        let o = api.get(name).await?;
+        let phase = o
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout_status.as_ref())
+            .and_then(|r| r.phase);
+        Ok(matches!(phase, Some(RolloutPhase::Healthy | RolloutPhase::Completed)).then_some(()))
+    })
+    .await
+}
