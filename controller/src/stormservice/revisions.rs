@@ -198,6 +198,7 @@ pub fn template_of(
                 metadata: Some(TemplateMetadata {
                     labels: Some(labels),
                     annotations: r.metadata.annotations.clone(),
+                    ..TemplateMetadata::default()
                 }),
                 spec: Some(r.spec.clone()),
             })
