@@ -3,19 +3,64 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 use std::path::Path;
-use storm_shared::{AnalysisTemplate, RoleSet, RolloutPolicy, StormService};
+use storm_shared::{AnalysisTemplate, PodSet, RoleSet, RolloutPolicy, StormService};
 
 /// Every CRD of the product, in install order.
 pub fn all() -> Vec<CustomResourceDefinition> {
     [
         StormService::crd(),
         RoleSet::crd(),
+        PodSet::crd(),
         AnalysisTemplate::crd(),
         RolloutPolicy::crd(),
     ]
     .into_iter()
+    .map(with_optional_reference_names)
     .map(without_pod_template_docs)
     .collect()
+}
+
+/// What Kubernetes says of the `name` of a reference that may be empty (`LocalObjectReference`,
+/// `ConfigMapKeySelector`, `SecretEnvSource`, ...).
+const MAY_BE_EMPTY: &str = "due to backwards compatibility is allowed to be empty";
+
+/// Makes `name` optional again in the references Kubernetes allows to leave it out of. k8s-openapi
+/// reads a missing `name` as `""` but its schemas require it, so without this our CRDs would refuse
+/// Pod templates that Kubernetes, and AIBrix's CRDs, accept (`imagePullSecrets: [{}]`,
+/// `configMapKeyRef: {key: k}`). Runs before the Pod docs are stripped: the docs are how these
+/// references are recognised.
+fn with_optional_reference_names(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let Ok(mut v) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    optional_reference_names(&mut v);
+    serde_json::from_value(v).unwrap_or(crd)
+}
+
+fn optional_reference_names(node: &mut serde_json::Value) {
+    match node {
+        serde_json::Value::Object(map) => {
+            let may_be_empty = map
+                .get("properties")
+                .and_then(|p| p.get("name"))
+                .and_then(|n| n.get("description"))
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|d| d.contains(MAY_BE_EMPTY));
+            if may_be_empty
+                && let Some(required) = map
+                    .get_mut("required")
+                    .and_then(serde_json::Value::as_array_mut)
+            {
+                required.retain(|r| r != "name");
+                if required.is_empty() {
+                    map.remove("required");
+                }
+            }
+            map.values_mut().for_each(optional_reference_names);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(optional_reference_names),
+        _ => {}
+    }
 }
 
 /// Drops the descriptions inside embedded Pod templates. They are Kubernetes' own Pod docs (kubectl
@@ -139,6 +184,29 @@ mod tests {
         assert!(
             stripped.contains("Template of the role's Pods."),
             "the template field itself keeps its doc"
+        );
+    }
+
+    #[test]
+    fn reference_names_kubernetes_lets_be_empty_are_optional() {
+        let text = serde_json::to_string(&all()[0]).expect("json");
+        assert!(!text.contains(MAY_BE_EMPTY), "the Pod docs are stripped");
+        let crd = serde_json::to_value(&all()[0]).expect("json");
+        let pod = crd
+            .pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/template/properties/spec/properties/roles/items/properties/template/properties/spec")
+            .expect("the roles' Pod spec");
+        let secrets = pod
+            .pointer("/properties/imagePullSecrets/items")
+            .expect("imagePullSecrets");
+        assert!(secrets.get("required").is_none(), "{secrets}");
+        let key_ref = pod
+            .pointer("/properties/containers/items/properties/env/items/properties/valueFrom/properties/configMapKeyRef")
+            .expect("configMapKeyRef");
+        assert_eq!(key_ref["required"], serde_json::json!(["key"]));
+        // A container's name stays required: only references that may be empty are relaxed.
+        assert_eq!(
+            pod["properties"]["containers"]["items"]["required"],
+            serde_json::json!(["name"])
         );
     }
 

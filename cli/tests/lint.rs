@@ -61,12 +61,87 @@ fn every_seed_example_is_accepted_with_the_expected_warnings() {
     }
 }
 
+/// AIBrix's own samples, relative to the workspace root: they stay in `../shared` beside the
+/// checkout (CI has them there too) and are never copied into the repository.
+const AIBRIX_SAMPLES: &str = "../shared/fixtures/aibrix";
+
+/// Every sample under `dir` (relative to the workspace root), subdirectories included, except
+/// AIBrix's CRDs.
+fn samples(dir: &str) -> Vec<String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(repo().join(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+        let entry = entry.expect("entry");
+        let name = format!("{dir}/{}", entry.file_name().to_string_lossy());
+        if entry.file_type().expect("file type").is_dir() {
+            if !name.ends_with("/crds") {
+                files.extend(samples(&name));
+            }
+        } else if name.ends_with(".yaml") {
+            files.push(name);
+        }
+    }
+    files.sort();
+    files
+}
+
 #[test]
 fn aibrix_samples_are_accepted_unchanged() {
-    for f in fixtures("tests/fixtures/aibrix") {
-        let out = lint(&[&f]);
+    let files = samples(AIBRIX_SAMPLES);
+    for expected in [
+        "1p1d.yaml",
+        "replica.yaml",
+        "roleset-inplace-update.yaml",
+        "sglang-pool.yaml",
+        "sglang-tp-1p1d.yaml",
+        "stormservice-inplace-update.yaml",
+        "vllm-pool.yaml",
+        "with-autoscaler/stormservice-pool.yaml",
+    ] {
+        let path = format!("{AIBRIX_SAMPLES}/{expected}");
+        assert!(files.contains(&path), "{path} missing from {files:?}");
+    }
+    for f in &files {
+        let out = lint(&[f]);
         assert_eq!(out.status.code(), Some(0), "{f}:\n{}", stdout(&out));
         assert!(stdout(&out).is_empty(), "{f}: {}", stdout(&out));
+    }
+}
+
+/// AIBrix fields no sample uses, which our CRDs used to prune or refuse: a RoleSet-level
+/// `topologyPolicy`, the template metadata's `name`/`namespace`/`finalizers`, and Pod references
+/// without a name (Kubernetes lets those be empty).
+#[test]
+fn aibrix_fields_beyond_the_samples_are_accepted() {
+    let dir = tempdir();
+    let f = dir.join("aibrix-fields.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: orchestration.aibrix.ai/v1alpha1\nkind: StormService\nmetadata: {name: t}\nspec:\n  selector: {matchLabels: {app: t}}\n  template:\n    metadata: {name: x, namespace: y, finalizers: [example.com/keep], labels: {app: t}}\n    spec:\n      topologyPolicy: {key: kubernetes.io/hostname, mode: Required, scope: RoleSet}\n      roles:\n      - name: a\n        template:\n          spec:\n            imagePullSecrets: [{}]\n            containers:\n            - name: c\n              image: i\n              env: [{name: E, valueFrom: {configMapKeyRef: {key: k}}}]\n---\napiVersion: orchestration.aibrix.ai/v1alpha1\nkind: PodSet\nmetadata: {name: p}\nspec: {podGroupSize: 2, recoveryPolicy: Recreate, template: {spec: {containers: [{name: c, image: i}]}}}\n",
+    )
+    .expect("write");
+    let out = lint(&[f.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+}
+
+#[test]
+fn topology_policies_are_checked_as_aibrix_checks_them() {
+    let dir = tempdir();
+    let f = dir.join("topology.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: orchestration.aibrix.ai/v1alpha1\nkind: RoleSet\nmetadata: {name: t}\nspec:\n  topologyPolicy: {key: 'not a key', scope: Zone}\n  roles: [{name: a, template: {spec: {containers: [{name: c, image: i}]}}}]\n---\napiVersion: orchestration.aibrix.ai/v1alpha1\nkind: PodSet\nmetadata: {name: p}\nspec: {podGroupSize: 1, template: {}}\n",
+    )
+    .expect("write");
+    let out = lint(&[f.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    for path in [
+        "RoleSet/t: spec.topologyPolicy.key: Invalid value",
+        "RoleSet/t: spec.topologyPolicy.scope: Invalid value: \"Zone\"",
+        "PodSet/p: spec.podGroupSize: Invalid value: 1",
+    ] {
+        assert!(text.contains(path), "missing {path} in:\n{text}");
     }
 }
 

@@ -15,6 +15,7 @@ pub mod types;
 pub mod units;
 
 pub use types::analysis::{AnalysisTemplate, AnalysisTemplateSpec};
+pub use types::podset::{PodSet, PodSetSpec};
 pub use types::policy::{RolloutPolicy, RolloutPolicySpec};
 pub use types::roleset::{RoleSet, RoleSetSpec};
 pub use types::stormservice::{StormService, StormServiceSpec};

@@ -5,6 +5,7 @@
 //! them. They are written here once, as types; the strings exist only in `as_str`.
 
 use crate::types::Condition;
+use crate::types::podset::PodSetPhase;
 use crate::types::stormservice::{AnalysisPhase, RolloutPhase, RolloutStatus, StormService};
 
 impl RolloutPhase {
@@ -47,6 +48,25 @@ impl AnalysisPhase {
             AnalysisPhase::Inconclusive => "Inconclusive",
             AnalysisPhase::Error => "Error",
         }
+    }
+}
+
+impl PodSetPhase {
+    /// The phase as written in a PodSet's `status.phase`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PodSetPhase::Pending => "Pending",
+            PodSetPhase::Running => "Running",
+            PodSetPhase::Ready => "Ready",
+            PodSetPhase::Failed => "Failed",
+        }
+    }
+
+    /// The phase a PodSet's `status.phase` names, if it is one of ours.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Running, Self::Ready, Self::Failed]
+            .into_iter()
+            .find(|p| p.as_str() == text)
     }
 }
 
@@ -313,6 +333,19 @@ mod tests {
                 serde_json::json!(p.as_str())
             );
         }
+    }
+
+    #[test]
+    fn podset_phases_round_trip() {
+        for p in [
+            PodSetPhase::Pending,
+            PodSetPhase::Running,
+            PodSetPhase::Ready,
+            PodSetPhase::Failed,
+        ] {
+            assert_eq!(PodSetPhase::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(PodSetPhase::parse("Unknown"), None);
     }
 
     fn status(phase: &str, type_: &str, state: &str, reason: &str) -> RolloutStatus {

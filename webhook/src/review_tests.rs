@@ -287,13 +287,25 @@ fn reapplying_a_manifest_with_autorollback_under_canary_is_defaulted_again() {
 
 #[test]
 fn every_seed_and_aibrix_fixture_passes() {
-    let dir = format!("{}/../tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut seen = 0;
-    for sub in ["seed", "aibrix"] {
-        let mut files: Vec<_> = std::fs::read_dir(format!("{dir}/{sub}"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
+    // AIBrix's samples stay in ../shared beside the checkout (subdirectories included; its CRDs are
+    // not samples).
+    for dir in ["tests/fixtures/seed", "../shared/fixtures/aibrix"] {
+        let mut files = Vec::new();
+        let mut dirs = vec![root.join(dir)];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    if !path.ends_with("crds") {
+                        dirs.push(path);
+                    }
+                } else if path.extension().is_some_and(|e| e == "yaml") {
+                    files.push(path);
+                }
+            }
+        }
         files.sort();
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();

@@ -134,6 +134,7 @@ fn ready_condition(
         } else {
             now_time()
         },
+        last_update_micro_time: None,
     }
 }
 

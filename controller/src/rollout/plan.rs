@@ -202,6 +202,7 @@ pub fn set_condition(
             message: Some(message.into()),
             last_update_time: time.clone(),
             last_transition_time: time,
+            last_update_micro_time: None,
         }),
     }
 }

@@ -242,6 +242,7 @@ pub fn template_of(
                 metadata: Some(TemplateMetadata {
                     labels: Some(labels),
                     annotations: Some(annotations).filter(|a| !a.is_empty()),
+                    ..TemplateMetadata::default()
                 }),
                 spec,
             })

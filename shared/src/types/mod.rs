@@ -1,6 +1,7 @@
-//! The custom resources: StormService, RoleSet, AnalysisTemplate and RolloutPolicy.
+//! The custom resources: StormService, RoleSet, PodSet, AnalysisTemplate and RolloutPolicy.
 
 pub mod analysis;
+pub mod podset;
 pub mod policy;
 pub mod roleset;
 pub mod stormservice;
@@ -43,6 +44,9 @@ pub struct Condition {
     /// When the condition was last written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the condition was last written, in microseconds (AIBrix writes it; accepted and kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update_micro_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>,
     /// When `status` last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,

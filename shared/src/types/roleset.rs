@@ -52,6 +52,51 @@ pub struct RoleSetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::preserved_object")]
     pub scheduling_strategy: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Places Pods of the RoleSet in one topology domain, as AIBrix does with a pod affinity on `key`
+    /// (AIBrix; accepted and kept, not acted on yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_policy: Option<TopologyPolicy>,
+}
+
+/// What a topology key must look like: a label key, optionally prefixed by a DNS subdomain (AIBrix's
+/// CRD pattern).
+pub const TOPOLOGY_KEY_PATTERN: &str = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$";
+
+/// Placement of a RoleSet's Pods in one topology domain.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologyPolicy {
+    /// The node label whose value defines a domain, for example `kubernetes.io/hostname` or
+    /// `topology.kubernetes.io/zone` (the pod affinity's `topologyKey`).
+    #[schemars(length(min = 1, max = 317), pattern(TOPOLOGY_KEY_PATTERN))]
+    pub key: String,
+    /// `Preferred` (the default when absent) or `Required` pod affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TopologyMode>,
+    /// Which Pods share the domain: those of the whole `StormService`, of one `RoleSet`, or of one `Role`.
+    pub scope: TopologyScope,
+}
+
+/// How strictly a topology policy places Pods.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum TopologyMode {
+    /// A preferred pod affinity: the scheduler tries, and places the Pods elsewhere when it can't.
+    #[default]
+    Preferred,
+    /// A required pod affinity: Pods stay pending until they fit in the domain.
+    Required,
+}
+
+/// Which Pods a topology policy keeps together.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum TopologyScope {
+    /// Every Pod of the StormService.
+    StormService,
+    /// The Pods of one RoleSet.
+    #[default]
+    RoleSet,
+    /// The Pods of one role of a RoleSet.
+    Role,
 }
 
 /// How the roles of a RoleSet are updated relative to each other.

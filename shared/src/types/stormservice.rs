@@ -4,7 +4,7 @@
 
 use super::Condition;
 use super::analysis::Metric;
-use super::roleset::{DisruptionTolerance, RoleSetSpec};
+use super::roleset::{DisruptionTolerance, RoleSetSpec, RoleStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
@@ -140,6 +140,17 @@ pub struct TemplateMetadata {
     /// Annotations for the objects made from the template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// A name for the objects made from the template (AIBrix; accepted and kept: RoleSet names are
+    /// generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A namespace for the objects made from the template (AIBrix; accepted and kept: RoleSets live in
+    /// the StormService's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Finalizers for the objects made from the template (AIBrix; accepted and kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finalizers: Option<Vec<String>>,
 }
 
 /// How RoleSets are replaced without a rollout strategy.
@@ -456,6 +467,9 @@ pub struct StormServiceStatus {
     /// Conditions of the StormService (`Ready`, `Progressing`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Pod counts per role, summed over the RoleSets and sorted by role name (as AIBrix writes them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_statuses: Vec<RoleStatus>,
     /// Progress of the current or last rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_status: Option<RolloutStatus>,

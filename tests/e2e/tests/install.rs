@@ -29,6 +29,7 @@ fn the_kustomization_installs_everything_on_a_dry_run() -> Result<()> {
     for object in [
         "customresourcedefinition.apiextensions.k8s.io/stormservices.orchestration.aibrix.ai",
         "customresourcedefinition.apiextensions.k8s.io/rolesets.orchestration.aibrix.ai",
+        "customresourcedefinition.apiextensions.k8s.io/podsets.orchestration.aibrix.ai",
         "customresourcedefinition.apiextensions.k8s.io/analysistemplates.orchestration.aibrix.ai",
         "customresourcedefinition.apiextensions.k8s.io/rolloutpolicies.orchestration.aibrix.ai",
         "namespace/storm-system",

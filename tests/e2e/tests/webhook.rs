@@ -346,9 +346,11 @@ async fn a_valid_storm_service_is_admitted_defaulted_and_warned_about() -> Resul
 async fn seed_and_aibrix_fixtures_apply_unchanged_under_strict_validation() -> Result<()> {
     let ns = namespace("wh-fixtures").await?;
     let result = async {
-        let root = storm_test_support::repo_root().join("tests/fixtures");
+        let root = storm_test_support::repo_root();
         let mut files: Vec<PathBuf> = Vec::new();
-        for dir in ["aibrix", "seed"] {
+        // AIBrix's samples stay in ../shared beside the checkout. Only the top level: the
+        // with-autoscaler/ sample also holds AIBrix PodAutoscalers, whose CRD is not installed here.
+        for dir in ["../shared/fixtures/aibrix", "tests/fixtures/seed"] {
             let mut found: Vec<PathBuf> = std::fs::read_dir(root.join(dir))?
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
