@@ -194,6 +194,7 @@ impl<'a> Machine<'a> {
         st.updated_replicas = Some(obs.existing(&self.update));
         st.updated_ready_replicas = Some(obs.ready(&self.update));
         st.scaling_target_selector = Some(format!("{}={name}", storm_shared::keys::LABEL_NAME));
+        st.role_statuses = role_statuses(obs);
         let ready = st.ready_replicas >= self.replicas;
         let (r, m) = if ready {
             (
@@ -333,4 +334,24 @@ fn resize(
         }
     }
     out
+}
+
+/// Pod counts per role summed over the StormService's RoleSets, sorted by role name (as AIBrix
+/// writes `status.roleStatuses`).
+fn role_statuses(obs: &plan::Observed) -> Vec<storm_shared::types::roleset::RoleStatus> {
+    let mut by_role: BTreeMap<String, storm_shared::types::roleset::RoleStatus> = BTreeMap::new();
+    for r in obs.rolesets.iter().flat_map(|rs| &rs.role_status) {
+        let sum = by_role.entry(r.name.clone()).or_insert_with(|| {
+            storm_shared::types::roleset::RoleStatus {
+                name: r.name.clone(),
+                ..Default::default()
+            }
+        });
+        sum.replicas += r.replicas;
+        sum.ready_replicas += r.ready_replicas;
+        sum.not_ready_replicas += r.not_ready_replicas;
+        sum.updated_replicas += r.updated_replicas;
+        sum.updated_ready_replicas += r.updated_ready_replicas;
+    }
+    by_role.into_values().collect()
 }

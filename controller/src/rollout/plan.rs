@@ -21,6 +21,8 @@ pub struct ObservedRoleSet {
     pub ready: bool,
     /// The replicas its spec gives each role.
     pub roles: BTreeMap<String, i32>,
+    /// Its per-role Pod counts, as its status reports them.
+    pub role_status: Vec<storm_shared::types::roleset::RoleStatus>,
 }
 
 /// A Pod of the StormService, as observed.

@@ -194,6 +194,7 @@ impl Sim {
             }
             for n in have.len()..want {
                 self.rolesets.push(ObservedRoleSet {
+                    role_status: Vec::new(),
                     roles: revision::role_replicas(&self.spec.template),
                     index: i32::try_from(n).ok(),
                     name: format!("svc-{rev}-{n}"),

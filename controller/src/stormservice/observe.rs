@@ -54,6 +54,11 @@ impl Caches {
                 index: roleset_index(r),
                 revision: r.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
                 ready: ready_and_current(r),
+                role_status: r
+                    .status
+                    .as_ref()
+                    .map(|s| s.roles.clone())
+                    .unwrap_or_default(),
                 roles: r
                     .spec
                     .roles

@@ -210,6 +210,7 @@ async fn reconcile_once(obj: &StormService, world: World, reported: i32) -> (Pla
             .rolesets
             .iter()
             .map(|(name, ready)| ObservedRoleSet {
+                role_status: Vec::new(),
                 roles: Default::default(),
                 index: name.rsplit('-').next().and_then(|i| i.parse().ok()),
                 name: name.clone(),

@@ -44,8 +44,9 @@ pub struct RoleSetSpec {
     /// The roles of this RoleSet (for example `prefill` and `decode`), each with its own Pod template.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<RoleSpec>,
-    /// Order in which roles are updated: `Parallel`, `Sequential` or `Interleave` (AIBrix semantics;
-    /// accepted and kept, roles are currently updated in parallel).
+    /// Order in which roles' Pods are updated when their templates change: `Sequential` (the
+    /// default: one role at a time by `upgradeOrder`), `Parallel` (all at once); `Interleave` is
+    /// taken as `Parallel`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_strategy: Option<RoleSetUpdateStrategyType>,
     /// Gang-scheduling settings for the RoleSet's Pods (AIBrix; accepted and kept, not acted on).
@@ -121,7 +122,7 @@ pub struct RoleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub replicas: Option<i32>,
-    /// Order in which this role is upgraded; lower first (AIBrix; accepted and kept).
+    /// Order in which this role is updated under a `Sequential` RoleSet; lower first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub upgrade_order: Option<i32>,
@@ -132,7 +133,8 @@ pub struct RoleSpec {
     /// How Pods of this role are replaced on update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_strategy: Option<RoleUpdateStrategy>,
-    /// Whether the role's Pods keep stable identities (AIBrix; accepted and kept).
+    /// Whether the role's Pods keep stable identities: a `hostname` (their name, for per-Pod DNS),
+    /// `ROLE_REPLICA_INDEX` and the `role-replica-index` label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stateful: Option<bool>,
     /// Template of the role's Pods.
@@ -158,14 +160,16 @@ pub struct RoleSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoleUpdateStrategy {
-    /// `Recreate` replaces Pods; `InPlaceIfPossible` updates images in place where Kubernetes allows it
-    /// and falls back to replacement (AIBrix semantics; Pods are currently replaced).
+    /// `Recreate` (the default) replaces outdated Pods; `InPlaceIfPossible` patches a Pod's
+    /// container images in place when nothing else of its template changed, else replaces it.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
     pub type_: Option<String>,
-    /// Most Pods of the role that may be unavailable during an update (number or percentage).
+    /// Most Pods of the role that may be unavailable during an update (number or percentage of the
+    /// role's replicas, rounded down; default 1, at least 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
-    /// Most Pods of the role that may be created above the desired count during an update.
+    /// Most Pods of the role above the desired count during an update (accepted and kept; Pods
+    /// keep their names, so they are replaced by deleting and creating again, surge 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_surge: Option<IntOrString>,
 }
@@ -210,7 +214,7 @@ pub struct RoleSetStatus {
 }
 
 /// Pod counts of one role.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RoleStatus {
     /// Name of the role.

@@ -203,6 +203,28 @@ async fn check_object_graph(file: &str) -> Result<()> {
                 stateful_hosts.insert(pod_name.clone());
             }
         }
+        // status.roleStatuses: per role, summed over RoleSets, sorted by name (as AIBrix writes it).
+        let mut want: Vec<(String, i32)> = roles
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    r.replicas.unwrap_or(1) * obj.spec.replicas.unwrap_or(1),
+                )
+            })
+            .collect();
+        want.sort();
+        wait_for("status.roleStatuses", TIMEOUT, || async {
+            let o = ns.api::<StormService>().get(&name).await?;
+            let got: Vec<(String, i32)> = o
+                .status
+                .iter()
+                .flat_map(|s| &s.role_statuses)
+                .map(|r| (r.name.clone(), r.ready_replicas))
+                .collect();
+            Ok((got == want).then_some(()))
+        })
+        .await?;
         // `<pod>.<stormservice>.<namespace>.svc` resolves: the headless Service's EndpointSlices
         // carry each named Pod's hostname (what cluster DNS serves).
         wait_for(
