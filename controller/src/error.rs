@@ -64,6 +64,30 @@ pub enum Error {
         /// The API error.
         source: kube::Error,
     },
+    /// Creating a PodSet failed.
+    #[error("creating PodSet {name}: {source}")]
+    CreatePodSet {
+        /// Name of the PodSet.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Deleting a PodSet failed.
+    #[error("deleting PodSet {name}: {source}")]
+    DeletePodSet {
+        /// Name of the PodSet.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Writing a PodSet's status failed.
+    #[error("writing the status of PodSet {name}: {source}")]
+    WritePodSetStatus {
+        /// Name of the PodSet.
+        name: String,
+        /// The API error.
+        source: kube::Error,
+    },
     /// Updating a Pod in place failed.
     #[error("updating Pod {name} in place: {source}")]
     UpdatePod {
@@ -102,6 +126,9 @@ impl Error {
             Error::CreatePod { .. } => "create_pod",
             Error::DeletePod { .. } => "delete_pod",
             Error::UpdatePod { .. } => "update_pod",
+            Error::CreatePodSet { .. } => "create_podset",
+            Error::DeletePodSet { .. } => "delete_podset",
+            Error::WritePodSetStatus { .. } => "write_podset_status",
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod context;
 pub mod error;
 pub mod leader;
 pub mod metrics;
+pub mod podset;
 pub mod roleset;
 pub mod rollout;
 pub mod routers;

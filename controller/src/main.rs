@@ -219,6 +219,10 @@ async fn run(args: Args) -> Result<(), RunError> {
     let mut controllers = tokio::task::JoinSet::new();
     if args.controllers.contains(&ControllerName::Roleset) {
         controllers.spawn(roleset::run(ctx.clone(), stopped(stop_rx.clone())));
+        controllers.spawn(storm_controller::podset::run(
+            ctx.clone(),
+            stopped(stop_rx.clone()),
+        ));
     }
     if args.controllers.contains(&ControllerName::Stormservice) {
         controllers.spawn(stormservice::run(ctx.clone(), stopped(stop_rx.clone())));

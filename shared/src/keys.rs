@@ -32,6 +32,18 @@ pub const AIBRIX_ANNOTATION_REVISION: &str = "stormservice.orchestration.aibrix.
 pub const AIBRIX_ROLE_REPLICA_INDEX: &str =
     "stormservice.orchestration.aibrix.ai/role-replica-index";
 
+/// AIBrix's label on the Pods of a PodSet: the PodSet's name.
+pub const AIBRIX_LABEL_PODSET_NAME: &str = "stormservice.orchestration.aibrix.ai/podset-name";
+/// AIBrix's label on the Pods of a PodSet: the Pod's index in its group.
+pub const AIBRIX_LABEL_POD_GROUP_INDEX: &str =
+    "stormservice.orchestration.aibrix.ai/pod-group-index";
+/// Env first in every container (and init container) of a PodSet's Pods: the PodSet's name.
+pub const ENV_PODSET_NAME: &str = "PODSET_NAME";
+/// The Pod's index in its group.
+pub const ENV_POD_GROUP_INDEX: &str = "POD_GROUP_INDEX";
+/// The group's size.
+pub const ENV_POD_GROUP_SIZE: &str = "POD_GROUP_SIZE";
+
 /// Env injected into every container of a StormService's Pods (AIBrix's names), in this order,
 /// before the user's own env; a user variable of one of these names is dropped.
 pub const ENV_STORM_SERVICE_NAME: &str = "STORM_SERVICE_NAME";

@@ -2,6 +2,7 @@
 //! failed Pods replaced after a grace period, and the RoleSet's status. The decisions are pure
 //! functions in [`plan`] and [`status`]; this module watches, calls them and applies the result.
 
+pub mod groups;
 pub mod plan;
 pub mod status;
 pub mod update;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storm_shared::keys::{AIBRIX_LABEL_ROLE_TEMPLATE_HASH, AIBRIX_LABEL_ROLESET_NAME};
 use storm_shared::status::Reason;
+use storm_shared::types::podset::PodSet;
 use storm_shared::types::roleset::RoleSet;
 use tracing::{debug, info, warn};
 
@@ -40,6 +42,8 @@ struct State {
     ctx: Arc<Context>,
     /// Pods carrying the `roleset-name` label, from one watch for all RoleSets.
     pods: Store<Pod>,
+    /// PodSets (the replicas of pod-group roles), from one watch for all RoleSets.
+    podsets: Store<PodSet>,
     /// Consecutive failures per RoleSet, for the retry backoff; cleared on success.
     backoff: Backoff<RoleSet>,
 }
@@ -61,6 +65,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .reflect(writer)
         .touched_objects();
 
+    let (podsets, podset_writer) = reflector::store::<PodSet>();
+    let podset_events = watcher(ctx.api::<PodSet>(), watcher::Config::default())
+        .default_backoff()
+        .modify(|p| p.managed_fields_mut().clear())
+        .reflect(podset_writer)
+        .touched_objects();
+
     // `graceful_shutdown_on` wants a `Sync` future; the caller's need not be. A oneshot bridges.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -71,12 +82,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let state = Arc::new(State {
         ctx,
         pods: reader,
+        podsets,
         backoff: Backoff::default(),
     });
     info!("RoleSet controller starting");
     Controller::new(rolesets, watcher::Config::default())
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(pod_events)
+        .owns_stream(podset_events)
         .graceful_shutdown_on(async move {
             let _ = stop_rx.await;
         })
@@ -128,8 +141,15 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
         Some(Err(_)) => return Err(Error::ReadCache("Pod")),
         None => return Ok(Action::requeue(POD_CACHE_RETRY)),
     }
+    match state.podsets.wait_until_ready().now_or_never() {
+        Some(Ok(())) => {}
+        Some(Err(_)) => return Err(Error::ReadCache("PodSet")),
+        None => return Ok(Action::requeue(POD_CACHE_RETRY)),
+    }
     let owned_arcs = state.pods.state_filter(|p| plan::is_owned_by(p, roleset));
     let owned: Vec<&Pod> = owned_arcs.iter().map(Arc::as_ref).collect();
+    let podset_arcs = state.podsets.state_filter(|p| owned_by(p, roleset));
+    let owned_podsets: Vec<&PodSet> = podset_arcs.iter().map(Arc::as_ref).collect();
     let now = Timestamp::now();
     let plan = plan::plan_pods(roleset, &owned, now)?;
     let pods: Api<Pod> = Api::namespaced(state.ctx.client.clone(), &namespace);
@@ -263,7 +283,8 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
         }
     }
 
-    let status = status::compute_status(roleset, &owned, now);
+    apply_groups(state, roleset, &namespace, &owned_podsets).await?;
+    let status = status::compute_status(roleset, &owned, &owned_podsets, now);
     if roleset.status.as_ref() != Some(&status) {
         let api: Api<RoleSet> = Api::namespaced(state.ctx.client.clone(), &namespace);
         let body = serde_json::json!({
@@ -282,6 +303,85 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
     }
 
     Ok(Action::requeue(plan.requeue_after.unwrap_or(RESYNC)))
+}
+
+/// Whether `obj` is controlled by `roleset` (same namespace, controller reference with its UID).
+fn owned_by<K: Resource>(obj: &K, roleset: &RoleSet) -> bool {
+    let Some(uid) = roleset.meta().uid.as_deref() else {
+        return false;
+    };
+    obj.meta().namespace == roleset.metadata.namespace
+        && obj
+            .meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+/// Creates and deletes the PodSets of the RoleSet's pod-group roles.
+async fn apply_groups(
+    state: &State,
+    roleset: &RoleSet,
+    namespace: &str,
+    owned: &[&PodSet],
+) -> Result<(), Error> {
+    let mut owner = roleset
+        .controller_owner_ref(&())
+        .ok_or(PlanError::BuildOwnerReference)?;
+    owner.block_owner_deletion = Some(true);
+    let plan = groups::plan_groups(roleset, owned, namespace, &owner);
+    let api: Api<PodSet> = Api::namespaced(state.ctx.client.clone(), namespace);
+    for (name, uid) in &plan.delete {
+        let params = DeleteParams {
+            preconditions: uid.clone().map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => {
+                info!(%namespace, podset = %name, "deleted PodSet");
+                let note = format!("Deleted PodSet {name}");
+                publish(
+                    state,
+                    roleset,
+                    EventType::Normal,
+                    Reason::SuccessfulDelete,
+                    note,
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+            Err(source) => {
+                return Err(Error::DeletePodSet {
+                    name: name.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    for podset in &plan.create {
+        let name = podset.name_any();
+        match api.create(&PostParams::default(), podset).await {
+            Ok(_) => {
+                info!(%namespace, podset = %name, "created PodSet");
+                let note = format!("Created PodSet {name}");
+                publish(
+                    state,
+                    roleset,
+                    EventType::Normal,
+                    Reason::SuccessfulCreate,
+                    note,
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(source) => return Err(Error::CreatePodSet { name, source }),
+        }
+    }
+    Ok(())
 }
 
 /// Records a Kubernetes Event on the RoleSet. Best effort: a lost event must not fail the reconcile.

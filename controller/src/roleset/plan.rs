@@ -177,7 +177,11 @@ pub fn plan_pods(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Result<Po
     let rs_name = roleset.name_any();
 
     let mut desired: BTreeMap<String, (&RoleSpec, i32)> = BTreeMap::new();
-    for role in unique_roles(roleset) {
+    // A role of pod groups has PodSets instead of Pods (`groups`).
+    for role in unique_roles(roleset)
+        .into_iter()
+        .filter(|r| !super::groups::is_group(r))
+    {
         for index in 0..desired_replicas(role) {
             desired.insert(pod_name(&rs_name, &role.name, index), (role, index));
         }
@@ -302,7 +306,7 @@ fn roleset_index(roleset: &RoleSet) -> String {
         .unwrap_or_else(|| "0".to_string())
 }
 
-fn build_pod(
+pub(crate) fn build_pod(
     roleset: &RoleSet,
     role: &RoleSpec,
     name: &str,

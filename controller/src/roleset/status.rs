@@ -10,11 +10,17 @@ use k8s_openapi::jiff::{Timestamp, Unit};
 use kube::ResourceExt;
 use storm_shared::status::{ConditionType, Reason};
 use storm_shared::types::Condition;
+use storm_shared::types::podset::PodSet;
 use storm_shared::types::roleset::{RoleSet, RoleSetStatus, RoleStatus};
 
 /// Computes the status of `roleset` from the Pods it owns, keeping the condition's timestamps
 /// from the stored status when nothing about the condition changed.
-pub fn compute_status(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> RoleSetStatus {
+pub fn compute_status(
+    roleset: &RoleSet,
+    owned: &[&Pod],
+    podsets: &[&PodSet],
+    now: Timestamp,
+) -> RoleSetStatus {
     let rs_name = roleset.name_any();
     // Whole seconds: what the API server would keep anyway, so a stored time compares equal.
     let now = now.round(Unit::Second).unwrap_or(now);
@@ -30,6 +36,16 @@ pub fn compute_status(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Role
     let mut lagging = Vec::new();
     for role in unique_roles(roleset) {
         let desired = desired_replicas(role);
+        if super::groups::is_group(role) {
+            let (status, ready_in_slots) = super::groups::group_role_status(roleset, role, podsets);
+            ready_desired_total += ready_in_slots;
+            if ready_in_slots < desired {
+                lagging.push(format!("{}: {ready_in_slots}/{desired} groups", role.name));
+            }
+            desired_total += desired;
+            roles.push(status);
+            continue;
+        }
         let mut existing = 0;
         let mut ready = 0;
         let mut ready_in_slots = 0;

@@ -60,7 +60,12 @@ pub fn shape_hash(template: &PodTemplateSpec) -> String {
 
 /// Whether `pod` was made from another template of its role than `current_hash`.
 pub fn is_outdated(pod: &Pod, current_hash: &str) -> bool {
-    pod.labels()
+    is_outdated_labels(pod.labels(), current_hash)
+}
+
+/// Whether an object with these labels was made from another role template than `current_hash`.
+pub fn is_outdated_labels(labels: &BTreeMap<String, String>, current_hash: &str) -> bool {
+    labels
         .get(AIBRIX_LABEL_ROLE_TEMPLATE_HASH)
         .is_some_and(|h| h != current_hash)
 }
@@ -88,7 +93,7 @@ pub struct Updates {
 }
 
 /// The most Pods of `role` that may be unavailable during an update.
-fn max_unavailable(role: &RoleSpec) -> i32 {
+pub fn max_unavailable(role: &RoleSpec) -> i32 {
     let desired = desired_replicas(role);
     let strategy = role.update_strategy.as_ref();
     let unavailable = strategy
@@ -128,6 +133,10 @@ pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
     );
     let mut out = Updates::default();
     for (_, role) in roles {
+        if super::groups::is_group(role) {
+            // Its replicas are PodSets, updated by `groups`.
+            continue;
+        }
         let hash = role_template_hash(role);
         let desired = desired_replicas(role);
         let mut slots: Vec<(i32, &Pod)> = owned

@@ -104,7 +104,7 @@ fn expected_pods(obj: &StormService) -> usize {
         .spec
         .iter()
         .flat_map(|s| &s.roles)
-        .map(|r| r.replicas.unwrap_or(1))
+        .map(|r| r.replicas.unwrap_or(1) * r.pod_group_size.unwrap_or(1).max(1))
         .sum();
     usize::try_from(obj.spec.replicas.unwrap_or(1) * per_roleset).unwrap_or(0)
 }
@@ -166,13 +166,29 @@ async fn check_object_graph(file: &str) -> Result<()> {
             // AIBrix's env first, in its order; the sample's own after it.
             let env = env_names(pod);
             let stateful = role.stateful == Some(true);
-            let mut want = vec![
+            let group = role.pod_group_size.is_some_and(|n| n > 1);
+            let mut want = Vec::new();
+            if group {
+                // A PodSet's Pods: the group's env first, and the PodSet as owner.
+                want.extend(["PODSET_NAME", "POD_GROUP_INDEX", "POD_GROUP_SIZE"]);
+                ensure!(
+                    labels.contains_key("stormservice.orchestration.aibrix.ai/pod-group-index"),
+                    "{pod_name}: no pod-group-index"
+                );
+                let owner = pod.owner_references().first().context("owner")?;
+                ensure!(
+                    owner.kind == "PodSet",
+                    "{pod_name} is owned by a {}",
+                    owner.kind
+                );
+            }
+            want.extend([
                 "STORM_SERVICE_NAME",
                 "ROLESET_NAME",
                 "ROLESET_INDEX",
                 "ROLE_NAME",
                 "ROLE_TEMPLATE_HASH",
-            ];
+            ]);
             if stateful {
                 want.push("ROLE_REPLICA_INDEX");
             }
@@ -189,12 +205,15 @@ async fn check_object_graph(file: &str) -> Result<()> {
                 "{pod_name}: subdomain {:?}",
                 pod_spec.subdomain
             );
-            if stateful {
+            if stateful || group {
                 ensure!(
                     pod_spec.hostname.as_deref() == Some(pod_name.as_str()),
                     "{pod_name}: hostname {:?}",
                     pod_spec.hostname
                 );
+                stateful_hosts.insert(pod_name.clone());
+            }
+            if stateful {
                 ensure!(labels.contains_key(AIBRIX_ROLE_REPLICA_INDEX));
                 ensure!(
                     env_value(pod, "ROLE_REPLICA_INDEX")
@@ -273,6 +292,12 @@ async fn vllm_replica_2p1d_makes_aibrix_object_graph() -> Result<()> {
 #[tokio::test]
 async fn stateless_inplace_sample_makes_aibrix_object_graph() -> Result<()> {
     check_object_graph("stormservice-inplace-update.yaml").await
+}
+
+/// Multi-node tensor parallelism: `podGroupSize: 2` roles run as PodSets of two Pods each.
+#[tokio::test]
+async fn sglang_tp_pod_groups_make_podsets() -> Result<()> {
+    check_object_graph("sglang-tp-1p1d.yaml").await
 }
 
 #[tokio::test]
