@@ -14,6 +14,10 @@ help: ## List the targets
 demo: ## The main job: a canary rollout on the local control plane, end to end
 	@tests/demo/demo.sh
 
+.PHONY: demo-aibrix
+demo-aibrix: ## AIBrix's 1p1d sample: its object graph, a role scale and an in-place update, what stayed and what was replaced
+	@tests/demo/demo-aibrix.sh
+
 .PHONY: build
 build: ## Build every binary (release)
 	$(CARGO) build --release --workspace
@@ -56,5 +60,11 @@ bench-controller: cluster-up ## N StormServices through a canary (N=200, ROUTER=
 bench: bench-webhook bench-controller ## Every benchmark; numbers in target/bench/
 	$(MAKE) --no-print-directory bench-controller ROUTER=gateway
 
+.PHONY: demo-aibrix-check
+demo-aibrix-check: ## Run demo-aibrix non-interactively (it fails on anything unexpected), then stop the dev stack
+	@STORM_DEMO_NAMESPACE=storm-demo-aibrix-ci tests/demo/demo-aibrix.sh > target/demo-aibrix-check.log 2>&1 \
+		|| { tail -n 60 target/demo-aibrix-check.log; $(MAKE) --no-print-directory dev-down; exit 1; }
+	@$(MAKE) --no-print-directory dev-down >/dev/null 2>&1; echo "demo-aibrix-check: 1 passed, 0 failed"
+
 .PHONY: test
-test: lint unit e2e demo-check ## Everything CI runs
+test: lint unit e2e demo-check demo-aibrix-check ## Everything CI runs
