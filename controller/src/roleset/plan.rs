@@ -95,6 +95,92 @@ pub fn slot_index(roleset: &str, role: &str, pod_name: &str) -> Option<i32> {
     digits.parse().ok()
 }
 
+/// The slot index in an AIBrix Pod name: `<roleset>-<role>-<hash6>-<index>` (a stateful role's
+/// Pod made by AIBrix's RoleSet controller).
+fn aibrix_slot_index(roleset: &str, role: &str, pod_name: &str) -> Option<i32> {
+    let rest = pod_name.strip_prefix(roleset)?.strip_prefix('-')?;
+    let rest = rest.strip_prefix(role)?.strip_prefix('-')?;
+    let (hash, digits) = rest.split_once('-')?;
+    let hex = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_hexdigit() || b.is_ascii_lowercase())
+    };
+    if !hex(hash) || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if digits.len() > 1 && digits.starts_with('0') {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The (role, slot) of every Pod the RoleSet owns, terminating ones included. A slot comes from
+/// the name (ours, `<roleset>-<role>-<index>`; AIBrix's stateful, `<roleset>-<role>-<hash>-<index>`)
+/// or AIBrix's `role-replica-index` label; Pods of a role with neither (AIBrix's stateless Pods,
+/// named `<roleset>-<role>-<random>`) take the free slots in name order. Of several Pods in one
+/// slot, the one with our name wins, then the first by name; the others get no slot (excess).
+pub fn assign_slots(roleset: &RoleSet, owned: &[&Pod]) -> BTreeMap<String, (String, i32)> {
+    let rs_name = roleset.name_any();
+    let roles = unique_roles(roleset);
+    let mut by_role: BTreeMap<String, Vec<(String, Option<i32>, bool)>> = BTreeMap::new();
+    let mut sorted: Vec<&&Pod> = owned.iter().collect();
+    sorted.sort_by_key(|p| p.name_any());
+    for pod in sorted {
+        let name = pod.name_any();
+        let role = pod
+            .labels()
+            .get(AIBRIX_LABEL_ROLE_NAME)
+            .and_then(|r| roles.iter().find(|x| &x.name == r))
+            .or_else(|| {
+                roles.iter().find(|r| {
+                    name.strip_prefix(&rs_name)
+                        .and_then(|n| n.strip_prefix('-'))
+                        .and_then(|n| n.strip_prefix(r.name.as_str()))
+                        .is_some_and(|n| n.starts_with('-'))
+                })
+            });
+        let Some(role) = role else {
+            continue;
+        };
+        let ours = slot_index(&rs_name, &role.name, &name);
+        let slot = ours
+            .or_else(|| aibrix_slot_index(&rs_name, &role.name, &name))
+            .or_else(|| {
+                pod.labels()
+                    .get(storm_shared::keys::AIBRIX_ROLE_REPLICA_INDEX)
+                    .and_then(|i| i.parse().ok())
+            });
+        by_role
+            .entry(role.name.clone())
+            .or_default()
+            .push((name, slot, ours.is_some()));
+    }
+    let mut out = BTreeMap::new();
+    for (role, mut pods) in by_role {
+        // Our names first, so they win a slot over a same-slot Pod of another naming.
+        pods.sort_by_key(|(name, _, ours)| (!*ours, name.clone()));
+        let mut used = BTreeSet::new();
+        let mut unslotted = Vec::new();
+        for (name, slot, _) in pods {
+            match slot {
+                Some(i) if used.insert(i) => {
+                    out.insert(name, (role.clone(), i));
+                }
+                Some(_) => {}
+                None => unslotted.push(name),
+            }
+        }
+        let mut free = (0..).filter(|i| !used.contains(i));
+        for name in unslotted {
+            if let Some(i) = free.next() {
+                out.insert(name, (role.clone(), i));
+            }
+        }
+    }
+    out
+}
+
 /// Roles of the spec, first occurrence of each name only (admission denies duplicates; the
 /// controller must still not plan two Pods under one name).
 pub fn unique_roles(roleset: &RoleSet) -> Vec<&RoleSpec> {
@@ -176,29 +262,34 @@ pub fn plan_pods(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Result<Po
     let namespace = roleset.namespace().ok_or(PlanError::FindNamespace)?;
     let rs_name = roleset.name_any();
 
-    let mut desired: BTreeMap<String, (&RoleSpec, i32)> = BTreeMap::new();
+    let mut desired: BTreeMap<(String, i32), &RoleSpec> = BTreeMap::new();
     // A role of pod groups has PodSets instead of Pods (`groups`).
     for role in unique_roles(roleset)
         .into_iter()
         .filter(|r| !super::groups::is_group(r))
     {
         for index in 0..desired_replicas(role) {
-            desired.insert(pod_name(&rs_name, &role.name, index), (role, index));
+            desired.insert((role.name.clone(), index), role);
         }
     }
 
     let mut plan = PodPlan::default();
     let grace = SignedDuration::try_from(FAILED_POD_GRACE).unwrap_or(SignedDuration::ZERO);
-    // Names taken by an existing Pod, terminating or not: a create under such a name would only
-    // get AlreadyExists. A terminating Pod's slot is refilled when its deletion event arrives.
+    // Slots held by an existing Pod, terminating or not: a terminating Pod's slot is refilled when
+    // its deletion event arrives. Pods are matched to slots by index, not by name, so Pods made by
+    // AIBrix's controllers (other names) keep their slots.
+    let slots = assign_slots(roleset, owned);
     let mut taken = BTreeSet::new();
     for pod in owned {
         let name = pod.name_any();
-        taken.insert(name.clone());
+        let slot = slots.get(&name).cloned();
+        if let Some(s) = &slot {
+            taken.insert(s.clone());
+        }
         if is_terminating(pod) {
             continue;
         }
-        let reason = if !desired.contains_key(&name) {
+        let reason = if slot.is_none_or(|s| !desired.contains_key(&s)) {
             DeleteReason::Excess
         } else if is_terminal(pod) {
             match terminal_since(pod).and_then(|t| t.checked_add(grace).ok()) {
@@ -231,12 +322,12 @@ pub fn plan_pods(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Result<Po
     }
     plan.in_place = updates.in_place;
 
-    for (name, (role, index)) in &desired {
-        if !taken.contains(name) {
+    for ((role_name, index), role) in &desired {
+        if !taken.contains(&(role_name.clone(), *index)) {
             plan.create.push(build_pod(
                 roleset,
                 role,
-                name,
+                &pod_name(&rs_name, role_name, *index),
                 *index,
                 &namespace,
                 owner.clone(),

@@ -564,3 +564,62 @@ mod properties {
         }
     }
 }
+
+/// A Pod as AIBrix's RoleSet controller names and labels it: stateful
+/// `<roleset>-<role>-<hash6>-<index>`, stateless `<roleset>-<role>-<random>`.
+fn aibrix_pod(rs: &RoleSet, name: &str, role: &str, replica_index: Option<&str>) -> Pod {
+    let mut pod = existing(rs, name, "Running", true);
+    let mut labels: BTreeMap<String, String> = [
+        (AIBRIX_LABEL_ROLE_NAME.to_string(), role.to_string()),
+        (AIBRIX_LABEL_ROLESET_NAME.to_string(), rs.name_any()),
+        ("role-template-hash".to_string(), "7c9f6d8b5".to_string()),
+    ]
+    .into();
+    if let Some(i) = replica_index {
+        labels.insert(
+            "stormservice.orchestration.aibrix.ai/role-replica-index".into(),
+            i.into(),
+        );
+    }
+    pod.metadata.labels = Some(labels);
+    pod.metadata.annotations = None;
+    pod
+}
+
+#[test]
+fn pods_made_by_aibrix_keep_their_slots_and_are_not_replaced() {
+    let rs = roleset(vec![role("prefill", Some(2)), role("decode", Some(2))]);
+    let pods = [
+        aibrix_pod(&rs, "llm-abc123-0-prefill-7c9f6d-0", "prefill", Some("0")),
+        aibrix_pod(&rs, "llm-abc123-0-prefill-7c9f6d-1", "prefill", Some("1")),
+        aibrix_pod(&rs, "llm-abc123-0-decode-x7k2p", "decode", None),
+        aibrix_pod(&rs, "llm-abc123-0-decode-b9q4z", "decode", None),
+    ];
+    let owned: Vec<&Pod> = pods.iter().collect();
+    let plan = plan_pods(&rs, &owned, ts(NOW)).unwrap();
+    assert!(plan.create.is_empty(), "{:?}", names(&plan.create));
+    assert!(plan.delete.is_empty(), "{:?}", plan.delete);
+    assert!(plan.in_place.is_empty());
+    // A role scaled down: the Pod in the highest slot goes.
+    let mut smaller = rs.clone();
+    smaller.spec.roles[0].replicas = Some(1);
+    let plan = plan_pods(&smaller, &owned, ts(NOW)).unwrap();
+    let gone: Vec<&str> = plan.delete.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(gone, ["llm-abc123-0-prefill-7c9f6d-1"]);
+    // Scaled up: the new slot gets our name.
+    let mut bigger = rs.clone();
+    bigger.spec.roles[1].replicas = Some(3);
+    let plan = plan_pods(&bigger, &owned, ts(NOW)).unwrap();
+    assert_eq!(names(&plan.create), ["llm-abc123-0-decode-2"]);
+    // The template changed: Pods we did not make cannot be told apart, so none is replaced.
+    let mut changed = rs.clone();
+    changed.spec.roles[0]
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .image = Some("x:2".into());
+    let plan = plan_pods(&changed, &owned, ts(NOW)).unwrap();
+    assert!(plan.delete.is_empty());
+}

@@ -2,7 +2,7 @@
 //! the result only when it differs from what is stored, so an unchanged world causes no write (and
 //! no watch event, and no further reconcile).
 
-use super::plan::{desired_replicas, is_ready, is_terminating, slot_index, unique_roles};
+use super::plan::{desired_replicas, is_ready, is_terminating, unique_roles};
 use super::update::{is_outdated, role_template_hash};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -21,7 +21,6 @@ pub fn compute_status(
     podsets: &[&PodSet],
     now: Timestamp,
 ) -> RoleSetStatus {
-    let rs_name = roleset.name_any();
     // Whole seconds: what the API server would keep anyway, so a stored time compares equal.
     let now = now.round(Unit::Second).unwrap_or(now);
     let live: Vec<&Pod> = owned
@@ -30,6 +29,7 @@ pub fn compute_status(
         .filter(|p| !is_terminating(p))
         .collect();
 
+    let slots = super::plan::assign_slots(roleset, owned);
     let mut roles = Vec::new();
     let mut desired_total = 0;
     let mut ready_desired_total = 0;
@@ -53,7 +53,11 @@ pub fn compute_status(
         let mut updated_ready = 0;
         let hash = role_template_hash(role);
         for pod in &live {
-            let Some(index) = slot_index(&rs_name, &role.name, &pod.name_any()) else {
+            let Some((_, index)) = slots
+                .get(&pod.name_any())
+                .filter(|(r, _)| *r == role.name)
+                .cloned()
+            else {
                 continue;
             };
             existing += 1;

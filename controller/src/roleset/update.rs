@@ -17,7 +17,7 @@
 //!   (the default) one role at a time by `upgradeOrder` (then spec order), the next only once the
 //!   previous is updated and Ready; `Interleave` is taken as `Parallel`.
 
-use super::plan::{desired_replicas, is_ready, is_terminating, slot_index, unique_roles};
+use super::plan::{desired_replicas, is_ready, is_terminating, unique_roles};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
@@ -58,9 +58,13 @@ pub fn shape_hash(template: &PodTemplateSpec) -> String {
     hash10(&serde_json::to_vec(&shape).unwrap_or_default())
 }
 
-/// Whether `pod` was made from another template of its role than `current_hash`.
+/// Whether `pod` was made from another template of its role than `current_hash`. Only a Pod we
+/// made (it carries our template-shape annotation) can tell: a Pod made by AIBrix's controllers
+/// carries AIBrix's hash, which no template of ours reproduces, so it counts as current until it
+/// is adopted (the StormService controller stamps our hashes on it).
 pub fn is_outdated(pod: &Pod, current_hash: &str) -> bool {
-    is_outdated_labels(pod.labels(), current_hash)
+    pod.annotations().contains_key(ANNOTATION_SHAPE_HASH)
+        && is_outdated_labels(pod.labels(), current_hash)
 }
 
 /// Whether an object with these labels was made from another role template than `current_hash`.
@@ -123,7 +127,6 @@ fn images(template: &PodTemplateSpec) -> BTreeMap<String, String> {
 
 /// Plans the update of `roleset`'s outdated Pods (those it owns, terminating ones included).
 pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
-    let name = roleset.name_any();
     let mut roles: Vec<(usize, &RoleSpec)> =
         unique_roles(roleset).into_iter().enumerate().collect();
     roles.sort_by_key(|(i, r)| (r.upgrade_order.unwrap_or(i32::MAX), *i));
@@ -131,6 +134,7 @@ pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
         roleset.spec.update_strategy,
         Some(RoleSetUpdateStrategyType::Parallel | RoleSetUpdateStrategyType::Interleave)
     );
+    let assigned = super::plan::assign_slots(roleset, owned);
     let mut out = Updates::default();
     for (_, role) in roles {
         if super::groups::is_group(role) {
@@ -141,7 +145,10 @@ pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
         let desired = desired_replicas(role);
         let mut slots: Vec<(i32, &Pod)> = owned
             .iter()
-            .filter_map(|p| Some((slot_index(&name, &role.name, &p.name_any())?, *p)))
+            .filter_map(|p| {
+                let (r, i) = assigned.get(&p.name_any())?;
+                (*r == role.name).then_some((*i, *p))
+            })
             .filter(|(i, _)| *i < desired)
             .collect();
         slots.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
