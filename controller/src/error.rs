@@ -64,6 +64,9 @@ pub enum Error {
         /// The API error.
         source: kube::Error,
     },
+    /// Removing AIBrix's finalizer from an object being deleted failed.
+    #[error("removing AIBrix's finalizer from {0}: {1}")]
+    ReleaseFinalizer(String, #[source] kube::Error),
     /// Creating a PodSet failed.
     #[error("creating PodSet {name}: {source}")]
     CreatePodSet {
@@ -127,6 +130,7 @@ impl Error {
             Error::DeletePod { .. } => "delete_pod",
             Error::UpdatePod { .. } => "update_pod",
             Error::CreatePodSet { .. } => "create_podset",
+            Error::ReleaseFinalizer(..) => "release_finalizer",
             Error::DeletePodSet { .. } => "delete_podset",
             Error::WritePodSetStatus { .. } => "write_podset_status",
         }

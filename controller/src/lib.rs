@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod cache;
 pub mod context;
 pub mod error;
+pub mod finalizers;
 pub mod leader;
 pub mod metrics;
 pub mod podset;

@@ -105,6 +105,10 @@ async fn reconcile_podset(podset: &PodSet, state: &State) -> Result<Action, Erro
     let namespace = podset.namespace().ok_or(Error::NoNamespace)?;
     let name = podset.name_any();
     if podset.meta().deletion_timestamp.is_some() {
+        let api: Api<PodSet> = Api::namespaced(state.ctx.client.clone(), &namespace);
+        crate::finalizers::release(&api, podset, crate::finalizers::PODSET)
+            .await
+            .map_err(|e| Error::ReleaseFinalizer(format!("PodSet {name}"), e))?;
         return Ok(Action::await_change());
     }
     match state.pods.wait_until_ready().now_or_never() {

@@ -44,14 +44,18 @@ pub fn plan_groups(
 ) -> GroupPlan {
     let name = roleset.name_any();
     let mut plan = GroupPlan::default();
-    let mut desired: BTreeMap<String, (&RoleSpec, i32)> = BTreeMap::new();
+    let mut desired: BTreeMap<(String, i32), &RoleSpec> = BTreeMap::new();
     for role in unique_roles(roleset).into_iter().filter(|r| is_group(r)) {
         for i in 0..desired_replicas(role) {
-            desired.insert(pod_name(&name, &role.name, i), (role, i));
+            desired.insert((role.name.clone(), i), role);
         }
     }
+    let slots = group_slots(roleset, owned);
     for p in owned {
-        if p.meta().deletion_timestamp.is_none() && !desired.contains_key(&p.name_any()) {
+        let in_slot = slots
+            .get(&p.name_any())
+            .is_some_and(|s| desired.contains_key(s));
+        if p.meta().deletion_timestamp.is_none() && !in_slot {
             plan.delete.push((p.name_any(), p.uid()));
         }
     }
@@ -85,13 +89,14 @@ pub fn plan_groups(
         plan.delete
             .extend(ready.iter().take(budget).map(|p| (p.name_any(), p.uid())));
     }
-    let taken: Vec<String> = owned.iter().map(|p| p.name_any()).collect();
-    for (slot, (role, index)) in &desired {
-        if !taken.contains(slot) {
+    let taken: Vec<&(String, i32)> = slots.values().collect();
+    for ((role_name, index), role) in &desired {
+        if !taken.contains(&&(role_name.clone(), *index)) {
+            let slot = pod_name(&name, role_name, *index);
             plan.create.push(build_podset(
                 roleset,
                 role,
-                slot,
+                &slot,
                 *index,
                 namespace,
                 owner.clone(),
@@ -99,6 +104,33 @@ pub fn plan_groups(
         }
     }
     plan
+}
+
+/// The (role, slot) of each PodSet: from our name `<roleset>-<role>-<index>` or AIBrix's
+/// `<roleset>-<role>-<hash>-<index>`; of two in one slot, ours (then the first by name) wins.
+fn group_slots(roleset: &RoleSet, owned: &[&PodSet]) -> BTreeMap<String, (String, i32)> {
+    let name = roleset.name_any();
+    let mut found: Vec<(bool, String, String, i32)> = Vec::new();
+    for p in owned {
+        let n = p.name_any();
+        for role in unique_roles(roleset).into_iter().filter(|r| is_group(r)) {
+            let ours = slot_index(&name, &role.name, &n);
+            let slot = ours.or_else(|| super::plan::aibrix_slot_index(&name, &role.name, &n));
+            if let Some(i) = slot {
+                found.push((ours.is_none(), n.clone(), role.name.clone(), i));
+                break;
+            }
+        }
+    }
+    found.sort();
+    let mut used = std::collections::BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for (_, n, role, i) in found {
+        if used.insert((role.clone(), i)) {
+            out.insert(n, (role, i));
+        }
+    }
+    out
 }
 
 /// The PodSet of slot `index` of group role `role`: the role's Pod template rendered as a Pod of
@@ -151,13 +183,17 @@ pub fn group_role_status(
     role: &RoleSpec,
     owned: &[&PodSet],
 ) -> (RoleStatus, i32) {
-    let name = roleset.name_any();
     let hash = role_template_hash(role);
     let desired = desired_replicas(role);
+    let slots = group_slots(roleset, owned);
     let mine: Vec<&&PodSet> = owned
         .iter()
         .filter(|p| p.meta().deletion_timestamp.is_none())
-        .filter(|p| slot_index(&name, &role.name, &p.name_any()).is_some())
+        .filter(|p| {
+            slots
+                .get(&p.name_any())
+                .is_some_and(|(r, _)| *r == role.name)
+        })
         .collect();
     let count = |f: &dyn Fn(&PodSet) -> bool| {
         i32::try_from(mine.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
@@ -166,9 +202,8 @@ pub fn group_role_status(
     let ready = count(&podset_ready);
     let updated = count(&|p| !is_outdated_labels(p.labels(), &hash));
     let updated_ready = count(&|p| podset_ready(p) && !is_outdated_labels(p.labels(), &hash));
-    let ready_in_slots = count(&|p| {
-        podset_ready(p) && slot_index(&name, &role.name, &p.name_any()).is_some_and(|i| i < desired)
-    });
+    let ready_in_slots =
+        count(&|p| podset_ready(p) && slots.get(&p.name_any()).is_some_and(|(_, i)| *i < desired));
     (
         RoleStatus {
             name: role.name.clone(),

@@ -129,7 +129,11 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
     let name = roleset.name_any();
     if roleset.meta().deletion_timestamp.is_some() {
         // Garbage collection removes the Pods through their owner references; creating any now
-        // would only race it.
+        // would only race it. A RoleSet AIBrix made waits for AIBrix's finalizer: ours lets it go.
+        let api: Api<RoleSet> = Api::namespaced(state.ctx.client.clone(), &namespace);
+        crate::finalizers::release(&api, roleset, crate::finalizers::ROLESET)
+            .await
+            .map_err(|e| Error::ReleaseFinalizer(format!("RoleSet {name}"), e))?;
         return Ok(Action::await_change());
     }
     // Until the first list of Pods has arrived an empty cache would read as "no Pods": every Pod

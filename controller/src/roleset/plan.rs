@@ -97,7 +97,7 @@ pub fn slot_index(roleset: &str, role: &str, pod_name: &str) -> Option<i32> {
 
 /// The slot index in an AIBrix Pod name: `<roleset>-<role>-<hash6>-<index>` (a stateful role's
 /// Pod made by AIBrix's RoleSet controller).
-fn aibrix_slot_index(roleset: &str, role: &str, pod_name: &str) -> Option<i32> {
+pub(crate) fn aibrix_slot_index(roleset: &str, role: &str, pod_name: &str) -> Option<i32> {
     let rest = pod_name.strip_prefix(roleset)?.strip_prefix('-')?;
     let rest = rest.strip_prefix(role)?.strip_prefix('-')?;
     let (hash, digits) = rest.split_once('-')?;

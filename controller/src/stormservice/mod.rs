@@ -173,6 +173,10 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
     let name = obj.name_any();
     if obj.meta().deletion_timestamp.is_some() {
         state.ctx.metrics.forget_rollout(&ns, &name);
+        let api: kube::Api<StormService> = kube::Api::namespaced(state.ctx.client.clone(), &ns);
+        crate::finalizers::release(&api, obj, crate::finalizers::STORMSERVICE)
+            .await
+            .map_err(|e| Error::ReleaseFinalizer(format!("StormService {name}"), e))?;
         return Ok(Action::await_change());
     }
     // An empty cache reads as "no RoleSets, no Pods": status counts would drop to zero and a
