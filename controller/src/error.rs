@@ -64,6 +64,9 @@ pub enum Error {
         /// The API error.
         source: kube::Error,
     },
+    /// Adopting an object AIBrix's controllers made failed.
+    #[error("adopting {0}: {1}")]
+    Adopt(String, #[source] kube::Error),
     /// Removing AIBrix's finalizer from an object being deleted failed.
     #[error("removing AIBrix's finalizer from {0}: {1}")]
     ReleaseFinalizer(String, #[source] kube::Error),
@@ -131,6 +134,7 @@ impl Error {
             Error::UpdatePod { .. } => "update_pod",
             Error::CreatePodSet { .. } => "create_podset",
             Error::ReleaseFinalizer(..) => "release_finalizer",
+            Error::Adopt(..) => "adopt",
             Error::DeletePodSet { .. } => "delete_podset",
             Error::WritePodSetStatus { .. } => "write_podset_status",
         }

@@ -28,6 +28,14 @@ pub struct GroupPlan {
     pub delete: Vec<(String, Option<String>)>,
 }
 
+/// Whether a PodSet was made from another template of its role. Only one we made can tell (it
+/// carries our template-shape annotation); one AIBrix made counts as current until adopted.
+fn outdated(p: &PodSet, hash: &str) -> bool {
+    p.annotations()
+        .contains_key(super::update::ANNOTATION_SHAPE_HASH)
+        && is_outdated_labels(p.labels(), hash)
+}
+
 /// Whether a PodSet serves: every Pod of its group Ready.
 pub fn podset_ready(p: &PodSet) -> bool {
     p.status.as_ref().is_some_and(|s| {
@@ -200,8 +208,8 @@ pub fn group_role_status(
     };
     let existing = count(&|_| true);
     let ready = count(&podset_ready);
-    let updated = count(&|p| !is_outdated_labels(p.labels(), &hash));
-    let updated_ready = count(&|p| podset_ready(p) && !is_outdated_labels(p.labels(), &hash));
+    let updated = count(&|p| !outdated(p, &hash));
+    let updated_ready = count(&|p| podset_ready(p) && !outdated(p, &hash));
     let ready_in_slots =
         count(&|p| podset_ready(p) && slots.get(&p.name_any()).is_some_and(|(_, i)| *i < desired));
     (

@@ -25,11 +25,12 @@ use kube::{Resource, ResourceExt};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storm_shared::keys::LABEL_NAME;
+use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME};
 use storm_shared::types::stormservice::RolloutPhase;
 use storm_shared::{RoleSet, StormService};
 use tracing::{debug, info, warn};
 
+pub mod adopt;
 pub mod apply;
 mod measure;
 pub mod observe;
@@ -42,6 +43,8 @@ pub use observe::{Caches, observe_pod};
 pub const KIND: &str = "StormService";
 /// Reconciles at most this many StormServices at once.
 const CONCURRENCY: u16 = 16;
+/// How soon to look again while AIBrix's RoleSets are mid-update.
+const ADOPT_RETRY: Duration = Duration::from_secs(30);
 /// How soon to look again while the caches are still loading.
 const CACHE_RETRY: Duration = Duration::from_millis(500);
 
@@ -59,7 +62,9 @@ pub struct State {
 
 /// Runs the StormService controller over all namespaces until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let labelled = watcher::Config::default().labels(LABEL_NAME);
+    // AIBrix's `storm-service-name`: ours carry it too, and RoleSets and Pods AIBrix's controllers
+    // made are seen (to be adopted) instead of ignored.
+    let labelled = watcher::Config::default().labels(AIBRIX_LABEL_STORM_SERVICE_NAME);
     let (rolesets, rs_writer) = reflector::store::<RoleSet>();
     let roleset_events = watcher(ctx.api::<RoleSet>(), labelled.clone())
         .default_backoff()
@@ -124,7 +129,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(roleset_events)
         .watches_stream(pod_events, |pod: Pod| {
-            let name = pod.labels().get(LABEL_NAME)?.clone();
+            let name = pod.labels().get(AIBRIX_LABEL_STORM_SERVICE_NAME)?.clone();
             Some(ObjectRef::<StormService>::new(&name).within(&pod.namespace()?))
         })
         .graceful_shutdown_on(async move {
@@ -188,10 +193,28 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
     let now = Timestamp::now();
     // The revision of the current template, once per reconcile.
     let update = revisions::update_revision(&state.caches, obj);
+    // RoleSets AIBrix's controllers made are adopted first (or the StormService waits).
+    match adopt::adopt(&state.ctx.client, &state.caches, obj, &update).await? {
+        adopt::Adoption::Nothing => {}
+        // Look again once the caches show the adopted objects.
+        adopt::Adoption::Adopted(_) => return Ok(Action::requeue(CACHE_RETRY)),
+        adopt::Adoption::Waiting(_) => return Ok(Action::requeue(ADOPT_RETRY)),
+    }
     let mut observed = state.caches.observe(&ns, &name);
     observe::read_routers(&state.ctx.client, obj, &ns, &update, &mut observed).await;
     // Analyses take their due measurements; the decision reads their verdicts.
     let mut status = obj.status.clone();
+    // A status AIBrix's controller wrote names its own revisions: to us the StormService is
+    // deploying for the first time (its adopted RoleSets already carry the current revision).
+    if let Some(st) = status.as_mut()
+        && st
+            .current_revision
+            .as_deref()
+            .is_some_and(|r| r != update && adopt::foreign_revision(&state.caches, obj, r))
+    {
+        st.current_revision = None;
+        st.update_revision = None;
+    }
     let mut measured = rollout::Measured::default();
     if let Some(st) = status.as_mut() {
         let (next_due, notes) =

@@ -9,7 +9,9 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::WriterDropped;
 use kube::{Client, Resource, ResourceExt};
-use storm_shared::keys::{AIBRIX_ANNOTATION_ROLESET_INDEX, LABEL_NAME, LABEL_REVISION};
+use storm_shared::keys::{
+    AIBRIX_ANNOTATION_ROLESET_INDEX, AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME, LABEL_REVISION,
+};
 use storm_shared::status::ConditionType;
 use storm_shared::{RoleSet, StormService};
 use tracing::debug;
@@ -26,10 +28,16 @@ pub struct Caches {
     pub revisions: Store<ControllerRevision>,
 }
 
-/// Whether a cached object belongs to StormService `ns/name` (by namespace and name label).
+/// Whether a cached object belongs to StormService `ns/name` (by namespace and our name label, or
+/// AIBrix's `storm-service-name`).
 pub fn belongs<K: Resource>(k: &K, ns: &str, name: &str) -> bool {
+    let labels = k.labels();
     k.meta().namespace.as_deref() == Some(ns)
-        && k.labels().get(LABEL_NAME).map(String::as_str) == Some(name)
+        && labels
+            .get(LABEL_NAME)
+            .or_else(|| labels.get(AIBRIX_LABEL_STORM_SERVICE_NAME))
+            .map(String::as_str)
+            == Some(name)
 }
 
 impl Caches {
@@ -48,7 +56,13 @@ impl Caches {
             .rolesets
             .state()
             .iter()
-            .filter(|r| belongs(r.as_ref(), ns, name) && r.meta().deletion_timestamp.is_none())
+            // A RoleSet without our revision label was made by AIBrix and is not adopted yet
+            // (`adopt`): it is not counted, and never deleted as excess.
+            .filter(|r| {
+                belongs(r.as_ref(), ns, name)
+                    && r.meta().deletion_timestamp.is_none()
+                    && r.labels().contains_key(LABEL_REVISION)
+            })
             .map(|r| ObservedRoleSet {
                 name: r.name_any(),
                 index: roleset_index(r),

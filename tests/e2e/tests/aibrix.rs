@@ -552,3 +552,122 @@ async fn wait_completed_or_healthy(api: &kube::Api<StormService>, name: &str) ->
     })
     .await
 }
+
+/// Switching from AIBrix's controllers to ours: a StormService whose RoleSet, Pods, headless
+/// Service and status AIBrix's controllers made (names, labels, owner references, finalizers as
+/// AIBrix writes them) is adopted without restarting a Pod; the next update proceeds from there;
+/// deleting it does not hang on AIBrix's finalizers.
+#[tokio::test]
+async fn adopting_aibrix_objects_restarts_no_pod() -> Result<()> {
+    let ns = TestNamespace::new("aibrix-adopt").await?;
+    ns.cluster().install_crds()?;
+    let result: Result<()> = async {
+        // 1. What AIBrix's controllers left behind, made here before our controller starts.
+        let out = ns.kubectl().args(["apply", "-f"]).arg(sample("1p1d.yaml")).output()?;
+        ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let api = ns.api::<StormService>();
+        let obj = api.get("vllm-1p1d").await?;
+        let uid = obj.uid().context("uid")?;
+        let aibrix_rev = "vllm-1p1d-7b9c8d6f5";
+        let owner = json!({"apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "StormService",
+            "name": "vllm-1p1d", "uid": uid, "controller": true, "blockOwnerDeletion": true});
+        let spec = serde_json::to_value(obj.spec.template.spec.clone().context("template")?)?;
+        let rs: RoleSet = serde_json::from_value(json!({
+            "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "RoleSet",
+            "metadata": {"name": "vllm-1p1d-roleset-x7k2p",
+                "labels": {"app": "vllm-1p1d", "storm-service-name": "vllm-1p1d",
+                           "storm-service-revision": aibrix_rev},
+                "annotations": {"stormservice.orchestration.aibrix.ai/roleset-index": "0"},
+                "finalizers": ["orchestration.aibrix.ai/roleset-finalizer"],
+                "ownerReferences": [owner]},
+            "spec": spec
+        }))?;
+        let rs = ns.api::<RoleSet>().create(&Default::default(), &rs).await?;
+        let rs_owner = json!({"apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "RoleSet",
+            "name": rs.name_any(), "uid": rs.uid(), "controller": true, "blockOwnerDeletion": true});
+        for (role, hash) in [("prefill", "5f7d8c"), ("decode", "a1b2c3")] {
+            let tpl = obj.spec.template.spec.as_ref().and_then(|s| s.roles.iter().find(|r| r.name == role)).context("role")?;
+            let pod_name = format!("vllm-1p1d-roleset-x7k2p-{role}-{hash}-0");
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": pod_name,
+                    "labels": {"storm-service-name": "vllm-1p1d", "roleset-name": "vllm-1p1d-roleset-x7k2p",
+                               "role-name": role, "role-template-hash": hash,
+                               "stormservice.orchestration.aibrix.ai/role-replica-index": "0"},
+                    "ownerReferences": [rs_owner]},
+                "spec": tpl.template.spec
+            }))?;
+            ns.api::<Pod>().create(&Default::default(), &pod).await?;
+        }
+        let status = json!({"status": {"currentRevision": aibrix_rev, "updateRevision": aibrix_rev,
+            "replicas": 1, "readyReplicas": 1, "observedGeneration": 1}});
+        api.patch_status("vllm-1p1d", &PatchParams::default(), &Patch::Merge(&status)).await?;
+        let before = wait_for("AIBrix's Pods Ready", TIMEOUT, || async {
+            let pods = pod_states(&ns, "vllm-1p1d").await?;
+            Ok((pods.len() == 2 && pods.values().all(|(_, _, r)| *r)).then_some(pods))
+        })
+        .await?;
+
+        // 2. Our controller takes over.
+        let mut controller = Controller::start(ns.cluster(), ns.name())?;
+        let inner: Result<()> = async {
+            wait_for("the RoleSet adopted and the StormService Healthy", TIMEOUT, || async {
+                let o = api.get("vllm-1p1d").await?;
+                let st = o.status.as_ref();
+                let healthy = st.and_then(|s| s.rollout_status.as_ref()).and_then(|r| r.phase)
+                    == Some(RolloutPhase::Healthy);
+                let r = ns.api::<RoleSet>().get("vllm-1p1d-roleset-x7k2p").await?;
+                let adopted = r.labels().contains_key(storm_shared::keys::LABEL_REVISION);
+                Ok((healthy && adopted).then_some(()))
+            })
+            .await?;
+            storm_test_support::holds_for("no Pod restarted, no RoleSet made", Duration::from_secs(5), || async {
+                let now = pod_states(&ns, "vllm-1p1d").await?;
+                let rolesets = ns.api::<RoleSet>().list(&ListParams::default()).await?.items.len();
+                Ok(rolesets == 1
+                    && now.len() == 2
+                    && now.iter().all(|(n, (uid, _, _))| before.get(n).is_some_and(|(u, _, _)| u == uid)))
+            })
+            .await?;
+            // 3. The next update proceeds from there: prefill's Pod is replaced, decode's stays.
+            let patch = json!([{"op": "add", "path": "/spec/template/spec/roles/0/template/spec/containers/0/env/-", "value": {"name": "NEW", "value": "1"}}]);
+            api.patch("vllm-1p1d", &PatchParams::default(), &Patch::<()>::Json(serde_json::from_value(patch)?)).await?;
+            let revision = api.get("vllm-1p1d").await?.status.and_then(|s| s.current_revision);
+            wait_for("the update completed", TIMEOUT, || async {
+                let o = api.get("vllm-1p1d").await?;
+                let st = o.status.as_ref();
+                let done = st.and_then(|s| s.rollout_status.as_ref()).and_then(|r| r.phase) == Some(RolloutPhase::Completed)
+                    && st.and_then(|s| s.current_revision.clone()) != revision
+                    && st.and_then(|s| s.current_revision.as_ref()) == st.and_then(|s| s.update_revision.as_ref());
+                Ok(done.then_some(()))
+            })
+            .await?;
+            let after = wait_for("two Pods Ready", TIMEOUT, || async {
+                let pods = pod_states(&ns, "vllm-1p1d").await?;
+                Ok((pods.len() == 2 && pods.values().all(|(_, _, r)| *r)).then_some(pods))
+            })
+            .await?;
+            let decode = before.iter().find(|(n, _)| n.contains("-decode-")).context("decode")?;
+            ensure!(after.get(decode.0).map(|p| &p.0) == Some(&decode.1.0), "decode's Pod was restarted: {after:?}");
+            ensure!(!after.keys().any(|n| n.contains("-prefill-5f7d8c-")), "prefill's old Pod is still there: {after:?}");
+            // 4. Deleting the StormService does not hang on AIBrix's finalizer.
+            api.delete("vllm-1p1d", &Default::default()).await?;
+            wait_for("the RoleSet gone", TIMEOUT, || async {
+                Ok(ns.api::<RoleSet>().list(&ListParams::default()).await?.items.is_empty().then_some(()))
+            })
+            .await?;
+            controller.process.ensure_running()?;
+            Ok(())
+        }
+        .await;
+        if inner.is_err() {
+            eprintln!("{}", controller.process.log_tail(80));
+        }
+        inner
+    }
+    .await;
+    if result.is_err() {
+        storm_test_support::dump_logs();
+    }
+    result?;
+    ns.cleanup().await
+}
