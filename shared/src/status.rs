@@ -214,6 +214,10 @@ reasons! {
     ReplacingFailedPod = "ReplacingFailedPod",
     /// Event: a RoleSet replaces a Pod made from an older template of its role.
     ReplacingOutdatedPod = "ReplacingOutdatedPod",
+    /// Event: a PodGroup for gang scheduling was created.
+    PodGroupCreated = "PodGroupCreated",
+    /// Event (Warning): the scheduler's PodGroup CRD is not installed; Pods are scheduled one by one.
+    PodGroupUnavailable = "PodGroupUnavailable",
     /// Event: a RoleSet updated a Pod's images in place.
     UpdatedPodInPlace = "UpdatedPodInPlace",
 }

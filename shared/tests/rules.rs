@@ -855,3 +855,30 @@ fn a_name_that_cannot_name_the_headless_service_is_a_warning() {
         report.warnings
     );
 }
+
+#[test]
+fn a_scheduling_strategy_names_one_known_scheduler() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/template/spec/schedulingStrategy",
+        json!({"coschedulingSchedulingStrategy": {"minMember": 2}}),
+    );
+    accepts(&v);
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/schedulingStrategy",
+        json!({"kueueSchedulingStrategy": {}}),
+    );
+    rejects(
+        &v,
+        &["spec.template.spec.roles[0].schedulingStrategy.kueueSchedulingStrategy"],
+    );
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/template/spec/schedulingStrategy",
+        json!({"coschedulingSchedulingStrategy": {}, "volcanoSchedulingStrategy": {}}),
+    );
+    rejects(&v, &["spec.template.spec.schedulingStrategy"]);
+}

@@ -16,5 +16,5 @@ cluster-status: ## Show control-plane processes, ports and /readyz
 	@$(CONTROLPLANE_DIR)cluster.sh status
 cluster-logs: ## Tail the control-plane component logs
 	@$(CONTROLPLANE_DIR)cluster.sh logs
-thirdparty-crds: ## Fetch the pinned Istio, Gateway API and SMI CRDs into the cache (no-op when cached); prints the files
+thirdparty-crds: ## Fetch the pinned Istio, Gateway API, SMI and coscheduling PodGroup CRDs into the cache (no-op when cached); prints the files
 	@$(CONTROLPLANE_DIR)thirdparty-crds.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Third-party CRDs the traffic-router e2e suites install: Istio VirtualService and
-# DestinationRule, Gateway API HTTPRoute and SMI TrafficSplit, each as its project publishes
+# Third-party CRDs the e2e suites install: Istio VirtualService and DestinationRule, Gateway
+# API HTTPRoute, SMI TrafficSplit and the coscheduling PodGroup, each as its project publishes
 # it. The modules are pinned in thirdparty/go.mod + go.sum; `go mod download` fetches (and
 # verifies against go.sum) the module zips from the Go module proxy, and the CRD documents
 # we need are copied into a per-version cache outside the repo, built once per machine:
@@ -36,20 +36,23 @@ module_version() {
 ISTIO_VERSION=$(module_version istio.io/api)
 GATEWAY_VERSION=$(module_version sigs.k8s.io/gateway-api)
 OSM_VERSION=$(module_version github.com/openservicemesh/osm)
-for v in ISTIO_VERSION GATEWAY_VERSION OSM_VERSION; do
+SCHED_VERSION=$(module_version sigs.k8s.io/scheduler-plugins)
+for v in ISTIO_VERSION GATEWAY_VERSION OSM_VERSION SCHED_VERSION; do
 	[[ -n ${!v} ]] || { log "cannot read $v from $MOD/go.mod"; exit 1; }
 done
 
 ISTIO_DIR=$CACHE/istio-$ISTIO_VERSION
 GATEWAY_DIR=$CACHE/gateway-api-$GATEWAY_VERSION
 SMI_DIR=$CACHE/smi-osm-$OSM_VERSION
+SCHED_DIR=$CACHE/scheduler-plugins-$SCHED_VERSION
 
 ISTIO_CRDS=(virtualservices.networking.istio.io destinationrules.networking.istio.io)
 GATEWAY_CRDS=(httproutes.gateway.networking.k8s.io)
 SMI_CRDS=(trafficsplits.split.smi-spec.io)
+SCHED_CRDS=(podgroups.scheduling.x-k8s.io)
 
 if [[ ${1:-} == --print-dirs ]]; then
-	printf 'ISTIO_DIR=%s\nGATEWAY_DIR=%s\nSMI_DIR=%s\n' "$ISTIO_DIR" "$GATEWAY_DIR" "$SMI_DIR"
+	printf 'ISTIO_DIR=%s\nGATEWAY_DIR=%s\nSMI_DIR=%s\nSCHED_DIR=%s\n' "$ISTIO_DIR" "$GATEWAY_DIR" "$SMI_DIR" "$SCHED_DIR"
 	exit 0
 fi
 
@@ -104,7 +107,10 @@ build "$GATEWAY_DIR" sigs.k8s.io/gateway-api "$GATEWAY_VERSION" \
 	config/crd/standard/gateway.networking.k8s.io_httproutes.yaml "${GATEWAY_CRDS[@]}"
 build "$SMI_DIR" github.com/openservicemesh/osm "$OSM_VERSION" \
 	cmd/osm-bootstrap/crds/smi_traffic_split.yaml "${SMI_CRDS[@]}"
+build "$SCHED_DIR" sigs.k8s.io/scheduler-plugins "$SCHED_VERSION" \
+	config/crd/bases/scheduling.x-k8s.io_podgroups.yaml "${SCHED_CRDS[@]}"
 
 for crd in "${ISTIO_CRDS[@]}"; do echo "$ISTIO_DIR/$crd.yaml"; done
 for crd in "${GATEWAY_CRDS[@]}"; do echo "$GATEWAY_DIR/$crd.yaml"; done
 for crd in "${SMI_CRDS[@]}"; do echo "$SMI_DIR/$crd.yaml"; done
+for crd in "${SCHED_CRDS[@]}"; do echo "$SCHED_DIR/$crd.yaml"; done

@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -18,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storm_shared::keys::AIBRIX_LABEL_PODSET_NAME;
+use storm_shared::status::Reason;
 use storm_shared::types::podset::PodSet;
 use tracing::{debug, info, warn};
 
@@ -158,6 +160,40 @@ async fn reconcile_podset(podset: &PodSet, state: &State) -> Result<Action, Erro
                     name: pod.name_any(),
                     source,
                 });
+            }
+        }
+    }
+    if let Some(strategy) = &podset.spec.scheduling_strategy {
+        let event =
+            match crate::podgroups::ensure(&state.ctx.client, strategy, &name, &namespace, &owner)
+                .await
+            {
+                Ok(true) => Some((
+                    EventType::Normal,
+                    Reason::PodGroupCreated,
+                    format!("Created PodGroup {name} for gang scheduling"),
+                )),
+                Ok(false) => None,
+                Err(why) => {
+                    warn!(%namespace, %name, %why, "PodGroup");
+                    Some((EventType::Warning, Reason::PodGroupUnavailable, why))
+                }
+            };
+        if let Some((type_, reason, note)) = event {
+            let ev = Event {
+                type_,
+                reason: reason.as_str().to_string(),
+                note: Some(note),
+                action: "ReconcilePodGroup".to_string(),
+                secondary: None,
+            };
+            if let Err(e) = state
+                .ctx
+                .recorder
+                .publish(&ev, &podset.object_ref(&()))
+                .await
+            {
+                warn!(%namespace, %name, error = %e, "recording event failed");
             }
         }
     }

@@ -155,8 +155,15 @@ pub fn build_podset(
     let pod = build_pod(roleset, role, name, index, namespace, owner.clone());
     let mut spec = pod.spec.unwrap_or_default();
     spec.hostname = None;
-    let labels = pod.metadata.labels.clone();
-    let annotations = pod.metadata.annotations.clone();
+    let mut labels = pod.metadata.labels.clone().unwrap_or_default();
+    let mut annotations = pod.metadata.annotations.clone().unwrap_or_default();
+    // Gang scheduling of each group: its PodGroup is named after the PodSet.
+    if let Some(strategy) = &role.scheduling_strategy {
+        let (l, a) = crate::podgroups::pod_marks(strategy, name);
+        labels.extend(l);
+        annotations.extend(a);
+    }
+    let (labels, annotations) = (Some(labels), Some(annotations));
     PodSet {
         metadata: ObjectMeta {
             name: Some(name.to_string()),

@@ -288,6 +288,38 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
     }
 
     apply_groups(state, roleset, &namespace, &owned_podsets).await?;
+    if let Some(strategy) = &roleset.spec.scheduling_strategy {
+        let mut owner = roleset
+            .controller_owner_ref(&())
+            .ok_or(PlanError::BuildOwnerReference)?;
+        owner.block_owner_deletion = Some(true);
+        match crate::podgroups::ensure(&state.ctx.client, strategy, &name, &namespace, &owner).await
+        {
+            Ok(true) => {
+                let note = format!("Created PodGroup {name} for gang scheduling");
+                publish(
+                    state,
+                    roleset,
+                    EventType::Normal,
+                    Reason::PodGroupCreated,
+                    note,
+                )
+                .await;
+            }
+            Ok(false) => {}
+            Err(why) => {
+                warn!(%namespace, %name, %why, "PodGroup");
+                publish(
+                    state,
+                    roleset,
+                    EventType::Warning,
+                    Reason::PodGroupUnavailable,
+                    why,
+                )
+                .await;
+            }
+        }
+    }
     let status = status::compute_status(roleset, &owned, &owned_podsets, now);
     if roleset.status.as_ref() != Some(&status) {
         let api: Api<RoleSet> = Api::namespaced(state.ctx.client.clone(), &namespace);

@@ -425,6 +425,12 @@ pub(crate) fn build_pod(
         labels.insert(AIBRIX_ROLE_REPLICA_INDEX.to_string(), index.to_string());
         annotations.insert(AIBRIX_ROLE_REPLICA_INDEX.to_string(), index.to_string());
     }
+    // Gang scheduling of the whole RoleSet: its PodGroup is named after it.
+    if let Some(strategy) = &roleset.spec.scheduling_strategy {
+        let (l, a) = crate::podgroups::pod_marks(strategy, &roleset.name_any());
+        labels.extend(l);
+        annotations.extend(a);
+    }
     let mut spec = role.template.spec.clone().unwrap_or_default();
     let injected = injected_env(roleset, role, index);
     for c in &mut spec.containers {

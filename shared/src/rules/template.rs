@@ -9,8 +9,58 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Role update types AIBrix documents.
 const ROLE_UPDATE_TYPES: [&str; 2] = ["Recreate", "InPlaceIfPossible"];
 
+/// The schedulers a `schedulingStrategy` may name (one of them).
+const SCHEDULERS: [&str; 3] = [
+    "coschedulingSchedulingStrategy",
+    "volcanoSchedulingStrategy",
+    "godelSchedulingStrategy",
+];
+
+/// A `schedulingStrategy` names exactly one scheduler the controller knows how to make a PodGroup
+/// for, with an object of settings.
+fn check_scheduling(
+    strategy: &serde_json::Map<String, serde_json::Value>,
+    path: &FieldPath,
+    report: &mut Report,
+) {
+    let keys: Vec<&String> = strategy.keys().collect();
+    for key in &keys {
+        if !SCHEDULERS.contains(&key.as_str()) {
+            report.error(FieldError::not_supported(path.child(key), key, &SCHEDULERS));
+        } else if !strategy[key.as_str()].is_object() {
+            report.error(FieldError::invalid(
+                path.child(key),
+                &strategy[key.as_str()],
+                "must be an object of the scheduler's PodGroup settings (for example minMember)",
+            ));
+        }
+    }
+    if keys.len() > 1 {
+        report.error(FieldError::invalid(
+            path.clone(),
+            keys,
+            "must name exactly one scheduler: keep one of coschedulingSchedulingStrategy, volcanoSchedulingStrategy, godelSchedulingStrategy",
+        ));
+    }
+}
+
 pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Report) {
     let tpl_path = path.child("template");
+    if let Some(rs) = &spec.template.spec {
+        let rs_path = tpl_path.child("spec");
+        if let Some(s) = &rs.scheduling_strategy {
+            check_scheduling(s, &rs_path.child("schedulingStrategy"), report);
+        }
+        for (i, role) in rs.roles.iter().enumerate() {
+            if let Some(s) = &role.scheduling_strategy {
+                check_scheduling(
+                    s,
+                    &rs_path.child("roles").index(i).child("schedulingStrategy"),
+                    report,
+                );
+            }
+        }
+    }
     let labels: BTreeMap<String, String> = spec
         .template
         .metadata

@@ -14,4 +14,8 @@ require (
 	// Gateway API HTTPRoute (standard channel): config/crd/standard/gateway.networking.k8s.io_httproutes.yaml.
 	// v1.7.0 needs a newer Go than the machines have.
 	sigs.k8s.io/gateway-api v1.6.3
+	// Coscheduling PodGroup (gang scheduling of RoleSets and PodSets):
+	// config/crd/bases/scheduling.x-k8s.io_podgroups.yaml. Volcano's and Godel's PodGroup CRDs
+	// live in modules the Go module proxy does not serve (volcano.sh/volcano answers 403).
+	sigs.k8s.io/scheduler-plugins v0.31.8
 )

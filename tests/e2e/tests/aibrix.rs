@@ -671,3 +671,77 @@ async fn adopting_aibrix_objects_restarts_no_pod() -> Result<()> {
     result?;
     ns.cleanup().await
 }
+
+/// Gang scheduling: a RoleSet-level coscheduling strategy makes the PodGroup `<roleset>` (with the
+/// real scheduler-plugins CRD installed) and labels every Pod with it; a role-level Volcano strategy
+/// whose CRD is not installed gives a Warning event and the Pods are made anyway.
+#[tokio::test]
+async fn scheduling_strategies_make_podgroups_or_warn() -> Result<()> {
+    let ns = TestNamespace::new("aibrix-gang").await?;
+    ns.cluster().install_crds()?;
+    ns.cluster().install_thirdparty_crds()?;
+    let mut controller = Controller::start(ns.cluster(), ns.name())?;
+    let result: Result<()> = async {
+        let text = std::fs::read_to_string(sample("sglang-tp-1p1d.yaml"))?;
+        let mut obj: serde_json::Value = serde_yaml::from_str(&text)?;
+        obj["spec"]["template"]["spec"]["schedulingStrategy"] =
+            json!({"coschedulingSchedulingStrategy": {"minMember": 5, "scheduleTimeoutSeconds": 60}});
+        let roles = obj["spec"]["template"]["spec"]["roles"].as_array_mut().context("roles")?;
+        let prefill = roles.iter_mut().find(|r| r["name"] == "prefill").context("prefill")?;
+        prefill["schedulingStrategy"] = json!({"volcanoSchedulingStrategy": {"minMember": 2, "queue": "gpu"}});
+        let obj: StormService = serde_json::from_value(obj)?;
+        let name = obj.name_any();
+        ns.api::<StormService>().create(&Default::default(), &obj).await?;
+        let obj = ns.api::<StormService>().get(&name).await?;
+        let pods = wait_pods(&ns, &name, expected_pods(&obj)).await?;
+        let roleset = ns.api::<RoleSet>().list(&ListParams::default()).await?.items.first().map(ResourceExt::name_any).context("RoleSet")?;
+        let ar = kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("scheduling.x-k8s.io", "v1alpha1", "PodGroup"),
+            "podgroups",
+        );
+        let groups: kube::Api<kube::core::DynamicObject> = kube::Api::namespaced_with(ns.client(), ns.name(), &ar);
+        let pg = wait_for("the coscheduling PodGroup", TIMEOUT, || async { Ok(groups.get_opt(&roleset).await?) }).await?;
+        ensure!(pg.data["spec"]["minMember"] == json!(5), "minMember as written: {:?}", pg.data);
+        ensure!(
+            pg.metadata.owner_references.iter().flatten().any(|o| o.kind == "RoleSet" && o.name == roleset),
+            "owned by the RoleSet"
+        );
+        for pod in &pods {
+            ensure!(
+                pod.labels().get("scheduling.x-k8s.io/pod-group") == Some(&roleset),
+                "{} not in the RoleSet's PodGroup",
+                pod.name_any()
+            );
+            if pod.labels().get("role-name").map(String::as_str) == Some("prefill") {
+                let podset = pod.labels().get("stormservice.orchestration.aibrix.ai/podset-name").context("podset")?;
+                ensure!(pod.labels().get("scheduling.k8s.io/group-name") == Some(podset));
+                ensure!(pod.annotations().get("scheduling.k8s.io/group-name") == Some(podset));
+            }
+        }
+        wait_for("a PodGroupUnavailable Warning for Volcano", TIMEOUT, || async {
+            let events = ns
+                .api::<k8s_openapi::api::events::v1::Event>()
+                .list(&ListParams::default())
+                .await?;
+            Ok(events
+                .items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("PodGroupUnavailable")
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.note.as_deref().is_some_and(|n| n.contains("scheduling.volcano.sh"))
+                })
+                .then_some(()))
+        })
+        .await?;
+        controller.process.ensure_running()?;
+        Ok(())
+    }
+    .await;
+    if result.is_err() {
+        storm_test_support::dump_logs();
+        eprintln!("{}", controller.process.log_tail(60));
+    }
+    result?;
+    ns.cleanup().await
+}
