@@ -43,7 +43,7 @@ e2e: cluster-up ## End-to-end suites against the local control plane (stops the 
 
 .PHONY: demo-check
 demo-check: ## Run the demo non-interactively and check its end state (then stop the dev stack)
-	@STORM_DEMO_NAMESPACE=storm-demo-ci tests/demo/demo.sh > target/demo-check.log 2>&1 \
+	@mkdir -p target; STORM_DEMO_NAMESPACE=storm-demo-ci tests/demo/demo.sh > target/demo-check.log 2>&1 \
 		|| { tail -n 60 target/demo-check.log; $(MAKE) --no-print-directory dev-down; exit 1; }
 	@phase=$$(KUBECONFIG=.storm/cluster/kubeconfig kubectl -n storm-demo-ci get stormservice my-app \
 		-o jsonpath='{.status.rolloutStatus.phase} {.status.currentRevision} {.status.updateRevision}'); \
@@ -62,7 +62,7 @@ bench: bench-webhook bench-controller ## Every benchmark; numbers in target/benc
 
 .PHONY: demo-aibrix-check
 demo-aibrix-check: ## Run demo-aibrix non-interactively (it fails on anything unexpected), then stop the dev stack
-	@STORM_DEMO_NAMESPACE=storm-demo-aibrix-ci tests/demo/demo-aibrix.sh > target/demo-aibrix-check.log 2>&1 \
+	@mkdir -p target; STORM_DEMO_NAMESPACE=storm-demo-aibrix-ci tests/demo/demo-aibrix.sh > target/demo-aibrix-check.log 2>&1 \
 		|| { tail -n 60 target/demo-aibrix-check.log; $(MAKE) --no-print-directory dev-down; exit 1; }
 	@$(MAKE) --no-print-directory dev-down >/dev/null 2>&1; echo "demo-aibrix-check: 1 passed, 0 failed"
 
