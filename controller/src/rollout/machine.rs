@@ -274,9 +274,12 @@ impl<'a> Machine<'a> {
             &self.retemplate,
             &self.input.spec.template,
         );
+        let (create, delete) = roleset_changes(obs, &self.scale, &self.retemplate, &self.update);
         Plan {
             scale: self.scale,
             resize,
+            create,
+            delete,
             retemplate: self.retemplate,
             services: self.services,
             weight: self.weight,
@@ -354,4 +357,59 @@ fn role_statuses(obs: &plan::Observed) -> Vec<storm_shared::types::roleset::Role
         sum.updated_ready_replicas += r.updated_ready_replicas;
     }
     by_role.into_values().collect()
+}
+
+/// The RoleSets to create and delete so that each revision has the count `scale` asks for
+/// (revisions it does not name go to zero). RoleSets being retemplated count as `update`'s. Extra
+/// RoleSets go unready first, then from the highest slot; new ones take the lowest free slots.
+fn roleset_changes(
+    obs: &plan::Observed,
+    scale: &BTreeMap<String, i32>,
+    retemplate: &[String],
+    update: &str,
+) -> (Vec<(String, i32)>, Vec<String>) {
+    let revision_of = |r: &plan::ObservedRoleSet| {
+        if retemplate.contains(&r.name) {
+            update.to_string()
+        } else {
+            r.revision.clone()
+        }
+    };
+    let revisions: std::collections::BTreeSet<String> = obs
+        .rolesets
+        .iter()
+        .map(revision_of)
+        .chain(scale.keys().cloned())
+        .collect();
+    let mut create = Vec::new();
+    let mut delete = Vec::new();
+    for rev in revisions {
+        let want = usize::try_from(scale.get(&rev).copied().unwrap_or(0).max(0)).unwrap_or(0);
+        let mut members: Vec<&plan::ObservedRoleSet> = obs
+            .rolesets
+            .iter()
+            .filter(|r| revision_of(r) == rev)
+            .collect();
+        // A RoleSet without a slot, or two in one slot, is extra whatever the count.
+        let mut seen = std::collections::BTreeSet::new();
+        let (mut slotted, unslotted): (Vec<_>, Vec<_>) = members
+            .drain(..)
+            .partition(|r| r.index.is_some_and(|i| seen.insert(i)));
+        delete.extend(unslotted.iter().map(|r| r.name.clone()));
+        if slotted.len() > want {
+            // Keep the ready ones, then the lowest slots.
+            slotted.sort_by_key(|r| (!r.ready, r.index));
+            delete.extend(slotted.drain(want..).map(|r| r.name.clone()));
+        }
+        let used: std::collections::BTreeSet<i32> =
+            slotted.iter().filter_map(|r| r.index).collect();
+        let missing = want.saturating_sub(slotted.len());
+        create.extend(
+            (0..)
+                .filter(|i| !used.contains(i))
+                .take(missing)
+                .map(|i| (rev.clone(), i)),
+        );
+    }
+    (create, delete)
 }

@@ -131,6 +131,11 @@ pub struct Note {
 pub struct Plan {
     /// Desired RoleSet count per revision; revisions not listed go to zero.
     pub scale: BTreeMap<String, i32>,
+    /// RoleSets to create: (revision, slot). Each revision's lowest free slots.
+    pub create: Vec<(String, i32)>,
+    /// RoleSets to delete, by name: of each revision with more than `scale` asks, the unready ones
+    /// first (they serve nobody), then the highest slots.
+    pub delete: Vec<String>,
     /// RoleSets of other revisions that take the update revision's template in place
     /// (`updateStrategy.type: InPlaceUpdate`); they keep their names and slots and count as the
     /// update revision's from now on.

@@ -168,40 +168,17 @@ impl Sim {
                 }
             }
         }
-        let revisions: BTreeSet<String> = self
-            .rolesets
-            .iter()
-            .map(|r| r.revision.clone())
-            .chain(plan.scale.keys().cloned())
-            .collect();
-        for rev in revisions {
-            let want = usize::try_from(*plan.scale.get(&rev).unwrap_or(&0)).unwrap_or(0);
-            let have: Vec<usize> = self
-                .rolesets
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.revision == rev)
-                .map(|(i, _)| i)
-                .collect();
-            if have.len() > want {
-                let drop: BTreeSet<usize> = have[want..].iter().copied().collect();
-                let mut i = 0;
-                self.rolesets.retain(|_| {
-                    let keep = !drop.contains(&i);
-                    i += 1;
-                    keep
-                });
-            }
-            for n in have.len()..want {
-                self.rolesets.push(ObservedRoleSet {
-                    role_status: Vec::new(),
-                    roles: revision::role_replicas(&self.spec.template),
-                    index: i32::try_from(n).ok(),
-                    name: format!("svc-{rev}-{n}"),
-                    revision: rev.clone(),
-                    ready: false,
-                });
-            }
+        // The shell executes exactly the RoleSets the plan names.
+        self.rolesets.retain(|r| !plan.delete.contains(&r.name));
+        for (rev, n) in &plan.create {
+            self.rolesets.push(ObservedRoleSet {
+                role_status: Vec::new(),
+                roles: revision::role_replicas(&self.spec.template),
+                index: Some(*n),
+                name: format!("svc-{rev}-{n}"),
+                revision: rev.clone(),
+                ready: false,
+            });
         }
         // Roles resized in place.
         for r in &mut self.rolesets {

@@ -18,16 +18,17 @@ use super::revisions::{self, roleset_for, template_of};
 use super::routing::{self, Routing};
 use crate::context::{Context, MANAGER};
 use crate::error::Error;
-use crate::rollout::{Note, Observed, ObservedRoleSet, Plan};
+use crate::rollout::{Note, Observed, Plan};
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_REVISION};
 use storm_shared::types::API_VERSION;
+use storm_shared::types::stormservice::RoleSetTemplateSpec;
 use storm_shared::{RoleSet, StormService};
 use tracing::{debug, info, warn};
 
@@ -72,7 +73,7 @@ pub async fn apply(
     //    that stay.
     let mut scaled = retemplate(ctx, caches, obj, &update, observed, plan).await;
     if scaled.is_ok() {
-        scaled = scale(ctx, caches, obj, &update, observed, plan).await;
+        scaled = scale(ctx, caches, obj, &update, plan).await;
     }
     if scaled.is_ok() {
         scaled = resize(ctx, caches, &ns, plan).await;
@@ -208,71 +209,35 @@ async fn set_routers(
     }
 }
 
-/// Creates the RoleSets the plan wants and deletes the ones it does not. A RoleSet is counted by its
-/// slot (`roleset-index`) under its revision; the ones the plan retemplates count as the update
-/// revision's.
+/// Creates and deletes exactly the RoleSets the plan names: creates first (in each revision's
+/// template), then deletes.
 async fn scale(
     ctx: &Context,
     caches: &Caches,
     obj: &StormService,
     update: &str,
-    observed: &Observed,
     plan: &Plan,
 ) -> Result<(), Error> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<RoleSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let revision_of = |r: &ObservedRoleSet| {
-        if plan.retemplate.contains(&r.name) {
-            update.to_string()
-        } else {
-            r.revision.clone()
+    let mut templates: BTreeMap<&str, RoleSetTemplateSpec> = BTreeMap::new();
+    for (rev, i) in &plan.create {
+        if !templates.contains_key(rev.as_str()) {
+            templates.insert(rev, template_of(caches, obj, update, rev)?);
         }
-    };
-    let revisions: BTreeSet<String> = observed
-        .rolesets
-        .iter()
-        .map(revision_of)
-        .chain(plan.scale.keys().cloned())
-        .collect();
-    let mut deletions = Vec::new();
-    for rev in revisions {
-        let want = plan.scale.get(&rev).copied().unwrap_or(0);
-        let members: Vec<&ObservedRoleSet> = observed
-            .rolesets
-            .iter()
-            .filter(|r| revision_of(r) == rev)
-            .collect();
-        let have: BTreeSet<i32> = members.iter().filter_map(|r| r.index).collect();
-        let missing: Vec<i32> = (0..want).filter(|i| !have.contains(i)).collect();
-        let template = if missing.is_empty() {
-            None
-        } else {
-            Some(template_of(caches, obj, update, &rev)?)
-        };
-        for i in missing {
-            let rs = roleset_for(
-                obj,
-                template.as_ref().unwrap_or(&obj.spec.template),
-                &rev,
-                i,
-            );
-            match api.create(&PostParams::default(), &rs).await {
-                Ok(_) => info!(namespace = %ns, roleset = %rs.name_any(), "RoleSet created"),
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(Error::CreateRoleSet(rs.name_any(), e)),
-            }
-        }
-        for r in members {
-            if r.index.is_none_or(|i| i >= want) {
-                deletions.push(r.name.clone());
-            }
+        let template = templates.get(rev.as_str()).unwrap_or(&obj.spec.template);
+        let rs = roleset_for(obj, template, rev, *i);
+        match api.create(&PostParams::default(), &rs).await {
+            Ok(_) => info!(namespace = %ns, roleset = %rs.name_any(), "RoleSet created"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(Error::CreateRoleSet(rs.name_any(), e)),
         }
     }
-    for d in deletions {
-        match api.delete(&d, &DeleteParams::background()).await {
+    for d in &plan.delete {
+        match api.delete(d, &DeleteParams::background()).await {
             Ok(_) => info!(namespace = %ns, roleset = %d, "RoleSet deleted"),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(Error::DeleteRoleSet(d, e)),
+            Err(e) => return Err(Error::DeleteRoleSet(d.clone(), e)),
         }
     }
     Ok(())

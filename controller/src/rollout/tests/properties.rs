@@ -17,6 +17,9 @@ enum Event {
     Heal,
     /// The traffic router stops (or resumes) applying weights.
     RouterLag,
+    /// A RoleSet (of any revision, chosen by position) is unready for the next decision: a lost
+    /// node, a Pod restarting.
+    Lose(usize),
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -31,6 +34,7 @@ fn event() -> impl Strategy<Value = Event> {
         1 => Just(Event::Fail),
         1 => Just(Event::Heal),
         1 => Just(Event::RouterLag),
+        2 => (0usize..16).prop_map(Event::Lose),
     ]
 }
 
@@ -66,7 +70,18 @@ proptest! {
                 Event::Fail => { sim.failing.insert(v2.clone()); }
                 Event::Heal => { sim.failing.remove(&v2); }
                 Event::RouterLag => sim.router_frozen = !sim.router_frozen,
+                Event::Lose(k) => {
+                    let n = sim.rolesets.len();
+                    if n > 0 {
+                        sim.rolesets[k % n].ready = false;
+                    }
+                }
             }
+            let before: Vec<(String, String, bool)> = sim
+                .rolesets
+                .iter()
+                .map(|r| (r.name.clone(), r.revision.clone(), r.ready))
+                .collect();
             let router_before = sim.router;
             let canary_before = i32::try_from(sim.count(&v2)).unwrap_or(0);
             let canary_ready_before: i32 =
@@ -76,6 +91,24 @@ proptest! {
                 sim.rolesets.iter().filter(|r| r.ready && r.revision == v1).count();
             let plan = sim.tick();
             let rs = plan.status.rollout_status.clone().unwrap_or_default();
+            // The plan names which RoleSets go: of a revision, never a ready one while an unready
+            // one of the same revision stays.
+            for (name, rev, ready) in &before {
+                if *ready && plan.delete.contains(name) {
+                    let unready_kept = before
+                        .iter()
+                        .any(|(n, r, ok)| r == rev && !ok && !plan.delete.contains(n));
+                    prop_assert!(!unready_kept, "ready {name} deleted while an unready RoleSet of {rev} stays");
+                }
+            }
+            // Availability: deletions never take the ready RoleSets below what the rollout may lose.
+            let ready_before = before.iter().filter(|(_, _, ok)| *ok).count();
+            let ready_deleted = before.iter().filter(|(n, _, ok)| *ok && plan.delete.contains(n)).count();
+            let floor = ready_before.min(usize::try_from(replicas - unavailable).unwrap_or(0));
+            prop_assert!(
+                ready_before - ready_deleted >= floor,
+                "{ready_deleted} of {ready_before} ready RoleSets deleted (floor {floor})"
+            );
             // The weight never exceeds the current step's.
             if let Some(idx) = rs.current_step_index.and_then(|i| usize::try_from(i).ok()) {
                 let steps = &sim.spec.rollout_strategy.as_ref().expect("rs").canary.as_ref().expect("c").steps;
