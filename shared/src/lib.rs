@@ -9,6 +9,7 @@ pub mod errors;
 pub mod keys;
 pub mod policy;
 pub mod references;
+pub mod routing_refs;
 pub mod rules;
 pub mod status;
 pub mod types;

@@ -32,7 +32,9 @@ pub struct ServiceInfo {
 /// hosts) it sends traffic to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteInfo {
-    /// Names of the backend Services (for Istio, destination hosts, short or fully qualified).
+    /// Names of the backend Services in the object's namespace; for Istio the destination hosts,
+    /// short or fully qualified (matched by [`crate::routing_refs::istio_host_is`]); for an
+    /// HTTPRoute only the backendRefs [`crate::routing_refs::gateway_ref_service`] accepts.
     pub backends: Vec<String>,
 }
 
@@ -123,6 +125,7 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                     &n.ingress,
                     ns,
                     &wanted[..wanted.len().min(1)],
+                    same_name,
                     p,
                     &mut out,
                 );
@@ -144,6 +147,7 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                     &i.virtual_service,
                     ns,
                     &wanted,
+                    crate::routing_refs::istio_host_is,
                     p,
                     &mut out,
                 );
@@ -166,6 +170,7 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                     &s.traffic_split,
                     ns,
                     &wanted,
+                    same_name,
                     p,
                     &mut out,
                 );
@@ -178,6 +183,7 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                     &g.http_route,
                     ns,
                     &wanted,
+                    same_name,
                     p,
                     &mut out,
                 );
@@ -220,13 +226,21 @@ fn templates(
     }
 }
 
+/// A backend naming a Service of the object's namespace by its name (Ingress, TrafficSplit, and
+/// HTTPRoute refs already narrowed to core Services of the namespace).
+fn same_name(backend: &str, service: &str, _ns: &str) -> bool {
+    backend == service
+}
+
 /// Checks that a routing object exists and sends traffic to every wanted Service.
+#[allow(clippy::too_many_arguments)]
 fn route(
     found: Presence<RouteInfo>,
     kind: &str,
     name: &str,
     ns: &str,
     wanted: &[&str],
+    matches: fn(&str, &str, &str) -> bool,
     path: FieldPath,
     out: &mut Vec<Warning>,
 ) {
@@ -237,10 +251,7 @@ fn route(
         )),
         Presence::Found(info) => {
             for w in wanted {
-                let hit = info
-                    .backends
-                    .iter()
-                    .any(|b| b == w || b.split('.').next() == Some(w));
+                let hit = info.backends.iter().any(|b| matches(b, w, ns));
                 if !hit {
                     out.push(Warning::new(
                         path.clone(),

@@ -200,6 +200,26 @@ fn uninstalled_mesh_kinds_are_tolerated() {
         paths(&v, &w),
         vec!["spec.rolloutStrategy.canary.trafficRouting.istio.destinationRule"]
     );
+    // A host of the same name in another namespace is not the StormService's Service: admission
+    // warns, as the controller refuses to set it (one implementation: routing_refs).
+    w.virtual_services.insert(
+        "vs".into(),
+        RouteInfo {
+            backends: vec![
+                "my-app-stable".into(),
+                "my-app-canary.other.svc.cluster.local".into(),
+            ],
+        },
+    );
+    let mut got = paths(&v, &w);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            "spec.rolloutStrategy.canary.trafficRouting.istio.destinationRule",
+            "spec.rolloutStrategy.canary.trafficRouting.istio.virtualService"
+        ]
+    );
 }
 
 #[test]

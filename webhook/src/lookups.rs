@@ -368,8 +368,10 @@ pub fn traffic_split_backends(ts: &DynamicObject) -> Vec<String> {
     strings_at(ts.data.pointer("/spec/backends"), "/service")
 }
 
-/// Backend Services of a Gateway API HTTPRoute (backendRefs of kind Service, the default).
+/// Backend Services of a Gateway API HTTPRoute: the backendRefs that are core Services of the
+/// route's namespace (the controller's own test, `routing_refs::gateway_ref_service`).
 pub fn http_route_backends(route: &DynamicObject) -> Vec<String> {
+    let namespace = route.metadata.namespace.clone().unwrap_or_default();
     route
         .data
         .pointer("/spec/rules")
@@ -378,8 +380,7 @@ pub fn http_route_backends(route: &DynamicObject) -> Vec<String> {
         .flatten()
         .filter_map(|rule| rule.get("backendRefs").and_then(Value::as_array))
         .flatten()
-        .filter(|r| r.get("kind").and_then(Value::as_str).unwrap_or("Service") == "Service")
-        .filter_map(|r| r.get("name").and_then(Value::as_str))
+        .filter_map(|r| storm_shared::routing_refs::gateway_ref_service(r, &namespace))
         .map(str::to_string)
         .collect()
 }
@@ -510,6 +511,18 @@ mod tests {
             ]}]}
         }));
         assert_eq!(http_route_backends(&hr), ["stable", "canary"]);
+        // A ref to another namespace, or to a Service-named kind of another group, is not one
+        // of the route's Services (the controller's test too).
+        let hr = dynamic(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "r", "namespace": "ns"},
+            "spec": {"rules": [{"backendRefs": [
+                {"name": "stable", "namespace": "ns"},
+                {"name": "canary", "namespace": "elsewhere"},
+                {"name": "canary", "group": "other.io", "kind": "Service"}
+            ]}]}
+        }));
+        assert_eq!(http_route_backends(&hr), ["stable"]);
     }
 
     #[test]

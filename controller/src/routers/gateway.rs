@@ -15,15 +15,7 @@ const HTTP_ROUTE: CustomKind = CustomKind {
 };
 const HTTP_ROUTE_FIELD: &str = "spec.rolloutStrategy.canary.trafficRouting.gatewayAPI.httpRoute";
 
-/// Whether a backendRef points at the core Service `service` in `namespace` (group `""`, kind
-/// `Service` and the route's namespace are the defaults).
-pub fn refers_to(backend_ref: &Value, service: &str, namespace: &str) -> bool {
-    let field = |k: &str| backend_ref.get(k).and_then(Value::as_str);
-    field("name") == Some(service)
-        && field("group").is_none_or(str::is_empty)
-        && field("kind").is_none_or(|k| k == "Service")
-        && field("namespace").is_none_or(|n| n == namespace)
-}
+pub use storm_shared::routing_refs::gateway_refers_to as refers_to;
 
 fn side(backend_ref: &Value, target: &Target<'_>) -> Option<Side> {
     if refers_to(backend_ref, target.stable_service, target.namespace) {

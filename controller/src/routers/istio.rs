@@ -50,26 +50,7 @@ impl Match {
     }
 }
 
-/// Whether an Istio destination `host` names `service` in `namespace`: the short name (the
-/// VirtualService's own namespace), `svc.ns`, `svc.ns.svc` or `svc.ns.svc.<cluster domain>`.
-pub fn host_is(host: &str, service: &str, namespace: &str) -> bool {
-    let Some(rest) = host.strip_prefix(service) else {
-        return false;
-    };
-    if rest.is_empty() {
-        return true;
-    }
-    let Some(rest) = rest
-        .strip_prefix('.')
-        .and_then(|r| r.strip_prefix(namespace))
-    else {
-        return false;
-    };
-    rest.is_empty()
-        || rest
-            .strip_prefix(".svc")
-            .is_some_and(|r| r.is_empty() || (r.starts_with('.') && r.len() > 1))
-}
+pub use storm_shared::routing_refs::istio_host_is as host_is;
 
 fn side(entry: &Value, target: &Target<'_>, by: Match) -> Option<Side> {
     let destination = entry.get("destination")?;
