@@ -882,3 +882,26 @@ fn a_scheduling_strategy_names_one_known_scheduler() {
     );
     rejects(&v, &["spec.template.spec.schedulingStrategy"]);
 }
+
+#[test]
+fn an_error_rate_metric_needs_no_condition_of_its_own_when_a_threshold_is_set() {
+    // errorThreshold is its condition: the controller fails a measurement above it. Admission used
+    // to demand successCondition/failureCondition and denied what the controller runs.
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/autoRollback",
+        json!({"enabled": true, "onFailure": {"errorThreshold": "5%", "errorRate": {
+            "name": "errors",
+            "provider": {"prometheus": {"address": "http://prom:9090", "query": "errors"}},
+            "interval": "30s"
+        }}}),
+    );
+    accepts(&v);
+    // Without a threshold the metric decides by its own conditions, so one is needed.
+    remove(&mut v, "/spec/rolloutStrategy/autoRollback/onFailure/errorThreshold");
+    rejects(
+        &v,
+        &["spec.rolloutStrategy.autoRollback.onFailure.errorRate.successCondition"],
+    );
+}

@@ -66,6 +66,28 @@ pub fn check_metric(
     declared: Option<&BTreeSet<String>>,
     report: &mut Report,
 ) {
+    check_metric_with(m, path, declared, report, true);
+}
+
+/// The `autoRollback.onFailure.errorRate` metric: like a template metric, but `errorThreshold` is
+/// its condition (a measurement above it fails), so its own conditions are optional when a threshold
+/// is set, as the controller measures it.
+pub fn check_error_rate_metric(
+    m: &Metric,
+    path: &FieldPath,
+    threshold_set: bool,
+    report: &mut Report,
+) {
+    check_metric_with(m, path, None, report, !threshold_set);
+}
+
+fn check_metric_with(
+    m: &Metric,
+    path: &FieldPath,
+    declared: Option<&BTreeSet<String>>,
+    report: &mut Report,
+    condition_required: bool,
+) {
     if m.name.trim().is_empty() {
         report.error(FieldError::required(
             path.child("name"),
@@ -175,12 +197,12 @@ pub fn check_metric(
             }
         }
     }
-    check_conditions(m, path, report);
+    check_conditions(m, path, report, condition_required);
     check_limits(m, path, report);
 }
 
-fn check_conditions(m: &Metric, path: &FieldPath, report: &mut Report) {
-    if m.success_condition.is_none() && m.failure_condition.is_none() {
+fn check_conditions(m: &Metric, path: &FieldPath, report: &mut Report, required: bool) {
+    if required && m.success_condition.is_none() && m.failure_condition.is_none() {
         report.error(FieldError::required(
             path.child("successCondition"),
             "set successCondition or failureCondition (CEL over `result`, e.g. \"result < 0.05\")",

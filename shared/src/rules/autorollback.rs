@@ -26,7 +26,12 @@ pub(super) fn check(ar: &AutoRollback, path: &FieldPath, report: &mut Report) {
         check_wait(g, fp.child("healthCheckGracePeriod"), report);
     }
     if let Some(metric) = &of.error_rate {
-        super::analysis::check_metric(metric, &fp.child("errorRate"), None, report);
+        super::analysis::check_error_rate_metric(
+            metric,
+            &fp.child("errorRate"),
+            of.error_threshold.is_some(),
+            report,
+        );
         if of.error_threshold.is_none() {
             report.warn(
                 fp.child("errorRate"),

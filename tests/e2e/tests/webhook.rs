@@ -12,54 +12,14 @@ use serde_json::Value;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use storm_test_support::{TestNamespace, cluster, dump_logs_on_error, process};
 
-/// Where the running webhook answers.
-struct Webhook {
-    url: String,
-    ca: PathBuf,
-}
+use storm_test_support::webhook::{Webhook, running};
 
-static WEBHOOK: OnceLock<std::result::Result<Webhook, String>> = OnceLock::new();
-
-/// Starts (or reuses) the dev stack's webhook once per test process.
+/// The running webhook (started once, shared by every suite).
 fn webhook() -> Result<&'static Webhook> {
-    WEBHOOK
-        .get_or_init(|| start_webhook().map_err(|e| format!("{e:#}")))
-        .as_ref()
-        .map_err(|e| anyhow::anyhow!("webhook unavailable: {e}"))
-}
-
-fn start_webhook() -> Result<Webhook> {
-    let cluster = cluster()?;
-    let bin = process::binary("storm-webhook", "storm-webhook")?;
-    let script = cluster.repo_root().join("tests/dev/dev.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("up")
-        .env("STORM_WEBHOOK_BIN", &bin)
-        // Only the webhook: the dev controller would watch every namespace, including the ones
-        // where other suites run their own controllers.
-        .env("STORM_DEV_COMPONENTS", "webhook")
-        .current_dir(cluster.repo_root())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {} up", script.display()))?;
-    ensure!(out.status.success(), "dev.sh up failed ({})", out.status);
-    let env = String::from_utf8_lossy(&out.stdout);
-    let var = |name: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-            .map(str::to_string)
-            .with_context(|| format!("dev.sh up printed no {name}: {env}"))
-    };
-    Ok(Webhook {
-        url: var("STORM_WEBHOOK_URL")?,
-        ca: PathBuf::from(var("STORM_WEBHOOK_CA")?),
-    })
+    running()
 }
 
 /// A namespace for one test, with the webhook running.

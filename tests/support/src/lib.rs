@@ -14,6 +14,7 @@
 
 pub mod process;
 pub mod prometheus;
+pub mod webhook;
 
 use std::fmt::Debug;
 use std::fs::{self, File};
@@ -464,6 +465,11 @@ impl TestNamespace {
     /// can be created right away.
     pub async fn new(prefix: &str) -> Result<Self> {
         let cluster = cluster()?;
+        // As a real cluster would have it: the admission webhook registered (failurePolicy as
+        // shipped) in front of every suite. STORM_E2E_NO_WEBHOOK=1 runs without it.
+        if std::env::var_os("STORM_E2E_NO_WEBHOOK").is_none() {
+            webhook::running()?;
+        }
         let client = cluster.client().await?;
         let name = unique_name(prefix);
         let ns = Namespace {

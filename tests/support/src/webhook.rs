@@ -1,0 +1,58 @@
+//! The admission webhook as the suites run against it: the dev stack's (`tests/dev/dev.sh up`,
+//! webhook only), built once by the harness, started detached on a free loopback port, registered
+//! cluster-wide with the shipped webhook configurations, and reused by every later test process
+//! (`make dev-down` removes it). Only the webhook: the dev controller would watch every namespace,
+//! including the ones where the suites run their own namespace-scoped controllers.
+
+use crate::{cluster, process};
+use anyhow::{Context, Result, ensure};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// Where the running webhook answers.
+#[derive(Debug)]
+pub struct Webhook {
+    /// Its base URL.
+    pub url: String,
+    /// The CA its serving certificate chains to.
+    pub ca: PathBuf,
+}
+
+static WEBHOOK: OnceLock<std::result::Result<Webhook, String>> = OnceLock::new();
+
+/// Starts (or reuses) the webhook, once per test process.
+pub fn running() -> Result<&'static Webhook> {
+    WEBHOOK
+        .get_or_init(|| start().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("webhook unavailable: {e}"))
+}
+
+fn start() -> Result<Webhook> {
+    let cluster = cluster()?;
+    let bin = process::binary("storm-webhook", "storm-webhook")?;
+    let script = cluster.repo_root().join("tests/dev/dev.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("up")
+        .env("STORM_WEBHOOK_BIN", &bin)
+        .env("STORM_DEV_COMPONENTS", "webhook")
+        .current_dir(cluster.repo_root())
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} up", script.display()))?;
+    ensure!(out.status.success(), "dev.sh up failed ({})", out.status);
+    let env = String::from_utf8_lossy(&out.stdout);
+    let var = |name: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+            .map(str::to_string)
+            .with_context(|| format!("dev.sh up printed no {name}: {env}"))
+    };
+    Ok(Webhook {
+        url: var("STORM_WEBHOOK_URL")?,
+        ca: PathBuf::from(var("STORM_WEBHOOK_CA")?),
+    })
+}
