@@ -56,6 +56,11 @@ bench-controller: cluster-up ## N StormServices through a canary (N=200, ROUTER=
 	@tests/dev/dev.sh down >/dev/null 2>&1 || true
 	$(CARGO) run --release -q -p storm-e2e --example bench_controller -- $(or $(N),200) $(or $(ABORTS),20) $(or $(ROUTER),none)
 
+.PHONY: soak
+soak: cluster-up ## N StormServices under a seeded random stream of actions and controller crashes, invariants checked (N=50, SECONDS=300, SEED) -> target/bench/soak.json
+	@tests/dev/dev.sh down >/dev/null 2>&1 || true
+	$(CARGO) run -q -p storm-e2e --example soak -- $(or $(N),50) $(or $(SECONDS),300) $(or $(SEED),20261130)
+
 .PHONY: bench
 bench: bench-webhook bench-controller ## Every benchmark; numbers in target/bench/
 	$(MAKE) --no-print-directory bench-controller ROUTER=gateway

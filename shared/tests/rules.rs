@@ -899,7 +899,10 @@ fn an_error_rate_metric_needs_no_condition_of_its_own_when_a_threshold_is_set() 
     );
     accepts(&v);
     // Without a threshold the metric decides by its own conditions, so one is needed.
-    remove(&mut v, "/spec/rolloutStrategy/autoRollback/onFailure/errorThreshold");
+    remove(
+        &mut v,
+        "/spec/rolloutStrategy/autoRollback/onFailure/errorThreshold",
+    );
     rejects(
         &v,
         &["spec.rolloutStrategy.autoRollback.onFailure.errorRate.successCondition"],
