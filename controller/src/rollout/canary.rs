@@ -162,6 +162,7 @@ struct Position {
     canary_existing: i32,
     canary_ready: i32,
     stable_existing: i32,
+    stable_ready: i32,
 }
 
 impl Position {
@@ -177,6 +178,7 @@ impl Position {
             canary_existing: obs.existing(&m.update),
             canary_ready: obs.ready(&m.update),
             stable_existing: obs.existing(stable),
+            stable_ready: obs.ready(stable),
         }
     }
 
@@ -231,8 +233,15 @@ fn capacity(m: &mut Machine, stable: &str, canary: &CanaryStrategy, at: &Positio
             at.canary_existing
                 .max(replicas + surge - at.stable_existing),
         );
+        // A canary that shrinks (a retry after an abort restarts at a smaller step) keeps the
+        // ready RoleSets that stable cannot make up for yet: availability first.
+        let canary_floor = at.canary_ready.min(min_available - at.stable_ready).max(0);
+        let canary_now = canary_now.max(canary_floor.min(at.canary_existing));
+        // Only canary RoleSets that stay make up for stable: one this plan scales down (a retry
+        // after an abort restarts at a smaller step) serves nobody once it is gone.
+        let canary_ready_kept = at.canary_ready.min(canary_now);
         let stable_target = (replicas - t.canary)
-            .max(min_available - at.canary_ready)
+            .max(min_available - canary_ready_kept)
             .clamp(0, replicas);
         (canary_now, stable_target)
     };

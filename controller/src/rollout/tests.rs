@@ -854,3 +854,44 @@ fn in_place_update_keeps_every_roleset_and_completes_when_they_run_the_new_templ
     assert_eq!(sim.stable(), Some(v2));
     assert!(sim.last.as_ref().expect("plan").retemplate.is_empty());
 }
+
+#[test]
+fn a_retry_after_an_abort_keeps_the_canary_stable_cannot_replace_yet() {
+    // Found by the availability property: an abort grows stable back (new RoleSets, unready), a
+    // retry restarts at step 0 (one canary RoleSet), and the plan used to drop two ready canary
+    // RoleSets at once, leaving 3 of 5 ready where maxUnavailable allows 1.
+    let mut sim = Sim::new(spec(seed_steps(), 5, "app:v1"));
+    sim.settle(3);
+    sim.set_image("app:v2");
+    // The property's shrunk case: each control, then one decision.
+    sim.tick();
+    sim.tick();
+    sim.tick();
+    sim.advance(300);
+    sim.tick();
+    sim.annotate(RETRY);
+    sim.tick();
+    sim.tick();
+    sim.annotate(APPROVAL);
+    sim.tick();
+    sim.annotate(ABORT);
+    sim.tick();
+    sim.annotate(RETRY);
+    let before: Vec<(String, bool)> = sim
+        .rolesets
+        .iter()
+        .map(|r| (r.name.clone(), r.ready))
+        .collect();
+    let plan = sim.tick();
+    let ready_before = before.iter().filter(|(_, ok)| *ok).count();
+    let kept_ready = before
+        .iter()
+        .filter(|(n, ok)| *ok && !plan.delete.contains(n))
+        .count();
+    assert_eq!(ready_before, 5, "the scenario: {before:?}");
+    assert!(
+        kept_ready >= 4,
+        "{kept_ready} of {ready_before} ready RoleSets kept; deleted {:?}",
+        plan.delete
+    );
+}
