@@ -40,3 +40,36 @@ pub fn slim_service(s: &mut Service) {
         };
     }
 }
+
+/// Whether a store has had its first list: `Ok(false)` while loading (look again shortly; don't
+/// wait, the watches are driven by the controllers' own streams, which shutdown stops first),
+/// an error once its watch has stopped.
+pub fn listed<K>(
+    store: &kube::runtime::reflector::Store<K>,
+    what: &'static str,
+) -> Result<bool, crate::error::Error>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    match store.wait_until_ready().now_or_never() {
+        Some(Ok(())) => Ok(true),
+        Some(Err(_)) => Err(crate::error::Error::ReadCache(what)),
+        None => Ok(false),
+    }
+}
+
+/// Whether `obj` is controlled by `owner` (same namespace, a controller reference with its UID).
+pub fn controlled_by<K: kube::Resource, O: kube::Resource>(obj: &K, owner: &O) -> bool {
+    let Some(uid) = owner.meta().uid.as_deref() else {
+        return false;
+    };
+    obj.meta().namespace == owner.meta().namespace
+        && obj
+            .meta()
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.uid == uid)
+}

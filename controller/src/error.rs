@@ -198,6 +198,34 @@ where
             map.remove(&ObjectRef::from_obj(obj));
         }
     }
+
+    /// The error policy of every controller: count the failure, log it, retry after the backoff.
+    pub fn policy(&self, obj: &K, error: &Error) -> Action {
+        let (failures, action) = self.failed(obj);
+        tracing::warn!(namespace = ?obj.meta().namespace, name = ?obj.meta().name, error = %error,
+                       failures, retry = ?action, "reconcile failed");
+        action
+    }
+
+    /// After a reconcile of `kind` that began at `started`: its duration and error in the metrics,
+    /// and a success resets the backoff.
+    pub fn finish(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        kind: &'static str,
+        obj: &K,
+        started: std::time::Instant,
+        result: &Result<Action, Error>,
+    ) {
+        metrics.observe_reconcile(
+            kind,
+            started.elapsed().as_secs_f64(),
+            result.as_ref().err().map(Error::metric_label),
+        );
+        if result.is_ok() {
+            self.succeeded(obj);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -83,23 +83,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 }
 
 fn error_policy(podset: Arc<PodSet>, error: &Error, state: Arc<State>) -> Action {
-    let (failures, action) = state.backoff.failed(&podset);
-    warn!(namespace = ?podset.namespace(), name = %podset.name_any(), error = %error, failures,
-          retry = ?action, "reconcile failed");
-    action
+    state.backoff.policy(&podset, error)
 }
 
 async fn reconcile(podset: Arc<PodSet>, state: Arc<State>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_podset(&podset, &state).await;
-    state.ctx.metrics.observe_reconcile(
-        KIND,
-        started.elapsed().as_secs_f64(),
-        result.as_ref().err().map(Error::metric_label),
-    );
-    if result.is_ok() {
-        state.backoff.succeeded(&podset);
-    }
+    state
+        .backoff
+        .finish(&state.ctx.metrics, KIND, &podset, started, &result);
     result
 }
 

@@ -6,7 +6,7 @@
 //! the new one comes), at most `maxUnavailable` groups of a role at a time.
 
 use super::plan::{build_pod, desired_replicas, pod_name, slot_index, unique_roles};
-use super::update::{is_outdated_labels, role_template_hash};
+use super::update::{is_outdated, role_template_hash};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -26,14 +26,6 @@ pub struct GroupPlan {
     pub create: Vec<PodSet>,
     /// PodSets to delete: (name, UID).
     pub delete: Vec<(String, Option<String>)>,
-}
-
-/// Whether a PodSet was made from another template of its role. Only one we made can tell (it
-/// carries our template-shape annotation); one AIBrix made counts as current until adopted.
-fn outdated(p: &PodSet, hash: &str) -> bool {
-    p.annotations()
-        .contains_key(super::update::ANNOTATION_SHAPE_HASH)
-        && is_outdated_labels(p.labels(), hash)
 }
 
 /// Whether a PodSet serves: every Pod of its group Ready.
@@ -85,9 +77,7 @@ pub fn plan_groups(
             .saturating_sub(down);
         let mut outdated: Vec<&&PodSet> = mine
             .into_iter()
-            .filter(|p| {
-                p.meta().deletion_timestamp.is_none() && is_outdated_labels(p.labels(), &hash)
-            })
+            .filter(|p| p.meta().deletion_timestamp.is_none() && is_outdated(**p, &hash))
             .collect();
         outdated.sort_by_key(|p| std::cmp::Reverse(p.name_any()));
         let (unready, ready): (Vec<&&PodSet>, Vec<&&PodSet>) =
@@ -215,8 +205,8 @@ pub fn group_role_status(
     };
     let existing = count(&|_| true);
     let ready = count(&podset_ready);
-    let updated = count(&|p| !outdated(p, &hash));
-    let updated_ready = count(&|p| podset_ready(p) && !outdated(p, &hash));
+    let updated = count(&|p| !is_outdated(p, &hash));
+    let updated_ready = count(&|p| podset_ready(p) && !is_outdated(p, &hash));
     let ready_in_slots =
         count(&|p| podset_ready(p) && slots.get(&p.name_any()).is_some_and(|(_, i)| *i < desired));
     (

@@ -9,7 +9,7 @@ pub mod update;
 
 use crate::context::{Context, MANAGER};
 use crate::error::{Backoff, Error};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -113,14 +113,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 async fn reconcile(roleset: Arc<RoleSet>, state: Arc<State>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_roleset(&roleset, &state).await;
-    state.ctx.metrics.observe_reconcile(
-        KIND,
-        started.elapsed().as_secs_f64(),
-        result.as_ref().err().map(Error::metric_label),
-    );
-    if result.is_ok() {
-        state.backoff.succeeded(&roleset);
-    }
+    state
+        .backoff
+        .finish(&state.ctx.metrics, KIND, &roleset, started, &result);
     result
 }
 
@@ -140,19 +135,16 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
     // would be re-created (harmless) and the status would claim none (wrong, and a write). Don't
     // wait for it here: the Pod watch is driven by this controller's own trigger stream, which
     // graceful shutdown stops first, so a reconcile waiting for it would block shutdown forever.
-    match state.pods.wait_until_ready().now_or_never() {
-        Some(Ok(())) => {}
-        Some(Err(_)) => return Err(Error::ReadCache("Pod")),
-        None => return Ok(Action::requeue(POD_CACHE_RETRY)),
-    }
-    match state.podsets.wait_until_ready().now_or_never() {
-        Some(Ok(())) => {}
-        Some(Err(_)) => return Err(Error::ReadCache("PodSet")),
-        None => return Ok(Action::requeue(POD_CACHE_RETRY)),
+    if !crate::cache::listed(&state.pods, "Pod")?
+        || !crate::cache::listed(&state.podsets, "PodSet")?
+    {
+        return Ok(Action::requeue(POD_CACHE_RETRY));
     }
     let owned_arcs = state.pods.state_filter(|p| plan::is_owned_by(p, roleset));
     let owned: Vec<&Pod> = owned_arcs.iter().map(Arc::as_ref).collect();
-    let podset_arcs = state.podsets.state_filter(|p| owned_by(p, roleset));
+    let podset_arcs = state
+        .podsets
+        .state_filter(|p| crate::cache::controlled_by(p, roleset));
     let owned_podsets: Vec<&PodSet> = podset_arcs.iter().map(Arc::as_ref).collect();
     let now = Timestamp::now();
     let plan = plan::plan_pods(roleset, &owned, now)?;
@@ -341,20 +333,6 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
     Ok(Action::requeue(plan.requeue_after.unwrap_or(RESYNC)))
 }
 
-/// Whether `obj` is controlled by `roleset` (same namespace, controller reference with its UID).
-fn owned_by<K: Resource>(obj: &K, roleset: &RoleSet) -> bool {
-    let Some(uid) = roleset.meta().uid.as_deref() else {
-        return false;
-    };
-    obj.meta().namespace == roleset.metadata.namespace
-        && obj
-            .meta()
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.controller == Some(true) && o.uid == uid)
-}
-
 /// Creates and deletes the PodSets of the RoleSet's pod-group roles.
 async fn apply_groups(
     state: &State,
@@ -440,14 +418,5 @@ async fn publish(state: &State, roleset: &RoleSet, type_: EventType, reason: Rea
 }
 
 fn error_policy(roleset: Arc<RoleSet>, error: &Error, state: Arc<State>) -> Action {
-    let (failures, action) = state.backoff.failed(&roleset);
-    warn!(
-        namespace = ?roleset.namespace(),
-        name = %roleset.name_any(),
-        error = %error,
-        failures,
-        retry = ?action,
-        "reconcile failed"
-    );
-    action
+    state.backoff.policy(&roleset, error)
 }

@@ -195,14 +195,7 @@ pub fn unique_roles(roleset: &RoleSet) -> Vec<&RoleSpec> {
 
 /// Whether `pod` is controlled by `roleset` (same namespace, controller owner reference with its UID).
 pub fn is_owned_by(pod: &Pod, roleset: &RoleSet) -> bool {
-    let Some(uid) = roleset.meta().uid.as_deref() else {
-        return false;
-    };
-    pod.namespace() == roleset.namespace()
-        && pod
-            .owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && o.uid == uid)
+    crate::cache::controlled_by(pod, roleset)
 }
 
 /// Whether the Pod is being deleted: it no longer counts, but is not deleted again.

@@ -61,7 +61,7 @@ pub fn compute_status(
                 continue;
             };
             existing += 1;
-            let current = !is_outdated(pod, &hash);
+            let current = !is_outdated(*pod, &hash);
             if current {
                 updated += 1;
             }

@@ -58,13 +58,13 @@ pub fn shape_hash(template: &PodTemplateSpec) -> String {
     hash10(&serde_json::to_vec(&shape).unwrap_or_default())
 }
 
-/// Whether `pod` was made from another template of its role than `current_hash`. Only a Pod we
-/// made (it carries our template-shape annotation) can tell: a Pod made by AIBrix's controllers
+/// Whether a Pod (or PodSet) was made from another template of its role than `current_hash`.
+/// Only one we made (it carries our template-shape annotation) can tell: a Pod made by AIBrix's controllers
 /// carries AIBrix's hash, which no template of ours reproduces, so it counts as current until it
 /// is adopted (the StormService controller stamps our hashes on it).
-pub fn is_outdated(pod: &Pod, current_hash: &str) -> bool {
-    pod.annotations().contains_key(ANNOTATION_SHAPE_HASH)
-        && is_outdated_labels(pod.labels(), current_hash)
+pub fn is_outdated<K: kube::Resource>(obj: &K, current_hash: &str) -> bool {
+    obj.annotations().contains_key(ANNOTATION_SHAPE_HASH)
+        && is_outdated_labels(obj.labels(), current_hash)
 }
 
 /// Whether an object with these labels was made from another role template than `current_hash`.
@@ -162,7 +162,7 @@ pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
         let outdated: Vec<&Pod> = slots
             .iter()
             .map(|(_, p)| *p)
-            .filter(|p| !is_terminating(p) && is_outdated(p, &hash))
+            .filter(|p| !is_terminating(p) && is_outdated(*p, &hash))
             .collect();
         let done = outdated.is_empty() && unavailable == 0;
         let mut budget = usize::try_from(max_unavailable(role))

@@ -98,15 +98,19 @@ impl<'a> Machine<'a> {
             .map_or(SignedDuration::ZERO, |t| self.now.duration_since(t.0))
     }
 
-    /// Whether a canary traffic router (nginx, Istio, SMI, Gateway API) is configured.
-    pub fn has_router(&self) -> bool {
+    /// The canary strategy, when the rollout strategy is a canary.
+    fn canary(&self) -> Option<&'a storm_shared::types::stormservice::CanaryStrategy> {
         self.input
             .spec
             .rollout_strategy
             .as_ref()
             .filter(|s| s.type_ == RolloutStrategyType::Canary)
             .and_then(|s| s.canary.as_ref())
-            .is_some_and(|c| c.traffic_routing.is_some())
+    }
+
+    /// Whether a canary traffic router (nginx, Istio, SMI, Gateway API) is configured.
+    pub fn has_router(&self) -> bool {
+        self.canary().is_some_and(|c| c.traffic_routing.is_some())
     }
 
     /// Whether the rollout strategy is blue-green.
@@ -294,17 +298,9 @@ impl<'a> Machine<'a> {
 
     /// Whether the canary is routed: a canary strategy with traffic routers and both Services.
     fn router_services(&self) -> bool {
-        self.input
-            .spec
-            .rollout_strategy
-            .as_ref()
-            .filter(|s| s.type_ == RolloutStrategyType::Canary)
-            .and_then(|s| s.canary.as_ref())
-            .is_some_and(|c| {
-                c.traffic_routing.is_some()
-                    && c.stable_service.is_some()
-                    && c.canary_service.is_some()
-            })
+        self.canary().is_some_and(|c| {
+            c.traffic_routing.is_some() && c.stable_service.is_some() && c.canary_service.is_some()
+        })
     }
 }
 

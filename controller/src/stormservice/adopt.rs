@@ -43,7 +43,6 @@ pub enum Adoption {
 /// The StormService's RoleSets that AIBrix made and we have not adopted.
 pub fn foreign(caches: &Caches, obj: &StormService) -> Vec<Arc<RoleSet>> {
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
-    let uid = obj.uid().unwrap_or_default();
     let mut out: Vec<Arc<RoleSet>> = caches
         .rolesets
         .state()
@@ -52,9 +51,7 @@ pub fn foreign(caches: &Caches, obj: &StormService) -> Vec<Arc<RoleSet>> {
             belongs(r.as_ref(), &ns, &name)
                 && !r.labels().contains_key(LABEL_REVISION)
                 && r.meta().deletion_timestamp.is_none()
-                && r.owner_references()
-                    .iter()
-                    .any(|o| o.controller == Some(true) && o.uid == uid)
+                && crate::cache::controlled_by(r.as_ref(), obj)
         })
         .collect();
     out.sort_by_key(|r| r.name_any());
@@ -147,7 +144,6 @@ async fn stamp_members(
     pods: &Api<Pod>,
     podsets: &Api<PodSet>,
 ) -> Result<(), Error> {
-    let uid = rs.uid().unwrap_or_default();
     let rs_name = rs.name_any();
     let stamp = |role_name: Option<&String>| {
         let role = rs.spec.roles.iter().find(|r| Some(&r.name) == role_name)?;
@@ -158,9 +154,7 @@ async fn stamp_members(
     };
     for pod in caches.pods.state().iter().filter(|p| {
         p.labels().get(AIBRIX_LABEL_ROLESET_NAME) == Some(&rs_name)
-            && p.owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
+            && crate::cache::controlled_by(p.as_ref(), rs)
             && !p.annotations().contains_key(ANNOTATION_SHAPE_HASH)
     }) {
         if let Some(body) = stamp(pod.labels().get(AIBRIX_LABEL_ROLE_NAME)) {
@@ -181,10 +175,7 @@ async fn stamp_members(
         .await
         .map_err(|e| Error::Adopt(format!("PodSets of {rs_name}"), e))?;
     for ps in owned_podsets.items.iter().filter(|p| {
-        p.owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && o.uid == uid)
-            && !p.annotations().contains_key(ANNOTATION_SHAPE_HASH)
+        crate::cache::controlled_by(*p, rs) && !p.annotations().contains_key(ANNOTATION_SHAPE_HASH)
     }) {
         if let Some(body) = stamp(ps.labels().get(AIBRIX_LABEL_ROLE_NAME)) {
             podsets

@@ -153,23 +153,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 }
 
 fn error_policy(obj: Arc<StormService>, err: &Error, state: Arc<State>) -> Action {
-    let (failures, action) = state.backoff.failed(&obj);
-    warn!(namespace = ?obj.namespace(), name = %obj.name_any(), error = %err, failures,
-          retry = ?action, "reconcile failed");
-    action
+    state.backoff.policy(&obj, err)
 }
 
 async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_stormservice(&obj, &state).await;
-    state.ctx.metrics.observe_reconcile(
-        KIND,
-        started.elapsed().as_secs_f64(),
-        result.as_ref().err().map(Error::metric_label),
-    );
-    if result.is_ok() {
-        state.backoff.succeeded(&obj);
-    }
+    state
+        .backoff
+        .finish(&state.ctx.metrics, KIND, &obj, started, &result);
     result
 }
 
