@@ -15,7 +15,9 @@
 //!   made from, is replaced.
 //! - **Order.** The RoleSet's `updateStrategy`: `Parallel` updates every role at once; `Sequential`
 //!   (the default) one role at a time by `upgradeOrder` (then spec order), the next only once the
-//!   previous is updated and Ready; `Interleave` is taken as `Parallel`.
+//!   previous is updated and Ready; `Interleave` moves every role in lockstep waves of its own
+//!   step (`maxSurge + maxUnavailable`, at least 1, as AIBrix counts it): no role starts its wave
+//!   `k + 1` until every role still updating has `k` waves updated and Ready.
 
 use super::plan::{desired_replicas, is_ready, is_terminating, unique_roles};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
@@ -125,23 +127,63 @@ fn images(template: &PodTemplateSpec) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Where a role is in an `Interleave` update.
+struct Wave {
+    /// Pods per wave: `maxSurge + maxUnavailable`, at least 1.
+    step: usize,
+    /// Slots holding a current Pod (Ready or not).
+    updated: usize,
+    /// Waves whose Pods are all current and Ready.
+    finished: usize,
+    /// Every slot holds a current, Ready Pod.
+    done: bool,
+}
+
+fn interleave_wave(role: &RoleSpec, slots: &[(i32, &Pod)]) -> Wave {
+    let hash = role_template_hash(role);
+    let desired = usize::try_from(desired_replicas(role)).unwrap_or(0);
+    let surge = role
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.max_surge.as_ref())
+        .and_then(|v| scaled_value(v, desired_replicas(role), true).ok())
+        .unwrap_or(0);
+    let step = usize::try_from(max_unavailable(role) + surge.max(0))
+        .unwrap_or(1)
+        .max(1);
+    let current: Vec<&Pod> = slots
+        .iter()
+        .map(|(_, p)| *p)
+        .filter(|p| !is_terminating(p) && !is_outdated(*p, &hash))
+        .collect();
+    let ready = current.iter().filter(|p| is_ready(p)).count();
+    Wave {
+        step,
+        updated: current.len(),
+        finished: ready / step,
+        done: ready >= desired,
+    }
+}
+
 /// Plans the update of `roleset`'s outdated Pods (those it owns, terminating ones included).
 pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
     let mut roles: Vec<(usize, &RoleSpec)> =
         unique_roles(roleset).into_iter().enumerate().collect();
     roles.sort_by_key(|(i, r)| (r.upgrade_order.unwrap_or(i32::MAX), *i));
+    let order = roleset.spec.update_strategy.as_ref();
     let sequential = !matches!(
-        roleset.spec.update_strategy,
+        order,
         Some(RoleSetUpdateStrategyType::Parallel | RoleSetUpdateStrategyType::Interleave)
     );
+    let interleave = matches!(order, Some(RoleSetUpdateStrategyType::Interleave));
     let assigned = super::plan::assign_slots(roleset, owned);
-    let mut out = Updates::default();
-    for (_, role) in roles {
-        if super::groups::is_group(role) {
-            // Its replicas are PodSets, updated by `groups`.
-            continue;
-        }
-        let hash = role_template_hash(role);
+    let roles: Vec<&RoleSpec> = roles
+        .into_iter()
+        .map(|(_, r)| r)
+        // A grouped role's replicas are PodSets, updated by `groups`.
+        .filter(|r| !super::groups::is_group(r))
+        .collect();
+    let role_slots = |role: &RoleSpec| -> Vec<(i32, &Pod)> {
         let desired = desired_replicas(role);
         let mut slots: Vec<(i32, &Pod)> = owned
             .iter()
@@ -152,6 +194,24 @@ pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
             .filter(|(i, _)| *i < desired)
             .collect();
         slots.sort_by_key(|(i, _)| std::cmp::Reverse(*i));
+        slots
+    };
+    // Interleave: the wave every role still updating has finished (updated and Ready).
+    let wave = interleave.then(|| {
+        roles
+            .iter()
+            .filter_map(|role| {
+                let w = interleave_wave(role, &role_slots(role));
+                (!w.done).then_some(w.finished)
+            })
+            .min()
+            .unwrap_or(0)
+    });
+    let mut out = Updates::default();
+    for role in roles {
+        let hash = role_template_hash(role);
+        let desired = desired_replicas(role);
+        let slots = role_slots(role);
         let available = slots
             .iter()
             .filter(|(_, p)| !is_terminating(p) && is_ready(p))
@@ -168,6 +228,12 @@ pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
         let mut budget = usize::try_from(max_unavailable(role))
             .unwrap_or(1)
             .saturating_sub(unavailable);
+        if let Some(wave) = wave {
+            // Not past the end of the wave after the one every role has finished.
+            let w = interleave_wave(role, &slots);
+            let end = (wave + 1).saturating_mul(w.step);
+            budget = budget.min(end.saturating_sub(w.updated));
+        }
         // Unready outdated Pods serve nobody: they go first and use no budget of their own.
         let (unready, ready): (Vec<&Pod>, Vec<&Pod>) =
             outdated.into_iter().partition(|p| !is_ready(p));

@@ -167,3 +167,65 @@ fn the_pod_cache_keeps_what_an_in_place_update_needs() {
         "the cached Pod still qualifies"
     );
 }
+
+#[test]
+fn interleave_moves_roles_in_lockstep_waves() {
+    let (mut rs, pods) = updated(vec![role("prefill", Some(3)), role("decode", Some(3))], |rs| {
+        set_image(rs, 0, "x:2");
+        set_image(rs, 1, "x:2");
+    });
+    rs.spec.update_strategy = Some(RoleSetUpdateStrategyType::Interleave);
+    let owned: Vec<&Pod> = pods.iter().collect();
+    let mut first = names(&plan_updates(&rs, &owned).replace)
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    first.sort();
+    assert_eq!(
+        first,
+        ["llm-abc123-0-decode-2", "llm-abc123-0-prefill-2"],
+        "wave 1: one Pod of each role"
+    );
+    // decode's new Pod is up and Ready, prefill's is not yet: decode waits for prefill.
+    let current = plan_pods(&rs, &[], ts(NOW)).unwrap().create;
+    let fresh = |name: &str, ready: bool| {
+        let made = current.iter().find(|p| p.name_any() == name).unwrap();
+        let mut pod = existing(&rs, name, "Running", ready);
+        pod.metadata.labels = made.metadata.labels.clone();
+        pod.metadata.annotations = made.metadata.annotations.clone();
+        pod.spec = made.spec.clone();
+        pod
+    };
+    let mut now: Vec<Pod> = pods
+        .iter()
+        .filter(|p| !p.name_any().ends_with("-2"))
+        .cloned()
+        .collect();
+    now.push(fresh("llm-abc123-0-decode-2", true));
+    now.push(fresh("llm-abc123-0-prefill-2", false));
+    let owned: Vec<&Pod> = now.iter().collect();
+    assert!(
+        plan_updates(&rs, &owned).replace.is_empty(),
+        "no role starts wave 2 before every role finished wave 1"
+    );
+    // Both Ready: wave 2 starts for both.
+    now.pop();
+    now.push(fresh("llm-abc123-0-prefill-2", true));
+    let owned: Vec<&Pod> = now.iter().collect();
+    let mut second: Vec<String> = names(&plan_updates(&rs, &owned).replace)
+        .into_iter()
+        .map(String::from)
+        .collect();
+    second.sort();
+    assert_eq!(second, ["llm-abc123-0-decode-1", "llm-abc123-0-prefill-1"]);
+    // Parallel would not have waited.
+    let mut par = rs.clone();
+    par.spec.update_strategy = Some(RoleSetUpdateStrategyType::Parallel);
+    now.pop();
+    now.push(fresh("llm-abc123-0-prefill-2", false));
+    let owned: Vec<&Pod> = now.iter().collect();
+    assert_eq!(
+        names(&plan_updates(&par, &owned).replace),
+        ["llm-abc123-0-decode-1"]
+    );
+}
