@@ -32,6 +32,13 @@ pub const AIBRIX_ANNOTATION_REVISION: &str = "stormservice.orchestration.aibrix.
 pub const AIBRIX_ROLE_REPLICA_INDEX: &str =
     "stormservice.orchestration.aibrix.ai/role-replica-index";
 
+/// AIBrix's label on Pods, and prefix (`<this>.<role>`) of the RoleSet annotation it comes from:
+/// the number of the revision that introduced the role's current Pod template.
+pub const AIBRIX_ROLE_REVISION: &str = "stormservice.orchestration.aibrix.ai/role-revision";
+/// As [`AIBRIX_ROLE_REVISION`], with that revision's ControllerRevision name.
+pub const AIBRIX_ROLE_REVISION_NAME: &str =
+    "stormservice.orchestration.aibrix.ai/role-revision-name";
+
 /// AIBrix's label on the Pods of a PodSet: the PodSet's name.
 pub const AIBRIX_LABEL_PODSET_NAME: &str = "stormservice.orchestration.aibrix.ai/podset-name";
 /// AIBrix's label on the Pods of a PodSet: the Pod's index in its group.

@@ -908,3 +908,66 @@ fn an_error_rate_metric_needs_no_condition_of_its_own_when_a_threshold_is_set() 
         &["spec.rolloutStrategy.autoRollback.onFailure.errorRate.successCondition"],
     );
 }
+
+#[test]
+fn a_group_roles_own_gang_excludes_the_roleset_gang() {
+    // One PodGroup per group of podGroupSize Pods, or one for the RoleSet: a Pod in both would
+    // wait for a gang that never forms.
+    let mut v = canary();
+    set(&mut v, "/spec/template/spec/roles/0/podGroupSize", json!(2));
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/schedulingStrategy",
+        json!({"coschedulingSchedulingStrategy": {"minMember": 2}}),
+    );
+    accepts(&v);
+    set(
+        &mut v,
+        "/spec/template/spec/schedulingStrategy",
+        json!({"coschedulingSchedulingStrategy": {"minMember": 4}}),
+    );
+    let r = rejects(&v, &["spec.template.spec.roles[0].schedulingStrategy"]);
+    assert!(
+        r.errors[0]
+            .detail
+            .contains("one PodGroup of a scheduler only"),
+        "{:?}",
+        r.errors[0]
+    );
+    // Two schedulers: marked for both, admitted with a warning.
+    set(
+        &mut v,
+        "/spec/template/spec/schedulingStrategy",
+        json!({"volcanoSchedulingStrategy": {"minMember": 4}}),
+    );
+    let r = accepts(&v);
+    assert_eq!(
+        warning_paths(&r),
+        ["spec.template.spec.roles[0].schedulingStrategy"]
+    );
+    // A role's own gang without groups does nothing: a warning, not a denial (AIBrix accepts it).
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/schedulingStrategy",
+        json!({"coschedulingSchedulingStrategy": {}}),
+    );
+    let r = accepts(&v);
+    assert_eq!(
+        warning_paths(&r),
+        ["spec.template.spec.roles[0].schedulingStrategy"]
+    );
+    // In-place updates do not apply to groups: warned, replaced whole.
+    let mut v = canary();
+    set(&mut v, "/spec/template/spec/roles/0/podGroupSize", json!(2));
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/updateStrategy",
+        json!({"type": "InPlaceIfPossible"}),
+    );
+    let r = accepts(&v);
+    assert_eq!(
+        warning_paths(&r),
+        ["spec.template.spec.roles[0].updateStrategy.type"]
+    );
+}

@@ -203,10 +203,15 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
             .iter()
             .map(|(c, image)| serde_json::json!({"name": c, "image": image}))
             .collect();
+        let mut labels = update.revision_labels.clone();
+        labels.insert(
+            AIBRIX_LABEL_ROLE_TEMPLATE_HASH.to_string(),
+            update.hash.clone(),
+        );
         let body = serde_json::json!({
             "metadata": {
                 "uid": update.uid,
-                "labels": {AIBRIX_LABEL_ROLE_TEMPLATE_HASH: update.hash},
+                "labels": labels,
             },
             "spec": {"containers": containers},
         });

@@ -2,8 +2,8 @@
 //! (`now` is passed in), so every rule here is tested without a cluster.
 
 use super::update::{self, ANNOTATION_SHAPE_HASH, InPlace, role_template_hash};
-use k8s_openapi::api::core::v1::{EnvVar, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::api::core::v1::{EnvVar, Pod, PodAffinityTerm, PodSpec, WeightedPodAffinityTerm};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,10 +11,13 @@ use std::time::Duration;
 use storm_shared::keys::{
     AIBRIX_ANNOTATION_ROLESET_INDEX, AIBRIX_LABEL_ROLE_NAME, AIBRIX_LABEL_ROLE_TEMPLATE_HASH,
     AIBRIX_LABEL_ROLESET_NAME, AIBRIX_LABEL_STORM_SERVICE_NAME, AIBRIX_ROLE_REPLICA_INDEX,
-    ENV_ROLE_NAME, ENV_ROLE_REPLICA_INDEX, ENV_ROLE_TEMPLATE_HASH, ENV_ROLESET_INDEX,
-    ENV_ROLESET_NAME, ENV_STORM_SERVICE_NAME, INJECTED_ENV, LABEL_NAME, LABEL_ROLE,
+    AIBRIX_ROLE_REVISION, AIBRIX_ROLE_REVISION_NAME, ENV_ROLE_NAME, ENV_ROLE_REPLICA_INDEX,
+    ENV_ROLE_TEMPLATE_HASH, ENV_ROLESET_INDEX, ENV_ROLESET_NAME, ENV_STORM_SERVICE_NAME,
+    INJECTED_ENV, LABEL_NAME, LABEL_ROLE,
 };
-use storm_shared::types::roleset::{RoleSet, RoleSpec};
+use storm_shared::types::roleset::{
+    RoleSet, RoleSpec, TopologyMode, TopologyPolicy, TopologyScope,
+};
 
 /// How long a Pod stays in phase `Failed` before it is replaced.
 ///
@@ -381,6 +384,74 @@ pub fn injected_env(roleset: &RoleSet, role: &RoleSpec, index: i32) -> Vec<EnvVa
     env
 }
 
+/// The labels `role-revision` and `role-revision-name` of `role`'s Pods: the revision that
+/// introduced the role's Pod template, from the RoleSet's `role-revision.<role>` and
+/// `role-revision-name.<role>` annotations (set by the StormService controller).
+pub fn role_revision_labels(roleset: &RoleSet, role: &RoleSpec) -> BTreeMap<String, String> {
+    [AIBRIX_ROLE_REVISION, AIBRIX_ROLE_REVISION_NAME]
+        .into_iter()
+        .filter_map(|key| {
+            let value = roleset.annotations().get(&format!("{key}.{}", role.name))?;
+            Some((key.to_string(), value.clone()))
+        })
+        .collect()
+}
+
+/// The RoleSet's `topologyPolicy` as AIBrix applies it: a pod affinity on `key` for the Pods of
+/// its scope (the StormService, this RoleSet, or this role across the StormService), required or
+/// preferred with the strongest weight (100). A term the template already has is not repeated.
+fn place_together(spec: &mut PodSpec, roleset: &RoleSet, role: &RoleSpec, policy: &TopologyPolicy) {
+    let Some(service) = stormservice_of(roleset) else {
+        return;
+    };
+    let mut match_labels =
+        BTreeMap::from([(AIBRIX_LABEL_STORM_SERVICE_NAME.to_string(), service.clone())]);
+    match policy.scope {
+        TopologyScope::StormService => {}
+        TopologyScope::RoleSet => {
+            match_labels.insert(AIBRIX_LABEL_ROLESET_NAME.to_string(), roleset.name_any());
+        }
+        TopologyScope::Role => {
+            match_labels.insert(AIBRIX_LABEL_ROLE_NAME.to_string(), role.name.clone());
+        }
+    }
+    let term = PodAffinityTerm {
+        topology_key: policy.key.clone(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(match_labels),
+            match_expressions: None,
+        }),
+        ..PodAffinityTerm::default()
+    };
+    let affinity = spec
+        .affinity
+        .get_or_insert_with(Default::default)
+        .pod_affinity
+        .get_or_insert_with(Default::default);
+    match policy.mode.unwrap_or_default() {
+        TopologyMode::Required => {
+            let terms = affinity
+                .required_during_scheduling_ignored_during_execution
+                .get_or_insert_with(Vec::new);
+            if !terms.contains(&term) {
+                terms.push(term);
+            }
+        }
+        TopologyMode::Preferred => {
+            let weighted = WeightedPodAffinityTerm {
+                weight: 100,
+                pod_affinity_term: term,
+            };
+            let terms = affinity
+                .preferred_during_scheduling_ignored_during_execution
+                .get_or_insert_with(Vec::new);
+            if !terms.contains(&weighted) {
+                terms.push(weighted);
+            }
+        }
+    }
+}
+
 /// The RoleSet's index within its StormService (its annotation; 0 for a RoleSet of its own).
 fn roleset_index(roleset: &RoleSet) -> String {
     roleset
@@ -414,6 +485,7 @@ pub(crate) fn build_pod(
         ANNOTATION_SHAPE_HASH.to_string(),
         update::shape_hash(&role.template),
     );
+    labels.extend(role_revision_labels(roleset, role));
     if stateful {
         labels.insert(AIBRIX_ROLE_REPLICA_INDEX.to_string(), index.to_string());
         annotations.insert(AIBRIX_ROLE_REPLICA_INDEX.to_string(), index.to_string());
@@ -442,6 +514,9 @@ pub(crate) fn build_pod(
         if stateful {
             spec.hostname = Some(name.to_string());
         }
+    }
+    if let Some(policy) = &roleset.spec.topology_policy {
+        place_together(&mut spec, roleset, role, policy);
     }
     Pod {
         metadata: ObjectMeta {

@@ -623,3 +623,80 @@ fn pods_made_by_aibrix_keep_their_slots_and_are_not_replaced() {
     let plan = plan_pods(&changed, &owned, ts(NOW)).unwrap();
     assert!(plan.delete.is_empty());
 }
+
+#[test]
+fn topology_policy_places_the_scopes_pods_together() {
+    use storm_shared::types::roleset::{TopologyMode, TopologyPolicy, TopologyScope};
+    let mut rs = roleset(vec![role("decode", Some(2))]);
+    rs.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(AIBRIX_LABEL_STORM_SERVICE_NAME.into(), "llm".into());
+    let affinity = |rs: &RoleSet| {
+        let pod = plan_pods(rs, &[], ts("2026-01-01T00:00:00Z"))
+            .unwrap()
+            .create[0]
+            .clone();
+        pod.spec.unwrap().affinity.and_then(|a| a.pod_affinity)
+    };
+    assert_eq!(affinity(&rs), None, "no policy, no affinity");
+    rs.spec.topology_policy = Some(TopologyPolicy {
+        key: "topology.kubernetes.io/zone".into(),
+        mode: None,
+        scope: TopologyScope::RoleSet,
+    });
+    let preferred = affinity(&rs)
+        .unwrap()
+        .preferred_during_scheduling_ignored_during_execution
+        .unwrap();
+    assert_eq!(preferred.len(), 1);
+    assert_eq!(preferred[0].weight, 100);
+    let term = &preferred[0].pod_affinity_term;
+    assert_eq!(term.topology_key, "topology.kubernetes.io/zone");
+    assert_eq!(
+        term.label_selector.as_ref().unwrap().match_labels,
+        Some(BTreeMap::from([
+            ("roleset-name".to_string(), "llm-abc123-0".to_string()),
+            ("storm-service-name".to_string(), "llm".to_string()),
+        ]))
+    );
+    rs.spec.topology_policy = Some(TopologyPolicy {
+        key: "kubernetes.io/hostname".into(),
+        mode: Some(TopologyMode::Required),
+        scope: TopologyScope::Role,
+    });
+    let required = affinity(&rs)
+        .unwrap()
+        .required_during_scheduling_ignored_during_execution
+        .unwrap();
+    assert_eq!(
+        required[0].label_selector.as_ref().unwrap().match_labels,
+        Some(BTreeMap::from([
+            ("role-name".to_string(), "decode".to_string()),
+            ("storm-service-name".to_string(), "llm".to_string()),
+        ]))
+    );
+}
+
+#[test]
+fn pods_carry_their_roles_revision_from_the_roleset() {
+    let mut rs = roleset(vec![role("decode", Some(1))]);
+    rs.metadata.annotations = Some(BTreeMap::from([
+        (
+            "stormservice.orchestration.aibrix.ai/role-revision.decode".to_string(),
+            "3".to_string(),
+        ),
+        (
+            "stormservice.orchestration.aibrix.ai/role-revision-name.decode".to_string(),
+            "llm-abc123".to_string(),
+        ),
+    ]));
+    let pod = plan_pods(&rs, &[], ts("2026-01-01T00:00:00Z"))
+        .unwrap()
+        .create[0]
+        .clone();
+    let labels = pod.metadata.labels.unwrap();
+    assert_eq!(labels[AIBRIX_ROLE_REVISION], "3");
+    assert_eq!(labels[AIBRIX_ROLE_REVISION_NAME], "llm-abc123");
+}

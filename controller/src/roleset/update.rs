@@ -87,6 +87,8 @@ pub struct InPlace {
     pub images: BTreeMap<String, String>,
     /// The role's current template hash, for the `role-template-hash` label.
     pub hash: String,
+    /// The role's revision labels of the RoleSet now (`role-revision`, `role-revision-name`).
+    pub revision_labels: BTreeMap<String, String>,
 }
 
 /// What updating the outdated Pods means now.
@@ -262,6 +264,7 @@ pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
                     uid: pod.uid(),
                     images: wanted_images.clone(),
                     hash: hash.clone(),
+                    revision_labels: super::plan::role_revision_labels(roleset, role),
                 });
             } else {
                 out.replace.push((pod.name_any(), pod.uid()));

@@ -170,10 +170,13 @@ fn the_pod_cache_keeps_what_an_in_place_update_needs() {
 
 #[test]
 fn interleave_moves_roles_in_lockstep_waves() {
-    let (mut rs, pods) = updated(vec![role("prefill", Some(3)), role("decode", Some(3))], |rs| {
-        set_image(rs, 0, "x:2");
-        set_image(rs, 1, "x:2");
-    });
+    let (mut rs, pods) = updated(
+        vec![role("prefill", Some(3)), role("decode", Some(3))],
+        |rs| {
+            set_image(rs, 0, "x:2");
+            set_image(rs, 1, "x:2");
+        },
+    );
     rs.spec.update_strategy = Some(RoleSetUpdateStrategyType::Interleave);
     let owned: Vec<&Pod> = pods.iter().collect();
     let mut first = names(&plan_updates(&rs, &owned).replace)

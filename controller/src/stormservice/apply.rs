@@ -14,7 +14,7 @@
 //! 6 and 7 happen: the decision was recorded and its events must not be lost.
 
 use super::observe::Caches;
-use super::revisions::{self, roleset_for, template_of};
+use super::revisions::{self, annotate_role_revisions, role_revisions, roleset_for, template_of};
 use super::routing::{self, Routing};
 use crate::context::{Context, MANAGER};
 use crate::error::Error;
@@ -226,7 +226,8 @@ async fn scale(
             templates.insert(rev, template_of(caches, obj, update, rev)?);
         }
         let template = templates.get(rev.as_str()).unwrap_or(&obj.spec.template);
-        let rs = roleset_for(obj, template, rev, *i);
+        let mut rs = roleset_for(obj, template, rev, *i);
+        annotate_role_revisions(&mut rs, &role_revisions(caches, obj, template, rev));
         match api.create(&PostParams::default(), &rs).await {
             Ok(_) => info!(namespace = %ns, roleset = %rs.name_any(), "RoleSet created"),
             Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -268,6 +269,10 @@ async fn retemplate(
             .and_then(|r| r.index)
             .unwrap_or(0);
         let mut next = roleset_for(obj, &obj.spec.template, update, index);
+        annotate_role_revisions(
+            &mut next,
+            &role_revisions(caches, obj, &obj.spec.template, update),
+        );
         next.metadata.name = current.metadata.name.clone();
         next.metadata.uid = current.metadata.uid.clone();
         next.metadata.resource_version = current.metadata.resource_version.clone();

@@ -14,7 +14,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::BTreeMap;
 use storm_shared::keys::{
     AIBRIX_ANNOTATION_REVISION, AIBRIX_ANNOTATION_ROLESET_INDEX, AIBRIX_LABEL_STORM_SERVICE_NAME,
-    AIBRIX_LABEL_STORM_SERVICE_REVISION, LABEL_NAME, LABEL_REVISION,
+    AIBRIX_LABEL_STORM_SERVICE_REVISION, AIBRIX_ROLE_REVISION, AIBRIX_ROLE_REVISION_NAME,
+    LABEL_NAME, LABEL_REVISION,
 };
 use storm_shared::types::API_VERSION;
 use storm_shared::types::stormservice::{RoleSetTemplateSpec, TemplateMetadata};
@@ -107,6 +108,12 @@ pub async fn record(
     cr.metadata.labels = Some(BTreeMap::from([
         (LABEL_NAME.to_string(), name.clone()),
         (LABEL_REVISION.to_string(), update.to_string()),
+        // AIBrix's labels on its ControllerRevisions.
+        ("name".to_string(), name.clone()),
+        (
+            "controller.kubernetes.io/hash".to_string(),
+            update.to_string(),
+        ),
     ]));
     cr.metadata.owner_references = Some(vec![owner(obj)]);
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
@@ -238,6 +245,10 @@ pub fn template_of(
             let mut annotations = r.metadata.annotations.clone().unwrap_or_default();
             annotations.remove(AIBRIX_ANNOTATION_ROLESET_INDEX);
             annotations.remove(AIBRIX_ANNOTATION_REVISION);
+            annotations.retain(|k, _| {
+                !k.starts_with(&format!("{AIBRIX_ROLE_REVISION}."))
+                    && !k.starts_with(&format!("{AIBRIX_ROLE_REVISION_NAME}."))
+            });
             Ok(RoleSetTemplateSpec {
                 metadata: Some(TemplateMetadata {
                     labels: Some(labels),
@@ -266,6 +277,74 @@ fn with_current_replicas(
         }
     }
     stored
+}
+
+/// For each role of `template` (revision `rev`), the revision that introduced the role's Pod
+/// template: the oldest stored revision with an identical template for a role of that name, as
+/// its number and ControllerRevision name (AIBrix's `role-revision` and `role-revision-name`).
+/// Unlike AIBrix, which compares with the current revision only at each update, this gives every
+/// RoleSet and Pod of a role template the same answer.
+pub fn role_revisions(
+    caches: &Caches,
+    obj: &StormService,
+    template: &RoleSetTemplateSpec,
+    rev: &str,
+) -> BTreeMap<String, (i64, String)> {
+    let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+    let mut stored: Vec<(i64, String, RoleSetTemplateSpec)> = caches
+        .revisions
+        .state()
+        .iter()
+        .filter(|r| belongs(r.as_ref(), &ns, &name))
+        .filter_map(|r| {
+            let t = serde_json::from_value(r.data.as_ref()?.0.clone()).ok()?;
+            Some((r.revision, r.name_any(), t))
+        })
+        .collect();
+    stored.sort_by_key(|(n, _, _)| *n);
+    let own_name = revision_name(&name, rev);
+    let own_number = stored
+        .iter()
+        .find(|(_, n, _)| *n == own_name)
+        .map(|(n, _, _)| *n)
+        .unwrap_or_else(|| stored.last().map_or(0, |(n, _, _)| *n) + 1);
+    let roles = |t: &RoleSetTemplateSpec| -> BTreeMap<String, String> {
+        t.spec
+            .iter()
+            .flat_map(|s| &s.roles)
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    crate::roleset::update::role_template_hash(r),
+                )
+            })
+            .collect()
+    };
+    let stored: Vec<(i64, String, BTreeMap<String, String>)> = stored
+        .into_iter()
+        .map(|(n, cr, t)| (n, cr, roles(&t)))
+        .collect();
+    roles(template)
+        .into_iter()
+        .map(|(role, hash)| {
+            let first = stored
+                .iter()
+                .find(|(_, _, r)| r.get(&role) == Some(&hash))
+                .map(|(n, cr, _)| (*n, cr.clone()))
+                .unwrap_or_else(|| (own_number, own_name.clone()));
+            (role, first)
+        })
+        .collect()
+}
+
+/// Writes [`role_revisions`] into a RoleSet's annotations (`role-revision.<role>`,
+/// `role-revision-name.<role>`), which its Pods take as labels.
+pub fn annotate_role_revisions(rs: &mut RoleSet, revisions: &BTreeMap<String, (i64, String)>) {
+    let annotations = rs.annotations_mut();
+    for (role, (number, cr)) in revisions {
+        annotations.insert(format!("{AIBRIX_ROLE_REVISION}.{role}"), number.to_string());
+        annotations.insert(format!("{AIBRIX_ROLE_REVISION_NAME}.{role}"), cr.clone());
+    }
 }
 
 /// The RoleSet with index `i` of revision `rev`, made from that revision's template.
@@ -361,5 +440,70 @@ mod tests {
             vec!["svc-r4", "svc-r3", "svc-r2"]
         );
         assert!(to_prune(revs, 10, &["r1"]).is_empty());
+    }
+
+    #[test]
+    fn a_role_keeps_the_revision_that_introduced_its_template() {
+        use kube::runtime::{reflector, watcher};
+        let obj: StormService = serde_json::from_value(json!({
+            "apiVersion": API_VERSION, "kind": "StormService",
+            "metadata": {"name": "svc", "namespace": "ns", "uid": "u-1"},
+            "spec": {"template": {"spec": {"roles": [
+                {"name": "prefill", "template": {"spec": {"containers": [{"name": "e", "image": "p:1"}]}}},
+                {"name": "decode", "template": {"spec": {"containers": [{"name": "e", "image": "d:1"}]}}}
+            ]}}}
+        }))
+        .expect("object");
+        let cr = |number: i64, rev: &str, template: &RoleSetTemplateSpec| {
+            let mut cr = ControllerRevision {
+                data: Some(RawExtension(serde_json::to_value(template).expect("json"))),
+                revision: number,
+                ..Default::default()
+            };
+            cr.metadata.name = Some(revision_name("svc", rev));
+            cr.metadata.namespace = Some("ns".into());
+            cr.metadata.labels = Some(BTreeMap::from([(LABEL_NAME.into(), "svc".into())]));
+            cr
+        };
+        let first = obj.spec.template.clone();
+        let mut second = first.clone();
+        second.spec.as_mut().expect("spec").roles[1]
+            .template
+            .spec
+            .as_mut()
+            .expect("pod spec")
+            .containers[0]
+            .image = Some("d:2".into());
+        let (revisions, mut writer) = reflector::store::<ControllerRevision>();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(cr(1, "a", &first)));
+        writer.apply_watcher_event(&watcher::Event::InitApply(cr(2, "b", &second)));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let caches = Caches {
+            rolesets: reflector::store().0,
+            pods: reflector::store().0,
+            services: reflector::store().0,
+            revisions,
+        };
+        let got = role_revisions(&caches, &obj, &second, "b");
+        assert_eq!(
+            got["prefill"],
+            (1, "svc-a".to_string()),
+            "unchanged since a"
+        );
+        assert_eq!(got["decode"], (2, "svc-b".to_string()), "changed in b");
+        // A revision not stored yet takes the next number.
+        let mut third = second.clone();
+        third.spec.as_mut().expect("spec").roles[0].name = "encode".into();
+        let got = role_revisions(&caches, &obj, &third, "c");
+        assert_eq!(got["encode"], (3, "svc-c".to_string()));
+        let mut rs = roleset_for(&obj, &second, "b", 0);
+        annotate_role_revisions(&mut rs, &role_revisions(&caches, &obj, &second, "b"));
+        assert_eq!(
+            rs.annotations()
+                .get("stormservice.orchestration.aibrix.ai/role-revision-name.prefill")
+                .map(String::as_str),
+            Some("svc-a")
+        );
     }
 }

@@ -138,6 +138,7 @@ pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Repo
                 "the role's Pod template needs at least one container",
             ));
         }
+        check_group(spec, role, &rp, report);
         if let Some(us) = &role.update_strategy {
             let up = rp.child("updateStrategy");
             if let Some(t) = &us.type_
@@ -155,6 +156,52 @@ pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Repo
                 check_budget(v, up.child("maxUnavailable"), report);
             }
         }
+    }
+}
+
+/// What a role's `podGroupSize` can and cannot be combined with. A Pod is in one PodGroup: a
+/// group role with its own `schedulingStrategy` (a PodGroup per group) inside a RoleSet with one
+/// (a PodGroup for the whole RoleSet) would put each Pod in two, and the scheduler would wait for
+/// a gang that can never form. Combinations that only do nothing are warnings.
+fn check_group(
+    spec: &StormServiceSpec,
+    role: &crate::types::roleset::RoleSpec,
+    rp: &FieldPath,
+    report: &mut Report,
+) {
+    let group = role.pod_group_size.is_some_and(|n| n > 1);
+    let roleset_gang = spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.scheduling_strategy.as_ref());
+    match (&role.scheduling_strategy, group) {
+        (Some(own), true) if roleset_gang.is_some_and(|rs| rs.keys().any(|k| own.contains_key(k))) => {
+            report.error(FieldError::forbidden(
+                rp.child("schedulingStrategy"),
+                "a Pod can be in one PodGroup of a scheduler only, and spec.template.spec.schedulingStrategy names the same scheduler for every Pod of the RoleSet (the Pod's PodGroup label would name one, and the other PodGroup would wait for members that never come); keep this one (a PodGroup per group of podGroupSize Pods) or the RoleSet's, not both",
+            ))
+        }
+        (Some(_), true) if roleset_gang.is_some() => report.warn(
+            rp.child("schedulingStrategy"),
+            "names another scheduler than spec.template.spec.schedulingStrategy: each Pod is marked for both PodGroups, and only the scheduler in the Pod's schedulerName acts on its own",
+        ),
+        (Some(_), false) => report.warn(
+            rp.child("schedulingStrategy"),
+            "has no effect on a role without podGroupSize > 1 (only groups get a PodGroup of their own); to gang-schedule the whole RoleSet, set spec.template.spec.schedulingStrategy",
+        ),
+        _ => {}
+    }
+    let in_place = role
+        .update_strategy
+        .as_ref()
+        .and_then(|u| u.type_.as_deref())
+        == Some("InPlaceIfPossible");
+    if group && in_place {
+        report.warn(
+            rp.child("updateStrategy").child("type"),
+            "InPlaceIfPossible does not apply to a role with podGroupSize > 1: a changed group is replaced whole (its PodSet and Pods made again), as AIBrix does",
+        );
     }
 }
 

@@ -53,8 +53,8 @@ pub struct RoleSetSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "super::preserved_object")]
     pub scheduling_strategy: Option<serde_json::Map<String, serde_json::Value>>,
-    /// Places Pods of the RoleSet in one topology domain, as AIBrix does with a pod affinity on `key`
-    /// (AIBrix; accepted and kept, not acted on yet).
+    /// Places Pods of the RoleSet in one topology domain, as AIBrix does: a pod affinity on `key`
+    /// for the Pods of `scope` (new and replaced Pods; a Pod's affinity cannot change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topology_policy: Option<TopologyPolicy>,
 }

@@ -163,6 +163,21 @@ async fn check_object_graph(file: &str) -> Result<()> {
                     .contains_key(AIBRIX_ANNOTATION_ROLESET_INDEX),
                 "{pod_name}: no roleset-index"
             );
+            // The revision that introduced the role's template: the first and only one here.
+            ensure!(
+                labels
+                    .get("stormservice.orchestration.aibrix.ai/role-revision")
+                    .map(String::as_str)
+                    == Some("1"),
+                "{pod_name}: role-revision {:?}",
+                labels.get("stormservice.orchestration.aibrix.ai/role-revision")
+            );
+            ensure!(
+                labels
+                    .get("stormservice.orchestration.aibrix.ai/role-revision-name")
+                    .is_some_and(|n| n.starts_with(&format!("{name}-"))),
+                "{pod_name}: no role-revision-name"
+            );
             // AIBrix's env first, in its order; the sample's own after it.
             let env = env_names(pod);
             let stateful = role.stateful == Some(true);

@@ -212,7 +212,58 @@ spec:
                 "spec.rolloutStrategy.canary",
                 "spec.rolloutStrategy.blueGreen.previewService",
             ],
-        )
+        )?;
+
+        // AIBrix workloads that cannot be made valid: an unknown scheduler, and a group role in
+        // a second PodGroup of the RoleSet's scheduler. Denied whole, nothing half-made.
+        let gang = r#"
+apiVersion: orchestration.aibrix.ai/v1alpha1
+kind: StormService
+metadata:
+  name: broken
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: tp}}
+  template:
+    metadata: {labels: {app: tp}}
+    spec:
+      schedulingStrategy: {coschedulingSchedulingStrategy: {minMember: 4}}
+      roles:
+      - name: prefill
+        podGroupSize: 2
+        schedulingStrategy: {coschedulingSchedulingStrategy: {minMember: 2}}
+        template:
+          spec: {containers: [{name: engine, image: engine:v1}]}
+      - name: decode
+        schedulingStrategy: {kueueSchedulingStrategy: {}}
+        template:
+          spec: {containers: [{name: engine, image: engine:v1}]}
+"#;
+        let out = apply(&ns, gang, &[])?;
+        assert_denied_with_paths(
+            &out,
+            &[
+                "spec.template.spec.roles[0].schedulingStrategy",
+                "spec.template.spec.roles[1].schedulingStrategy.kueueSchedulingStrategy",
+            ],
+        )?;
+        ensure!(
+            text(&out).1.contains("keep this one"),
+            "the fix is named: {:?}",
+            text(&out)
+        );
+        // A name whose RoleSet names could not be valid label values.
+        let long = bg.replace("name: broken", &format!("name: broken{}", "x".repeat(50)));
+        let out = apply(&ns, &long, &[])?;
+        let (_, stderr) = text(&out);
+        ensure!(!out.status.success(), "{stderr}");
+        ensure!(stderr.contains("metadata.name"), "{stderr}");
+        let out = ns
+            .kubectl()
+            .args(["get", "rolesets", "-o", "name"])
+            .output()?;
+        ensure!(text(&out).0.trim().is_empty(), "nothing half-applied");
+        Ok(())
     }
     .await;
     dump_logs_on_error(result)?;
