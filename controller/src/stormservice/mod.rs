@@ -43,8 +43,6 @@ pub use observe::{Caches, observe_pod};
 pub const KIND: &str = "StormService";
 /// Reconciles at most this many StormServices at once.
 const CONCURRENCY: u16 = 16;
-/// How soon to look again while AIBrix's RoleSets are mid-update.
-const ADOPT_RETRY: Duration = Duration::from_secs(30);
 /// How soon to look again while the caches are still loading.
 const CACHE_RETRY: Duration = Duration::from_millis(500);
 
@@ -190,22 +188,21 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
         adopt::Adoption::Nothing => {}
         // Look again once the caches show the adopted objects.
         adopt::Adoption::Adopted(_) => return Ok(Action::requeue(CACHE_RETRY)),
-        adopt::Adoption::Waiting(_) => return Ok(Action::requeue(ADOPT_RETRY)),
     }
     let mut observed = state.caches.observe(&ns, &name);
     observe::read_routers(&state.ctx.client, obj, &ns, &update, &mut observed).await;
     // Analyses take their due measurements; the decision reads their verdicts.
     let mut status = obj.status.clone();
-    // A status AIBrix's controller wrote names its own revisions: to us the StormService is
-    // deploying for the first time (its adopted RoleSets already carry the current revision).
+    // A status AIBrix's controller wrote names its own revisions: read them as the revisions its
+    // RoleSets were adopted into. When AIBrix's current revision has no RoleSet left, to us the
+    // StormService is deploying for the first time (its adopted RoleSets carry the current one).
     if let Some(st) = status.as_mut()
-        && st
-            .current_revision
-            .as_deref()
-            .is_some_and(|r| r != update && adopt::foreign_revision(&state.caches, obj, r))
+        && let Some(current) = st.current_revision.clone()
+        && current != update
+        && adopt::foreign_revision(&state.caches, obj, &current)
     {
-        st.current_revision = None;
-        st.update_revision = None;
+        st.current_revision = adopt::adopted_as(&state.caches, obj, &current);
+        st.update_revision = st.current_revision.clone();
     }
     let mut measured = rollout::Measured::default();
     if let Some(st) = status.as_mut() {

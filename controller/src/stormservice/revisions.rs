@@ -78,6 +78,22 @@ pub async fn record(
     obj: &StormService,
     update: &str,
 ) -> Result<(), Error> {
+    record_template(client, caches, obj, update, &obj.spec.template, 0)
+        .await
+        .map(|_| ())
+}
+
+/// Stores `template` as revision `rev` unless the cache has it, numbered after every stored one
+/// and at least `at_least`; returns the number (0 when it was stored already).
+pub async fn record_template(
+    client: &Client,
+    caches: &Caches,
+    obj: &StormService,
+    rev: &str,
+    template: &RoleSetTemplateSpec,
+    at_least: i64,
+) -> Result<i64, Error> {
+    let update = rev;
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
     let cr_name = revision_name(&name, update);
     if caches
@@ -85,9 +101,9 @@ pub async fn record(
         .get(&ObjectRef::new(&cr_name).within(&ns))
         .is_some()
     {
-        return Ok(());
+        return Ok(0);
     }
-    let number = caches
+    let number = (caches
         .revisions
         .state()
         .iter()
@@ -95,10 +111,11 @@ pub async fn record(
         .map(|r| r.revision)
         .max()
         .unwrap_or(0)
-        + 1;
+        + 1)
+    .max(at_least);
     let mut cr = ControllerRevision {
         data: Some(RawExtension(
-            serde_json::to_value(&obj.spec.template).unwrap_or_default(),
+            serde_json::to_value(template).unwrap_or_default(),
         )),
         revision: number,
         ..Default::default()
@@ -118,8 +135,8 @@ pub async fn record(
     cr.metadata.owner_references = Some(vec![owner(obj)]);
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), &ns);
     match api.create(&PostParams::default(), &cr).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Ok(_) => Ok(number),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(0),
         Err(e) => Err(Error::RecordRevision(cr_name, e)),
     }
 }
@@ -228,37 +245,41 @@ pub fn template_of(
         })
         .min_by_key(|r| index_of(&r.name_any(), &prefix).unwrap_or(i32::MAX));
     match survivor {
-        Some(r) => {
-            let mut labels = r.labels().clone();
-            let spec = with_current_replicas(
-                RoleSetTemplateSpec {
-                    metadata: None,
-                    spec: Some(r.spec.clone()),
-                },
-                &obj.spec.template,
-            )
-            .spec;
-            labels.remove(LABEL_NAME);
-            labels.remove(LABEL_REVISION);
-            labels.remove(AIBRIX_LABEL_STORM_SERVICE_NAME);
-            labels.remove(AIBRIX_LABEL_STORM_SERVICE_REVISION);
-            let mut annotations = r.metadata.annotations.clone().unwrap_or_default();
-            annotations.remove(AIBRIX_ANNOTATION_ROLESET_INDEX);
-            annotations.remove(AIBRIX_ANNOTATION_REVISION);
-            annotations.retain(|k, _| {
-                !k.starts_with(&format!("{AIBRIX_ROLE_REVISION}."))
-                    && !k.starts_with(&format!("{AIBRIX_ROLE_REVISION_NAME}."))
-            });
-            Ok(RoleSetTemplateSpec {
-                metadata: Some(TemplateMetadata {
-                    labels: Some(labels),
-                    annotations: Some(annotations).filter(|a| !a.is_empty()),
-                    ..TemplateMetadata::default()
-                }),
-                spec,
-            })
-        }
+        Some(r) => Ok(template_from_roleset(&r, &obj.spec.template)),
         None => Err(Error::UnknownRevision(rev.to_string())),
+    }
+}
+
+/// The template a RoleSet was made from: its spec (with the roles' `replicas` of `current`), its
+/// labels and annotations without the ones the controllers add.
+pub fn template_from_roleset(r: &RoleSet, current: &RoleSetTemplateSpec) -> RoleSetTemplateSpec {
+    let mut labels = r.labels().clone();
+    let spec = with_current_replicas(
+        RoleSetTemplateSpec {
+            metadata: None,
+            spec: Some(r.spec.clone()),
+        },
+        current,
+    )
+    .spec;
+    labels.remove(LABEL_NAME);
+    labels.remove(LABEL_REVISION);
+    labels.remove(AIBRIX_LABEL_STORM_SERVICE_NAME);
+    labels.remove(AIBRIX_LABEL_STORM_SERVICE_REVISION);
+    let mut annotations = r.metadata.annotations.clone().unwrap_or_default();
+    annotations.remove(AIBRIX_ANNOTATION_ROLESET_INDEX);
+    annotations.remove(AIBRIX_ANNOTATION_REVISION);
+    annotations.retain(|k, _| {
+        !k.starts_with(&format!("{AIBRIX_ROLE_REVISION}."))
+            && !k.starts_with(&format!("{AIBRIX_ROLE_REVISION_NAME}."))
+    });
+    RoleSetTemplateSpec {
+        metadata: Some(TemplateMetadata {
+            labels: Some(labels),
+            annotations: Some(annotations).filter(|a| !a.is_empty()),
+            ..TemplateMetadata::default()
+        }),
+        spec,
     }
 }
 

@@ -760,3 +760,152 @@ async fn scheduling_strategies_make_podgroups_or_warn() -> Result<()> {
     result?;
     ns.cleanup().await
 }
+
+/// What AIBrix's controllers leave behind for StormService `name`: RoleSet `rs` of AIBrix revision
+/// `rev` running `image`, with `pods` (name suffix, AIBrix hash, image) of role `decode`.
+async fn aibrix_roleset(
+    ns: &TestNamespace,
+    obj: &StormService,
+    rs: &str,
+    rev: &str,
+    image: &str,
+    pods: &[(&str, &str, &str)],
+) -> Result<()> {
+    let name = obj.name_any();
+    let owner = json!({"apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "StormService",
+        "name": name, "uid": obj.uid(), "controller": true, "blockOwnerDeletion": true});
+    let mut spec = serde_json::to_value(obj.spec.template.spec.clone().context("template")?)?;
+    spec["roles"][0]["template"]["spec"]["containers"][0]["image"] = json!(image);
+    let roleset: RoleSet = serde_json::from_value(json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "RoleSet",
+        "metadata": {"name": rs,
+            "labels": {"app": name, "storm-service-name": name, "storm-service-revision": rev},
+            "annotations": {"stormservice.orchestration.aibrix.ai/roleset-index": "0"},
+            "ownerReferences": [owner]},
+        "spec": spec
+    }))?;
+    let roleset = ns
+        .api::<RoleSet>()
+        .create(&Default::default(), &roleset)
+        .await?;
+    let rs_owner = json!({"apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "RoleSet",
+        "name": rs, "uid": roleset.uid(), "controller": true, "blockOwnerDeletion": true});
+    for (index, hash, image) in pods {
+        let mut pod_spec = spec["roles"][0]["template"]["spec"].clone();
+        pod_spec["containers"][0]["image"] = json!(image);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": format!("{rs}-decode-{hash}-{index}"),
+                "labels": {"storm-service-name": name, "roleset-name": rs,
+                           "role-name": "decode", "role-template-hash": hash,
+                           "stormservice.orchestration.aibrix.ai/role-replica-index": index},
+                "annotations": {"stormservice.orchestration.aibrix.ai/role-replica-index": index},
+                "ownerReferences": [rs_owner]},
+            "spec": pod_spec
+        }))?;
+        ns.api::<Pod>().create(&Default::default(), &pod).await?;
+        // Apart in time: AIBrix makes the current template's Pods after the old ones.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    Ok(())
+}
+
+/// Switching over while AIBrix's controllers had an update half done: a rolling update (one
+/// RoleSet of the old revision, one of the new) and an in-place update (one RoleSet whose Pods are
+/// half old, half new). Both are adopted where they are and the update goes on from there: no Pod
+/// that already runs the new template restarts, the old ones are replaced, and it completes.
+#[tokio::test]
+async fn adopting_an_update_aibrix_left_half_done_finishes_it() -> Result<()> {
+    let ns = TestNamespace::new("aibrix-midway").await?;
+    ns.cluster().install_crds()?;
+    let result: Result<()> = async {
+        let api = ns.api::<StormService>();
+        let make = |name: &str, replicas: i32, update: &str| {
+            json!({"apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "StormService",
+                "metadata": {"name": name},
+                "spec": {"replicas": replicas, "stateful": true,
+                    "selector": {"matchLabels": {"app": name}},
+                    "updateStrategy": {"type": update},
+                    "template": {"metadata": {"labels": {"app": name}}, "spec": {"roles": [
+                        {"name": "decode", "replicas": 2, "stateful": true,
+                         "template": {"spec": {"containers": [{"name": "engine", "image": "engine:v2"}]}}}]}}}})
+        };
+        // 1. A rolling update half done: RoleSet "a" still on v1, RoleSet "b" already on v2.
+        let rolling: StormService = serde_json::from_value(make("rolling", 2, "RollingUpdate"))?;
+        let rolling = api.create(&Default::default(), &rolling).await?;
+        aibrix_roleset(&ns, &rolling, "rolling-roleset-a", "rolling-v1", "engine:v1",
+            &[("0", "h1", "engine:v1"), ("1", "h1", "engine:v1")]).await?;
+        aibrix_roleset(&ns, &rolling, "rolling-roleset-b", "rolling-v2", "engine:v2",
+            &[("0", "h2", "engine:v2"), ("1", "h2", "engine:v2")]).await?;
+        let status = json!({"status": {"currentRevision": "rolling-v1", "updateRevision": "rolling-v2",
+            "replicas": 2, "readyReplicas": 2, "observedGeneration": 1}});
+        api.patch_status("rolling", &PatchParams::default(), &Patch::Merge(&status)).await?;
+        // 2. An in-place update half done: one RoleSet on v2 whose Pod 0 is still v1.
+        let inplace: StormService = serde_json::from_value(make("inplace", 1, "InPlaceUpdate"))?;
+        let inplace = api.create(&Default::default(), &inplace).await?;
+        aibrix_roleset(&ns, &inplace, "inplace-roleset-a", "inplace-v2", "engine:v2",
+            &[("0", "h1", "engine:v1"), ("1", "h2", "engine:v2")]).await?;
+        let status = json!({"status": {"currentRevision": "inplace-v1", "updateRevision": "inplace-v2",
+            "replicas": 1, "readyReplicas": 1, "observedGeneration": 1}});
+        api.patch_status("inplace", &PatchParams::default(), &Patch::Merge(&status)).await?;
+        let before_rolling = wait_for("AIBrix's rolling Pods Ready", TIMEOUT, || async {
+            let pods = pod_states(&ns, "rolling").await?;
+            Ok((pods.len() == 4 && pods.values().all(|(_, _, r)| *r)).then_some(pods))
+        })
+        .await?;
+        let before_inplace = wait_for("AIBrix's in-place Pods Ready", TIMEOUT, || async {
+            let pods = pod_states(&ns, "inplace").await?;
+            Ok((pods.len() == 2 && pods.values().all(|(_, _, r)| *r)).then_some(pods))
+        })
+        .await?;
+
+        // 3. Our controller takes over and finishes both updates.
+        let mut controller = Controller::start(ns.cluster(), ns.name())?;
+        let inner: Result<()> = async {
+            for name in ["rolling", "inplace"] {
+                wait_for("the update finished", TIMEOUT, || async {
+                    let o = api.get(name).await?;
+                    let st = o.status.as_ref();
+                    let phase = st.and_then(|s| s.rollout_status.as_ref()).and_then(|r| r.phase);
+                    let settled = matches!(phase, Some(RolloutPhase::Completed | RolloutPhase::Healthy))
+                        && st.and_then(|s| s.current_revision.as_ref()) == st.and_then(|s| s.update_revision.as_ref());
+                    let pods = pod_states(&ns, name).await?;
+                    let want = if name == "rolling" { 4 } else { 2 };
+                    let all_new = pods.len() == want && pods.values().all(|(_, image, ready)| image == "engine:v2" && *ready);
+                    Ok((settled && all_new).then_some(()))
+                })
+                .await
+                .with_context(|| name.to_string())?;
+            }
+            // Rolling: RoleSet b and its Pods were kept; a is gone, replaced by one of ours.
+            let after = pod_states(&ns, "rolling").await?;
+            for (pod, (uid, _, _)) in before_rolling.iter().filter(|(n, _)| n.contains("-roleset-b-")) {
+                ensure!(after.get(pod).map(|p| &p.0) == Some(uid), "{pod} restarted: {after:?}");
+            }
+            ensure!(!after.keys().any(|n| n.contains("-roleset-a-")), "the old RoleSet's Pods stay: {after:?}");
+            let rolesets = ns.api::<RoleSet>().list(&ListParams::default().labels("storm-service-name=rolling")).await?.items;
+            ensure!(rolesets.len() == 2, "two RoleSets: {:?}", rolesets_of(&rolesets));
+            ensure!(rolesets.iter().any(|r| r.name_any() == "rolling-roleset-b"), "b kept");
+            // In place: the v2 Pod kept its UID, the v1 Pod was replaced, no RoleSet was made.
+            let after = pod_states(&ns, "inplace").await?;
+            let kept = before_inplace.iter().find(|(_, (_, image, _))| image == "engine:v2").context("v2 Pod")?;
+            ensure!(after.get(kept.0).map(|p| &p.0) == Some(&kept.1.0), "the v2 Pod restarted: {after:?}");
+            let old = before_inplace.iter().find(|(_, (_, image, _))| image == "engine:v1").context("v1 Pod")?;
+            ensure!(after.get(old.0).map(|p| &p.0) != Some(&old.1.0), "the v1 Pod was kept: {after:?}");
+            let rolesets = ns.api::<RoleSet>().list(&ListParams::default().labels("storm-service-name=inplace")).await?.items;
+            ensure!(rolesets.len() == 1, "one RoleSet: {:?}", rolesets_of(&rolesets));
+            controller.process.ensure_running()?;
+            Ok(())
+        }
+        .await;
+        if inner.is_err() {
+            eprintln!("{}", controller.process.log_tail(80));
+        }
+        inner
+    }
+    .await;
+    if result.is_err() {
+        storm_test_support::dump_logs();
+    }
+    result?;
+    ns.cleanup().await
+}
