@@ -61,22 +61,55 @@ pub(crate) fn run(m: &mut Machine, stable: &str, controls: Controls) {
     }
 }
 
-/// `InPlaceUpdate`: every RoleSet of another revision takes the new template now (same name, same
+/// `InPlaceUpdate`: RoleSets of another revision take the new template in place (same name, same
 /// slot, same Pods where a role did not change); RoleSets are neither added nor removed for the
-/// update. Complete once every RoleSet runs the new template with all its Pods Ready and current.
+/// update. AIBrix gives every RoleSet the new template at once; here at most the StormService's
+/// `maxUnavailable` RoleSets (at least one) are updating at a time, counting those of the new
+/// template that are not Ready yet, so a pool of RoleSets never loses more than that many to the
+/// update. Unready ones go first (they serve nobody). Complete once every RoleSet runs the new
+/// template with all its Pods Ready and current.
 fn in_place_update(m: &mut Machine, stable: &str) {
     let obs = m.input.observed;
     let update = m.update.clone();
     let replicas = m.replicas;
-    m.retemplate = obs
+    let (_, unavailable) = budgets(m.input.spec, None, replicas);
+    let updating = obs
+        .rolesets
+        .iter()
+        .filter(|r| r.revision == update && !r.ready)
+        .count();
+    let budget = usize::try_from(unavailable.max(1))
+        .unwrap_or(1)
+        .saturating_sub(updating);
+    let (unready, mut ready): (Vec<_>, Vec<_>) = obs
         .rolesets
         .iter()
         .filter(|r| r.revision != update)
+        .partition(|r| !r.ready);
+    // Unready ones cost nothing; of the ready ones, the highest slots first.
+    ready.sort_by_key(|r| std::cmp::Reverse(r.index));
+    m.retemplate = unready
+        .into_iter()
+        .chain(ready.into_iter().take(budget))
         .map(|r| r.name.clone())
         .collect();
-    m.scale.insert(update.clone(), replicas);
+    // The RoleSets not updated yet stay as they are (fewer if `replicas` went down); the update
+    // revision holds the rest, retemplated ones included.
+    let mut room = replicas;
+    for rev in obs.revisions().into_iter().filter(|r| *r != update) {
+        let stays = obs
+            .rolesets
+            .iter()
+            .filter(|r| r.revision == rev && !m.retemplate.contains(&r.name))
+            .count();
+        let stays = i32::try_from(stays).unwrap_or(i32::MAX).min(room);
+        room -= stays;
+        m.scale.insert(rev, stays);
+    }
+    m.scale.insert(update.clone(), room);
     let ready = obs.ready(&update);
-    if m.retemplate.is_empty() && ready >= replicas && obs.existing(&update) == replicas {
+    let waiting = obs.rolesets.iter().any(|r| r.revision != update);
+    if !waiting && ready >= replicas && obs.existing(&update) == replicas {
         m.stable = Some(update.clone());
         let msg = format!("in-place update to {update} completed");
         m.set_phase(RolloutPhase::Completed, msg.clone());
