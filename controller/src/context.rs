@@ -17,6 +17,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Watch only this namespace (tests, or a per-namespace install); all namespaces when `None`.
     pub namespace: Option<String>,
+    /// Where analysis requests may go.
+    pub egress: crate::analysis::egress::EgressPolicy,
 }
 
 impl Context {
@@ -32,7 +34,14 @@ impl Context {
             metrics,
             recorder,
             namespace: None,
+            egress: crate::analysis::egress::EgressPolicy::default(),
         }
+    }
+
+    /// The same context with an analysis egress policy.
+    pub fn with_egress(mut self, egress: crate::analysis::egress::EgressPolicy) -> Self {
+        self.egress = egress;
+        self
     }
 
     /// The same context, limited to one namespace.

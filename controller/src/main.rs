@@ -54,6 +54,17 @@ struct Args {
     /// Write the bound metrics port to this file once listening (with `--metrics-addr ...:0`).
     #[arg(long)]
     port_file: Option<std::path::PathBuf>,
+    /// Destinations analysis requests may reach although the egress policy refuses their
+    /// addresses, comma-separated: host names (`prometheus.monitoring.svc`), `*.domain` patterns,
+    /// CIDRs or addresses. Loopback, link-local, the API server and the cluster ranges are
+    /// refused unless listed here.
+    #[arg(long, env = "ANALYSIS_EGRESS_ALLOW", value_delimiter = ',')]
+    analysis_egress_allow: Vec<String>,
+    /// The address ranges analysis requests may not reach, comma-separated CIDRs, replacing the
+    /// default (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, fc00::/7: where
+    /// clusters take Pod and Service addresses from).
+    #[arg(long, env = "ANALYSIS_EGRESS_DENY", value_delimiter = ',')]
+    analysis_egress_deny: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,9 +83,35 @@ enum ControllerName {
 /// termination grace, leaving time to release the Lease.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+/// The API server's addresses, refused to analysis requests: the one the client configuration
+/// names (resolved) and the in-cluster Service address.
+async fn api_server_addresses() -> Vec<std::net::IpAddr> {
+    let mut hosts: Vec<(String, u16)> = Vec::new();
+    if let Ok(config) = kube::Config::infer().await
+        && let Some(host) = config.cluster_url.host()
+    {
+        let port = config.cluster_url.port_u16().unwrap_or(443);
+        hosts.push((host.trim_matches(['[', ']']).to_string(), port));
+    }
+    if let Ok(host) = std::env::var("KUBERNETES_SERVICE_HOST") {
+        hosts.push((host, 443));
+    }
+    let mut out = Vec::new();
+    for (host, port) in hosts {
+        if let Ok(ip) = host.parse() {
+            out.push(ip);
+        } else if let Ok(found) = tokio::net::lookup_host((host.as_str(), port)).await {
+            out.extend(found.map(|a| a.ip()));
+        }
+    }
+    out
+}
+
 /// Starting or running the controller failed.
 #[derive(Debug, thiserror::Error)]
 enum RunError {
+    #[error("analysis egress setting: {0}")]
+    Egress(#[from] storm_controller::analysis::egress::SettingError),
     #[error("loading the Kubernetes client configuration: {0}")]
     LoadKubeConfig(#[source] kube::Error),
     #[error("binding the metrics address {addr}: {source}")]
@@ -147,11 +184,17 @@ async fn counting_client(metrics: Arc<Metrics>) -> Result<kube::Client, RunError
 
 async fn run(args: Args) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
+    let egress = storm_controller::analysis::egress::EgressPolicy::new(
+        &args.analysis_egress_allow,
+        args.analysis_egress_deny.as_deref(),
+    )?
+    .with_api_server(api_server_addresses().await);
     let client = counting_client(metrics.clone()).await?;
     let identity = leader::identity();
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone(), Some(identity.clone()))
-            .in_namespace(args.namespace.clone()),
+            .in_namespace(args.namespace.clone())
+            .with_egress(egress),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -35,9 +35,11 @@ struct App {
     status: Arc<Mutex<u16>>,
     delay: Arc<Mutex<Duration>>,
     seen: Arc<Mutex<Vec<String>>>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn rate(State(app): State<App>) -> Reply {
+    app.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let delay = *app.delay.lock().unwrap();
     tokio::time::sleep(delay).await;
     let status = StatusCode::from_u16(*app.status.lock().unwrap()).unwrap();
@@ -177,7 +179,7 @@ async fn web_counted_measurements_follow_the_interval_and_succeed() {
         metric: &metric,
         threshold: 5.0,
     };
-    let runner = Runner::new().unwrap();
+    let runner = Runner::new(loopback_allowed()).unwrap();
     let client = no_cluster();
     let mut run = new_run();
 
@@ -200,7 +202,7 @@ async fn web_counted_measurements_follow_the_interval_and_succeed() {
     // A restart: the run comes back from its serialized form, and a new runner carries on.
     let stored = serde_json::to_string(&run).unwrap();
     let mut run: AnalysisRunStatus = serde_json::from_str(&stored).unwrap();
-    let runner = Runner::new().unwrap();
+    let runner = Runner::new(loopback_allowed()).unwrap();
     assert!(
         runner
             .advance(&client, "ns", source, &mut run, t(10))
@@ -232,7 +234,7 @@ async fn web_error_rate_above_the_threshold_fails_the_run() {
         metric: &metric,
         threshold: 5.0,
     };
-    let runner = Runner::new().unwrap();
+    let runner = Runner::new(loopback_allowed()).unwrap();
     let client = no_cluster();
     let mut run = new_run();
     // Unbounded: it keeps measuring every 30s (the error-rate default) while the rate is fine.
@@ -271,7 +273,7 @@ async fn web_errors_count_toward_the_consecutive_error_limit_only() {
         metric: &metric,
         threshold: 5.0,
     };
-    let runner = Runner::new().unwrap();
+    let runner = Runner::new(loopback_allowed()).unwrap();
     let client = no_cluster();
     let mut run = new_run();
     for i in 0..4 {
@@ -319,7 +321,7 @@ async fn web_timeouts_and_empty_results() {
         metric: &metric,
         threshold: 5.0,
     };
-    let runner = Runner::new().unwrap();
+    let runner = Runner::new(loopback_allowed()).unwrap();
     let client = no_cluster();
 
     let mut run = new_run();
@@ -366,7 +368,7 @@ async fn web_post_sends_headers_and_body() {
         metric: &metric,
         threshold: 5.0,
     };
-    let runner = Runner::new().unwrap();
+    let runner = Runner::new(loopback_allowed()).unwrap();
     let mut run = new_run();
     runner
         .advance(&no_cluster(), "ns", source, &mut run, t(0))
@@ -409,7 +411,7 @@ async fn datadog_v1_query_against_a_local_server() {
             name: "datadog".into(),
         },
     };
-    let runner = Runner::new().unwrap();
+    let runner = Runner::new(loopback_allowed()).unwrap();
     let good = keys("api-secret", "app-secret");
     let value = runner
         .query(
@@ -468,7 +470,7 @@ async fn unreachable_servers_are_measurement_errors() {
         .unwrap()
         .port();
     let metric = web_metric(format!("http://127.0.0.1:{port}/rate"));
-    let runner = Runner::new().unwrap();
+    let runner = Runner::new(loopback_allowed()).unwrap();
     let mut run = new_run();
     let next = runner
         .advance(
@@ -488,4 +490,65 @@ async fn unreachable_servers_are_measurement_errors() {
     let msg = m.message.as_deref().unwrap();
     assert!(msg.contains("request to http://127.0.0.1"), "{msg}");
     assert!(msg.to_lowercase().contains("refused"), "{msg}");
+}
+
+/// The egress policy of tests whose providers are local stand-ins on loopback.
+fn loopback_allowed() -> storm_controller::analysis::egress::EgressPolicy {
+    storm_controller::analysis::egress::EgressPolicy::new(
+        &["127.0.0.1".into(), "localhost".into()],
+        None,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_default_egress_policy_refuses_loopback_and_ends_the_metric_at_once() {
+    let app = App::default();
+    *app.status.lock().unwrap() = 200;
+    *app.rate.lock().unwrap() = json!(1);
+    let base = serve(app.clone()).await;
+    let port = base.rsplit(':').next().unwrap().to_string();
+    let runner = Runner::new(storm_controller::analysis::egress::EgressPolicy::default()).unwrap();
+    let client = no_cluster();
+    // By address and by a name that resolves to it.
+    for url in [
+        format!("{base}/rate"),
+        format!("http://localhost:{port}/rate"),
+    ] {
+        let metric = Metric {
+            count: Some(3),
+            interval: Some("10s".into()),
+            ..web_metric(url.clone())
+        };
+        let source = Source::ErrorRate {
+            metric: &metric,
+            threshold: 5.0,
+        };
+        let mut run = new_run();
+        let next = runner.advance(&client, "ns", source, &mut run, t(0)).await;
+        assert_eq!(next, None, "{url}: decided at once, not retried");
+        assert_eq!(run.phase, AnalysisPhase::Error, "{url}: {run:#?}");
+        let message = run.metrics[0].message.clone().unwrap_or_default();
+        assert!(
+            message.contains("--analysis-egress-allow") && message.contains("loopback"),
+            "{url}: {message}"
+        );
+    }
+    assert_eq!(
+        app.hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the stand-in was never asked"
+    );
+    // Allowed, the same URL is measured.
+    let metric = web_metric(format!("{base}/rate"));
+    let source = Source::ErrorRate {
+        metric: &metric,
+        threshold: 5.0,
+    };
+    let mut run = new_run();
+    Runner::new(loopback_allowed())
+        .unwrap()
+        .advance(&client, "ns", source, &mut run, t(0))
+        .await;
+    assert_eq!(app.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

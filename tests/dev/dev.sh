@@ -202,8 +202,9 @@ start_controller() {
 	fi
 	stop_component controller
 	# One local process: no leader election (a cluster runs two replicas with it on).
+	# The demo's Prometheus listens on loopback, which the analysis egress policy refuses unless allowed.
 	start_component controller "$bin" --leader-elect=false --metrics-addr 127.0.0.1:0 \
-		--port-file "$DEV/controller.port"
+		--analysis-egress-allow=127.0.0.1,localhost --port-file "$DEV/controller.port"
 	wait_for_port controller
 	port=$(cat "$DEV/controller.port")
 	local deadline=$((SECONDS + READY_TIMEOUT))

@@ -1,6 +1,7 @@
 //! The HTTP(S) client the providers' requests go through: hyper with rustls on the ring provider
 //! (the only crypto provider in the binary), the system's CA roots plus the Mozilla roots.
 
+use super::egress::{EgressPolicy, PolicyResolver, Refused};
 use super::provider::{MeasureError, Request};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,7 +24,8 @@ pub enum ClientError {
 /// An HTTP/1.1 client for `http://` and `https://` URLs, built once and shared.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: Client<hyper_rustls::HttpsConnector<HttpConnector<PolicyResolver>>, Full<Bytes>>,
+    policy: Arc<EgressPolicy>,
 }
 
 impl std::fmt::Debug for HttpClient {
@@ -34,8 +36,9 @@ impl std::fmt::Debug for HttpClient {
 
 impl HttpClient {
     /// A client trusting the system's CA certificates and the Mozilla roots (so a distroless image
-    /// without a CA bundle still reaches Datadog).
-    pub fn new() -> Result<Self, ClientError> {
+    /// without a CA bundle still reaches Datadog), connecting only where `policy` allows.
+    pub fn new(policy: EgressPolicy) -> Result<Self, ClientError> {
+        let policy = Arc::new(policy);
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         // Unreadable system certificates are not fatal: the Mozilla roots cover public endpoints.
@@ -52,13 +55,15 @@ impl HttpClient {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut http = HttpConnector::new_with_resolver(PolicyResolver::new(policy.clone()));
+        http.enforce_http(false);
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let inner = Client::builder(TokioExecutor::new()).build(connector);
-        Ok(Self { inner })
+        Ok(Self { inner, policy })
     }
 
     /// Sends `request` and returns the status and body, within the request's timeout.
@@ -72,6 +77,21 @@ impl HttpClient {
         for (name, value) in request.headers {
             builder = builder.header(name, value);
         }
+        // A URL naming an address is not resolved: the policy is checked here.
+        if let Ok(uri) = request.url.parse::<http::Uri>()
+            && let Some(host) = uri.host()
+            && let Ok(ip) = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+        {
+            self.policy
+                .check(host, ip)
+                .map_err(|r| MeasureError::Refused {
+                    url: url.clone(),
+                    reason: r.to_string(),
+                })?;
+        }
         let body = request.body.map(Bytes::from).unwrap_or_default();
         let req = builder
             .body(Full::new(body))
@@ -84,9 +104,15 @@ impl HttpClient {
                 .inner
                 .request(req)
                 .await
-                .map_err(|e| MeasureError::Transport {
-                    url: url.clone(),
-                    reason: error_chain(&e),
+                .map_err(|e| match refusal(&e) {
+                    Some(r) => MeasureError::Refused {
+                        url: url.clone(),
+                        reason: r.to_string(),
+                    },
+                    None => MeasureError::Transport {
+                        url: url.clone(),
+                        reason: error_chain(&e),
+                    },
                 })?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
@@ -106,6 +132,18 @@ impl HttpClient {
                 timeout,
             })?
     }
+}
+
+/// The egress policy's refusal behind a connection error, if that is what it is.
+fn refusal<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<Refused>() {
+            return Some(r);
+        }
+        source = s.source();
+    }
+    None
 }
 
 /// An error with its sources, `a: b: c`, so "connection refused" is not hidden behind "client error".

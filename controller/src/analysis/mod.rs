@@ -21,6 +21,7 @@ pub mod args;
 pub mod cache;
 pub mod condition;
 pub mod datadog;
+pub mod egress;
 pub mod http;
 pub mod limits;
 pub mod prometheus;
@@ -117,10 +118,10 @@ enum PlanError {
 }
 
 impl Runner {
-    /// A runner with its HTTP client.
-    pub fn new() -> Result<Self, Error> {
+    /// A runner with its HTTP client, which connects only where `egress` allows.
+    pub fn new(egress: egress::EgressPolicy) -> Result<Self, Error> {
         Ok(Self {
-            http: http::HttpClient::new()?,
+            http: http::HttpClient::new(egress)?,
             metrics: None,
             caches: None,
             schedules: Schedules::default(),
@@ -234,17 +235,26 @@ impl Runner {
         };
 
         let taken = futures::future::join_all(due.iter().map(|(i, p, _)| async {
-            let (provider, m) = self.measure(&p.metric, &keys, now).await;
-            (*i, provider, m)
+            let (provider, m, refused) = self.measure(&p.metric, &keys, now).await;
+            (*i, provider, m, refused)
         }))
         .await;
-        for ((i, provider, m), (_, p, l)) in taken.into_iter().zip(&due) {
+        for ((i, provider, m, refused), (_, p, l)) in taken.into_iter().zip(&due) {
             debug!(%namespace, run = %run.name, metric = %p.name, phase = ?m.phase,
                    value = m.value.as_deref().unwrap_or(""), "analysis measurement");
             if let Some(metrics) = &self.metrics {
                 metrics.analysis_measurement(provider, m.phase.as_str());
             }
+            let message = m.message.clone();
             limits::record(&mut run.metrics[i], m, l);
+            // A refused destination is refused every time: no point in trying again.
+            if refused {
+                warn!(%namespace, run = %run.name, metric = %p.name,
+                      message = message.as_deref().unwrap_or(""), "analysis destination refused");
+                let status = &mut run.metrics[i];
+                status.phase = AnalysisPhase::Error;
+                status.message = message;
+            }
         }
 
         run.phase = limits::run_phase(&run.metrics);
@@ -433,13 +443,14 @@ impl Runner {
             .map_err(|e| api_error(&format!("AnalysisTemplate {namespace}/{name}"), &e))
     }
 
-    /// Takes one measurement of `metric` at `now` and judges it; returns the provider's name too.
+    /// Takes one measurement of `metric` at `now` and judges it; returns the provider's name too,
+    /// and whether the egress policy refused the destination.
     async fn measure(
         &self,
         metric: &Metric,
         keys: &BTreeMap<String, datadog::Keys>,
         now: Timestamp,
-    ) -> (&'static str, Measurement) {
+    ) -> (&'static str, Measurement, bool) {
         let result = if let Some(spec) = &metric.provider.prometheus {
             self.take(&prometheus::Prometheus { spec }, now).await
         } else if let Some(spec) = &metric.provider.web {
@@ -464,7 +475,8 @@ impl Runner {
             )
         };
         let (provider, result) = result;
-        (provider, judged(metric, result, now))
+        let refused = matches!(result, Err(MeasureError::Refused { .. }));
+        (provider, judged(metric, result, now), refused)
     }
 
     async fn take(

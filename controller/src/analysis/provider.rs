@@ -48,6 +48,15 @@ pub enum MeasureError {
         /// The error chain.
         reason: String,
     },
+    /// The controller's egress policy refuses the destination: the metric ends `Error` at once
+    /// (it would be refused every time).
+    #[error("request to {url} refused: {reason}")]
+    Refused {
+        /// The URL.
+        url: String,
+        /// The policy's refusal, naming the setting that would allow it.
+        reason: String,
+    },
     /// The exchange took longer than the timeout.
     #[error("request to {url} timed out after {timeout:?}")]
     Timeout {

@@ -259,7 +259,7 @@ fn measured_error_rate_run() -> AnalysisRunStatus {
 /// write the status again although nothing happened.
 #[tokio::test]
 async fn a_run_with_nothing_due_is_left_unchanged_by_later_reconciles() {
-    let runner = Runner::new().unwrap();
+    let runner = Runner::new(loopback_allowed()).unwrap();
     let client = offline_client();
     let metric = Metric {
         interval: Some("1m".into()),
@@ -288,7 +288,7 @@ async fn a_run_with_nothing_due_is_left_unchanged_by_later_reconciles() {
 /// namespace's (with that namespace's Secrets), even one stored before admission refused it.
 #[tokio::test]
 async fn a_template_in_another_namespace_ends_the_run_without_reading_it() {
-    let runner = Runner::new().unwrap();
+    let runner = Runner::new(loopback_allowed()).unwrap();
     let mut analysis = analysis(&[]);
     analysis.templates.insert(
         0,
@@ -434,7 +434,7 @@ fn new_step_run() -> AnalysisRunStatus {
 #[tokio::test]
 async fn templates_are_read_from_the_cache_not_the_api_server() {
     let (caches, _tw, _sw) = caches(vec![template(vec![], vec![delayed("errors")])], None);
-    let runner = Runner::new().unwrap().with_caches(caches);
+    let runner = Runner::new(loopback_allowed()).unwrap().with_caches(caches);
     assert!(runner.caches_ready());
     let (client, seen) = recording_offline_client();
     let analysis = analysis(&[]);
@@ -456,7 +456,9 @@ async fn templates_are_read_from_the_cache_not_the_api_server() {
 #[tokio::test]
 async fn nothing_is_planned_while_no_measurement_is_due() {
     let (caches, _tw, _sw) = caches(vec![template(vec![], vec![delayed("errors")])], None);
-    let runner = Runner::new().unwrap().with_caches(caches.clone());
+    let runner = Runner::new(loopback_allowed())
+        .unwrap()
+        .with_caches(caches.clone());
     let (client, seen) = recording_offline_client();
     let analysis = analysis(&[]);
     let source = Source::Templates(&analysis);
@@ -475,7 +477,7 @@ async fn nothing_is_planned_while_no_measurement_is_due() {
     }
     assert_eq!(runner.plans.load(Ordering::Relaxed), 1);
     // The same answer a runner that plans gives.
-    let fresh = Runner::new().unwrap().with_caches(caches);
+    let fresh = Runner::new(loopback_allowed()).unwrap().with_caches(caches);
     let mut again = run.clone();
     let next = fresh
         .advance(&client, "ns", source, &mut again, at(30))
@@ -500,7 +502,7 @@ async fn a_due_measurement_plans_and_measures() {
         ..delayed("errors")
     };
     let (caches, _tw, _sw) = caches(vec![template(vec![], vec![unreachable])], None);
-    let runner = Runner::new().unwrap().with_caches(caches);
+    let runner = Runner::new(loopback_allowed()).unwrap().with_caches(caches);
     let (client, seen) = recording_offline_client();
     let analysis = analysis(&[]);
     let source = Source::Templates(&analysis);
@@ -528,7 +530,7 @@ async fn a_due_measurement_plans_and_measures() {
 #[tokio::test]
 async fn a_changed_template_is_planned_again_at_the_next_reconcile() {
     let (caches, mut tw, _sw) = caches(vec![template(vec![], vec![delayed("errors")])], None);
-    let runner = Runner::new().unwrap().with_caches(caches);
+    let runner = Runner::new(loopback_allowed()).unwrap().with_caches(caches);
     let (client, _) = recording_offline_client();
     let analysis = analysis(&[]);
     let source = Source::Templates(&analysis);
@@ -566,7 +568,7 @@ const MISSING_TEMPLATE: &str = "AnalysisTemplate ns/success-rate not found: crea
 #[tokio::test]
 async fn a_template_missing_from_the_cache_ends_the_run_error() {
     let (caches, _tw, _sw) = caches(vec![], None);
-    let runner = Runner::new().unwrap().with_caches(caches);
+    let runner = Runner::new(loopback_allowed()).unwrap().with_caches(caches);
     let (client, seen) = recording_offline_client();
     let analysis = analysis(&[]);
     let mut run = new_step_run();
@@ -583,7 +585,7 @@ async fn a_template_missing_from_the_cache_ends_the_run_error() {
 async fn a_template_deleted_mid_run_ends_it_even_when_nothing_is_due() {
     let t = template(vec![], vec![delayed("errors")]);
     let (caches, mut tw, _sw) = caches(vec![t.clone()], None);
-    let runner = Runner::new().unwrap().with_caches(caches);
+    let runner = Runner::new(loopback_allowed()).unwrap().with_caches(caches);
     let (client, _) = recording_offline_client();
     let analysis = analysis(&[]);
     let source = Source::Templates(&analysis);
@@ -629,7 +631,7 @@ const SECRET_GET: &str = "GET /api/v1/namespaces/ns/secrets/dd";
 #[tokio::test]
 async fn datadog_keys_are_read_when_due_and_again_only_when_the_secret_changed() {
     let (caches, _tw, mut sw) = caches(vec![datadog_template()], Some(&[("dd", "1")]));
-    let runner = Runner::new().unwrap().with_caches(caches);
+    let runner = Runner::new(loopback_allowed()).unwrap().with_caches(caches);
     let version = Arc::new(std::sync::Mutex::new("1".to_string()));
     let (client, seen) = recording_client(version.clone());
     let analysis = analysis(&[]);
@@ -676,7 +678,7 @@ async fn datadog_keys_are_read_when_due_and_again_only_when_the_secret_changed()
 #[tokio::test]
 async fn a_datadog_secret_missing_from_the_cache_ends_the_run_without_a_read() {
     let (caches, _tw, _sw) = caches(vec![datadog_template()], Some(&[]));
-    let runner = Runner::new().unwrap().with_caches(caches);
+    let runner = Runner::new(loopback_allowed()).unwrap().with_caches(caches);
     let (client, seen) = recording_offline_client();
     let analysis = analysis(&[]);
     let mut run = new_step_run();
@@ -697,7 +699,7 @@ async fn a_datadog_secret_missing_from_the_cache_ends_the_run_without_a_read() {
 #[tokio::test]
 async fn until_the_secret_cache_has_listed_the_secret_is_read_every_time() {
     let (caches, _tw, _sw) = caches(vec![datadog_template()], None);
-    let runner = Runner::new().unwrap().with_caches(caches);
+    let runner = Runner::new(loopback_allowed()).unwrap().with_caches(caches);
     let (client, seen) = recording_client(Arc::new(std::sync::Mutex::new("1".into())));
     let analysis = analysis(&[]);
     let source = Source::Templates(&analysis);
@@ -708,4 +710,9 @@ async fn until_the_secret_cache_has_listed_the_secret_is_read_every_time() {
         .await;
     assert_eq!(run.metrics[0].count, 2, "{run:#?}");
     assert_eq!(seen.lock().unwrap().as_slice(), [SECRET_GET, SECRET_GET]);
+}
+
+/// The egress policy of tests whose providers are local stand-ins on loopback.
+fn loopback_allowed() -> egress::EgressPolicy {
+    egress::EgressPolicy::new(&["127.0.0.1".into(), "localhost".into()], None).unwrap()
 }

@@ -102,7 +102,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         let _ = stop_tx.send(());
     });
     let analysis_caches = crate::analysis::Caches::watch(ctx.api());
-    let runner = match crate::analysis::Runner::new() {
+    let runner = match crate::analysis::Runner::new(ctx.egress.clone()) {
         Ok(r) => r
             .with_metrics(ctx.metrics.clone())
             .with_caches(analysis_caches),

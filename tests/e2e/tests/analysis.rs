@@ -90,7 +90,11 @@ async fn prometheus_results_from_a_real_server() -> Result<()> {
     let prometheus = Prometheus::start(&[exporter.target()])?;
     let canary = exporter.error_percent_query("canary1");
     prometheus.wait_for_value(&canary, 2.0)?;
-    let runner = Runner::new()?;
+    // The real Prometheus listens on loopback, which the default egress policy refuses.
+    let runner = Runner::new(storm_controller::analysis::egress::EgressPolicy::new(
+        &["127.0.0.1".into()],
+        None,
+    )?)?;
     let base = prometheus.base_url();
     let query = |q: &str| {
         let spec = PrometheusMetric {
@@ -240,7 +244,11 @@ async fn templates_and_args(ns: TestNamespace) -> Result<()> {
         },
     )
     .await?;
-    let runner = Runner::new()?;
+    // The real Prometheus listens on loopback, which the default egress policy refuses.
+    let runner = Runner::new(storm_controller::analysis::egress::EgressPolicy::new(
+        &["127.0.0.1".into()],
+        None,
+    )?)?;
     let client = ns.client();
 
     let analysis = template_ref(&["error-rate"], &[("revision", "canary1")]);
@@ -427,7 +435,11 @@ async fn datadog_keys(ns: TestNamespace) -> Result<()> {
         )
         .await?;
     }
-    let runner = Runner::new()?;
+    // The real Prometheus listens on loopback, which the default egress policy refuses.
+    let runner = Runner::new(storm_controller::analysis::egress::EgressPolicy::new(
+        &["127.0.0.1".into()],
+        None,
+    )?)?;
     let client = ns.client();
     let advance = |template: &'static str| {
         let (runner, client, ns) = (&runner, &client, &ns);

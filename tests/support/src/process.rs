@@ -243,6 +243,9 @@ impl Controller {
             namespace.into(),
             "--metrics-addr".into(),
             format!("127.0.0.1:{http_port}"),
+            // The suites' Prometheus and web stand-ins listen on loopback, which the egress
+            // policy refuses unless allowed.
+            "--analysis-egress-allow=127.0.0.1,localhost".into(),
         ];
         let env = vec![
             (
