@@ -264,7 +264,11 @@ mod tests {
         let want = [
             (format!("{p}.stableService"), "Service", "s"),
             (format!("{p}.canaryService"), "Service", "c"),
-            (format!("{p}.trafficRouting.nginx.ingress"), "Ingress", "ing"),
+            (
+                format!("{p}.trafficRouting.nginx.ingress"),
+                "Ingress",
+                "ing",
+            ),
             (
                 format!("{p}.trafficRouting.istio.virtualService"),
                 "VirtualService",
