@@ -74,6 +74,11 @@ pub const INJECTED_ENV: [&str; 6] = [
     ENV_ROLE_REPLICA_INDEX,
 ];
 
+/// Annotation on a Service or traffic router object, set by its owner: the StormService (its name,
+/// in the object's namespace) that may have the controller write it even when the StormService's
+/// author may not patch it. Without it, admission asks whether the author may `patch` the object.
+pub const ANNOTATION_MANAGED_BY: &str = "stormservice.aibrix.ai/managed-by";
+
 /// Annotation that pauses a rollout.
 pub const ANNOTATION_PAUSE: &str = "stormservice.aibrix.ai/rollout-pause";
 /// Annotation that resumes a paused rollout.

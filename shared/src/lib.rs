@@ -7,6 +7,7 @@
 pub mod defaults;
 pub mod errors;
 pub mod keys;
+pub mod ownership;
 pub mod policy;
 pub mod references;
 pub mod routing_refs;

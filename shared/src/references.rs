@@ -54,6 +54,17 @@ pub trait ClusterLookup {
     fn http_route(&self, namespace: &str, name: &str) -> Presence<RouteInfo>;
     /// An AnalysisTemplate.
     fn analysis_template(&self, namespace: &str, name: &str) -> Presence<()>;
+    /// The [`crate::keys::ANNOTATION_MANAGED_BY`] opt-in of a Service or traffic router object;
+    /// `None` when it has none, does not exist, or is not known (then admission asks the API
+    /// server whether the user may patch it).
+    fn managed_by(
+        &self,
+        _kind: crate::ownership::TrafficKind,
+        _namespace: &str,
+        _name: &str,
+    ) -> Option<String> {
+        None
+    }
 }
 
 /// Checks every reference of a StormService against the cluster.

@@ -164,6 +164,9 @@ reasons! {
     WaitingForRouter = "WaitingForTrafficRouter",
     /// Event: a traffic router could not be read or written.
     TrafficRouterError = "TrafficRouterError",
+    /// Event (Warning): a Service the StormService names has no selector (its Endpoints are
+    /// someone's, by hand); the controller never adds one, so it is not pinned.
+    ServiceNotPinned = "ServiceNotPinned",
     /// Blue-green: the preview RoleSets are being created.
     PreviewProgressing = "PreviewProgressing",
     /// Blue-green: the preview RoleSets are all ready.

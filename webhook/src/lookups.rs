@@ -6,8 +6,19 @@
 //! Gateway API) are found by discovery at start and every [`REDISCOVER_EVERY`] after, and watched
 //! from then on. A kind that isn't installed, or whose cache hasn't synced, answers
 //! [`Presence::Unknown`]: the rules then say nothing rather than something wrong.
+//!
+//! Until every watch started by the first discovery pass has listed, the caches are not
+//! [`Caches::ready`]: `/readyz` says so and reviews are refused ([`ClusterView::unsynced`]), since
+//! an empty RolloutPolicy cache reads as "no policy" and would admit what a listed one denies.
+//! Once listed they stay ready: a kind installed later answers `Unknown` until its own watch has
+//! listed, without taking admission down for everyone meanwhile.
+//!
+//! The caches keep only what the rules read ([`crate::slim`]): no managedFields, no labels but a
+//! Namespace's, no annotations but the owner's opt-in [`storm_shared::keys::ANNOTATION_MANAGED_BY`], and of each spec
+//! only the fields a rule looks at.
 
 use crate::review::ClusterView;
+use crate::slim;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::networking::v1::Ingress;
@@ -24,6 +35,7 @@ use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use storm_shared::ownership::TrafficKind;
 use storm_shared::references::{ClusterLookup, Presence, RouteInfo, ServiceInfo};
 use storm_shared::types::{GROUP, VERSION};
 use storm_shared::{AnalysisTemplate, RolloutPolicy};
@@ -65,8 +77,9 @@ where
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Starts watching (once): a reflector task fills the store, another flags it synced.
-    fn start(&self, api: Api<K>, dyntype: K::DynamicType, what: &'static str) {
+    /// Starts watching (once): a reflector task fills the store (each object cut down by `slim`),
+    /// another flags it synced.
+    fn start(&self, api: Api<K>, dyntype: K::DynamicType, what: &'static str, slim: fn(&mut K)) {
         let writer = Writer::new(dyntype.clone());
         let store = writer.as_reader();
         if self.store.set((store.clone(), dyntype)).is_err() {
@@ -81,11 +94,10 @@ where
         });
         let stream = watcher(api, watcher::Config::default().any_semantic())
             .default_backoff()
-            .modify(|o: &mut K| {
+            .modify(move |o: &mut K| {
                 // What the rules read is small; don't keep the bulky parts of every object.
                 o.managed_fields_mut().clear();
-                o.annotations_mut()
-                    .remove("kubectl.kubernetes.io/last-applied-configuration");
+                slim(o);
             })
             .reflect(writer);
         tokio::spawn(async move {
@@ -116,6 +128,17 @@ where
         }
     }
 
+    /// The object's owner opt-in annotation, when it is cached.
+    fn managed_by(&self, namespace: &str, name: &str) -> Option<String> {
+        match self.get(Some(namespace), name) {
+            Presence::Found(o) => o
+                .annotations()
+                .get(storm_shared::keys::ANNOTATION_MANAGED_BY)
+                .cloned(),
+            _ => None,
+        }
+    }
+
     fn all(&self) -> Vec<Arc<K>> {
         self.store
             .get()
@@ -136,6 +159,8 @@ pub struct Caches {
     traffic_splits: Slot<DynamicObject>,
     http_routes: Slot<DynamicObject>,
     discovered: AtomicBool,
+    /// Latched once everything the first discovery pass started has listed.
+    listed: AtomicBool,
     offline: bool,
 }
 
@@ -175,6 +200,7 @@ impl Caches {
             traffic_splits: Slot::default(),
             http_routes: Slot::default(),
             discovered: AtomicBool::new(false),
+            listed: AtomicBool::new(false),
             offline,
         }
     }
@@ -190,13 +216,13 @@ impl Caches {
         let caches = Arc::new(Self::empty(false));
         caches
             .services
-            .start(Api::all(client.clone()), (), "Service");
+            .start(Api::all(client.clone()), (), "Service", slim::service);
         caches
             .ingresses
-            .start(Api::all(client.clone()), (), "Ingress");
+            .start(Api::all(client.clone()), (), "Ingress", slim::ingress);
         caches
             .namespaces
-            .start(Api::all(client.clone()), (), "Namespace");
+            .start(Api::all(client.clone()), (), "Namespace", slim::namespace);
         let looping = caches.clone();
         tokio::spawn(async move {
             loop {
@@ -228,8 +254,12 @@ impl Caches {
             )
             .await
         {
-            self.templates
-                .start(Api::all(client.clone()), (), "AnalysisTemplate");
+            self.templates.start(
+                Api::all(client.clone()),
+                (),
+                "AnalysisTemplate",
+                slim::analysis_template,
+            );
         }
         if !self.policies.started()
             && served(
@@ -238,47 +268,99 @@ impl Caches {
             )
             .await
         {
-            self.policies
-                .start(Api::all(client.clone()), (), "RolloutPolicy");
+            self.policies.start(
+                Api::all(client.clone()),
+                (),
+                "RolloutPolicy",
+                slim::rollout_policy,
+            );
         }
-        for (slot, which) in [
-            (&self.virtual_services, VIRTUAL_SERVICE),
-            (&self.destination_rules, DESTINATION_RULE),
-            (&self.traffic_splits, TRAFFIC_SPLIT),
-            (&self.http_routes, HTTP_ROUTE),
-        ] {
+        let routers: [(_, _, fn(&mut DynamicObject)); 4] = [
+            (
+                &self.virtual_services,
+                VIRTUAL_SERVICE,
+                slim::virtual_service,
+            ),
+            (
+                &self.destination_rules,
+                DESTINATION_RULE,
+                slim::destination_rule,
+            ),
+            (&self.traffic_splits, TRAFFIC_SPLIT, slim::traffic_split),
+            (&self.http_routes, HTTP_ROUTE, slim::http_route),
+        ];
+        for (slot, which, cut) in routers {
             if slot.started() {
                 continue;
             }
             if let Some(ar) = recommended(client, &which).await {
-                slot.start(Api::all_with(client.clone(), &ar), ar, which.kind);
+                slot.start(Api::all_with(client.clone(), &ar), ar, which.kind, cut);
             }
         }
     }
 
-    /// Ready once the first discovery pass is done and every started watch has synced.
+    /// Ready once the first discovery pass is done and every watch it started has listed; stays
+    /// ready after (a kind installed later answers `Unknown` until its own watch has listed).
     pub fn ready(&self) -> bool {
-        if self.offline {
+        if self.offline || self.listed.load(Ordering::Acquire) {
             return true;
         }
-        let core = self.services.synced() && self.ingresses.synced() && self.namespaces.synced();
-        let optional = [
-            (self.templates.started(), self.templates.synced()),
-            (self.policies.started(), self.policies.synced()),
+        let listed = self.pending().is_empty();
+        if listed {
+            self.listed.store(true, Ordering::Release);
+            tracing::info!("every watch cache has listed: ready");
+        }
+        listed
+    }
+
+    /// What has not listed yet (empty when nothing is pending).
+    fn pending(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if !self.discovered.load(Ordering::Acquire) {
+            out.push("API discovery of the optional kinds");
+        }
+        let slots = [
+            ("Service", true, self.services.synced()),
+            ("Ingress", true, self.ingresses.synced()),
+            ("Namespace", true, self.namespaces.synced()),
             (
+                "AnalysisTemplate",
+                self.templates.started(),
+                self.templates.synced(),
+            ),
+            (
+                "RolloutPolicy",
+                self.policies.started(),
+                self.policies.synced(),
+            ),
+            (
+                "VirtualService",
                 self.virtual_services.started(),
                 self.virtual_services.synced(),
             ),
             (
+                "DestinationRule",
                 self.destination_rules.started(),
                 self.destination_rules.synced(),
             ),
-            (self.traffic_splits.started(), self.traffic_splits.synced()),
-            (self.http_routes.started(), self.http_routes.synced()),
-        ]
-        .iter()
-        .all(|(started, synced)| !started || *synced);
-        core && optional && self.discovered.load(Ordering::Acquire)
+            (
+                "TrafficSplit",
+                self.traffic_splits.started(),
+                self.traffic_splits.synced(),
+            ),
+            (
+                "HTTPRoute",
+                self.http_routes.started(),
+                self.http_routes.synced(),
+            ),
+        ];
+        out.extend(
+            slots
+                .iter()
+                .filter(|(_, started, synced)| *started && !*synced)
+                .map(|(kind, _, _)| *kind),
+        );
+        out
     }
 }
 
@@ -437,9 +519,30 @@ impl ClusterLookup for Caches {
     fn analysis_template(&self, namespace: &str, name: &str) -> Presence<()> {
         exists(self.templates.get(Some(namespace), name))
     }
+
+    fn managed_by(&self, kind: TrafficKind, namespace: &str, name: &str) -> Option<String> {
+        match kind {
+            TrafficKind::Service => self.services.managed_by(namespace, name),
+            TrafficKind::Ingress => self.ingresses.managed_by(namespace, name),
+            TrafficKind::VirtualService => self.virtual_services.managed_by(namespace, name),
+            TrafficKind::DestinationRule => self.destination_rules.managed_by(namespace, name),
+            TrafficKind::TrafficSplit => self.traffic_splits.managed_by(namespace, name),
+            TrafficKind::HttpRoute => self.http_routes.managed_by(namespace, name),
+        }
+    }
 }
 
 impl ClusterView for Caches {
+    fn unsynced(&self) -> Option<String> {
+        if self.ready() {
+            return None;
+        }
+        Some(format!(
+            "its watch caches have not listed yet ({})",
+            self.pending().join(", ")
+        ))
+    }
+
     fn policies(&self) -> Vec<RolloutPolicy> {
         self.policies
             .all()
@@ -529,6 +632,7 @@ mod tests {
     fn offline_caches_know_nothing_and_are_ready() {
         let c = Caches::offline();
         assert!(c.ready());
+        assert_eq!(c.unsynced(), None);
         assert_eq!(c.service("ns", "x"), Presence::Unknown);
         assert_eq!(c.analysis_template("ns", "x"), Presence::Unknown);
         assert!(c.policies().is_empty());
@@ -536,5 +640,28 @@ mod tests {
             c.namespace_labels("ns").get("kubernetes.io/metadata.name"),
             Some(&"ns".to_string())
         );
+    }
+
+    #[test]
+    fn caches_that_have_not_listed_are_not_ready_and_say_what_they_wait_for() {
+        let c = Caches::empty(false);
+        assert!(!c.ready());
+        let why = c.unsynced().unwrap();
+        for part in ["API discovery", "Service", "Ingress", "Namespace"] {
+            assert!(why.contains(part), "{part} not in {why}");
+        }
+        // Not started (not installed) optional kinds are not waited for.
+        assert!(!why.contains("RolloutPolicy"), "{why}");
+        c.discovered.store(true, Ordering::Release);
+        for slot in [&c.services.ready, &c.ingresses.ready] {
+            slot.store(true, Ordering::Release);
+        }
+        assert_eq!(c.pending(), ["Namespace"]);
+        c.namespaces.ready.store(true, Ordering::Release);
+        assert!(c.ready());
+        // Latched: ready from then on.
+        c.namespaces.ready.store(false, Ordering::Release);
+        assert!(c.ready());
+        assert_eq!(c.unsynced(), None);
     }
 }

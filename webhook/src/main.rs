@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
+use storm_webhook::access::Authorizer;
 use storm_webhook::certs::{self, PairPaths, ReloadingResolver};
 use storm_webhook::lookups::Caches;
 use storm_webhook::metrics::Metrics;
@@ -314,12 +315,15 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         Duration::from_millis(args.cert_poll_ms.max(100)),
         metrics.clone(),
     ));
-    let caches = if args.offline {
-        tracing::warn!("offline: no cluster lookups, no RolloutPolicies");
-        Caches::offline()
+    let (caches, authorizer) = if args.offline {
+        tracing::warn!("offline: no cluster lookups, no RolloutPolicies, access checks refuse");
+        (Caches::offline(), Authorizer::offline())
     } else {
         let client = kube::Client::try_default().await?;
-        Caches::start(client)
+        (
+            Caches::start(client.clone()),
+            Authorizer::new(client, storm_webhook::access::SAR_TIMEOUT),
+        )
     };
     let tls = Arc::new(server::tls_config(resolver, provider)?);
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -342,7 +346,11 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
             })?;
     }
     tracing::info!(address = %bound, "listening (HTTPS)");
-    let app = server::router(Arc::new(AppState { caches, metrics }));
+    let app = server::router(Arc::new(AppState {
+        caches,
+        metrics,
+        authorizer,
+    }));
     server::serve(listener, tls, app, shutdown_signal()).await;
     Ok(())
 }

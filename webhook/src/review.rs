@@ -5,6 +5,7 @@
 //! body come out. No I/O, no clock, no API server calls, so it is unit-tested and fuzzed directly.
 //! Every rule comes from `storm_shared`; this module only routes by kind and speaks the wire format.
 
+use crate::access::{AccessRequest, Decision, Decisions, Unasked, UserInfo};
 use crate::metrics::{KindLabel, OperationLabel, Outcome, ResultLabel};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,9 @@ use storm_shared::errors::{ErrorKind, FieldError, Report, Warning};
 use storm_shared::references::ClusterLookup;
 use storm_shared::rules::{self, analysis, policy_spec};
 use storm_shared::types::GROUP;
-use storm_shared::{AnalysisTemplate, RolloutPolicy, StormService, defaults, policy, references};
+use storm_shared::{
+    AnalysisTemplate, RolloutPolicy, StormService, defaults, ownership, policy, references,
+};
 
 /// `apiVersion` of the only AdmissionReview version served (the configurations ask for `v1`).
 pub const REVIEW_API_VERSION: &str = "admission.k8s.io/v1";
@@ -28,6 +31,12 @@ pub trait ClusterView: ClusterLookup {
     fn policies(&self) -> Vec<RolloutPolicy>;
     /// The labels of a namespace (at least `kubernetes.io/metadata.name` when it is not cached).
     fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String>;
+    /// Why the view cannot be trusted yet (watch caches that have not listed), or `None` once it
+    /// can. While it cannot, reviews are refused: an unsynced cache would read as "no policies"
+    /// and "nothing exists", and admit what a synced one denies.
+    fn unsynced(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Which webhook a review was sent to.
@@ -48,6 +57,9 @@ pub struct Answer {
     pub body: Vec<u8>,
     /// Metric labels and log fields.
     pub outcome: Outcome,
+    /// Questions the answer is waiting for: when not empty, the body refuses (fail closed) and the
+    /// caller should ask them ([`crate::access::Authorizer`]) and call [`handle_with`] again.
+    pub authorize: Vec<AccessRequest>,
 }
 
 /// Why a request body is not a review this server can answer.
@@ -112,6 +124,8 @@ struct RequestIn<'a> {
     object: Option<&'a RawValue>,
     #[serde(default, borrow)]
     old_object: Option<&'a RawValue>,
+    #[serde(default)]
+    user_info: UserInfo,
 }
 
 /// A raw JSON value that is present and not `null`.
@@ -203,6 +217,8 @@ struct Verdict {
     denial: Option<StatusOut>,
     patch: Option<Vec<u8>>,
     warnings: Vec<String>,
+    /// Access questions that had no answer (their fields are denied meanwhile).
+    authorize: Vec<AccessRequest>,
 }
 
 impl Verdict {
@@ -222,6 +238,23 @@ impl Verdict {
                 status: "Failure",
                 code: 400,
                 reason: "BadRequest",
+                message,
+                details: None,
+            }),
+            ..Self::default()
+        }
+    }
+
+    /// Denies with code 503: the webhook cannot judge yet; the API server applies the
+    /// configuration's failurePolicy to nothing, the user reads why and retries.
+    fn unavailable(message: String) -> Self {
+        Self {
+            denial: Some(StatusOut {
+                api_version: None,
+                kind: None,
+                status: "Failure",
+                code: 503,
+                reason: "ServiceUnavailable",
                 message,
                 details: None,
             }),
@@ -253,6 +286,7 @@ impl Verdict {
             }),
             warnings,
             patch: None,
+            authorize: Vec::new(),
         }
     }
 }
@@ -298,15 +332,27 @@ fn sanitize(text: &str) -> String {
         .collect()
 }
 
-/// Answers one request body sent to `endpoint`.
+/// Answers one request body sent to `endpoint`, with no access question answered yet: a review
+/// that needs one comes back refused, naming the questions in [`Answer::authorize`].
 pub fn handle(endpoint: Endpoint, body: &[u8], cluster: &dyn ClusterView) -> Answer {
+    handle_with(endpoint, body, cluster, &Unasked)
+}
+
+/// Answers one request body sent to `endpoint`, reading access answers from `decisions`.
+pub fn handle_with(
+    endpoint: Endpoint,
+    body: &[u8],
+    cluster: &dyn ClusterView,
+    decisions: &dyn Decisions,
+) -> Answer {
     let request = match parse_review(body) {
         Ok(r) => r,
         Err(e) => return bad_review(&e),
     };
     let kind = kind_label(&request.kind);
     let operation = OperationLabel::from_operation(&request.operation);
-    let verdict = decide(endpoint, &request, kind, operation, cluster);
+    let verdict = decide(endpoint, &request, kind, operation, cluster, decisions);
+    let authorize = verdict.authorize;
     let result = match (&verdict.denial, &verdict.patch) {
         (Some(_), _) => ResultLabel::Denied,
         (None, Some(_)) => ResultLabel::Patched,
@@ -348,6 +394,7 @@ pub fn handle(endpoint: Endpoint, body: &[u8], cluster: &dyn ClusterView) -> Ans
             name: request.name.clone().unwrap_or_default(),
             denial,
         },
+        authorize,
     }
 }
 
@@ -361,6 +408,7 @@ pub fn noop_answer() -> Answer {
         http_status: 200,
         body: body.into_bytes(),
         outcome: Outcome::bare(ResultLabel::Allowed),
+        authorize: Vec::new(),
     }
 }
 
@@ -404,6 +452,7 @@ fn bad_review(e: &BadReview) -> Answer {
             denial: Some(status.message),
             ..Outcome::bare(ResultLabel::BadRequest)
         },
+        authorize: Vec::new(),
     }
 }
 
@@ -425,6 +474,7 @@ fn decide(
     kind: KindLabel,
     operation: OperationLabel,
     cluster: &dyn ClusterView,
+    decisions: &dyn Decisions,
 ) -> Verdict {
     if matches!(kind, KindLabel::Other | KindLabel::None) {
         let group = if req.kind.group.is_empty() {
@@ -450,6 +500,11 @@ fn decide(
                 req.operation
             ));
         }
+    }
+    if let Some(why) = cluster.unsynced() {
+        return Verdict::unavailable(format!(
+            "storm-webhook is starting: {why}; it refuses to judge against caches that have not listed (they would read as no RolloutPolicies and no objects). Retry in a few seconds; if this persists, check the webhook's logs and its RBAC (get/list/watch)"
+        ));
     }
     let Some(object) = present(req.object) else {
         return Verdict::refuse(format!(
@@ -485,7 +540,11 @@ fn decide(
                 (OperationLabel::Update, Some(old)) => Some(old),
                 _ => None,
             };
-            validate_storm_service(object, old, req.namespace.as_deref(), cluster)
+            let access = Access {
+                user: &req.user_info,
+                decisions,
+            };
+            validate_storm_service(object, old, req.namespace.as_deref(), cluster, Some(access))
         }
         (Endpoint::Validate, KindLabel::AnalysisTemplate) => {
             match typed::<AnalysisTemplate>(object) {
@@ -568,7 +627,8 @@ fn judge_defaulted(
     let raw = serde_json::value::to_raw_value(&doc).ok()?;
     // A type error (a string where a number goes) is the schema's to report, with all its others.
     typed::<StormService>(&raw).ok()?;
-    let mut verdict = validate_storm_service(&raw, old, namespace, cluster);
+    // Access is checked by the validating webhook only: once per write, on the final object.
+    let mut verdict = validate_storm_service(&raw, old, namespace, cluster, None);
     verdict.denial.as_ref()?;
     let mut warnings = defaulting.warnings.clone();
     warnings.append(&mut verdict.warnings);
@@ -609,9 +669,17 @@ fn mutate_storm_service(object: &Value, old: Option<&Value>) -> Verdict {
             denial: None,
             patch: Some(patch),
             warnings,
+            authorize: Vec::new(),
         },
         Err(e) => Verdict::refuse(format!("could not encode the defaulting patch: {e}")),
     }
+}
+
+/// Who wrote the object under review, and the access answers known so far.
+#[derive(Clone, Copy)]
+struct Access<'a> {
+    user: &'a UserInfo,
+    decisions: &'a dyn Decisions,
 }
 
 fn validate_storm_service(
@@ -619,6 +687,7 @@ fn validate_storm_service(
     old_object: Option<&RawValue>,
     request_namespace: Option<&str>,
     cluster: &dyn ClusterView,
+    access: Option<Access<'_>>,
 ) -> Verdict {
     let mut obj = match typed::<StormService>(object) {
         Ok(o) => o,
@@ -647,7 +716,65 @@ fn validate_storm_service(
     {
         ratchet(&mut report, &evaluate(old, None, cluster));
     }
-    Verdict::from_report(report, "StormService", &name)
+    // After the ratchet: a field whose value changed was never judged on the stored object.
+    let mut unanswered = Vec::new();
+    if let Some(access) = access {
+        unanswered = authorize(&obj, old.as_ref(), access, cluster, &mut report);
+    }
+    let mut verdict = Verdict::from_report(report, "StormService", &name);
+    verdict.authorize = unanswered;
+    verdict
+}
+
+/// Denies every Service or router object `obj` newly names that its author may not patch and
+/// whose owner did not opt in; returns the questions that have no answer yet (denied meanwhile).
+fn authorize(
+    obj: &StormService,
+    old: Option<&StormService>,
+    access: Access<'_>,
+    cluster: &dyn ClusterView,
+    report: &mut Report,
+) -> Vec<AccessRequest> {
+    let namespace = obj.metadata.namespace.as_deref().unwrap_or("default");
+    let storm = obj.metadata.name.as_deref().unwrap_or_default();
+    let user = access.user.username.as_str();
+    let mut unanswered = Vec::new();
+    if access.user.unconditionally_allowed() {
+        return unanswered;
+    }
+    for object in ownership::newly_named(obj, old) {
+        let managed_by = cluster.managed_by(object.kind, namespace, &object.name);
+        if ownership::opted_in(managed_by.as_deref(), storm) {
+            continue;
+        }
+        let request = AccessRequest {
+            user: access.user.clone(),
+            namespace: namespace.to_string(),
+            kind: object.kind,
+            name: object.name.clone(),
+        };
+        match access.decisions.decision(&request) {
+            Some(Decision::Allowed) => {}
+            Some(Decision::Denied(reason)) => report.error(ownership::not_allowed(
+                &object, namespace, storm, user, &reason,
+            )),
+            Some(Decision::Failed(error)) => {
+                report.error(ownership::not_checked(&object, namespace, user, &error))
+            }
+            None => {
+                report.error(ownership::not_checked(
+                    &object,
+                    namespace,
+                    user,
+                    "not asked yet",
+                ));
+                if !unanswered.contains(&request) {
+                    unanswered.push(request);
+                }
+            }
+        }
+    }
+    unanswered
 }
 
 /// Rules, references and policies for one StormService.

@@ -1,8 +1,25 @@
 //! Unit tests of the review handler: wire format, every kind, policies, references, bad input.
 
 use super::*;
+use crate::access::Decided;
 use serde_json::json;
+use storm_shared::ownership::TrafficKind;
 use storm_shared::references::{Presence, RouteInfo, ServiceInfo};
+
+/// Every access question answered "allowed": the rules' tests are about the rules; the access
+/// checks have their own tests below, through [`handle_with`].
+struct AllowAll;
+
+impl Decisions for AllowAll {
+    fn decision(&self, _: &AccessRequest) -> Option<Decision> {
+        Some(Decision::Allowed)
+    }
+}
+
+/// [`super::handle`] with every access question allowed.
+fn handle(endpoint: Endpoint, body: &[u8], cluster: &dyn ClusterView) -> Answer {
+    handle_with(endpoint, body, cluster, &AllowAll)
+}
 
 /// A cluster made of maps.
 #[derive(Default)]
@@ -13,6 +30,10 @@ struct FakeCluster {
     namespace_labels: BTreeMap<String, BTreeMap<String, String>>,
     /// When false, every lookup is `Unknown` (caches not synced / kind not installed).
     known: bool,
+    /// `managed-by` annotations by (kind, namespace, name).
+    managed_by: BTreeMap<(TrafficKind, String, String), String>,
+    /// Why the caches cannot be trusted yet.
+    unsynced: Option<String>,
 }
 
 impl ClusterLookup for FakeCluster {
@@ -53,9 +74,17 @@ impl ClusterLookup for FakeCluster {
             Presence::Missing
         }
     }
+    fn managed_by(&self, kind: TrafficKind, namespace: &str, name: &str) -> Option<String> {
+        self.managed_by
+            .get(&(kind, namespace.to_string(), name.to_string()))
+            .cloned()
+    }
 }
 
 impl ClusterView for FakeCluster {
+    fn unsynced(&self) -> Option<String> {
+        self.unsynced.clone()
+    }
     fn policies(&self) -> Vec<RolloutPolicy> {
         self.policies.clone()
     }
@@ -786,4 +815,198 @@ fn the_mutating_answer_denies_with_every_problem_before_the_schema_speaks() {
         &cluster,
     );
     assert_ne!(answer.outcome.result, ResultLabel::Denied);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who may name which Service or router object, and caches that have not listed.
+
+/// The seed canary (Services my-app-stable/my-app-canary, Ingress my-app-ingress) reviewed as
+/// `system:serviceaccount:team-a:tenant`.
+fn tenant_review(operation: &str, object: Value, old: Option<Value>) -> Vec<u8> {
+    let body = review_of(operation, "StormService", Some(object), old);
+    let mut v: Value = serde_json::from_slice(&body).unwrap();
+    v["request"]["userInfo"] = json!({
+        "username": "system:serviceaccount:team-a:tenant", "uid": "u-1",
+        "groups": ["system:serviceaccounts", "system:authenticated"],
+        "extra": {"authentication.kubernetes.io/credential-id": ["JTI=1"]}
+    });
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn canary_seed() -> Value {
+    fixture("seed/01-canary.yaml")
+}
+
+fn causes(resp: &Value) -> Vec<(String, String)> {
+    resp["status"]["details"]["causes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["field"].as_str().unwrap().to_string(),
+                c["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_create_asks_whether_the_author_may_patch_every_named_object() {
+    let cluster = FakeCluster::default();
+    let body = tenant_review("CREATE", canary_seed(), None);
+    let first = handle_with(Endpoint::Validate, &body, &cluster, &Unasked);
+    // Unanswered questions are denied (fail closed) and handed to the caller to ask.
+    assert!(!response(&first)["allowed"].as_bool().unwrap());
+    let asked: Vec<(TrafficKind, &str)> = first
+        .authorize
+        .iter()
+        .map(|r| (r.kind, r.name.as_str()))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            (TrafficKind::Service, "my-app-stable"),
+            (TrafficKind::Service, "my-app-canary"),
+            (TrafficKind::Ingress, "my-app-ingress"),
+        ]
+    );
+    let user = &first.authorize[0].user;
+    assert_eq!(user.username, "system:serviceaccount:team-a:tenant");
+    assert_eq!(user.uid, "u-1");
+    assert_eq!(user.groups.len(), 2);
+    assert_eq!(user.extra.len(), 1);
+    assert!(first.authorize.iter().all(|r| r.namespace == "team-a"));
+    // Answered: the one denied object is denied with its field, the others pass.
+    let mut decided = Decided::default();
+    for r in &first.authorize {
+        let d = if r.name == "my-app-stable" {
+            Decision::Denied("RBAC: no rule".into())
+        } else {
+            Decision::Allowed
+        };
+        decided.0.insert(r.clone(), d);
+    }
+    let second = handle_with(Endpoint::Validate, &body, &cluster, &decided);
+    assert!(second.authorize.is_empty());
+    let resp = response(&second);
+    assert!(!resp["allowed"].as_bool().unwrap());
+    let denied = causes(&resp);
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0].0, "spec.rolloutStrategy.canary.stableService");
+    for part in [
+        "user \"system:serviceaccount:team-a:tenant\" may not patch Service \"team-a/my-app-stable\" (RBAC: no rule)",
+        "get patch rights on services \"my-app-stable\" in namespace \"team-a\"",
+        "stormservice.aibrix.ai/managed-by=my-app",
+    ] {
+        assert!(denied[0].1.contains(part), "{part} not in {}", denied[0].1);
+    }
+    // A failed check is refused too, saying it could not be checked.
+    for d in decided.0.values_mut() {
+        *d = Decision::Failed("SubjectAccessReview did not answer within 2s".into());
+    }
+    let resp = response(&handle_with(Endpoint::Validate, &body, &cluster, &decided));
+    let failed = causes(&resp);
+    assert_eq!(failed.len(), 3);
+    assert!(failed[0].1.contains("could not check"), "{failed:?}");
+    assert!(
+        failed[0].1.contains("did not answer within 2s"),
+        "{failed:?}"
+    );
+}
+
+#[test]
+fn members_of_system_masters_are_not_asked_about() {
+    // The API server's authorizer allows them everything: asking would only cost a round trip.
+    let body = review_of("CREATE", "StormService", Some(canary_seed()), None);
+    let mut v: Value = serde_json::from_slice(&body).unwrap();
+    v["request"]["userInfo"] =
+        json!({"username": "admin", "groups": ["system:masters", "system:authenticated"]});
+    let body = serde_json::to_vec(&v).unwrap();
+    let answer = handle_with(Endpoint::Validate, &body, &FakeCluster::default(), &Unasked);
+    assert!(answer.authorize.is_empty());
+    assert!(response(&answer)["allowed"].as_bool().unwrap());
+}
+
+#[test]
+fn an_owner_opt_in_needs_no_access_check() {
+    let mut cluster = FakeCluster::default();
+    for (kind, name) in [
+        (TrafficKind::Service, "my-app-stable"),
+        (TrafficKind::Service, "my-app-canary"),
+        (TrafficKind::Ingress, "my-app-ingress"),
+    ] {
+        cluster
+            .managed_by
+            .insert((kind, "team-a".into(), name.into()), "my-app".into());
+    }
+    // The canary Service's opt-in names another StormService: that one is still asked.
+    cluster.managed_by.insert(
+        (
+            TrafficKind::Service,
+            "team-a".into(),
+            "my-app-canary".into(),
+        ),
+        "someone-else".into(),
+    );
+    let body = tenant_review("CREATE", canary_seed(), None);
+    let answer = handle_with(Endpoint::Validate, &body, &cluster, &Unasked);
+    let asked: Vec<&str> = answer.authorize.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(asked, ["my-app-canary"]);
+}
+
+#[test]
+fn updates_that_keep_the_named_objects_ask_nothing() {
+    let cluster = FakeCluster::default();
+    let old = canary_seed();
+    let mut new = old.clone();
+    new["metadata"]["annotations"] = json!({"stormservice.aibrix.ai/rollout-pause": "true"});
+    new["spec"]["replicas"] = json!(3);
+    let answer = handle_with(
+        Endpoint::Validate,
+        &tenant_review("UPDATE", new.clone(), Some(old.clone())),
+        &cluster,
+        &Unasked,
+    );
+    assert!(answer.authorize.is_empty());
+    assert!(response(&answer)["allowed"].as_bool().unwrap());
+    // Changing one Service asks about that one only.
+    new["spec"]["rolloutStrategy"]["canary"]["stableService"] = json!("other-stable");
+    let answer = handle_with(
+        Endpoint::Validate,
+        &tenant_review("UPDATE", new, Some(old)),
+        &cluster,
+        &Unasked,
+    );
+    let asked: Vec<&str> = answer.authorize.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(asked, ["other-stable"]);
+    // The mutating endpoint never asks: access is judged once, by the validating webhook.
+    let answer = handle_with(
+        Endpoint::Mutate,
+        &tenant_review("CREATE", canary_seed(), None),
+        &cluster,
+        &Unasked,
+    );
+    assert!(answer.authorize.is_empty());
+    assert!(response(&answer)["allowed"].as_bool().unwrap());
+}
+
+#[test]
+fn reviews_are_refused_until_the_caches_have_listed() {
+    let cluster = FakeCluster {
+        unsynced: Some("watch caches not listed yet: RolloutPolicy".into()),
+        ..FakeCluster::default()
+    };
+    for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
+        let resp = response(&handle(
+            endpoint,
+            &review_of("CREATE", "StormService", Some(canary_seed()), None),
+            &cluster,
+        ));
+        assert_eq!(resp["allowed"], false);
+        assert_eq!(resp["status"]["code"], 503);
+        let message = resp["status"]["message"].as_str().unwrap();
+        assert!(message.contains("RolloutPolicy"), "{message}");
+        assert!(message.contains("Retry"), "{message}");
+    }
 }

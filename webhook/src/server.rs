@@ -1,5 +1,6 @@
 //! HTTPS: routes, body limit, TLS with the reloading resolver, connections and graceful shutdown.
 
+use crate::access::Authorizer;
 use crate::certs::ReloadingResolver;
 use crate::lookups::Caches;
 use crate::metrics::{EndpointLabel, Metrics, Outcome, ResultLabel};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub caches: Arc<Caches>,
     /// Request metrics.
     pub metrics: Arc<Metrics>,
+    /// Asks the API server whether a StormService's author may patch what it names.
+    pub authorizer: Authorizer,
 }
 
 /// The routes: `/mutate`, `/validate`, `/noop`, `/healthz`, `/readyz`, `/metrics`.
@@ -160,14 +163,26 @@ async fn answer(
                 .into_response();
         }
     };
+    let answer = match endpoint {
+        Some(e) => {
+            let first = review::handle(e, &body, state.caches.as_ref());
+            if first.authorize.is_empty() {
+                first
+            } else {
+                // Only when a create or update newly names Services or router objects: ask the
+                // API server, then judge again with the answers (the hot path asks nothing).
+                let decided = state.authorizer.decide(first.authorize).await;
+                review::handle_with(e, &body, state.caches.as_ref(), &decided)
+            }
+        }
+        None => review::noop_answer(),
+    };
     let Answer {
         http_status,
         body,
         outcome,
-    } = match endpoint {
-        Some(e) => review::handle(e, &body, state.caches.as_ref()),
-        None => review::noop_answer(),
-    };
+        ..
+    } = answer;
     state.metrics.observe(label, &outcome, started.elapsed());
     log(label, &outcome);
     Response::builder()

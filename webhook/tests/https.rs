@@ -84,6 +84,7 @@ async fn start(name: &str, poll: Duration) -> Running {
     let app = server::router(Arc::new(AppState {
         caches: Caches::offline(),
         metrics,
+        authorizer: storm_webhook::access::Authorizer::offline(),
     }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, tls, app, async move {

@@ -22,6 +22,20 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "storm-rollouts";
 
 const NGINX_ANNOTATIONS: &str = "nginx.ingress.kubernetes.io/";
+/// The user's ingress-nginx annotations copied to the canary Ingress: only those ingress-nginx
+/// reads from a canary Ingress (it ignores every other non-canary annotation there and inherits
+/// it from the main Ingress): the load balancing and session affinity ones, as names after
+/// [`NGINX_ANNOTATIONS`]; a trailing `*` is a prefix. Copying others would do nothing for the
+/// canary and would have the controller write configuration (snippets, auth, rate limits) into an
+/// object of its own making.
+const COPIED_NGINX_ANNOTATIONS: [&str; 6] = [
+    "load-balance",
+    "upstream-hash-by",
+    "affinity",
+    "affinity-mode",
+    "affinity-canary-behavior",
+    "session-cookie-*",
+];
 /// The deprecated class annotation still selects the controller on many installs.
 const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 const INGRESS_FIELD: &str = "spec.rolloutStrategy.canary.trafficRouting.nginx.ingress";
@@ -37,9 +51,9 @@ fn user_object(routing: &NginxRouting, target: &Target<'_>) -> ObjectName {
 
 /// The canary Ingress for `user` at `weight`: the class, TLS and every rule path (and default
 /// backend) that routes to the stable Service, pointed at `canaryService:servicePort`; paths to
-/// other Services are left out. It carries the user's ingress-nginx annotations (except the
-/// canary ones) and class annotation, the canary annotations, our labels and an ownerReference
-/// to the StormService.
+/// other Services are left out. It carries the user's class annotation and the few ingress-nginx
+/// annotations a canary Ingress honours ([`COPIED_NGINX_ANNOTATIONS`]), the canary annotations,
+/// our labels and an ownerReference to the StormService.
 pub fn canary_ingress(
     user: &Ingress,
     routing: &NginxRouting,
@@ -105,10 +119,7 @@ pub fn canary_ingress(
         .annotations
         .iter()
         .flatten()
-        .filter(|(k, _)| {
-            (k.starts_with(NGINX_ANNOTATIONS) && !k.starts_with(ANNOTATION_CANARY))
-                || *k == CLASS_ANNOTATION
-        })
+        .filter(|(k, _)| *k == CLASS_ANNOTATION || copied_nginx_annotation(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     annotations.insert(ANNOTATION_CANARY.into(), "true".into());
@@ -135,6 +146,19 @@ pub fn canary_ingress(
         }),
         status: None,
     })
+}
+
+/// Whether `key` is one of [`COPIED_NGINX_ANNOTATIONS`].
+fn copied_nginx_annotation(key: &str) -> bool {
+    let Some(name) = key.strip_prefix(NGINX_ANNOTATIONS) else {
+        return false;
+    };
+    COPIED_NGINX_ANNOTATIONS
+        .iter()
+        .any(|a| match a.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == *a,
+        })
 }
 
 /// Whether applying `desired` would change `current` (the existing canary Ingress).

@@ -18,7 +18,11 @@ fn user_ingress() -> Ingress {
             "labels": {"team": "a"},
             "annotations": {
                 "nginx.ingress.kubernetes.io/rewrite-target": "/",
+                "nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"X: y\";",
+                "nginx.ingress.kubernetes.io/affinity": "cookie",
+                "nginx.ingress.kubernetes.io/session-cookie-name": "route",
                 "nginx.ingress.kubernetes.io/canary-by-header": "x-user",
+                "kubernetes.io/ingress.class": "nginx",
                 "kubectl.kubernetes.io/last-applied-configuration": "{}",
                 "other.io/owned": "yes"
             }},
@@ -57,8 +61,12 @@ fn the_canary_copies_stable_paths_to_the_canary_service() {
             "metadata": {
                 "name": "web-canary", "namespace": "ns",
                 "labels": {"stormservice.aibrix.ai/name": "app", "app.kubernetes.io/managed-by": "storm-rollouts"},
+                // Only what ingress-nginx reads from a canary Ingress: not the rewrite, the
+                // snippet or the user's own canary settings.
                 "annotations": {
-                    "nginx.ingress.kubernetes.io/rewrite-target": "/",
+                    "kubernetes.io/ingress.class": "nginx",
+                    "nginx.ingress.kubernetes.io/affinity": "cookie",
+                    "nginx.ingress.kubernetes.io/session-cookie-name": "route",
                     "nginx.ingress.kubernetes.io/canary": "true",
                     "nginx.ingress.kubernetes.io/canary-weight": "10"
                 },

@@ -27,6 +27,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use std::collections::BTreeMap;
 use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_REVISION};
+use storm_shared::status::Reason;
 use storm_shared::types::API_VERSION;
 use storm_shared::types::stormservice::RoleSetTemplateSpec;
 use storm_shared::{RoleSet, StormService};
@@ -65,9 +66,9 @@ pub async fn apply(
     revisions::prune(client, caches, obj, plan).await?;
     // 3. Services: the StormService's headless Service (per-Pod DNS), then the pinned selectors.
     headless_service(ctx, caches, obj).await;
-    pin_services(ctx, caches, &ns, plan).await?;
-    // 4. Traffic routers.
     let mut notes = Vec::new();
+    pin_services(ctx, caches, &ns, plan, &mut notes).await?;
+    // 4. Traffic routers.
     let routed = set_routers(ctx, obj, &ns, observed, plan, &mut notes).await;
     // 5. Capacity: RoleSets updated in place, created and deleted, then roles resized in the ones
     //    that stay.
@@ -140,8 +141,32 @@ async fn headless_service(ctx: &Context, caches: &Caches, obj: &StormService) {
     }
 }
 
-/// Pins each Service of the plan to its revision (a merge patch of our one selector key).
-async fn pin_services(ctx: &Context, caches: &Caches, ns: &str, plan: &Plan) -> Result<(), Error> {
+/// Why a Service must not be pinned, if it must not: one without a selector has Endpoints
+/// someone keeps by hand (an external database, another cluster), and adding a selector would
+/// replace them with the StormService's Pods. That is never the controller's call.
+pub fn pin_refusal(service: &Service, ns: &str) -> Option<String> {
+    let unselected = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .is_none_or(BTreeMap::is_empty);
+    unselected.then(|| {
+        format!(
+            "Service {ns}/{} has no selector (its Endpoints are managed by hand), so it is not pinned to a revision: the controller never adds a selector to a Service. Give it a selector that matches the StormService's Pods, or name another Service",
+            service.name_any()
+        )
+    })
+}
+
+/// Pins each Service of the plan to its revision (a merge patch of our one selector key). A
+/// Service without a selector is left alone, with a Warning event ([`pin_refusal`]).
+async fn pin_services(
+    ctx: &Context,
+    caches: &Caches,
+    ns: &str,
+    plan: &Plan,
+    notes: &mut Vec<Note>,
+) -> Result<(), Error> {
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     for (svc, rev) in &plan.services {
         let Some(current) = caches.services.get(&ObjectRef::new(svc).within(ns)) else {
@@ -149,6 +174,15 @@ async fn pin_services(ctx: &Context, caches: &Caches, ns: &str, plan: &Plan) -> 
             debug!(namespace = ns, service = %svc, "Service not found; not pinned");
             continue;
         };
+        if let Some(message) = pin_refusal(&current, ns) {
+            warn!(namespace = ns, service = %svc, "Service has no selector; not pinned");
+            notes.push(Note {
+                warning: true,
+                reason: Reason::ServiceNotPinned,
+                message,
+            });
+            continue;
+        }
         let pinned = current
             .spec
             .as_ref()

@@ -387,3 +387,51 @@ async fn a_completion_pins_services_then_removes_old_rolesets_then_records_event
     let deleted = seen.iter().filter(|s| s.method == Method::DELETE).count();
     assert_eq!(deleted, 1);
 }
+
+#[tokio::test]
+async fn a_service_without_a_selector_is_never_given_one() {
+    let probe = stormservice(json!({}), json!({}));
+    let update = update_of(&probe);
+    let obj = stormservice(
+        rollout_status(&update, 0, "Progressing", "StepProgressing", 0),
+        json!({}),
+    );
+    // The stable Service is someone's manual Endpoints: no selector at all.
+    let manual: Service = serde_json::from_value(
+        json!({"metadata": {"name": "stable", "namespace": "ns"}, "spec": {"ports": [{"port": 80}]}}),
+    )
+    .expect("Service");
+    let world = World {
+        services: vec![manual, service("canary", None)],
+        revisions: vec![revision("old")],
+        rolesets: vec![
+            ("svc-old-0".into(), true),
+            ("svc-old-1".into(), true),
+            (format!("svc-{update}-0"), true),
+        ],
+        router_weight: Some(0),
+    };
+    let (_, seen) = reconcile_once(&obj, world, 0).await;
+    // (The POST is the StormService's own headless Service.)
+    let service_writes: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.write() == Some(Write::Service) && s.method == Method::PATCH)
+        .map(|s| s.path.as_str())
+        .collect();
+    assert_eq!(service_writes.len(), 1, "{service_writes:?}");
+    assert!(
+        service_writes[0].ends_with("/services/canary"),
+        "{service_writes:?}"
+    );
+    // And a Warning event says so.
+    assert!(seen.iter().any(|s| s.write() == Some(Write::Event)));
+    let empty: Service =
+        serde_json::from_value(json!({"metadata": {"name": "m"}, "spec": {"selector": {}}}))
+            .expect("Service");
+    let message = apply::pin_refusal(&empty, "ns").expect("refused");
+    assert!(
+        message.contains("Service ns/m has no selector"),
+        "{message}"
+    );
+    assert!(apply::pin_refusal(&service("s", None), "ns").is_none());
+}

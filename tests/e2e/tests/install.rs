@@ -40,6 +40,12 @@ fn the_kustomization_installs_everything_on_a_dry_run() -> Result<()> {
         "validatingwebhookconfiguration.admissionregistration.k8s.io/storm-webhook",
         "clusterrole.rbac.authorization.k8s.io/storm-controller",
         "clusterrole.rbac.authorization.k8s.io/storm-webhook",
+        "networkpolicy.networking.k8s.io/storm-webhook",
+        "clusterrole.rbac.authorization.k8s.io/storm-rollouts-view",
+        "clusterrole.rbac.authorization.k8s.io/storm-rollouts-edit",
+        "configmap/storm-rollouts-roleset-creators",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/storm-rollouts-roleset-creators",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/storm-rollouts-roleset-creators",
     ] {
         ensure!(text.contains(object), "{object} missing from:\n{text}");
     }

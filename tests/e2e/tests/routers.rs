@@ -525,7 +525,11 @@ async fn nginx_canary_ingress() -> Result<()> {
     env.create(&json!({
         "apiVersion": "networking.k8s.io/v1",
         "kind": "Ingress",
-        "metadata": {"name": "web", "annotations": {"nginx.ingress.kubernetes.io/rewrite-target": "/"}},
+        "metadata": {"name": "web", "annotations": {
+            "nginx.ingress.kubernetes.io/rewrite-target": "/",
+            "nginx.ingress.kubernetes.io/server-snippet": "return 418;",
+            "nginx.ingress.kubernetes.io/affinity": "cookie"
+        }},
         "spec": {
             "ingressClassName": "nginx",
             "tls": [{"hosts": ["app.example.com"], "secretName": "app-tls"}],
@@ -567,8 +571,9 @@ async fn nginx_canary_ingress() -> Result<()> {
         );
         ensure!(
             canary["metadata"]["annotations"]
+                // Only the annotations ingress-nginx reads from a canary Ingress are copied.
                 == json!({
-                    "nginx.ingress.kubernetes.io/rewrite-target": "/",
+                    "nginx.ingress.kubernetes.io/affinity": "cookie",
                     "nginx.ingress.kubernetes.io/canary": "true",
                     "nginx.ingress.kubernetes.io/canary-weight": weight.to_string()
                 }),

@@ -795,6 +795,69 @@ async fn the_webhook_is_ready_under_its_own_least_privilege_role() -> Result<()>
                 "{kind} cache never synced:\n{log}"
             );
         }
+        // The access check works under the shipped role too (create subjectaccessreviews): a
+        // review naming a Service as a user without rights on it is denied with the field; the
+        // same review as a user the API server's RBAC lets patch it (edit in the namespace) is
+        // admitted.
+        let local = Webhook {
+            url: format!(
+                "https://127.0.0.1:{}",
+                std::fs::read_to_string(&port_file)?.trim()
+            ),
+            ca: w.ca.clone(),
+        };
+        let review = |user: Value| -> Result<Value> {
+            let body = serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                "request": {
+                    "uid": "u", "operation": "CREATE", "namespace": "default", "name": "app",
+                    "kind": {"group": "orchestration.aibrix.ai", "version": "v1alpha1", "kind": "StormService"},
+                    "userInfo": user,
+                    "object": {
+                        "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "StormService",
+                        "metadata": {"name": "app", "namespace": "default"},
+                        "spec": {"selector": {"matchLabels": {"app": "a"}},
+                                 "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"roles": [
+                                     {"name": "r", "replicas": 1, "template": {
+                                         "metadata": {"labels": {"app": "a"}},
+                                         "spec": {"containers": [{"name": "c", "image": "i"}]}}}]}},
+                                 "rolloutStrategy": {"type": "BlueGreen", "blueGreen": {
+                                     "activeService": "kubernetes", "previewService": "app-preview"}}}
+                    }
+                }
+            });
+            let file = dir.join("review.json");
+            std::fs::write(&file, serde_json::to_vec(&body)?)?;
+            let (code, text) = curl(&local, "POST", "/validate", Some(&file))?;
+            ensure!(code == 200, "{code}: {text}");
+            Ok(serde_json::from_str::<Value>(&text)?["response"].clone())
+        };
+        let denied = review(serde_json::json!({"username": "e2e-nobody", "groups": ["system:authenticated"]}))?;
+        ensure!(denied["allowed"] == false, "{denied}");
+        let message = denied["status"]["message"].as_str().unwrap_or_default();
+        ensure!(
+            message.contains("spec.rolloutStrategy.blueGreen.activeService: Forbidden: user \"e2e-nobody\" may not patch Service \"default/kubernetes\""),
+            "{message}"
+        );
+        let bound = c.kubectl_run([
+            "-n",
+            "default",
+            "create",
+            "rolebinding",
+            "e2e-webhook-editor",
+            "--clusterrole=edit",
+            "--user=e2e-editor",
+            "--dry-run=client",
+            "-o",
+            "yaml",
+        ])?;
+        let file = dir.join("binding.yaml");
+        std::fs::write(&file, bound)?;
+        c.kubectl_run([OsStr::new("apply"), OsStr::new("-f"), file.as_os_str()])?;
+        let admitted = review(
+            serde_json::json!({"username": "e2e-editor", "groups": ["system:authenticated"]}),
+        )?;
+        ensure!(admitted["allowed"] == true, "{admitted}");
         drop(p);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
