@@ -30,18 +30,7 @@ fn install_controller_rbac(cluster: &Cluster) -> Result<()> {
     static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         let run = || -> Result<()> {
-            let ns = cluster.kubectl_run([
-                "get",
-                "namespace",
-                "storm-system",
-                "--ignore-not-found",
-                "-o",
-                "name",
-            ])?;
-            if ns.trim().is_empty() {
-                // Another suite may create it at the same moment.
-                let _ = cluster.kubectl_run(["create", "namespace", "storm-system"]);
-            }
+            cluster.ensure_namespace("storm-system")?;
             cluster.kubectl_run([
                 "apply",
                 "-n",

@@ -30,18 +30,7 @@ fn install(cluster: &Cluster) -> Result<()> {
     if *done {
         return Ok(());
     }
-    let ns = cluster.kubectl_run([
-        "get",
-        "namespace",
-        "storm-system",
-        "--ignore-not-found",
-        "-o",
-        "name",
-    ])?;
-    if ns.trim().is_empty() {
-        // Another test process may create it at the same moment.
-        let _ = cluster.kubectl_run(["create", "namespace", "storm-system"]);
-    }
+    cluster.ensure_namespace("storm-system")?;
     // The parameter first: the binding denies every create while it is missing.
     let params = json!({
         "apiVersion": "v1", "kind": "ConfigMap",

@@ -325,6 +325,17 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Creates namespace `name` unless it exists (another suite may create it at the same
+    /// moment: that is not an error).
+    pub fn ensure_namespace(&self, name: &str) -> Result<()> {
+        let found =
+            self.kubectl_run(["get", "namespace", name, "--ignore-not-found", "-o", "name"])?;
+        if found.trim().is_empty() {
+            let _ = self.kubectl_run(["create", "namespace", name]);
+        }
+        Ok(())
+    }
+
     /// The last `lines` lines of every component log, with headers naming the files.
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
