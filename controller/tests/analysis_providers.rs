@@ -354,6 +354,7 @@ async fn web_post_sends_headers_and_body() {
                 headers: vec![WebHeader {
                     key: "Authorization".into(),
                     value: "Bearer t0ken".into(),
+                    ..WebHeader::default()
                 }],
                 body: Some("{\"service\":\"llm\"}".into()),
                 json_path: Some("$.result.rates[1]".into()),

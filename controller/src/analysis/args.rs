@@ -176,6 +176,7 @@ mod tests {
                     headers: vec![WebHeader {
                         key: "k".into(),
                         value: "v-{{args.a}}".into(),
+                        ..WebHeader::default()
                     }],
                     body: Some("{\"a\":\"{{args.a}}\"}".into()),
                     ..WebMetric::default()

@@ -165,6 +165,7 @@ mod tests {
         s.headers = vec![WebHeader {
             key: "Authorization".into(),
             value: "Bearer secret-token".into(),
+            ..WebHeader::default()
         }];
         s.timeout = Some("2s".into());
         let r = Web { spec: &s }.request(Timestamp::UNIX_EPOCH).unwrap();

@@ -143,14 +143,38 @@ pub enum WebMethod {
     Post,
 }
 
-/// An HTTP header.
+/// An HTTP header: a literal `value`, or `valueFrom` a key of a Secret in the StormService's namespace.
+/// `Host`, hop-by-hop headers and cloud metadata headers are refused.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebHeader {
     /// Header name.
     pub key: String,
-    /// Header value.
+    /// Header value. Set this or `valueFrom`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub value: String,
+    /// Where the value comes from instead of `value`: a Secret key, read when the metric is measured
+    /// and never written to status, Events or logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<HeaderValueSource>,
+}
+
+/// The source of a header value.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderValueSource {
+    /// A key of a Secret in the StormService's namespace.
+    pub secret_key_ref: SecretKeyRef,
+}
+
+/// A key of a Secret in the namespace of the object that uses it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    pub name: String,
+    /// Key in the Secret's data.
+    pub key: String,
 }
 
 /// A Datadog metrics query.
@@ -162,10 +186,13 @@ pub struct DatadogMetric {
     /// Time window the query covers, ending now (Go-style duration). Defaults to 5m.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
-    /// Datadog API base URL. Defaults to `https://api.datadoghq.com`.
+    /// Datadog API site: one of Datadog's https sites (`https://api.datadoghq.com`, the default,
+    /// `https://api.datadoghq.eu`, `https://api.us3.datadoghq.com`, ...). Any other address must come
+    /// from the key `address` of the Secret, so only who may write the keys chooses where they go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    /// Secret (in the StormService's namespace) holding the keys `api-key` and `app-key`.
+    /// Secret (in the StormService's namespace) holding the keys `api-key` and `app-key`, and
+    /// optionally `address`, which overrides `address` here.
     pub secret_ref: SecretRef,
 }
 

@@ -64,10 +64,35 @@ pub struct RolloutPolicySpec {
     /// Traffic routers allowed (`service` means no router, routing by Services only). Absent allows all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_routers: Option<Vec<RouterKind>>,
+    /// Analysis providers the selected namespaces' AnalysisTemplates and error-rate metrics may use.
+    /// Absent allows all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_analysis_providers: Option<Vec<AnalysisProviderKind>>,
+    /// Hosts analysis metrics may query (Prometheus `address`, web `url`, Datadog `address`):
+    /// exact host names, `*.domain` patterns or IP addresses. Absent allows any host the
+    /// controller's egress policy allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_analysis_hosts: Option<Vec<String>>,
     /// Deny StormServices whose referenced Services, Ingresses, mesh objects or AnalysisTemplates don't exist
     /// or don't fit (otherwise those are warnings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub require_referenced_objects: Option<bool>,
+}
+
+/// An analysis provider.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema,
+)]
+pub enum AnalysisProviderKind {
+    /// Prometheus instant queries.
+    #[serde(rename = "prometheus")]
+    Prometheus,
+    /// HTTP requests with a JSON reply.
+    #[serde(rename = "web")]
+    Web,
+    /// Datadog metrics queries.
+    #[serde(rename = "datadog")]
+    Datadog,
 }
 
 /// What a policy does with a violation.
