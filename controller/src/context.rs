@@ -19,6 +19,8 @@ pub struct Context {
     pub namespace: Option<String>,
     /// Where analysis requests may go.
     pub egress: crate::analysis::egress::EgressPolicy,
+    /// Timeout cap and interval floor of analysis measurements.
+    pub analysis_bounds: storm_shared::rules::AnalysisBounds,
 }
 
 impl Context {
@@ -35,12 +37,19 @@ impl Context {
             recorder,
             namespace: None,
             egress: crate::analysis::egress::EgressPolicy::default(),
+            analysis_bounds: storm_shared::rules::AnalysisBounds::default(),
         }
     }
 
     /// The same context with an analysis egress policy.
     pub fn with_egress(mut self, egress: crate::analysis::egress::EgressPolicy) -> Self {
         self.egress = egress;
+        self
+    }
+
+    /// The same context with other analysis bounds.
+    pub fn with_analysis_bounds(mut self, bounds: storm_shared::rules::AnalysisBounds) -> Self {
+        self.analysis_bounds = bounds;
         self
     }
 

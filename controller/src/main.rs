@@ -65,6 +65,18 @@ struct Args {
     /// clusters take Pod and Service addresses from).
     #[arg(long, env = "ANALYSIS_EGRESS_DENY", value_delimiter = ',')]
     analysis_egress_deny: Option<Vec<String>>,
+    /// Longest request timeout an analysis metric may set (Go-style duration); longer ones are
+    /// cut to it. Admission refuses them with the webhook's own setting.
+    #[arg(long, env = "ANALYSIS_MAX_TIMEOUT", default_value = "30s", value_parser = parse_wait)]
+    analysis_max_timeout: std::time::Duration,
+    /// Shortest interval between an analysis metric's measurements (Go-style duration); shorter
+    /// ones are raised to it.
+    #[arg(long, env = "ANALYSIS_MIN_INTERVAL", default_value = "10s", value_parser = parse_wait)]
+    analysis_min_interval: std::time::Duration,
+}
+
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    storm_shared::units::parse_wait(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -194,7 +206,11 @@ async fn run(args: Args) -> Result<(), RunError> {
     let ctx = Arc::new(
         Context::new(client.clone(), metrics.clone(), Some(identity.clone()))
             .in_namespace(args.namespace.clone())
-            .with_egress(egress),
+            .with_egress(egress)
+            .with_analysis_bounds(storm_shared::rules::AnalysisBounds {
+                max_timeout: args.analysis_max_timeout,
+                min_interval: args.analysis_min_interval,
+            }),
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);

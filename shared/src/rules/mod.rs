@@ -4,6 +4,7 @@
 //! every problem at once, with the field path, so a user fixes everything in one go.
 
 pub mod analysis;
+mod egress_rules;
 mod autorollback;
 mod bluegreen;
 mod canary;
@@ -18,6 +19,10 @@ use crate::errors::{FieldError, FieldPath, Report};
 use crate::types::stormservice::{RolloutStrategy, RolloutStrategyType, StormService};
 
 pub use routing::routers as routing_routers;
+pub use egress_rules::{
+    AnalysisBounds, DATADOG_SITES, MAX_CONDITION_LEN, MAX_EXPRESSION_DEPTH, MAX_JSON_PATH_LEN,
+    datadog_site, refused_header,
+};
 
 /// Validates a StormService. `old` is the stored object on update, `None` on create.
 pub fn validate_storm_service(obj: &StormService, old: Option<&StormService>) -> Report {
