@@ -41,9 +41,9 @@ pub enum ConditionError {
         field: &'static str,
         /// The expression.
         expr: String,
-        /// The value of `result`, as JSON.
+        /// The value of `result` as [`shown`]: numbers and booleans, else only its shape.
         result: String,
-        /// The interpreter's error.
+        /// The interpreter's error, without the values it names.
         reason: String,
         /// How to fix it, when a likely fix is known.
         hint: String,
@@ -55,7 +55,7 @@ pub enum ConditionError {
         field: &'static str,
         /// The expression.
         expr: String,
-        /// What it gave.
+        /// What it gave: a number or boolean, else its type.
         value: String,
     },
 }
@@ -129,7 +129,23 @@ pub fn evaluate(field: &'static str, expr: &str, result: &Json) -> Result<bool, 
 fn run(program: &cel::Program, result: &Json) -> Result<cel::Value, String> {
     let mut context = cel::Context::default();
     context.add_variable_from_value("result", to_cel(result));
-    program.execute(&context).map_err(|e| format!("{e:?}"))
+    program.execute(&context).map_err(|e| error_kind(&e))
+}
+
+/// The kind of an interpreter error, without its arguments: they may quote values of `result`
+/// (`UnsupportedBinaryOperator("less", String("..."), Int(1))`), which stay out of status.
+fn error_kind(e: &cel::ExecutionError) -> String {
+    let debug = format!("{e:?}");
+    let name = debug.split(['(', ' ', '{']).next().unwrap_or("error");
+    // CamelCase to words: "UnsupportedBinaryOperator" -> "unsupported binary operator".
+    let mut words = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_lowercase());
+    }
+    words
 }
 
 /// JSON as a CEL value. Integers become CEL `int` (as CEL literals are), so `result + 1` works on a
@@ -182,10 +198,19 @@ fn hint(result: &Json) -> String {
     }
 }
 
-/// A value as JSON text, cut to a length fit for a status message.
+/// A value as status and Events may show it: numbers, booleans and lists of them as JSON text (cut
+/// to a length fit for a status message); anything else by its shape only. A metric can point at
+/// a server the tenant cannot read directly; what that server answers must not come back through
+/// the StormService's status, so text never does.
 pub fn shown(result: &Json) -> String {
-    let text = result.to_string();
-    truncate(&text, 200)
+    let scalar = |v: &Json| matches!(v, Json::Null | Json::Bool(_) | Json::Number(_));
+    match result {
+        Json::Array(items) if items.iter().all(scalar) => truncate(&result.to_string(), 200),
+        Json::Array(items) => format!("a list of {} values (not shown)", items.len()),
+        Json::String(s) => format!("a string of {} bytes (not shown)", s.len()),
+        Json::Object(map) => format!("an object with {} keys (not shown)", map.len()),
+        other => truncate(&other.to_string(), 200),
+    }
 }
 
 /// `text` cut to at most `max` bytes at a character boundary, with `...` when cut.
@@ -200,8 +225,18 @@ pub fn truncate(text: &str, max: usize) -> String {
     format!("{}...", &text[..end])
 }
 
+/// A CEL value in a message: numbers as they are, anything else by its type.
 fn describe(value: &cel::Value) -> String {
-    truncate(&format!("{value:?}"), 200)
+    match value {
+        cel::Value::Int(i) => i.to_string(),
+        cel::Value::UInt(u) => u.to_string(),
+        cel::Value::Float(f) => f.to_string(),
+        cel::Value::Null => "null".to_string(),
+        cel::Value::String(s) => format!("a string of {} bytes (not shown)", s.len()),
+        cel::Value::List(l) => format!("a list of {} values (not shown)", l.len()),
+        cel::Value::Map(_) => "a map (not shown)".to_string(),
+        _ => "a value that is not a boolean".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +345,25 @@ mod tests {
         assert!(matches!(err, ConditionError::NotBoolean { .. }), "{err:?}");
         let err = judge(&metric(Some("result <"), None), &json!(1)).unwrap_err();
         assert!(matches!(err, ConditionError::Compile { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn messages_show_numbers_and_booleans_never_text() {
+        assert_eq!(shown(&json!(0.5)), "0.5");
+        assert_eq!(shown(&json!([1, true, null])), "[1,true,null]");
+        assert_eq!(shown(&json!("s3cret")), "a string of 6 bytes (not shown)");
+        assert_eq!(shown(&json!({"k": "s3cret"})), "an object with 1 keys (not shown)");
+        assert_eq!(shown(&json!(["s3cret"])), "a list of 1 values (not shown)");
+        // Interpreter errors quote their operands; conditions returning text show its type.
+        for (expr, result) in [
+            ("result < 1", json!("s3cret")),
+            ("result.k < 1", json!({"k": "s3cret"})),
+            ("result.k", json!({"k": "s3cret"})),
+            ("result.k + 1 == 2", json!({"k": "s3cret"})),
+        ] {
+            let err = judge(&metric(Some(expr), None), &result).unwrap_err();
+            assert!(!err.to_string().contains("s3cret"), "{expr}: {err}");
+        }
     }
 
     #[test]

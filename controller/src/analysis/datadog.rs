@@ -188,7 +188,7 @@ pub fn parse(status: StatusCode, body: &[u8], secret: &str) -> Result<Json, Meas
     if !status.is_success() {
         let detail = serde_json::from_slice::<Errors>(body)
             .map(|e| e.errors.join("; "))
-            .unwrap_or_else(|_| provider::excerpt(body));
+            .unwrap_or_else(|_| provider::body_summary(body));
         let detail = if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             format!("{detail} (check the api-key and app-key in Secret {secret})")
         } else {
@@ -203,8 +203,9 @@ pub fn parse(status: StatusCode, body: &[u8], secret: &str) -> Result<Json, Meas
     let response: Response = serde_json::from_slice(body).map_err(|e| MeasureError::Response {
         provider: NAME,
         reason: format!(
-            "not a metrics query response ({e}): {}",
-            provider::excerpt(body)
+            "not a metrics query response ({}): {}",
+            provider::json_error(&e),
+            provider::body_summary(body)
         ),
     })?;
     if response.status.as_deref() == Some("error") || response.error.is_some() {

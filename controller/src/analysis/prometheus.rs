@@ -25,8 +25,6 @@ struct Envelope {
     data: Option<Data>,
     #[serde(default, rename = "errorType")]
     error_type: Option<String>,
-    #[serde(default)]
-    error: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +66,18 @@ impl Provider for Prometheus<'_> {
     }
 }
 
+/// The `errorType`s Prometheus answers with.
+const ERROR_TYPES: &[&str] = &[
+    "timeout",
+    "canceled",
+    "execution",
+    "bad_data",
+    "internal",
+    "unavailable",
+    "not_found",
+    "not_acceptable",
+];
+
 /// Reads a `/api/v1/query` response.
 pub fn parse(status: StatusCode, body: &[u8]) -> Result<Json, MeasureError> {
     let envelope: Result<Envelope, _> = serde_json::from_slice(body);
@@ -77,26 +87,32 @@ pub fn parse(status: StatusCode, body: &[u8]) -> Result<Json, MeasureError> {
             return Err(MeasureError::Status {
                 provider: NAME,
                 status: status.as_u16(),
-                detail: provider::excerpt(body),
+                detail: provider::body_summary(body),
             });
         }
         Err(e) => {
             return Err(MeasureError::Response {
                 provider: NAME,
                 reason: format!(
-                    "not a Prometheus API response ({e}): {}",
-                    provider::excerpt(body)
+                    "not a Prometheus API response ({}): {}",
+                    provider::json_error(&e),
+                    provider::body_summary(body)
                 ),
             });
         }
     };
     if envelope.status != "success" || !status.is_success() {
-        let reason = match (envelope.error_type, envelope.error) {
-            (Some(t), Some(e)) => format!("{t}: {e}"),
-            (None, Some(e)) => e,
-            (Some(t), None) => t,
-            (None, None) => format!("status {:?}, HTTP {}", envelope.status, status.as_u16()),
-        };
+        // Prometheus's own error text is reply text: only its errorType, from the fixed set
+        // Prometheus uses, is shown.
+        let kind = envelope
+            .error_type
+            .as_deref()
+            .filter(|t| ERROR_TYPES.contains(t))
+            .unwrap_or("unknown");
+        let reason = format!(
+            "errorType {kind}, HTTP {} (the server's error text is not shown: run the query in the Prometheus UI to see it)",
+            status.as_u16()
+        );
         return Err(MeasureError::Query {
             provider: NAME,
             reason,
@@ -111,7 +127,7 @@ pub fn parse(status: StatusCode, body: &[u8]) -> Result<Json, MeasureError> {
             let (_, value): (Json, String) =
                 serde_json::from_value(data.result).map_err(|e| MeasureError::Response {
                     provider: NAME,
-                    reason: format!("scalar result: {e}"),
+                    reason: format!("scalar result: {}", provider::json_error(&e)),
                 })?;
             Ok(provider::number(sample_value(&value)?).unwrap_or(Json::Null))
         }
@@ -119,7 +135,7 @@ pub fn parse(status: StatusCode, body: &[u8]) -> Result<Json, MeasureError> {
             let samples: Vec<Sample> =
                 serde_json::from_value(data.result).map_err(|e| MeasureError::Response {
                     provider: NAME,
-                    reason: format!("vector result: {e}"),
+                    reason: format!("vector result: {}", provider::json_error(&e)),
                 })?;
             let mut values = Vec::with_capacity(samples.len());
             for s in &samples {
@@ -150,7 +166,7 @@ fn sample_value(text: &str) -> Result<f64, MeasureError> {
         "-Inf" => Ok(f64::NEG_INFINITY),
         _ => text.parse::<f64>().map_err(|_| MeasureError::Response {
             provider: NAME,
-            reason: format!("sample value {text:?} is not a number"),
+            reason: format!("a sample value ({} bytes) is not a number", text.len()),
         }),
     }
 }
@@ -236,15 +252,20 @@ mod tests {
     }
 
     #[test]
-    fn errors_carry_prometheus_message() {
+    fn errors_name_the_error_type_but_never_quote_the_reply() {
         let body = json!({"status": "error", "errorType": "bad_data",
             "error": "invalid parameter \"query\": 1:5: parse error"});
         let err = parse(StatusCode::BAD_REQUEST, body.to_string().as_bytes()).unwrap_err();
         assert!(matches!(err, MeasureError::Query { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("bad_data: invalid parameter"),
-            "{err}"
-        );
+        let text = err.to_string();
+        assert!(text.contains("errorType bad_data, HTTP 400"), "{text}");
+        assert!(!text.contains("invalid parameter"), "{text}");
+        // An errorType outside Prometheus's set is reply text too.
+        let body = json!({"status": "error", "errorType": "s3cret-token", "error": "x"});
+        let text = parse(StatusCode::OK, body.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("errorType unknown") && !text.contains("s3cret"), "{text}");
 
         let err = parse(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>").unwrap_err();
         assert_eq!(
@@ -252,9 +273,15 @@ mod tests {
             MeasureError::Status {
                 provider: "prometheus",
                 status: 502,
-                detail: "<html>bad gateway</html>".into()
+                detail: "a 24-byte body (content not shown)".into()
             }
         );
+        // serde quotes strings it rejects; the message must not.
+        let body = json!({"status": "success", "data": {"resultType": "scalar", "result": [1, {"k": "s3cret"}]}});
+        let text = parse(StatusCode::OK, body.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(!text.contains("s3cret"), "{text}");
         let err = parse(StatusCode::OK, b"not json").unwrap_err();
         assert!(matches!(err, MeasureError::Response { .. }), "{err:?}");
     }

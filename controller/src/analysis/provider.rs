@@ -154,14 +154,30 @@ pub fn query_string(pairs: &[(&str, &str)]) -> String {
     s.finish()
 }
 
-/// The start of a response body for an error message: at most 300 bytes, on one line.
-pub fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if line.is_empty() {
-        "(empty body)".to_string()
+/// A response body in an error message: its size, never its content. Whatever a server answers
+/// stays out of status, Events and logs, so a metric cannot be used to read a reply it should not
+/// (an internal service's page, a metadata credential) through the StormService's status.
+pub fn body_summary(body: &[u8]) -> String {
+    if body.is_empty() {
+        "an empty body".to_string()
     } else {
-        super::condition::truncate(&line, 300)
+        format!("a {}-byte body (content not shown)", body.len())
+    }
+}
+
+/// A JSON decoding error without the text it quotes (serde quotes the strings it rejects): its
+/// category, and where in the body it happened.
+pub fn json_error(e: &serde_json::Error) -> String {
+    let what = match e.classify() {
+        serde_json::error::Category::Io => "read error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected shape",
+        serde_json::error::Category::Eof => "unexpected end",
+    };
+    if e.line() == 0 {
+        what.to_string()
+    } else {
+        format!("{what} at line {} column {}", e.line(), e.column())
     }
 }
 

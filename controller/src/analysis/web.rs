@@ -71,12 +71,16 @@ impl Provider for Web<'_> {
             return Err(MeasureError::Status {
                 provider: NAME,
                 status: status.as_u16(),
-                detail: provider::excerpt(body),
+                detail: provider::body_summary(body),
             });
         }
         let doc: Json = serde_json::from_slice(body).map_err(|e| MeasureError::Response {
             provider: NAME,
-            reason: format!("the body is not JSON ({e}): {}", provider::excerpt(body)),
+            reason: format!(
+                "the body is not JSON ({}): {}",
+                provider::json_error(&e),
+                provider::body_summary(body)
+            ),
         })?;
         match self.spec.json_path.as_deref() {
             None => Ok(doc),
@@ -145,7 +149,15 @@ mod tests {
         let err = web
             .parse(StatusCode::SERVICE_UNAVAILABLE, b"try later")
             .unwrap_err();
-        assert_eq!(err.to_string(), "web answered HTTP 503: try later");
+        assert_eq!(
+            err.to_string(),
+            "web answered HTTP 503: a 9-byte body (content not shown)"
+        );
+        let text = web
+            .parse(StatusCode::OK, b"{\"token\": s3cret}")
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("syntax error at line 1") && !text.contains("s3cret"), "{text}");
         assert!(matches!(
             web.parse(StatusCode::OK, b"<html/>").unwrap_err(),
             MeasureError::Response { .. }
