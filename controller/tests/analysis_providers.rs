@@ -385,10 +385,13 @@ async fn web_post_sends_headers_and_body() {
     assert!(!serde_json::to_string(&run).unwrap().contains("t0ken"));
 }
 
-fn keys(api: &str, app: &str) -> Keys {
+/// Keys from a Secret that also names the address they go to (a local stand-in, which a metric's
+/// own `address` may not name: it must be one of Datadog's sites).
+fn keys(api: &str, app: &str, address: &str) -> Keys {
     let data = BTreeMap::from([
         ("api-key".to_string(), ByteString(api.as_bytes().to_vec())),
         ("app-key".to_string(), ByteString(app.as_bytes().to_vec())),
+        ("address".to_string(), ByteString(address.as_bytes().to_vec())),
     ]);
     Keys::from_secret(&Secret {
         metadata: kube::api::ObjectMeta {
@@ -407,13 +410,13 @@ async fn datadog_v1_query_against_a_local_server() {
     let spec = DatadogMetric {
         query: "sum:trace.http.request.errors{service:llm}.as_count()".into(),
         interval: Some("10m".into()),
-        address: Some(base.clone()),
+        address: None,
         secret_ref: SecretRef {
             name: "datadog".into(),
         },
     };
     let runner = Runner::new(loopback_allowed()).unwrap();
-    let good = keys("api-secret", "app-secret");
+    let good = keys("api-secret", "app-secret", &base);
     let value = runner
         .query(
             &Datadog {
@@ -427,7 +430,7 @@ async fn datadog_v1_query_against_a_local_server() {
     // The latest non-null point; the server encodes the window (600s) in it.
     assert_eq!(value, json!(6.0));
 
-    let bad = keys("wrong-api", "wrong-app");
+    let bad = keys("wrong-api", "wrong-app", &base);
     let err = runner
         .query(
             &Datadog {

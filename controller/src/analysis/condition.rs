@@ -352,7 +352,10 @@ mod tests {
         assert_eq!(shown(&json!(0.5)), "0.5");
         assert_eq!(shown(&json!([1, true, null])), "[1,true,null]");
         assert_eq!(shown(&json!("s3cret")), "a string of 6 bytes (not shown)");
-        assert_eq!(shown(&json!({"k": "s3cret"})), "an object with 1 keys (not shown)");
+        assert_eq!(
+            shown(&json!({"k": "s3cret"})),
+            "an object with 1 keys (not shown)"
+        );
         assert_eq!(shown(&json!(["s3cret"])), "a list of 1 values (not shown)");
         // Interpreter errors quote their operands; conditions returning text show its type.
         for (expr, result) in [

@@ -22,6 +22,9 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(5 * 60);
 pub const API_KEY: &str = "api-key";
 /// Secret key holding the application key.
 pub const APP_KEY: &str = "app-key";
+/// Optional Secret key holding the address the keys are sent to, when it is not one of Datadog's
+/// sites (a proxy, a test server): only who may write the keys chooses where they go.
+pub const ADDRESS_KEY: &str = "address";
 
 const NAME: &str = "datadog";
 
@@ -30,6 +33,10 @@ const NAME: &str = "datadog";
 pub struct Keys {
     api: HeaderValue,
     app: HeaderValue,
+    /// The Secret's `address`, when it has one.
+    address: Option<String>,
+    /// The Secret's name, for messages.
+    secret: String,
 }
 
 impl std::fmt::Debug for Keys {
@@ -70,8 +77,8 @@ impl Keys {
     /// file-based `kubectl create secret` keeps, is dropped).
     pub fn from_secret(secret: &Secret) -> Result<Self, KeysError> {
         let name = secret.metadata.name.clone().unwrap_or_default();
-        let get = |key: &'static str, what: &'static str| -> Result<HeaderValue, KeysError> {
-            let bytes = secret
+        let read = |key: &str| -> Vec<u8> {
+            secret
                 .data
                 .as_ref()
                 .and_then(|d| d.get(key))
@@ -83,7 +90,10 @@ impl Keys {
                         .and_then(|d| d.get(key))
                         .map(|s| s.clone().into_bytes())
                 })
-                .unwrap_or_default();
+                .unwrap_or_default()
+        };
+        let get = |key: &'static str, what: &'static str| -> Result<HeaderValue, KeysError> {
+            let bytes = read(key);
             let text = String::from_utf8_lossy(&bytes);
             let text = text.trim();
             if text.is_empty() {
@@ -100,10 +110,36 @@ impl Keys {
             value.set_sensitive(true);
             Ok(value)
         };
+        let address = String::from_utf8_lossy(&read(ADDRESS_KEY))
+            .trim()
+            .to_string();
         Ok(Self {
             api: get(API_KEY, "API key")?,
             app: get(APP_KEY, "application key")?,
+            address: (!address.is_empty()).then_some(address),
+            secret: name,
         })
+    }
+
+    /// Where the keys go: the Secret's `address`; else the metric's `address` when it is one of
+    /// Datadog's sites; else the default site. A metric naming any other address is refused, so a
+    /// tenant who may edit AnalysisTemplates but not the Secret cannot send its keys elsewhere.
+    pub fn address<'a>(&'a self, spec: &'a DatadogMetric) -> Result<&'a str, MeasureError> {
+        if let Some(own) = &self.address {
+            return Ok(own);
+        }
+        match spec.address.as_deref() {
+            None => Ok(DEFAULT_ADDRESS),
+            Some(a) if storm_shared::rules::datadog_site(a) => Ok(a),
+            Some(a) => Err(MeasureError::Refused {
+                url: provider::shown_url(a),
+                reason: format!(
+                    "address is not one of Datadog's sites ({}): a custom address goes under the key \"{ADDRESS_KEY}\" of Secret {}, next to the keys it receives",
+                    storm_shared::rules::DATADOG_SITES.join(", "),
+                    self.secret
+                ),
+            }),
+        }
     }
 }
 
@@ -143,7 +179,7 @@ impl Provider for Datadog<'_> {
     }
 
     fn request(&self, now: Timestamp) -> Result<Request, MeasureError> {
-        let base = provider::base_url(self.spec.address.as_deref().unwrap_or(DEFAULT_ADDRESS))?;
+        let base = provider::base_url(self.keys.address(self.spec)?)?;
         let window = match self.spec.interval.as_deref() {
             None => DEFAULT_WINDOW,
             Some(text) => storm_shared::units::parse_wait(text)
@@ -243,7 +279,16 @@ mod tests {
     use storm_shared::types::analysis::SecretRef;
 
     fn secret(api: Option<&str>, app: Option<&str>) -> Secret {
+        let mut s = secret_at(api, app, None);
+        s.data.as_mut().unwrap().remove(ADDRESS_KEY);
+        s
+    }
+
+    fn secret_at(api: Option<&str>, app: Option<&str>, address: Option<&str>) -> Secret {
         let mut data = std::collections::BTreeMap::new();
+        if let Some(a) = address {
+            data.insert(ADDRESS_KEY.to_string(), ByteString(a.as_bytes().to_vec()));
+        }
         if let Some(a) = api {
             data.insert(API_KEY.to_string(), ByteString(a.as_bytes().to_vec()));
         }
@@ -264,14 +309,19 @@ mod tests {
         DatadogMetric {
             query: "avg:trace.errors{service:llm}".into(),
             interval: Some("10m".into()),
-            address: Some("http://dd.local/".into()),
+            address: Some("https://api.datadoghq.eu/".into()),
             secret_ref: SecretRef { name: "dd".into() },
         }
     }
 
     #[test]
     fn keys_come_from_the_secret_and_never_show() {
-        let keys = Keys::from_secret(&secret(Some("API123\n"), Some("APP456"))).unwrap();
+        let keys = Keys::from_secret(&secret_at(
+            Some("API123\n"),
+            Some("APP456"),
+            Some("http://dd.local/\n"),
+        ))
+        .unwrap();
         assert!(!format!("{keys:?}").contains("API123"));
         let s = spec();
         let r = Datadog {
@@ -314,6 +364,49 @@ mod tests {
         );
         let err = Keys::from_secret(&secret(Some("a\nb"), Some("c"))).unwrap_err();
         assert!(!err.to_string().contains("a\nb"));
+    }
+
+    #[test]
+    fn the_keys_go_only_to_a_datadog_site_or_the_secrets_own_address() {
+        let keys = Keys::from_secret(&secret(Some("a"), Some("b"))).unwrap();
+        let at = |address: &str| {
+            let s = DatadogMetric {
+                address: Some(address.into()),
+                ..spec()
+            };
+            Datadog {
+                spec: &s,
+                keys: &keys,
+            }
+            .request(Timestamp::from_second(1000).unwrap())
+            .map(|r| r.url)
+        };
+        assert!(
+            at("https://api.datadoghq.eu")
+                .unwrap()
+                .starts_with("https://api.datadoghq.eu/api/v1/query?")
+        );
+        let err = at("http://attacker.example:8080").unwrap_err();
+        assert!(matches!(err, MeasureError::Refused { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains("key \"address\" of Secret dd"), "{text}");
+        let own = Keys::from_secret(&secret_at(Some("a"), Some("b"), Some("http://proxy.local")))
+            .unwrap();
+        let s = DatadogMetric {
+            address: Some("http://attacker.example:8080".into()),
+            ..spec()
+        };
+        let r = Datadog {
+            spec: &s,
+            keys: &own,
+        }
+        .request(Timestamp::from_second(1000).unwrap())
+        .unwrap();
+        assert!(
+            r.url.starts_with("http://proxy.local/api/v1/query?"),
+            "{}",
+            r.url
+        );
     }
 
     #[test]

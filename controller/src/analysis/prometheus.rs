@@ -265,7 +265,10 @@ mod tests {
         let text = parse(StatusCode::OK, body.to_string().as_bytes())
             .unwrap_err()
             .to_string();
-        assert!(text.contains("errorType unknown") && !text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("errorType unknown") && !text.contains("s3cret"),
+            "{text}"
+        );
 
         let err = parse(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>").unwrap_err();
         assert_eq!(

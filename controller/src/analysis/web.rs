@@ -157,7 +157,10 @@ mod tests {
             .parse(StatusCode::OK, b"{\"token\": s3cret}")
             .unwrap_err()
             .to_string();
-        assert!(text.contains("syntax error at line 1") && !text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains("syntax error at line 1") && !text.contains("s3cret"),
+            "{text}"
+        );
         assert!(matches!(
             web.parse(StatusCode::OK, b"<html/>").unwrap_err(),
             MeasureError::Response { .. }

@@ -4,11 +4,11 @@
 //! every problem at once, with the field path, so a user fixes everything in one go.
 
 pub mod analysis;
-mod egress_rules;
 mod autorollback;
 mod bluegreen;
 mod canary;
 mod controls;
+mod egress_rules;
 pub mod names;
 pub mod policy_spec;
 mod routing;
@@ -18,11 +18,11 @@ mod update;
 use crate::errors::{FieldError, FieldPath, Report};
 use crate::types::stormservice::{RolloutStrategy, RolloutStrategyType, StormService};
 
-pub use routing::routers as routing_routers;
 pub use egress_rules::{
     AnalysisBounds, DATADOG_SITES, MAX_CONDITION_LEN, MAX_EXPRESSION_DEPTH, MAX_JSON_PATH_LEN,
     datadog_site, refused_header,
 };
+pub use routing::routers as routing_routers;
 
 /// Validates a StormService. `old` is the stored object on update, `None` on create.
 pub fn validate_storm_service(obj: &StormService, old: Option<&StormService>) -> Report {
