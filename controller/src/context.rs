@@ -21,6 +21,8 @@ pub struct Context {
     pub egress: crate::analysis::egress::EgressPolicy,
     /// Timeout cap and interval floor of analysis measurements.
     pub analysis_bounds: storm_shared::rules::AnalysisBounds,
+    /// How many analysis measurements run at once, in all and per namespace.
+    pub analysis_pool: crate::analysis::pool::PoolSettings,
 }
 
 impl Context {
@@ -38,6 +40,7 @@ impl Context {
             namespace: None,
             egress: crate::analysis::egress::EgressPolicy::default(),
             analysis_bounds: storm_shared::rules::AnalysisBounds::default(),
+            analysis_pool: crate::analysis::pool::PoolSettings::default(),
         }
     }
 
@@ -50,6 +53,12 @@ impl Context {
     /// The same context with other analysis bounds.
     pub fn with_analysis_bounds(mut self, bounds: storm_shared::rules::AnalysisBounds) -> Self {
         self.analysis_bounds = bounds;
+        self
+    }
+
+    /// The same context with other analysis concurrency limits.
+    pub fn with_analysis_pool(mut self, pool: crate::analysis::pool::PoolSettings) -> Self {
+        self.analysis_pool = pool;
         self
     }
 

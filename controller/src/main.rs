@@ -73,6 +73,14 @@ struct Args {
     /// ones are raised to it.
     #[arg(long, env = "ANALYSIS_MIN_INTERVAL", default_value = "10s", value_parser = parse_wait)]
     analysis_min_interval: std::time::Duration,
+    /// Analysis measurements that may run at once in the whole controller. Measurements run
+    /// outside the reconciles: a slow provider never delays a rollout, abort or rollback.
+    #[arg(long, env = "ANALYSIS_CONCURRENCY", default_value_t = 32)]
+    analysis_concurrency: usize,
+    /// Analysis measurements that may run at once in one namespace, so one tenant's slow or
+    /// numerous metrics cannot take every slot.
+    #[arg(long, env = "ANALYSIS_NAMESPACE_CONCURRENCY", default_value_t = 4)]
+    analysis_namespace_concurrency: usize,
 }
 
 fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
@@ -210,6 +218,10 @@ async fn run(args: Args) -> Result<(), RunError> {
             .with_analysis_bounds(storm_shared::rules::AnalysisBounds {
                 max_timeout: args.analysis_max_timeout,
                 min_interval: args.analysis_min_interval,
+            })
+            .with_analysis_pool(storm_controller::analysis::pool::PoolSettings {
+                global: args.analysis_concurrency,
+                per_namespace: args.analysis_namespace_concurrency,
             }),
     );
 

@@ -273,7 +273,14 @@ async fn web_errors_count_toward_the_consecutive_error_limit_only() {
         metric: &metric,
         threshold: 5.0,
     };
-    let runner = Runner::new(loopback_allowed()).unwrap();
+    // 5 s is below the default interval floor (10 s), which would space the measurements out.
+    let runner =
+        Runner::new(loopback_allowed())
+            .unwrap()
+            .with_bounds(storm_shared::rules::AnalysisBounds {
+                min_interval: std::time::Duration::from_secs(1),
+                ..Default::default()
+            });
     let client = no_cluster();
     let mut run = new_run();
     for i in 0..4 {
@@ -391,7 +398,10 @@ fn keys(api: &str, app: &str, address: &str) -> Keys {
     let data = BTreeMap::from([
         ("api-key".to_string(), ByteString(api.as_bytes().to_vec())),
         ("app-key".to_string(), ByteString(app.as_bytes().to_vec())),
-        ("address".to_string(), ByteString(address.as_bytes().to_vec())),
+        (
+            "address".to_string(),
+            ByteString(address.as_bytes().to_vec()),
+        ),
     ]);
     Keys::from_secret(&Secret {
         metadata: kube::api::ObjectMeta {
@@ -555,4 +565,152 @@ async fn the_default_egress_policy_refuses_loopback_and_ends_the_metric_at_once(
         .advance(&client, "ns", source, &mut run, t(0))
         .await;
     assert_eq!(app.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// In the controller, measurements run in a pool outside `advance`: `advance` starts the due one
+/// and returns without it, the pool wakes the StormService when it is done, and the next
+/// `advance` records it.
+#[tokio::test]
+async fn measurements_in_the_pool_are_started_then_recorded() {
+    use storm_controller::analysis::pool::{Pool, PoolSettings};
+    let app = App::default();
+    *app.status.lock().unwrap() = 200;
+    *app.rate.lock().unwrap() = json!(1.25);
+    *app.delay.lock().unwrap() = Duration::from_millis(300);
+    let base = serve(app.clone()).await;
+    let metric = web_metric(format!("{base}/rate"));
+    let source = Source::ErrorRate {
+        metric: &metric,
+        threshold: 5.0,
+    };
+    let (tx, mut woken) = futures::channel::mpsc::unbounded();
+    let pool = Arc::new(Pool::new(PoolSettings::default(), Some(tx)));
+    let runner = Runner::new(loopback_allowed()).unwrap().with_pool(pool);
+    let client = no_cluster();
+    let mut run = new_run();
+
+    let next = runner
+        .advance_for(&client, "ns", "llm", source, &mut run, t(0))
+        .await;
+    // Started, not waited for: nothing recorded yet, and a look again within the timeout cap.
+    assert_eq!(run.metrics[0].count, 0, "{run:#?}");
+    assert_eq!(run.phase, AnalysisPhase::Running);
+    assert!(
+        next.is_some_and(|d| d >= Duration::from_secs(30)),
+        "{next:?}"
+    );
+    // Asked again while it runs: not started twice.
+    runner
+        .advance_for(&client, "ns", "llm", source, &mut run, t(0))
+        .await;
+
+    let wake = futures::StreamExt::next(&mut woken).await;
+    assert_eq!(wake, Some(("ns".to_string(), "llm".to_string())));
+    runner
+        .advance_for(&client, "ns", "llm", source, &mut run, t(1))
+        .await;
+    assert_eq!(run.metrics[0].count, 1, "{run:#?}");
+    assert_eq!(
+        run.metrics[0].measurements[0].value.as_deref(),
+        Some("1.25")
+    );
+    assert_eq!(app.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+/// A timeout above the cap is cut to it; an interval below the floor is raised to it.
+#[tokio::test]
+async fn timeouts_are_capped_and_intervals_floored() {
+    let app = App::default();
+    *app.status.lock().unwrap() = 200;
+    *app.rate.lock().unwrap() = json!(1);
+    *app.delay.lock().unwrap() = Duration::from_secs(3);
+    let base = serve(app.clone()).await;
+    let mut metric = Metric {
+        count: Some(3),
+        interval: Some("1s".into()),
+        ..web_metric(format!("{base}/rate"))
+    };
+    metric.provider.web.as_mut().unwrap().timeout = Some("168h".into());
+    let source = Source::ErrorRate {
+        metric: &metric,
+        threshold: 5.0,
+    };
+    let runner =
+        Runner::new(loopback_allowed())
+            .unwrap()
+            .with_bounds(storm_shared::rules::AnalysisBounds {
+                max_timeout: Duration::from_secs(1),
+                min_interval: Duration::from_secs(10),
+            });
+    let mut run = new_run();
+    let next = runner
+        .advance(&no_cluster(), "ns", source, &mut run, t(0))
+        .await;
+    let m = &run.metrics[0].measurements[0];
+    assert!(
+        m.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("timed out after 1s"),
+        "{m:?}"
+    );
+    // The error is retried after the floored interval, not after 1 s.
+    assert!(
+        next.is_some_and(|d| d >= Duration::from_secs(9)),
+        "{next:?}"
+    );
+}
+
+/// A `Host` header (stored before admission refused it) is refused at run time: nothing is sent.
+#[tokio::test]
+async fn refused_headers_are_never_sent() {
+    let app = App::default();
+    let base = serve(app.clone()).await;
+    let mut metric = web_metric(format!("{base}/rate"));
+    metric.provider.web.as_mut().unwrap().headers = vec![WebHeader {
+        key: "Host".into(),
+        value: "metadata.google.internal".into(),
+        ..WebHeader::default()
+    }];
+    let source = Source::ErrorRate {
+        metric: &metric,
+        threshold: 5.0,
+    };
+    let runner = Runner::new(loopback_allowed()).unwrap();
+    let mut run = new_run();
+    runner
+        .advance(&no_cluster(), "ns", source, &mut run, t(0))
+        .await;
+    assert_eq!(run.metrics[0].phase, AnalysisPhase::Error, "{run:#?}");
+    let message = run.metrics[0].message.clone().unwrap_or_default();
+    assert!(message.contains("header \"Host\""), "{message}");
+    assert_eq!(app.hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// A result too large for the conditions is an error, not a CEL walk over it.
+#[tokio::test]
+async fn results_are_size_capped() {
+    let app = App::default();
+    *app.status.lock().unwrap() = 200;
+    *app.rate.lock().unwrap() = json!((0..5000).collect::<Vec<i32>>());
+    let base = serve(app.clone()).await;
+    let metric = web_metric(format!("{base}/rate"));
+    let source = Source::ErrorRate {
+        metric: &metric,
+        threshold: 5.0,
+    };
+    let runner = Runner::new(loopback_allowed()).unwrap();
+    let mut run = new_run();
+    runner
+        .advance(&no_cluster(), "ns", source, &mut run, t(0))
+        .await;
+    let m = &run.metrics[0].measurements[0];
+    assert_eq!(m.phase, AnalysisPhase::Error);
+    assert!(
+        m.message
+            .as_deref()
+            .unwrap_or("")
+            .contains("more than 1000"),
+        "{m:?}"
+    );
 }

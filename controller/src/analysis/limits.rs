@@ -144,6 +144,17 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// The same limits with `interval` raised to `floor` (a zero interval, for a single
+    /// measurement, stays zero): no metric measures more often than the controller allows.
+    pub fn floored(mut self, floor: Duration) -> Self {
+        if !self.interval.is_zero() && self.interval < floor {
+            self.interval = floor;
+        }
+        self
+    }
+}
+
 /// `t + d`, saturating at the end of time.
 pub fn after(t: Timestamp, d: Duration) -> Timestamp {
     SignedDuration::try_from(d)

@@ -24,6 +24,7 @@ pub mod datadog;
 pub mod egress;
 pub mod http;
 pub mod limits;
+pub mod pool;
 pub mod prometheus;
 pub mod provider;
 mod schedule;
@@ -54,6 +55,13 @@ use tracing::{debug, info, warn};
 pub const ERROR_RATE_METRIC: &str = "errorRate";
 /// Wait before trying again when the API server could not be read (a template, a Secret).
 pub const API_RETRY: Duration = Duration::from_secs(10);
+/// Added to the timeout cap for the look at a run whose measurement is in the pool, should its
+/// wake-up be lost.
+const POOL_RECHECK: Duration = Duration::from_secs(5);
+/// How long the conditions of one measurement may take to evaluate.
+pub const CONDITION_BUDGET: Duration = Duration::from_secs(1);
+/// Most list elements a `result` may hold.
+pub const MAX_RESULT_VALUES: usize = 1000;
 
 /// What a run measures.
 #[derive(Debug, Clone, Copy)]
@@ -87,9 +95,13 @@ pub struct Runner {
     metrics: Option<Arc<Metrics>>,
     caches: Option<Caches>,
     schedules: Schedules,
-    /// Datadog keys by Secret (namespace, name), with the resourceVersion they were read at: used
-    /// again while the Secret cache shows that version. Never logged (`Keys` redacts itself).
-    keys: Mutex<HashMap<(String, String), (String, datadog::Keys)>>,
+    /// Secrets (Datadog keys, header values) by (namespace, name), with the resourceVersion they
+    /// were read at: used again while the Secret cache shows that version. Never logged.
+    secrets: Mutex<HashMap<(String, String), ReadSecret>>,
+    /// Timeout cap and interval floor.
+    bounds: storm_shared::rules::AnalysisBounds,
+    /// Where measurements run when they do not run inside `advance` (the controller's way).
+    pool: Option<Arc<pool::Pool>>,
     /// Runs planned (templates looked up, arguments substituted): tests count them.
     plans: AtomicUsize,
 }
@@ -99,6 +111,9 @@ impl std::fmt::Debug for Runner {
         f.debug_struct("Runner").finish_non_exhaustive()
     }
 }
+
+/// A Secret as read, with the resourceVersion it was read at.
+type ReadSecret = (String, Arc<Secret>);
 
 /// One metric of a run, ready to measure: arguments substituted, conditions final.
 #[derive(Debug, Clone)]
@@ -125,9 +140,24 @@ impl Runner {
             metrics: None,
             caches: None,
             schedules: Schedules::default(),
-            keys: Mutex::default(),
+            secrets: Mutex::default(),
+            bounds: storm_shared::rules::AnalysisBounds::default(),
+            pool: None,
             plans: AtomicUsize::new(0),
         })
+    }
+
+    /// Cuts request timeouts to `bounds.max_timeout` and raises intervals to `bounds.min_interval`.
+    pub fn with_bounds(mut self, bounds: storm_shared::rules::AnalysisBounds) -> Self {
+        self.bounds = bounds;
+        self
+    }
+
+    /// Takes measurements in `pool`, outside `advance`: `advance` starts the due ones and records
+    /// them once done (the pool wakes the StormService). Without a pool, `advance` measures in place.
+    pub fn with_pool(mut self, pool: Arc<pool::Pool>) -> Self {
+        self.pool = Some(pool);
+        self
     }
 
     /// Reads AnalysisTemplates, and whether Datadog Secrets exist, from `caches` instead of the API
@@ -166,6 +196,21 @@ impl Runner {
         run: &mut AnalysisRunStatus,
         now: Timestamp,
     ) -> Option<Duration> {
+        self.advance_for(client, namespace, "", source, run, now)
+            .await
+    }
+
+    /// [`Runner::advance`] for the StormService `owner`, which the pool wakes when a measurement
+    /// it started is done.
+    pub async fn advance_for(
+        &self,
+        client: &kube::Client,
+        namespace: &str,
+        owner: &str,
+        source: Source<'_>,
+        run: &mut AnalysisRunStatus,
+        now: Timestamp,
+    ) -> Option<Duration> {
         if run.phase != AnalysisPhase::Running {
             return None;
         }
@@ -196,7 +241,7 @@ impl Runner {
         sync_statuses(run, &planned);
         let all_limits: Vec<Result<Limits, LimitsError>> = planned
             .iter()
-            .map(|p| Limits::of(&p.metric, p.purpose))
+            .map(|p| Limits::of(&p.metric, p.purpose).map(|l| l.floored(self.bounds.min_interval)))
             .collect();
 
         // Decide which metrics are due; unusable limits end the metric right away.
@@ -219,7 +264,31 @@ impl Runner {
             }
         }
 
-        let keys = match self.secrets(client, namespace, &due).await {
+        // In the pool, a due metric is started, or still running, or done: only done ones are
+        // recorded now, and only metrics not yet started need their Secrets.
+        let mut taken: Vec<(usize, pool::Taken)> = Vec::new();
+        let mut flying: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
+        if let Some(pool) = &self.pool {
+            let key = |p: &Planned| pool::JobKey {
+                namespace: namespace.to_string(),
+                owner: owner.to_string(),
+                run: run.name.clone(),
+                started: started.as_second(),
+                metric: p.name.clone(),
+            };
+            due.retain(|(i, p, _)| match pool.poll(&key(p)) {
+                pool::Polled::Absent => true,
+                pool::Polled::Running => {
+                    flying.insert(*i);
+                    false
+                }
+                pool::Polled::Done(t) => {
+                    taken.push((*i, t));
+                    false
+                }
+            });
+        }
+        let credentials = match self.secrets(client, namespace, &due).await {
             Ok(k) => k,
             Err(PlanError::Fatal(message)) => {
                 warn!(%namespace, run = %run.name, %message, "analysis cannot run");
@@ -234,12 +303,47 @@ impl Runner {
             }
         };
 
-        let taken = futures::future::join_all(due.iter().map(|(i, p, _)| async {
-            let (provider, m, refused) = self.measure(&p.metric, &keys, now).await;
-            (*i, provider, m, refused)
-        }))
-        .await;
-        for ((i, provider, m, refused), (_, p, l)) in taken.into_iter().zip(&due) {
+        match &self.pool {
+            Some(pool) => {
+                for (i, p, _) in &due {
+                    let job = pool::JobKey {
+                        namespace: namespace.to_string(),
+                        owner: owner.to_string(),
+                        run: run.name.clone(),
+                        started: started.as_second(),
+                        metric: p.name.clone(),
+                    };
+                    let (http, metric, credentials, bounds) = (
+                        self.http.clone(),
+                        p.metric.clone(),
+                        credentials.clone(),
+                        self.bounds,
+                    );
+                    pool.start(job, async move {
+                        measure(&http, &metric, &credentials, bounds, Timestamp::now()).await
+                    });
+                    flying.insert(*i);
+                }
+            }
+            None => {
+                let done = futures::future::join_all(due.iter().map(|(i, p, _)| async {
+                    (
+                        *i,
+                        measure(&self.http, &p.metric, &credentials, self.bounds, now).await,
+                    )
+                }))
+                .await;
+                taken.extend(done);
+            }
+        }
+        for (i, t) in taken {
+            let p = &planned[i];
+            let Ok(l) = &all_limits[i] else { continue };
+            let pool::Taken {
+                provider,
+                measurement: m,
+                refused,
+            } = t;
             debug!(%namespace, run = %run.name, metric = %p.name, phase = ?m.phase,
                    value = m.value.as_deref().unwrap_or(""), "analysis measurement");
             if let Some(metrics) = &self.metrics {
@@ -277,9 +381,18 @@ impl Runner {
         let next = all_limits
             .iter()
             .zip(&run.metrics)
-            .filter(|(_, s)| s.phase == AnalysisPhase::Running)
-            .filter_map(|(l, s)| Some(limits::next_due(s, l.as_ref().ok()?, started)))
+            .enumerate()
+            .filter(|(i, (_, s))| s.phase == AnalysisPhase::Running && !flying.contains(i))
+            .filter_map(|(_, (l, s))| Some(limits::next_due(s, l.as_ref().ok()?, started)))
             .min();
+        // A measurement in the pool wakes the StormService when done; look again after the
+        // longest it may take anyway.
+        let next = if flying.is_empty() {
+            next
+        } else {
+            let fallback = limits::after(now, self.bounds.max_timeout + POOL_RECHECK);
+            Some(next.map_or(fallback, |n| n.min(fallback)))
+        };
         run.message = Some(running_message(&run.metrics, next));
         let schedule = planned
             .into_iter()
@@ -290,41 +403,69 @@ impl Runner {
         next.map(|due| limits::until(now, due))
     }
 
-    /// Reads the Datadog keys of the due metrics, once per Secret.
+    /// Reads the Secrets the due metrics use, once per Secret: Datadog keys, and header values
+    /// from `valueFrom.secretKeyRef`.
     async fn secrets(
         &self,
         client: &kube::Client,
         namespace: &str,
         due: &[(usize, &Planned, Limits)],
-    ) -> Result<BTreeMap<String, datadog::Keys>, PlanError> {
-        let mut keys = BTreeMap::new();
+    ) -> Result<Credentials, PlanError> {
+        let mut out = Credentials::default();
         for (_, p, _) in due {
-            let Some(d) = &p.metric.provider.datadog else {
-                continue;
-            };
-            let name = &d.secret_ref.name;
-            if keys.contains_key(name) {
-                continue;
+            if let Some(d) = &p.metric.provider.datadog {
+                let name = &d.secret_ref.name;
+                if out.datadog.contains_key(name) {
+                    continue;
+                }
+                let hint = format!(
+                    "create it with the keys api-key and app-key (kubectl create secret generic {name} -n {namespace} --from-literal=api-key=... --from-literal=app-key=...)"
+                );
+                let secret = self.secret(client, namespace, &p.name, name, &hint).await?;
+                let k = datadog::Keys::from_secret(&secret)
+                    .map_err(|e| PlanError::Fatal(format!("metric {}: {e}", p.name)))?;
+                out.datadog.insert(name.clone(), k);
             }
-            let k = self.datadog_keys(client, namespace, &p.name, name).await?;
-            keys.insert(name.clone(), k);
+            for h in p.metric.provider.web.iter().flat_map(|w| &w.headers) {
+                let Some(from) = &h.value_from else { continue };
+                let r = &from.secret_key_ref;
+                let id = (r.name.clone(), r.key.clone());
+                if out.headers.contains_key(&id) {
+                    continue;
+                }
+                let hint = format!(
+                    "create it with the key {:?} (kubectl create secret generic {} -n {namespace} --from-literal={}=...)",
+                    r.key, r.name, r.key
+                );
+                let secret = self
+                    .secret(client, namespace, &p.name, &r.name, &hint)
+                    .await?;
+                let value = header_value(&secret, &r.key).map_err(|why| {
+                    PlanError::Fatal(format!(
+                        "metric {}: header {:?}: Secret {namespace}/{} {why}",
+                        p.name, h.key, r.name
+                    ))
+                })?;
+                out.headers.insert(id, value);
+            }
         }
-        Ok(keys)
+        Ok(out)
     }
 
-    /// The keys in Secret `namespace/name`, for metric `metric`. With a Secret cache that has
-    /// listed, a Secret it does not know is missing without a read, and keys read at the
-    /// resourceVersion it shows are used again; otherwise the Secret is read.
-    async fn datadog_keys(
+    /// Secret `namespace/name`, for metric `metric`. With a Secret cache that has listed, a Secret
+    /// it does not know is missing without a read, and a Secret read at the resourceVersion it
+    /// shows is used again; otherwise the Secret is read. `hint` says how to create it.
+    async fn secret(
         &self,
         client: &kube::Client,
         namespace: &str,
         metric: &str,
         name: &str,
-    ) -> Result<datadog::Keys, PlanError> {
+        hint: &str,
+    ) -> Result<Arc<Secret>, PlanError> {
         let not_found = || {
             PlanError::Fatal(format!(
-                "metric {metric}: Secret {namespace}/{name} not found: create it with the keys api-key and app-key (kubectl create secret generic {name} -n {namespace} --from-literal=api-key=... --from-literal=app-key=...)"
+                "metric {metric}: Secret {namespace}/{name} not found: {hint}"
             ))
         };
         let id = (namespace.to_string(), name.to_string());
@@ -333,7 +474,7 @@ impl Runner {
             .as_ref()
             .map_or(SecretSeen::Unknown, |c| c.secret(namespace, name));
         {
-            let mut known = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut known = self.secrets.lock().unwrap_or_else(PoisonError::into_inner);
             match &seen {
                 SecretSeen::Unknown => {}
                 SecretSeen::Absent => {
@@ -341,31 +482,29 @@ impl Runner {
                     return Err(not_found());
                 }
                 SecretSeen::Present(version) => {
-                    if let Some((v, k)) = known.get(&id)
+                    if let Some((v, s)) = known.get(&id)
                         && version.as_ref() == Some(v)
                     {
-                        return Ok(k.clone());
+                        return Ok(s.clone());
                     }
                 }
             }
         }
         let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
         let secret = match api.get_opt(name).await {
-            Ok(Some(s)) => s,
+            Ok(Some(s)) => Arc::new(s),
             Ok(None) => return Err(not_found()),
             Err(e) => return Err(api_error(&format!("Secret {namespace}/{name}"), &e)),
         };
-        let k = datadog::Keys::from_secret(&secret)
-            .map_err(|e| PlanError::Fatal(format!("metric {metric}: {e}")))?;
         if seen != SecretSeen::Unknown
             && let Some(version) = secret.metadata.resource_version.clone()
         {
-            self.keys
+            self.secrets
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(id, (version, k.clone()));
+                .insert(id, (version, secret.clone()));
         }
-        Ok(k)
+        Ok(secret)
     }
 
     /// The metrics of a run, and what they were planned from: the templates' metrics with their
@@ -443,50 +582,6 @@ impl Runner {
             .map_err(|e| api_error(&format!("AnalysisTemplate {namespace}/{name}"), &e))
     }
 
-    /// Takes one measurement of `metric` at `now` and judges it; returns the provider's name too,
-    /// and whether the egress policy refused the destination.
-    async fn measure(
-        &self,
-        metric: &Metric,
-        keys: &BTreeMap<String, datadog::Keys>,
-        now: Timestamp,
-    ) -> (&'static str, Measurement, bool) {
-        let result = if let Some(spec) = &metric.provider.prometheus {
-            self.take(&prometheus::Prometheus { spec }, now).await
-        } else if let Some(spec) = &metric.provider.web {
-            self.take(&web::Web { spec }, now).await
-        } else if let Some(spec) = &metric.provider.datadog {
-            match keys.get(&spec.secret_ref.name) {
-                Some(keys) => self.take(&datadog::Datadog { spec, keys }, now).await,
-                None => (
-                    "datadog",
-                    Err(MeasureError::Config(format!(
-                        "the keys of Secret {} were not read",
-                        spec.secret_ref.name
-                    ))),
-                ),
-            }
-        } else {
-            (
-                "none",
-                Err(MeasureError::Config(
-                    "the metric names no provider: set prometheus, web or datadog".into(),
-                )),
-            )
-        };
-        let (provider, result) = result;
-        let refused = matches!(result, Err(MeasureError::Refused { .. }));
-        (provider, judged(metric, result, now), refused)
-    }
-
-    async fn take(
-        &self,
-        provider: &dyn Provider,
-        now: Timestamp,
-    ) -> (&'static str, Result<Json, MeasureError>) {
-        (provider.name(), self.query(provider, now).await)
-    }
-
     /// Sends one provider request and returns `result`, unjudged: one query, no status (for tests
     /// and diagnostics).
     pub async fn query(
@@ -494,9 +589,141 @@ impl Runner {
         provider: &dyn Provider,
         now: Timestamp,
     ) -> Result<Json, MeasureError> {
-        let request = provider.request(now)?;
-        let (status, body) = self.http.send(request).await?;
-        provider.parse(status, &body)
+        query(&self.http, provider, self.bounds, now).await
+    }
+}
+
+/// The Secrets a measurement uses, read before it starts.
+#[derive(Debug, Clone, Default)]
+struct Credentials {
+    /// Datadog keys by Secret name.
+    datadog: BTreeMap<String, datadog::Keys>,
+    /// Header values by (Secret name, key).
+    headers: web::HeaderSecrets,
+}
+
+/// The value of `key` in `secret` as a sensitive header value, or why not.
+fn header_value(secret: &Secret, key: &str) -> Result<::http::HeaderValue, String> {
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        })
+        .ok_or_else(|| format!("has no key {key:?}: add it, or fix secretKeyRef.key"))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut value = ::http::HeaderValue::try_from(text.trim()).map_err(|_| {
+        format!(
+            "key {key:?} is not a valid header value: remove line breaks and control characters"
+        )
+    })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Takes one measurement of `metric` at `now` and judges it (the conditions off the async
+/// workers, within [`CONDITION_BUDGET`]).
+async fn measure(
+    http: &http::HttpClient,
+    metric: &Metric,
+    credentials: &Credentials,
+    bounds: storm_shared::rules::AnalysisBounds,
+    now: Timestamp,
+) -> pool::Taken {
+    let (provider, result) = if let Some(spec) = &metric.provider.prometheus {
+        let p = prometheus::Prometheus { spec };
+        (p.name(), query(http, &p, bounds, now).await)
+    } else if let Some(spec) = &metric.provider.web {
+        let p = web::Web {
+            spec,
+            secrets: &credentials.headers,
+        };
+        (p.name(), query(http, &p, bounds, now).await)
+    } else if let Some(spec) = &metric.provider.datadog {
+        match credentials.datadog.get(&spec.secret_ref.name) {
+            Some(keys) => {
+                let p = datadog::Datadog { spec, keys };
+                (p.name(), query(http, &p, bounds, now).await)
+            }
+            None => (
+                "datadog",
+                Err(MeasureError::Config(format!(
+                    "the keys of Secret {} were not read",
+                    spec.secret_ref.name
+                ))),
+            ),
+        }
+    } else {
+        (
+            "none",
+            Err(MeasureError::Config(
+                "the metric names no provider: set prometheus, web or datadog".into(),
+            )),
+        )
+    };
+    let refused = matches!(result, Err(MeasureError::Refused { .. }));
+    let owned = metric.clone();
+    let judging = tokio::task::spawn_blocking(move || judged(&owned, result, now));
+    let measurement = match tokio::time::timeout(CONDITION_BUDGET, judging).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(_)) => limits::measurement(
+            AnalysisPhase::Error,
+            None,
+            Some("evaluating the conditions failed".into()),
+            now,
+        ),
+        Err(_) => limits::measurement(
+            AnalysisPhase::Error,
+            None,
+            Some(format!(
+                "the conditions took longer than {}s to evaluate: simplify them, or select fewer values with jsonPath",
+                CONDITION_BUDGET.as_secs()
+            )),
+            now,
+        ),
+    };
+    pool::Taken {
+        provider,
+        measurement,
+        refused,
+    }
+}
+
+/// One provider request, its timeout cut to the bound, and its `result` (size-checked).
+async fn query(
+    http: &http::HttpClient,
+    provider: &dyn Provider,
+    bounds: storm_shared::rules::AnalysisBounds,
+    now: Timestamp,
+) -> Result<Json, MeasureError> {
+    let mut request = provider.request(now)?;
+    request.timeout = request.timeout.min(bounds.max_timeout);
+    let (status, body) = http.send(request).await?;
+    let value = provider.parse(status, &body)?;
+    let values = count_values(&value);
+    if values > MAX_RESULT_VALUES {
+        return Err(MeasureError::Response {
+            provider: provider.name(),
+            reason: format!(
+                "the result holds {values} values, more than {MAX_RESULT_VALUES}: select the value the conditions need (jsonPath, or an aggregating query)"
+            ),
+        });
+    }
+    Ok(value)
+}
+
+/// How many values (list elements and object fields, at any depth) a result holds.
+fn count_values(value: &Json) -> usize {
+    match value {
+        Json::Array(items) => items.len() + items.iter().map(count_values).sum::<usize>(),
+        Json::Object(map) => map.len() + map.values().map(count_values).sum::<usize>(),
+        _ => 0,
     }
 }
 

@@ -8,13 +8,35 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use jsonpath_rust::JsonPath;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value as Json;
+use std::collections::BTreeMap;
 use storm_shared::types::analysis::{WebMethod, WebMetric};
 
-/// A web metric with its arguments substituted.
+/// Header values read from Secrets, by (Secret name, key). Marked sensitive: never shown.
+pub type HeaderSecrets = BTreeMap<(String, String), HeaderValue>;
+
+/// Most values a JSONPath may select: a descendant path over a large body would otherwise copy
+/// every match, and CEL would then walk them all.
+pub const MAX_MATCHES: usize = 1000;
+
+/// A web metric with its arguments substituted, and the Secret values its headers name.
 #[derive(Debug, Clone)]
 pub struct Web<'a> {
     /// The metric's provider settings.
     pub spec: &'a WebMetric,
+    /// Values of the headers' `valueFrom.secretKeyRef`s.
+    pub secrets: &'a HeaderSecrets,
+}
+
+static NO_SECRETS: HeaderSecrets = BTreeMap::new();
+
+impl<'a> Web<'a> {
+    /// A web metric whose headers name no Secret.
+    pub fn plain(spec: &'a WebMetric) -> Self {
+        Self {
+            spec,
+            secrets: &NO_SECRETS,
+        }
+    }
 }
 
 const NAME: &str = "web";
@@ -32,15 +54,36 @@ impl Provider for Web<'_> {
         })?;
         let mut headers = Vec::with_capacity(self.spec.headers.len());
         for h in &self.spec.headers {
+            // Admission refuses these too; a template stored before that rule is refused here.
+            if let Some(why) = storm_shared::rules::refused_header(&h.key) {
+                return Err(MeasureError::Refused {
+                    url: provider::shown_url(url),
+                    reason: format!("header {:?}: {why}", h.key),
+                });
+            }
             let name = HeaderName::try_from(h.key.as_str())
                 .map_err(|e| MeasureError::Config(format!("header name {:?}: {e}", h.key)))?;
             // Header values may carry tokens: never echo them, mark them sensitive.
-            let mut value = HeaderValue::try_from(h.value.as_str()).map_err(|_| {
-                MeasureError::Config(format!(
-                    "header {:?}: the value is not a valid HTTP header value",
-                    h.key
-                ))
-            })?;
+            let mut value = match &h.value_from {
+                Some(from) => {
+                    let r = &from.secret_key_ref;
+                    self.secrets
+                        .get(&(r.name.clone(), r.key.clone()))
+                        .cloned()
+                        .ok_or_else(|| {
+                            MeasureError::Config(format!(
+                                "header {:?}: key {:?} of Secret {} was not read",
+                                h.key, r.key, r.name
+                            ))
+                        })?
+                }
+                None => HeaderValue::try_from(h.value.as_str()).map_err(|_| {
+                    MeasureError::Config(format!(
+                        "header {:?}: the value is not a valid HTTP header value",
+                        h.key
+                    ))
+                })?,
+            };
             value.set_sensitive(true);
             headers.push((name, value));
         }
@@ -102,6 +145,15 @@ pub fn select(doc: &Json, path: &str) -> Result<Json, MeasureError> {
             "jsonPath {path:?} is not a valid JSONPath (e.g. \"{{$.data.errorRate}}\"): {e}"
         ))
     })?;
+    if found.len() > MAX_MATCHES {
+        return Err(MeasureError::Response {
+            provider: NAME,
+            reason: format!(
+                "jsonPath {path:?} selects {} values, more than {MAX_MATCHES}: select the value itself (e.g. \"{{$.data.errorRate}}\")",
+                found.len()
+            ),
+        });
+    }
     let mut values: Vec<Json> = found.into_iter().cloned().collect();
     Ok(match values.len() {
         0 => Json::Null,
@@ -140,7 +192,7 @@ mod tests {
     #[test]
     fn parse_reads_json_and_refuses_errors() {
         let web = spec(Some("{$.data.errorRate}"));
-        let web = Web { spec: &web };
+        let web = Web::plain(&web);
         assert_eq!(
             web.parse(StatusCode::OK, br#"{"data":{"errorRate":3}}"#)
                 .unwrap(),
@@ -167,7 +219,7 @@ mod tests {
         ));
         let whole = spec(None);
         assert_eq!(
-            Web { spec: &whole }.parse(StatusCode::OK, b"0.5").unwrap(),
+            Web::plain(&whole).parse(StatusCode::OK, b"0.5").unwrap(),
             json!(0.5)
         );
     }
@@ -183,7 +235,7 @@ mod tests {
             ..WebHeader::default()
         }];
         s.timeout = Some("2s".into());
-        let r = Web { spec: &s }.request(Timestamp::UNIX_EPOCH).unwrap();
+        let r = Web::plain(&s).request(Timestamp::UNIX_EPOCH).unwrap();
         assert_eq!(r.method, Method::POST);
         assert_eq!(r.body.as_deref(), Some("{\"q\":1}"));
         assert_eq!(r.timeout, std::time::Duration::from_secs(2));
@@ -196,7 +248,7 @@ mod tests {
                 .any(|(n, v)| n == http::header::CONTENT_TYPE && v == "application/json")
         );
         s.headers[0].value = "bad\nvalue secret".into();
-        let err = Web { spec: &s }
+        let err = Web::plain(&s)
             .request(Timestamp::UNIX_EPOCH)
             .unwrap_err()
             .to_string();

@@ -3,7 +3,7 @@
 use crate::analysis::Runner;
 use crate::rollout::{Note, gates};
 use k8s_openapi::jiff::Timestamp;
-use kube::Client;
+use kube::{Client, ResourceExt};
 use std::time::Duration;
 use storm_shared::StormService;
 use storm_shared::status::Reason;
@@ -33,7 +33,9 @@ pub async fn advance(
         let Some(source) = gates::source(&obj.spec, &run.name) else {
             continue;
         };
-        let due = runner.advance(client, ns, source, run, now).await;
+        let due = runner
+            .advance_for(client, ns, &obj.name_any(), source, run, now)
+            .await;
         if let Some(d) = due {
             next = Some(next.map_or(d, |n| n.min(d)));
         }

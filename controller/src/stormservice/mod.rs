@@ -102,10 +102,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         let _ = stop_tx.send(());
     });
     let analysis_caches = crate::analysis::Caches::watch(ctx.api());
+    // Measurements run in the pool; a finished one wakes its StormService.
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded::<(String, String)>();
+    let pool = Arc::new(crate::analysis::pool::Pool::new(
+        ctx.analysis_pool,
+        Some(wake_tx),
+    ));
     let runner = match crate::analysis::Runner::new(ctx.egress.clone()) {
         Ok(r) => r
             .with_metrics(ctx.metrics.clone())
-            .with_caches(analysis_caches),
+            .with_caches(analysis_caches)
+            .with_bounds(ctx.analysis_bounds)
+            .with_pool(pool),
         Err(e) => {
             warn!(error = %e, "analysis runner unavailable; StormService controller not started");
             return;
@@ -126,6 +134,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     Controller::new(state.ctx.api::<StormService>(), watcher::Config::default())
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(roleset_events)
+        .reconcile_on(wake_rx.map(|(ns, name)| ObjectRef::<StormService>::new(&name).within(&ns)))
         .watches_stream(pod_events, |pod: Pod| {
             let name = pod.labels().get(AIBRIX_LABEL_STORM_SERVICE_NAME)?.clone();
             Some(ObjectRef::<StormService>::new(&name).within(&pod.namespace()?))
