@@ -131,7 +131,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         backoff: Backoff::default(),
     });
     info!("StormService controller starting");
-    Controller::new(state.ctx.api::<StormService>(), watcher::Config::default())
+    // The StormServices themselves trigger a reconcile when users change them, not when this
+    // controller writes their status: its own writes would otherwise reconcile every object
+    // once more per write (and a status that changes on every reconcile would loop). What a
+    // reconcile decides to wait for, it requeues for; RoleSets, Pods and finished measurements
+    // trigger their StormService.
+    let (stormservices, ss_writer) = reflector::store::<StormService>();
+    let primary = watcher(state.ctx.api::<StormService>(), watcher::Config::default())
+        .default_backoff()
+        .reflect(ss_writer)
+        .applied_objects()
+        .predicate_filter(user_change, Default::default());
+    Controller::for_stream(primary, stormservices)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(roleset_events)
         .reconcile_on(wake_rx.map(|(ns, name)| ObjectRef::<StormService>::new(&name).within(&ns)))
@@ -157,6 +168,20 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         })
         .await;
     info!("StormService controller stopped");
+}
+
+/// What a user (or another controller) changes on a StormService: spec (generation), labels,
+/// annotations (the manual controls), finalizers and deletion. Status is not in it.
+fn user_change(obj: &StormService) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let meta = obj.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    meta.deletion_timestamp.as_ref().map(|t| t.0).hash(&mut h);
+    Some(h.finish())
 }
 
 fn error_policy(obj: Arc<StormService>, err: &Error, state: Arc<State>) -> Action {
