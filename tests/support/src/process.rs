@@ -236,11 +236,34 @@ impl Controller {
         program: PathBuf,
         log: &str,
     ) -> Result<Self> {
+        Self::start_with(cluster, Some(namespace), program, log, &[])
+    }
+
+    /// Starts the controller for every namespace, with `extra` arguments. Only for a suite that
+    /// runs alone in its test binary: it acts on every StormService in the cluster.
+    pub fn start_cluster_wide(cluster: &Cluster, extra: &[&str]) -> Result<Self> {
+        Self::start_with(
+            cluster,
+            None,
+            binary("storm-controller", "storm-controller")?,
+            "info,storm_controller=debug",
+            extra,
+        )
+    }
+
+    fn start_with(
+        cluster: &Cluster,
+        namespace: Option<&str>,
+        program: PathBuf,
+        log: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let http_port = free_port()?;
-        let args = vec![
-            "--leader-elect=false".to_string(),
-            "--namespace".into(),
-            namespace.into(),
+        let mut args = vec!["--leader-elect=false".to_string()];
+        if let Some(ns) = namespace {
+            args.extend(["--namespace".to_string(), ns.to_string()]);
+        }
+        args.extend([
             "--metrics-addr".into(),
             format!("127.0.0.1:{http_port}"),
             // The suites' Prometheus and web stand-ins listen on loopback, which the egress
@@ -248,7 +271,8 @@ impl Controller {
             "--analysis-egress-allow=127.0.0.1,localhost".into(),
             // The suites measure every second or two to stay short.
             "--analysis-min-interval=1s".into(),
-        ];
+        ]);
+        args.extend(extra.iter().map(|a| (*a).to_string()));
         let env = vec![
             (
                 "KUBECONFIG".to_string(),
