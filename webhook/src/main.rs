@@ -81,6 +81,18 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "STORM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Longest request timeout an analysis metric (Prometheus or web) may set, Go-style duration;
+    /// longer ones are denied. Keep it equal to the controller's --analysis-max-timeout.
+    #[arg(long, env = "ANALYSIS_MAX_TIMEOUT", default_value = "30s", value_parser = parse_wait)]
+    analysis_max_timeout: Duration,
+    /// Shortest interval between an analysis metric's measurements, Go-style duration; shorter
+    /// ones are denied. Keep it equal to the controller's --analysis-min-interval.
+    #[arg(long, env = "ANALYSIS_MIN_INTERVAL", default_value = "10s", value_parser = parse_wait)]
+    analysis_min_interval: Duration,
+}
+
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    storm_shared::units::parse_wait(text).map_err(|e| e.to_string())
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -346,10 +358,17 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
             })?;
     }
     tracing::info!(address = %bound, "listening (HTTPS)");
+    let settings = storm_webhook::review::Settings {
+        analysis_bounds: storm_shared::rules::AnalysisBounds {
+            max_timeout: args.analysis_max_timeout,
+            min_interval: args.analysis_min_interval,
+        },
+    };
     let app = server::router(Arc::new(AppState {
         caches,
         metrics,
         authorizer,
+        settings,
     }));
     server::serve(listener, tls, app, shutdown_signal()).await;
     Ok(())

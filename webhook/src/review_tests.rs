@@ -18,7 +18,7 @@ impl Decisions for AllowAll {
 
 /// [`super::handle`] with every access question allowed.
 fn handle(endpoint: Endpoint, body: &[u8], cluster: &dyn ClusterView) -> Answer {
-    handle_with(endpoint, body, cluster, &AllowAll)
+    handle_with(endpoint, body, cluster, &Settings::default(), &AllowAll)
 }
 
 /// A cluster made of maps.
@@ -199,7 +199,7 @@ fn many_faults_are_denied_all_at_once() {
     let obj: StormService = rules::parse(&fixture("invalid/many-faults.yaml")).unwrap();
     let mut obj = obj;
     obj.metadata.namespace = Some("team-a".into());
-    let report = rules::validate_storm_service(&obj, None);
+    let report = rules::validate_storm_service(&obj, None, &AnalysisBounds::default());
     assert_eq!(message, report.denial_message());
     assert_eq!(causes.len(), report.errors.len());
     for c in causes {
@@ -855,7 +855,13 @@ fn causes(resp: &Value) -> Vec<(String, String)> {
 fn a_create_asks_whether_the_author_may_patch_every_named_object() {
     let cluster = FakeCluster::default();
     let body = tenant_review("CREATE", canary_seed(), None);
-    let first = handle_with(Endpoint::Validate, &body, &cluster, &Unasked);
+    let first = handle_with(
+        Endpoint::Validate,
+        &body,
+        &cluster,
+        &Settings::default(),
+        &Unasked,
+    );
     // Unanswered questions are denied (fail closed) and handed to the caller to ask.
     assert!(!response(&first)["allowed"].as_bool().unwrap());
     let asked: Vec<(TrafficKind, &str)> = first
@@ -887,7 +893,13 @@ fn a_create_asks_whether_the_author_may_patch_every_named_object() {
         };
         decided.0.insert(r.clone(), d);
     }
-    let second = handle_with(Endpoint::Validate, &body, &cluster, &decided);
+    let second = handle_with(
+        Endpoint::Validate,
+        &body,
+        &cluster,
+        &Settings::default(),
+        &decided,
+    );
     assert!(second.authorize.is_empty());
     let resp = response(&second);
     assert!(!resp["allowed"].as_bool().unwrap());
@@ -905,7 +917,13 @@ fn a_create_asks_whether_the_author_may_patch_every_named_object() {
     for d in decided.0.values_mut() {
         *d = Decision::Failed("SubjectAccessReview did not answer within 2s".into());
     }
-    let resp = response(&handle_with(Endpoint::Validate, &body, &cluster, &decided));
+    let resp = response(&handle_with(
+        Endpoint::Validate,
+        &body,
+        &cluster,
+        &Settings::default(),
+        &decided,
+    ));
     let failed = causes(&resp);
     assert_eq!(failed.len(), 3);
     assert!(failed[0].1.contains("could not check"), "{failed:?}");
@@ -923,7 +941,13 @@ fn members_of_system_masters_are_not_asked_about() {
     v["request"]["userInfo"] =
         json!({"username": "admin", "groups": ["system:masters", "system:authenticated"]});
     let body = serde_json::to_vec(&v).unwrap();
-    let answer = handle_with(Endpoint::Validate, &body, &FakeCluster::default(), &Unasked);
+    let answer = handle_with(
+        Endpoint::Validate,
+        &body,
+        &FakeCluster::default(),
+        &Settings::default(),
+        &Unasked,
+    );
     assert!(answer.authorize.is_empty());
     assert!(response(&answer)["allowed"].as_bool().unwrap());
 }
@@ -950,7 +974,13 @@ fn an_owner_opt_in_needs_no_access_check() {
         "someone-else".into(),
     );
     let body = tenant_review("CREATE", canary_seed(), None);
-    let answer = handle_with(Endpoint::Validate, &body, &cluster, &Unasked);
+    let answer = handle_with(
+        Endpoint::Validate,
+        &body,
+        &cluster,
+        &Settings::default(),
+        &Unasked,
+    );
     let asked: Vec<&str> = answer.authorize.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(asked, ["my-app-canary"]);
 }
@@ -966,6 +996,7 @@ fn updates_that_keep_the_named_objects_ask_nothing() {
         Endpoint::Validate,
         &tenant_review("UPDATE", new.clone(), Some(old.clone())),
         &cluster,
+        &Settings::default(),
         &Unasked,
     );
     assert!(answer.authorize.is_empty());
@@ -976,6 +1007,7 @@ fn updates_that_keep_the_named_objects_ask_nothing() {
         Endpoint::Validate,
         &tenant_review("UPDATE", new, Some(old)),
         &cluster,
+        &Settings::default(),
         &Unasked,
     );
     let asked: Vec<&str> = answer.authorize.iter().map(|r| r.name.as_str()).collect();
@@ -985,6 +1017,7 @@ fn updates_that_keep_the_named_objects_ask_nothing() {
         Endpoint::Mutate,
         &tenant_review("CREATE", canary_seed(), None),
         &cluster,
+        &Settings::default(),
         &Unasked,
     );
     assert!(answer.authorize.is_empty());

@@ -49,8 +49,11 @@ pub fn refused_header(name: &str) -> Option<&'static str> {
         | "content-length" | "proxy-connection" => {
             Some("hop-by-hop and framing headers are set by the HTTP client")
         }
-        "metadata-flavor" | "metadata" | "x-google-metadata-request"
-        | "x-aws-ec2-metadata-token" | "x-aws-ec2-metadata-token-ttl-seconds" => Some(
+        "metadata-flavor"
+        | "metadata"
+        | "x-google-metadata-request"
+        | "x-aws-ec2-metadata-token"
+        | "x-aws-ec2-metadata-token-ttl-seconds" => Some(
             "cloud metadata headers are refused: analysis must not reach instance metadata services",
         ),
         _ if lower.starts_with("proxy-") => {
