@@ -227,6 +227,11 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Stack of each worker thread. Reviews run on them, and CEL's parser recurses deeply for every
+/// level of brackets: a condition nested `MAX_EXPRESSION_DEPTH` (32) deep needs more than 4 MiB in
+/// a debug build, past tokio's default of 2 MiB. Reserved, not committed, until used.
+const WORKER_STACK: usize = 16 << 20;
+
 fn serve_main(args: ServeArgs) -> ExitCode {
     init_tracing(args.log_format);
     // kube's client and our server both use rustls; pick ring once for the whole process.
@@ -237,6 +242,7 @@ fn serve_main(args: ServeArgs) -> ExitCode {
         tracing::debug!("a rustls crypto provider was already installed");
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.thread_stack_size(WORKER_STACK);
     if let Some(n) = args.worker_threads {
         builder.worker_threads(n.max(1));
     }
