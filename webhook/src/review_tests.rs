@@ -1043,3 +1043,97 @@ fn reviews_are_refused_until_the_caches_have_listed() {
         assert!(message.contains("Retry"), "{message}");
     }
 }
+
+/// AnalysisTemplates: the webhook's analysis bounds, and the RolloutPolicies selecting their
+/// namespace (Enforce denies, Warn warns; updates ratcheted like StormServices).
+#[test]
+fn analysis_templates_meet_the_bounds_and_the_policies_of_their_namespace() {
+    let template = |timeout: &str, url: &str| {
+        json!({
+            "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": "t", "namespace": "team-a"},
+            "spec": {"metrics": [{"name": "m", "successCondition": "result < 1",
+                "provider": {"web": {"url": url, "timeout": timeout}}}]}
+        })
+    };
+    let judge = |cluster: &FakeCluster, settings: &Settings, object: Value, old: Option<Value>| {
+        let op = if old.is_some() { "UPDATE" } else { "CREATE" };
+        response(&handle_with(
+            Endpoint::Validate,
+            &review_of(op, "AnalysisTemplate", Some(object), old),
+            cluster,
+            settings,
+            &AllowAll,
+        ))
+    };
+    let ok = template("10s", "https://metrics.example.com/q");
+    let slow = template("60s", "https://metrics.example.com/q");
+    let mut cluster = FakeCluster::default();
+    let settings = Settings::default();
+    assert_eq!(
+        judge(&cluster, &settings, ok.clone(), None)["allowed"],
+        true
+    );
+    let resp = judge(&cluster, &settings, slow.clone(), None);
+    assert_eq!(resp["allowed"], false);
+    let denied = causes(&resp);
+    assert_eq!(denied[0].0, "spec.metrics[0].provider.web.timeout");
+    assert!(denied[0].1.contains("--analysis-max-timeout"), "{denied:?}");
+    // The webhook's setting decides.
+    let generous = Settings {
+        analysis_bounds: AnalysisBounds {
+            max_timeout: std::time::Duration::from_secs(60),
+            ..AnalysisBounds::default()
+        },
+    };
+    assert_eq!(judge(&cluster, &generous, slow, None)["allowed"], true);
+
+    // A policy selecting team-a's namespace allows only Prometheus.
+    let policy: RolloutPolicy = serde_json::from_value(json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "RolloutPolicy",
+        "metadata": {"name": "prom-only"},
+        "spec": {"namespaceSelector": {"matchLabels": {"tier": "prod"}},
+                 "allowedAnalysisProviders": ["prometheus"]}
+    }))
+    .unwrap();
+    cluster.policies = vec![policy.clone()];
+    assert_eq!(
+        judge(&cluster, &settings, ok.clone(), None)["allowed"],
+        true
+    );
+    cluster.namespace_labels.insert(
+        "team-a".into(),
+        [("tier".to_string(), "prod".to_string())].into(),
+    );
+    let resp = judge(&cluster, &settings, ok.clone(), None);
+    assert_eq!(resp["allowed"], false);
+    let denied = causes(&resp);
+    assert_eq!(denied[0].0, "spec.metrics[0].provider.web");
+    assert!(
+        denied[0].1.contains("violates RolloutPolicy prom-only"),
+        "{denied:?}"
+    );
+    // An update of a template stored before the policy is admitted, with a warning.
+    let mut relabelled = ok.clone();
+    relabelled["metadata"]["labels"] = json!({"team": "a"});
+    let resp = judge(&cluster, &settings, relabelled, Some(ok.clone()));
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(
+        warnings(&resp)
+            .iter()
+            .any(|w| w.contains("already true of the stored object")),
+        "{resp}"
+    );
+    // Warn mode admits with a warning.
+    let mut warn = policy;
+    warn.spec.mode = Some(storm_shared::types::policy::PolicyMode::Warn);
+    cluster.policies = vec![warn];
+    let resp = judge(&cluster, &settings, ok, None);
+    assert_eq!(resp["allowed"], true);
+    assert!(
+        warnings(&resp)
+            .iter()
+            .any(|w| w.starts_with("spec.metrics[0].provider.web: violates RolloutPolicy")),
+        "{resp}"
+    );
+}
