@@ -708,8 +708,10 @@ spec:
         let out = apply(&ns, safe_template, &[])?;
         ensure!(out.status.success(), "{:?}", text(&out));
 
-        // A RolloutPolicy selecting this namespace allows Prometheus only: the web template is
-        // denied, naming the provider and the policy.
+        // A RolloutPolicy selecting this namespace allows Prometheus only: a new template with
+        // the web provider is denied, naming the provider and the policy. (The stored one stays:
+        // on its updates, faults it already had are warnings.)
+        let renamed = safe_template.replace("name: safe", "name: under-policy");
         let policy = Policy::create(
             &ns,
             &unique("prom-only", &ns),
@@ -717,7 +719,7 @@ spec:
         )?;
         let out = apply_until(
             &ns,
-            safe_template,
+            &renamed,
             &["--dry-run=server"],
             "the policy denies the web provider",
             |o| !o.status.success(),
