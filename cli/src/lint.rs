@@ -9,7 +9,7 @@ use std::path::Path;
 use storm_shared::errors::{FieldError, Report};
 use storm_shared::rules::analysis::validate_analysis_template;
 use storm_shared::rules::policy_spec::validate_rollout_policy;
-use storm_shared::rules::{parse, validate_storm_service};
+use storm_shared::rules::{AnalysisBounds, parse, validate_storm_service};
 use storm_shared::types::API_VERSION;
 use storm_shared::{AnalysisTemplate, RolloutPolicy, StormService, defaults, policy};
 
@@ -30,11 +30,13 @@ pub struct Outcome {
 pub struct Linter {
     schemas: BTreeMap<String, KindSchema>,
     policies: Vec<RolloutPolicy>,
+    bounds: AnalysisBounds,
 }
 
 impl Linter {
-    /// A linter with the CRD schemas of this build and the given RolloutPolicies.
-    pub fn new(mut policies: Vec<RolloutPolicy>) -> Result<Self, Error> {
+    /// A linter with the CRD schemas of this build, the given RolloutPolicies and the webhook's
+    /// analysis bounds.
+    pub fn new(mut policies: Vec<RolloutPolicy>, bounds: AnalysisBounds) -> Result<Self, Error> {
         // Offline there are no namespaces to select: every policy applies.
         for p in &mut policies {
             p.spec.namespace_selector = None;
@@ -43,7 +45,11 @@ impl Linter {
         for crd in crate::crds::all() {
             schemas.insert(crd.spec.names.kind.clone(), KindSchema::from_crd(&crd)?);
         }
-        Ok(Self { schemas, policies })
+        Ok(Self {
+            schemas,
+            policies,
+            bounds,
+        })
     }
 
     /// Lints every document of a YAML stream. `file` names it in the output.
@@ -87,11 +93,17 @@ impl Linter {
         let schema_errors = schema.check(&doc);
         let parsed = match kind {
             "StormService" => parse::<StormService>(&doc).map(|obj| {
-                report.merge(validate_storm_service(&obj, None));
+                report.merge(validate_storm_service(&obj, None, &self.bounds));
                 report.merge(policy::apply(&self.policies, &BTreeMap::new(), &obj, &[]));
             }),
-            "AnalysisTemplate" => parse::<AnalysisTemplate>(&doc)
-                .map(|obj| report.merge(validate_analysis_template(&obj))),
+            "AnalysisTemplate" => parse::<AnalysisTemplate>(&doc).map(|obj| {
+                report.merge(validate_analysis_template(&obj, &self.bounds));
+                report.merge(policy::apply_to_template(
+                    &self.policies,
+                    &BTreeMap::new(),
+                    &obj,
+                ));
+            }),
             "RolloutPolicy" => {
                 parse::<RolloutPolicy>(&doc).map(|obj| report.merge(validate_rollout_policy(&obj)))
             }

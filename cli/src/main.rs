@@ -71,6 +71,12 @@ enum Command {
         /// Print only errors and warnings, no summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Longest analysis request timeout to admit, as the webhook's --analysis-max-timeout.
+        #[arg(long, default_value = "30s", value_parser = parse_wait)]
+        analysis_max_timeout: std::time::Duration,
+        /// Shortest analysis interval to admit, as the webhook's --analysis-min-interval.
+        #[arg(long, default_value = "10s", value_parser = parse_wait)]
+        analysis_min_interval: std::time::Duration,
     },
     /// Show where a rollout stands: steps, weight, RoleSets per revision, conditions, events.
     ///
@@ -196,7 +202,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             files,
             policy,
             quiet,
-        } => run_lint(&files, policy.as_deref(), quiet),
+            analysis_max_timeout,
+            analysis_min_interval,
+        } => run_lint(
+            &files,
+            policy.as_deref(),
+            quiet,
+            storm_shared::rules::AnalysisBounds {
+                max_timeout: analysis_max_timeout,
+                min_interval: analysis_min_interval,
+            },
+        ),
         Command::Crds { out_dir: Some(dir) } => {
             crds::write_all(&dir).map_err(|source| Error::WriteCrds { dir, source })?;
             Ok(ExitCode::SUCCESS)
@@ -209,16 +225,21 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     }
 }
 
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    storm_shared::units::parse_wait(text).map_err(|e| e.to_string())
+}
+
 fn run_lint(
     files: &[PathBuf],
     policy: Option<&std::path::Path>,
     quiet: bool,
+    bounds: storm_shared::rules::AnalysisBounds,
 ) -> Result<ExitCode, Error> {
     let policies = policy
         .map(lint::read_policies)
         .transpose()?
         .unwrap_or_default();
-    let linter = lint::Linter::new(policies)?;
+    let linter = lint::Linter::new(policies, bounds)?;
     let (mut checked, mut errors, mut warnings, mut unreadable) = (0, 0, 0, false);
     for file in files {
         let result =

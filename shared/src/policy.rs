@@ -1,7 +1,11 @@
-//! RolloutPolicy evaluation: what cluster admins enforce on StormServices.
+//! RolloutPolicy evaluation: what cluster admins enforce on StormServices and, for analysis, on
+//! AnalysisTemplates.
+
+pub mod analysis;
 
 use crate::errors::{FieldError, FieldPath, Report, Warning};
 use crate::rules::routing_routers;
+use crate::types::analysis::AnalysisTemplate;
 use crate::types::policy::{PolicyMode, RolloutPolicy, RouterKind};
 use crate::types::stormservice::{RolloutStrategy, RolloutStrategyType, StormService};
 use crate::units::{format_duration, parse_duration};
@@ -100,6 +104,7 @@ pub fn evaluate(
         }
     }
     check_auto_rollback(p, strategy, &rs_path, &mut violate);
+    check_error_rate_metric(p, strategy, &rs_path, &mut violate);
     match strategy.type_ {
         RolloutStrategyType::Canary => check_canary(p, strategy, &rs_path, &mut violate),
         RolloutStrategyType::BlueGreen => check_blue_green(p, strategy, &rs_path, &mut violate),
@@ -178,6 +183,33 @@ fn check_auto_rollback(
                 "onTimeout {timeout_text} is longer than the maximum {}",
                 format_duration(max)
             ),
+        );
+    }
+}
+
+/// The inline `autoRollback.onFailure.errorRate` metric (where admission puts it, or under `canary`
+/// where defaulting has not moved it yet) against the policy's analysis rules.
+fn check_error_rate_metric(
+    p: &crate::types::policy::RolloutPolicySpec,
+    strategy: &RolloutStrategy,
+    rs_path: &FieldPath,
+    violate: &mut impl FnMut(FieldPath, String),
+) {
+    let legacy = strategy
+        .canary
+        .as_ref()
+        .and_then(|c| c.auto_rollback.as_ref());
+    let (ar, ar_path) = match (&strategy.auto_rollback, legacy) {
+        (Some(ar), _) => (ar, rs_path.child("autoRollback")),
+        (None, Some(ar)) => (ar, rs_path.child("canary").child("autoRollback")),
+        (None, None) => return,
+    };
+    if let Some(metric) = ar.on_failure.as_ref().and_then(|f| f.error_rate.as_ref()) {
+        analysis::check_metric(
+            p,
+            metric,
+            &ar_path.child("onFailure").child("errorRate"),
+            violate,
         );
     }
 }
@@ -304,11 +336,7 @@ pub fn apply(
         policy_requires_refs |= policy.spec.require_referenced_objects == Some(true)
             && policy.spec.mode.unwrap_or_default() == PolicyMode::Enforce;
         for v in evaluate(policy, obj, reference_problems) {
-            let message = format!("violates RolloutPolicy {}: {}", v.policy, v.message);
-            match v.mode {
-                PolicyMode::Enforce => report.error(FieldError::forbidden(v.path, message)),
-                PolicyMode::Warn => report.warn(v.path, message),
-            }
+            record(&mut report, v);
         }
     }
     // Reference problems are warnings unless an enforcing policy already turned them into denials.
@@ -316,4 +344,30 @@ pub fn apply(
         report.warnings.extend(reference_problems.iter().cloned());
     }
     report
+}
+
+/// Evaluates every policy that applies in the template's namespace (given by its labels) on an
+/// AnalysisTemplate: `allowedAnalysisProviders` and `allowedAnalysisHosts`, denials for `Enforce`,
+/// warnings for `Warn`.
+pub fn apply_to_template(
+    policies: &[RolloutPolicy],
+    namespace_labels: &BTreeMap<String, String>,
+    template: &AnalysisTemplate,
+) -> Report {
+    let mut report = Report::default();
+    for policy in policies.iter().filter(|p| applies_to(p, namespace_labels)) {
+        for v in analysis::evaluate_template(policy, template) {
+            record(&mut report, v);
+        }
+    }
+    report
+}
+
+/// A violation as a denial (`Enforce`) or a warning (`Warn`), naming the policy.
+fn record(report: &mut Report, v: Violation) {
+    let message = format!("violates RolloutPolicy {}: {}", v.policy, v.message);
+    match v.mode {
+        PolicyMode::Enforce => report.error(FieldError::forbidden(v.path, message)),
+        PolicyMode::Warn => report.warn(v.path, message),
+    }
 }

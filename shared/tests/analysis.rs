@@ -6,7 +6,7 @@ use common::*;
 use serde_json::{Value, json};
 use storm_shared::AnalysisTemplate;
 use storm_shared::rules::analysis::validate_analysis_template;
-use storm_shared::rules::parse;
+use storm_shared::rules::{AnalysisBounds, parse};
 
 fn template() -> Value {
     json!({
@@ -32,7 +32,7 @@ fn template() -> Value {
 
 fn errors(v: &Value) -> Vec<String> {
     let t: AnalysisTemplate = parse(v).expect("parses");
-    let mut p = error_paths(&validate_analysis_template(&t));
+    let mut p = error_paths(&validate_analysis_template(&t, &AnalysisBounds::default()));
     p.sort();
     p
 }
@@ -110,7 +110,7 @@ fn count_interval_and_limits_are_consistent() {
     let mut v = template();
     set(&mut v, "/spec/metrics/0/failureLimit", json!(5));
     let t: AnalysisTemplate = parse(&v).expect("parses");
-    let r = validate_analysis_template(&t);
+    let r = validate_analysis_template(&t, &AnalysisBounds::default());
     assert!(r.is_valid());
     assert_eq!(warning_paths(&r), vec!["spec.metrics[0].failureLimit"]);
     let mut v = template();

@@ -6,7 +6,7 @@ use common::*;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use storm_shared::defaults::{apply_defaults, default_storm_service};
-use storm_shared::rules::{parse, validate_storm_service};
+use storm_shared::rules::{AnalysisBounds, parse, validate_storm_service};
 use storm_shared::{StormService, references, units};
 
 fn opt<T: std::fmt::Debug + Clone + 'static>(
@@ -171,11 +171,11 @@ proptest! {
     #[test]
     fn defaulted_valid_objects_stay_valid(v in storm_service()) {
         let Ok(obj) = parse::<StormService>(&v) else { return Ok(()) };
-        let before = validate_storm_service(&obj, None);
+        let before = validate_storm_service(&obj, None, &AnalysisBounds::default());
         let mut d = v.clone();
         apply_defaults(&mut d).expect("defaulting applies");
         let after: StormService = parse(&d).expect("defaulted object still parses");
-        let after = validate_storm_service(&after, None);
+        let after = validate_storm_service(&after, None, &AnalysisBounds::default());
         if before.is_valid() {
             prop_assert!(after.is_valid(), "defaulting broke a valid object: {:?}", after.errors);
         }
@@ -188,7 +188,7 @@ proptest! {
                 rollout_status: Some(serde_json::from_value(json!({"phase": phase, "currentStepIndex": 7})).expect("status")),
                 ..Default::default()
             });
-            let _ = validate_storm_service(&obj, Some(&old_obj));
+            let _ = validate_storm_service(&obj, Some(&old_obj), &AnalysisBounds::default());
             let _ = storm_shared::policy::evaluate(&Default::default(), &obj, &[]);
             struct Nothing;
             impl references::ClusterLookup for Nothing {

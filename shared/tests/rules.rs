@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use storm_shared::StormService;
-use storm_shared::rules::{parse, validate_storm_service};
+use storm_shared::rules::{AnalysisBounds, parse, validate_storm_service};
 
 const RS: &str = "/spec/rolloutStrategy";
 const CANARY: &str = "/spec/rolloutStrategy/canary";
@@ -674,11 +674,11 @@ fn in_progress(v: &serde_json::Value, phase: &str) -> StormService {
 fn strategy_type_is_fixed_while_a_rollout_runs() {
     let old = in_progress(&canary(), "Progressing");
     let new: StormService = parse(&blue_green()).expect("parses");
-    let r = validate_storm_service(&new, Some(&old));
+    let r = validate_storm_service(&new, Some(&old), &AnalysisBounds::default());
     assert_eq!(error_paths(&r), vec!["spec.rolloutStrategy.type"]);
     // Completed: free to change.
     let old = in_progress(&canary(), "Completed");
-    assert!(validate_storm_service(&new, Some(&old)).is_valid());
+    assert!(validate_storm_service(&new, Some(&old), &AnalysisBounds::default()).is_valid());
 }
 
 #[test]
@@ -691,7 +691,7 @@ fn router_is_fixed_while_a_rollout_runs() {
         json!({"istio": {"virtualService": "vs"}}),
     );
     let new: StormService = parse(&v).expect("parses");
-    let r = validate_storm_service(&new, Some(&old));
+    let r = validate_storm_service(&new, Some(&old), &AnalysisBounds::default());
     assert_eq!(
         error_paths(&r),
         vec!["spec.rolloutStrategy.canary.trafficRouting"]
@@ -704,13 +704,17 @@ fn router_is_fixed_while_a_rollout_runs() {
         json!("1m"),
     );
     let new: StormService = parse(&v).expect("parses");
-    assert!(validate_storm_service(&new, Some(&old)).is_valid());
+    assert!(validate_storm_service(&new, Some(&old), &AnalysisBounds::default()).is_valid());
     // Removing the strategy mid-rollout is refused too.
     let mut v = canary();
     remove(&mut v, RS);
     let new: StormService = parse(&v).expect("parses");
     assert_eq!(
-        error_paths(&validate_storm_service(&new, Some(&old))),
+        error_paths(&validate_storm_service(
+            &new,
+            Some(&old),
+            &AnalysisBounds::default()
+        )),
         vec!["spec.rolloutStrategy"]
     );
 }
@@ -844,7 +848,7 @@ fn a_name_that_cannot_name_the_headless_service_is_a_warning() {
     let mut v = canary();
     set(&mut v, "/metadata/name", json!("1p1d"));
     let obj: StormService = serde_json::from_value(v).expect("object");
-    let report = validate_storm_service(&obj, None);
+    let report = validate_storm_service(&obj, None, &AnalysisBounds::default());
     assert!(report.is_valid());
     assert!(
         report

@@ -81,6 +81,18 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "STORM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Longest request timeout an analysis metric (Prometheus or web) may set, Go-style duration;
+    /// longer ones are denied. Keep it equal to the controller's --analysis-max-timeout.
+    #[arg(long, env = "ANALYSIS_MAX_TIMEOUT", default_value = "30s", value_parser = parse_wait)]
+    analysis_max_timeout: Duration,
+    /// Shortest interval between an analysis metric's measurements, Go-style duration; shorter
+    /// ones are denied. Keep it equal to the controller's --analysis-min-interval.
+    #[arg(long, env = "ANALYSIS_MIN_INTERVAL", default_value = "10s", value_parser = parse_wait)]
+    analysis_min_interval: Duration,
+}
+
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    storm_shared::units::parse_wait(text).map_err(|e| e.to_string())
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -215,6 +227,11 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Stack of each worker thread. Reviews run on them, and CEL's parser recurses deeply for every
+/// level of brackets: a condition nested `MAX_EXPRESSION_DEPTH` (32) deep needs more than 4 MiB in
+/// a debug build, past tokio's default of 2 MiB. Reserved, not committed, until used.
+const WORKER_STACK: usize = 16 << 20;
+
 fn serve_main(args: ServeArgs) -> ExitCode {
     init_tracing(args.log_format);
     // kube's client and our server both use rustls; pick ring once for the whole process.
@@ -225,6 +242,7 @@ fn serve_main(args: ServeArgs) -> ExitCode {
         tracing::debug!("a rustls crypto provider was already installed");
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.thread_stack_size(WORKER_STACK);
     if let Some(n) = args.worker_threads {
         builder.worker_threads(n.max(1));
     }
@@ -346,10 +364,17 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
             })?;
     }
     tracing::info!(address = %bound, "listening (HTTPS)");
+    let settings = storm_webhook::review::Settings {
+        analysis_bounds: storm_shared::rules::AnalysisBounds {
+            max_timeout: args.analysis_max_timeout,
+            min_interval: args.analysis_min_interval,
+        },
+    };
     let app = server::router(Arc::new(AppState {
         caches,
         metrics,
         authorizer,
+        settings,
     }));
     server::serve(listener, tls, app, shutdown_signal()).await;
     Ok(())

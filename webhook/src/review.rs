@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use storm_shared::errors::{ErrorKind, FieldError, Report, Warning};
 use storm_shared::references::ClusterLookup;
-use storm_shared::rules::{self, analysis, policy_spec};
+use storm_shared::rules::{self, AnalysisBounds, analysis, policy_spec};
 use storm_shared::types::GROUP;
 use storm_shared::{
     AnalysisTemplate, RolloutPolicy, StormService, defaults, ownership, policy, references,
@@ -37,6 +37,14 @@ pub trait ClusterView: ClusterLookup {
     fn unsynced(&self) -> Option<String> {
         None
     }
+}
+
+/// The webhook's own settings that the rules read (from its flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Longest analysis request timeout and shortest measurement interval admitted
+    /// (`--analysis-max-timeout`, `--analysis-min-interval`).
+    pub analysis_bounds: AnalysisBounds,
 }
 
 /// Which webhook a review was sent to.
@@ -334,8 +342,13 @@ fn sanitize(text: &str) -> String {
 
 /// Answers one request body sent to `endpoint`, with no access question answered yet: a review
 /// that needs one comes back refused, naming the questions in [`Answer::authorize`].
-pub fn handle(endpoint: Endpoint, body: &[u8], cluster: &dyn ClusterView) -> Answer {
-    handle_with(endpoint, body, cluster, &Unasked)
+pub fn handle(
+    endpoint: Endpoint,
+    body: &[u8],
+    cluster: &dyn ClusterView,
+    settings: &Settings,
+) -> Answer {
+    handle_with(endpoint, body, cluster, settings, &Unasked)
 }
 
 /// Answers one request body sent to `endpoint`, reading access answers from `decisions`.
@@ -343,6 +356,7 @@ pub fn handle_with(
     endpoint: Endpoint,
     body: &[u8],
     cluster: &dyn ClusterView,
+    settings: &Settings,
     decisions: &dyn Decisions,
 ) -> Answer {
     let request = match parse_review(body) {
@@ -351,7 +365,9 @@ pub fn handle_with(
     };
     let kind = kind_label(&request.kind);
     let operation = OperationLabel::from_operation(&request.operation);
-    let verdict = decide(endpoint, &request, kind, operation, cluster, decisions);
+    let verdict = decide(
+        endpoint, &request, kind, operation, cluster, settings, decisions,
+    );
     let authorize = verdict.authorize;
     let result = match (&verdict.denial, &verdict.patch) {
         (Some(_), _) => ResultLabel::Denied,
@@ -474,6 +490,7 @@ fn decide(
     kind: KindLabel,
     operation: OperationLabel,
     cluster: &dyn ClusterView,
+    settings: &Settings,
     decisions: &dyn Decisions,
 ) -> Verdict {
     if matches!(kind, KindLabel::Other | KindLabel::None) {
@@ -522,7 +539,8 @@ fn decide(
             // The API server checks the CRD schema after mutating webhooks and before validating
             // ones: an object with one out-of-range weight would get only the schema's complaint and
             // none of ours. Judging the defaulted object here answers with every problem at once.
-            match judge_defaulted(object, &verdict, old, req.namespace.as_deref(), cluster) {
+            let namespace = req.namespace.as_deref();
+            match judge_defaulted(object, &verdict, old, namespace, cluster, settings) {
                 Some(denial) => denial,
                 None => verdict,
             }
@@ -544,17 +562,16 @@ fn decide(
                 user: &req.user_info,
                 decisions,
             };
-            validate_storm_service(object, old, req.namespace.as_deref(), cluster, Some(access))
+            let namespace = req.namespace.as_deref();
+            validate_storm_service(object, old, namespace, cluster, settings, Some(access))
         }
         (Endpoint::Validate, KindLabel::AnalysisTemplate) => {
-            match typed::<AnalysisTemplate>(object) {
-                Ok(t) => Verdict::from_report(
-                    analysis::validate_analysis_template(&t),
-                    "AnalysisTemplate",
-                    t.metadata.name.as_deref().unwrap_or_default(),
-                ),
-                Err(e) => parse_denial(e, "AnalysisTemplate", &tree(object)),
-            }
+            let old = match operation {
+                OperationLabel::Update => present(req.old_object),
+                _ => None,
+            };
+            let namespace = req.namespace.as_deref();
+            validate_analysis_template(object, old, namespace, cluster, settings)
         }
         (Endpoint::Validate, KindLabel::RolloutPolicy) => match typed::<RolloutPolicy>(object) {
             Ok(p) => Verdict::from_report(
@@ -615,6 +632,7 @@ fn judge_defaulted(
     old: Option<&RawValue>,
     namespace: Option<&str>,
     cluster: &dyn ClusterView,
+    settings: &Settings,
 ) -> Option<Verdict> {
     if defaulting.denial.is_some() {
         return None;
@@ -628,7 +646,7 @@ fn judge_defaulted(
     // A type error (a string where a number goes) is the schema's to report, with all its others.
     typed::<StormService>(&raw).ok()?;
     // Access is checked by the validating webhook only: once per write, on the final object.
-    let mut verdict = validate_storm_service(&raw, old, namespace, cluster, None);
+    let mut verdict = validate_storm_service(&raw, old, namespace, cluster, settings, None);
     verdict.denial.as_ref()?;
     let mut warnings = defaulting.warnings.clone();
     warnings.append(&mut verdict.warnings);
@@ -687,6 +705,7 @@ fn validate_storm_service(
     old_object: Option<&RawValue>,
     request_namespace: Option<&str>,
     cluster: &dyn ClusterView,
+    settings: &Settings,
     access: Option<Access<'_>>,
 ) -> Verdict {
     let mut obj = match typed::<StormService>(object) {
@@ -710,11 +729,11 @@ fn validate_storm_service(
             }
             o
         });
-    let mut report = evaluate(&obj, old.as_ref(), cluster);
+    let mut report = evaluate(&obj, old.as_ref(), cluster, settings);
     if let Some(old) = &old
         && !report.errors.is_empty()
     {
-        ratchet(&mut report, &evaluate(old, None, cluster));
+        ratchet(&mut report, &evaluate(old, None, cluster, settings));
     }
     // After the ratchet: a field whose value changed was never judged on the stored object.
     let mut unanswered = Vec::new();
@@ -778,14 +797,61 @@ fn authorize(
 }
 
 /// Rules, references and policies for one StormService.
-fn evaluate(obj: &StormService, old: Option<&StormService>, cluster: &dyn ClusterView) -> Report {
-    let mut report = rules::validate_storm_service(obj, old);
+fn evaluate(
+    obj: &StormService,
+    old: Option<&StormService>,
+    cluster: &dyn ClusterView,
+    settings: &Settings,
+) -> Report {
+    let mut report = rules::validate_storm_service(obj, old, &settings.analysis_bounds);
     let refs = references::check_references(obj, cluster);
     let namespace = obj.metadata.namespace.as_deref().unwrap_or("default");
     let labels = cluster.namespace_labels(namespace);
     let policies = cluster.policies();
     report.merge(policy::apply(&policies, &labels, obj, &refs));
     report
+}
+
+/// An AnalysisTemplate: its rules, with the webhook's analysis bounds, and the analysis rules of
+/// the RolloutPolicies that select its namespace (as for a StormService there).
+fn validate_analysis_template(
+    object: &RawValue,
+    old_object: Option<&RawValue>,
+    request_namespace: Option<&str>,
+    cluster: &dyn ClusterView,
+    settings: &Settings,
+) -> Verdict {
+    let t = match typed::<AnalysisTemplate>(object) {
+        Ok(t) => t,
+        Err(e) => return parse_denial(e, "AnalysisTemplate", &tree(object)),
+    };
+    let name = t.metadata.name.clone().unwrap_or_default();
+    if t.metadata.deletion_timestamp.is_some() {
+        return Verdict::allow(Vec::new());
+    }
+    let namespace = t
+        .metadata
+        .namespace
+        .as_deref()
+        .or(request_namespace)
+        .unwrap_or("default");
+    let labels = cluster.namespace_labels(namespace);
+    let policies = cluster.policies();
+    let judge = |t: &AnalysisTemplate| {
+        let mut report = analysis::validate_analysis_template(t, &settings.analysis_bounds);
+        report.merge(policy::apply_to_template(&policies, &labels, t));
+        report
+    };
+    let mut report = judge(&t);
+    // As for StormServices: a rule or policy newer than the stored template must not block
+    // unrelated updates (labels, annotations); what the update changes is judged in full.
+    if !report.errors.is_empty()
+        && let Some(old) =
+            old_object.and_then(|o| serde_json::from_str::<AnalysisTemplate>(o.get()).ok())
+    {
+        ratchet(&mut report, &judge(&old));
+    }
+    Verdict::from_report(report, "AnalysisTemplate", &name)
 }
 
 /// On update, errors the stored object already had become warnings: a rule or policy added after

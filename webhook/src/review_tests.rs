@@ -18,7 +18,7 @@ impl Decisions for AllowAll {
 
 /// [`super::handle`] with every access question allowed.
 fn handle(endpoint: Endpoint, body: &[u8], cluster: &dyn ClusterView) -> Answer {
-    handle_with(endpoint, body, cluster, &AllowAll)
+    handle_with(endpoint, body, cluster, &Settings::default(), &AllowAll)
 }
 
 /// A cluster made of maps.
@@ -199,7 +199,7 @@ fn many_faults_are_denied_all_at_once() {
     let obj: StormService = rules::parse(&fixture("invalid/many-faults.yaml")).unwrap();
     let mut obj = obj;
     obj.metadata.namespace = Some("team-a".into());
-    let report = rules::validate_storm_service(&obj, None);
+    let report = rules::validate_storm_service(&obj, None, &AnalysisBounds::default());
     assert_eq!(message, report.denial_message());
     assert_eq!(causes.len(), report.errors.len());
     for c in causes {
@@ -855,7 +855,13 @@ fn causes(resp: &Value) -> Vec<(String, String)> {
 fn a_create_asks_whether_the_author_may_patch_every_named_object() {
     let cluster = FakeCluster::default();
     let body = tenant_review("CREATE", canary_seed(), None);
-    let first = handle_with(Endpoint::Validate, &body, &cluster, &Unasked);
+    let first = handle_with(
+        Endpoint::Validate,
+        &body,
+        &cluster,
+        &Settings::default(),
+        &Unasked,
+    );
     // Unanswered questions are denied (fail closed) and handed to the caller to ask.
     assert!(!response(&first)["allowed"].as_bool().unwrap());
     let asked: Vec<(TrafficKind, &str)> = first
@@ -887,7 +893,13 @@ fn a_create_asks_whether_the_author_may_patch_every_named_object() {
         };
         decided.0.insert(r.clone(), d);
     }
-    let second = handle_with(Endpoint::Validate, &body, &cluster, &decided);
+    let second = handle_with(
+        Endpoint::Validate,
+        &body,
+        &cluster,
+        &Settings::default(),
+        &decided,
+    );
     assert!(second.authorize.is_empty());
     let resp = response(&second);
     assert!(!resp["allowed"].as_bool().unwrap());
@@ -905,7 +917,13 @@ fn a_create_asks_whether_the_author_may_patch_every_named_object() {
     for d in decided.0.values_mut() {
         *d = Decision::Failed("SubjectAccessReview did not answer within 2s".into());
     }
-    let resp = response(&handle_with(Endpoint::Validate, &body, &cluster, &decided));
+    let resp = response(&handle_with(
+        Endpoint::Validate,
+        &body,
+        &cluster,
+        &Settings::default(),
+        &decided,
+    ));
     let failed = causes(&resp);
     assert_eq!(failed.len(), 3);
     assert!(failed[0].1.contains("could not check"), "{failed:?}");
@@ -923,7 +941,13 @@ fn members_of_system_masters_are_not_asked_about() {
     v["request"]["userInfo"] =
         json!({"username": "admin", "groups": ["system:masters", "system:authenticated"]});
     let body = serde_json::to_vec(&v).unwrap();
-    let answer = handle_with(Endpoint::Validate, &body, &FakeCluster::default(), &Unasked);
+    let answer = handle_with(
+        Endpoint::Validate,
+        &body,
+        &FakeCluster::default(),
+        &Settings::default(),
+        &Unasked,
+    );
     assert!(answer.authorize.is_empty());
     assert!(response(&answer)["allowed"].as_bool().unwrap());
 }
@@ -950,7 +974,13 @@ fn an_owner_opt_in_needs_no_access_check() {
         "someone-else".into(),
     );
     let body = tenant_review("CREATE", canary_seed(), None);
-    let answer = handle_with(Endpoint::Validate, &body, &cluster, &Unasked);
+    let answer = handle_with(
+        Endpoint::Validate,
+        &body,
+        &cluster,
+        &Settings::default(),
+        &Unasked,
+    );
     let asked: Vec<&str> = answer.authorize.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(asked, ["my-app-canary"]);
 }
@@ -966,6 +996,7 @@ fn updates_that_keep_the_named_objects_ask_nothing() {
         Endpoint::Validate,
         &tenant_review("UPDATE", new.clone(), Some(old.clone())),
         &cluster,
+        &Settings::default(),
         &Unasked,
     );
     assert!(answer.authorize.is_empty());
@@ -976,6 +1007,7 @@ fn updates_that_keep_the_named_objects_ask_nothing() {
         Endpoint::Validate,
         &tenant_review("UPDATE", new, Some(old)),
         &cluster,
+        &Settings::default(),
         &Unasked,
     );
     let asked: Vec<&str> = answer.authorize.iter().map(|r| r.name.as_str()).collect();
@@ -985,6 +1017,7 @@ fn updates_that_keep_the_named_objects_ask_nothing() {
         Endpoint::Mutate,
         &tenant_review("CREATE", canary_seed(), None),
         &cluster,
+        &Settings::default(),
         &Unasked,
     );
     assert!(answer.authorize.is_empty());
@@ -1009,4 +1042,98 @@ fn reviews_are_refused_until_the_caches_have_listed() {
         assert!(message.contains("RolloutPolicy"), "{message}");
         assert!(message.contains("Retry"), "{message}");
     }
+}
+
+/// AnalysisTemplates: the webhook's analysis bounds, and the RolloutPolicies selecting their
+/// namespace (Enforce denies, Warn warns; updates ratcheted like StormServices).
+#[test]
+fn analysis_templates_meet_the_bounds_and_the_policies_of_their_namespace() {
+    let template = |timeout: &str, url: &str| {
+        json!({
+            "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "AnalysisTemplate",
+            "metadata": {"name": "t", "namespace": "team-a"},
+            "spec": {"metrics": [{"name": "m", "successCondition": "result < 1",
+                "provider": {"web": {"url": url, "timeout": timeout}}}]}
+        })
+    };
+    let judge = |cluster: &FakeCluster, settings: &Settings, object: Value, old: Option<Value>| {
+        let op = if old.is_some() { "UPDATE" } else { "CREATE" };
+        response(&handle_with(
+            Endpoint::Validate,
+            &review_of(op, "AnalysisTemplate", Some(object), old),
+            cluster,
+            settings,
+            &AllowAll,
+        ))
+    };
+    let ok = template("10s", "https://metrics.example.com/q");
+    let slow = template("60s", "https://metrics.example.com/q");
+    let mut cluster = FakeCluster::default();
+    let settings = Settings::default();
+    assert_eq!(
+        judge(&cluster, &settings, ok.clone(), None)["allowed"],
+        true
+    );
+    let resp = judge(&cluster, &settings, slow.clone(), None);
+    assert_eq!(resp["allowed"], false);
+    let denied = causes(&resp);
+    assert_eq!(denied[0].0, "spec.metrics[0].provider.web.timeout");
+    assert!(denied[0].1.contains("--analysis-max-timeout"), "{denied:?}");
+    // The webhook's setting decides.
+    let generous = Settings {
+        analysis_bounds: AnalysisBounds {
+            max_timeout: std::time::Duration::from_secs(60),
+            ..AnalysisBounds::default()
+        },
+    };
+    assert_eq!(judge(&cluster, &generous, slow, None)["allowed"], true);
+
+    // A policy selecting team-a's namespace allows only Prometheus.
+    let policy: RolloutPolicy = serde_json::from_value(json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "RolloutPolicy",
+        "metadata": {"name": "prom-only"},
+        "spec": {"namespaceSelector": {"matchLabels": {"tier": "prod"}},
+                 "allowedAnalysisProviders": ["prometheus"]}
+    }))
+    .unwrap();
+    cluster.policies = vec![policy.clone()];
+    assert_eq!(
+        judge(&cluster, &settings, ok.clone(), None)["allowed"],
+        true
+    );
+    cluster.namespace_labels.insert(
+        "team-a".into(),
+        [("tier".to_string(), "prod".to_string())].into(),
+    );
+    let resp = judge(&cluster, &settings, ok.clone(), None);
+    assert_eq!(resp["allowed"], false);
+    let denied = causes(&resp);
+    assert_eq!(denied[0].0, "spec.metrics[0].provider.web");
+    assert!(
+        denied[0].1.contains("violates RolloutPolicy prom-only"),
+        "{denied:?}"
+    );
+    // An update of a template stored before the policy is admitted, with a warning.
+    let mut relabelled = ok.clone();
+    relabelled["metadata"]["labels"] = json!({"team": "a"});
+    let resp = judge(&cluster, &settings, relabelled, Some(ok.clone()));
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(
+        warnings(&resp)
+            .iter()
+            .any(|w| w.contains("already true of the stored object")),
+        "{resp}"
+    );
+    // Warn mode admits with a warning.
+    let mut warn = policy;
+    warn.spec.mode = Some(storm_shared::types::policy::PolicyMode::Warn);
+    cluster.policies = vec![warn];
+    let resp = judge(&cluster, &settings, ok, None);
+    assert_eq!(resp["allowed"], true);
+    assert!(
+        warnings(&resp)
+            .iter()
+            .any(|w| w.starts_with("spec.metrics[0].provider.web: violates RolloutPolicy")),
+        "{resp}"
+    );
 }

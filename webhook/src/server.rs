@@ -43,6 +43,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Asks the API server whether a StormService's author may patch what it names.
     pub authorizer: Authorizer,
+    /// The settings the rules read.
+    pub settings: review::Settings,
 }
 
 /// The routes: `/mutate`, `/validate`, `/noop`, `/healthz`, `/readyz`, `/metrics`.
@@ -165,14 +167,14 @@ async fn answer(
     };
     let answer = match endpoint {
         Some(e) => {
-            let first = review::handle(e, &body, state.caches.as_ref());
+            let first = review::handle(e, &body, state.caches.as_ref(), &state.settings);
             if first.authorize.is_empty() {
                 first
             } else {
                 // Only when a create or update newly names Services or router objects: ask the
                 // API server, then judge again with the answers (the hot path asks nothing).
                 let decided = state.authorizer.decide(first.authorize).await;
-                review::handle_with(e, &body, state.caches.as_ref(), &decided)
+                review::handle_with(e, &body, state.caches.as_ref(), &state.settings, &decided)
             }
         }
         None => review::noop_answer(),

@@ -85,6 +85,7 @@ async fn start(name: &str, poll: Duration) -> Running {
         caches: Caches::offline(),
         metrics,
         authorizer: storm_webhook::access::Authorizer::offline(),
+        settings: storm_webhook::review::Settings::default(),
     }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, tls, app, async move {

@@ -1,12 +1,14 @@
 //! Rules for AnalysisTemplates and the metrics they hold.
 
-use super::{check_wait, names};
+use super::egress_rules::AnalysisBounds;
+use super::{check_wait, metric_limits, names};
 use crate::errors::{FieldError, FieldPath, Report};
 use crate::types::analysis::{AnalysisTemplate, Metric};
 use std::collections::BTreeSet;
 
-/// Validates an AnalysisTemplate.
-pub fn validate_analysis_template(t: &AnalysisTemplate) -> Report {
+/// Validates an AnalysisTemplate. `bounds` are the webhook's limits on timeouts and intervals
+/// (`AnalysisBounds::default()` where no webhook setting applies, as in `lint`).
+pub fn validate_analysis_template(t: &AnalysisTemplate, bounds: &AnalysisBounds) -> Report {
     let mut report = Report::default();
     let path = FieldPath::new("spec");
     let mut declared = BTreeSet::new();
@@ -38,7 +40,7 @@ pub fn validate_analysis_template(t: &AnalysisTemplate) -> Report {
                 "metric names must be unique",
             ));
         }
-        check_metric(m, &mp, Some(&declared), &mut report);
+        check_metric(m, &mp, Some(&declared), bounds, &mut report);
     }
     report
 }
@@ -64,9 +66,10 @@ pub fn check_metric(
     m: &Metric,
     path: &FieldPath,
     declared: Option<&BTreeSet<String>>,
+    bounds: &AnalysisBounds,
     report: &mut Report,
 ) {
-    check_metric_with(m, path, declared, report, true);
+    check_metric_with(m, path, declared, bounds, report, true);
 }
 
 /// The `autoRollback.onFailure.errorRate` metric: like a template metric, but `errorThreshold` is
@@ -76,15 +79,17 @@ pub fn check_error_rate_metric(
     m: &Metric,
     path: &FieldPath,
     threshold_set: bool,
+    bounds: &AnalysisBounds,
     report: &mut Report,
 ) {
-    check_metric_with(m, path, None, report, !threshold_set);
+    check_metric_with(m, path, None, bounds, report, !threshold_set);
 }
 
 fn check_metric_with(
     m: &Metric,
     path: &FieldPath,
     declared: Option<&BTreeSet<String>>,
+    bounds: &AnalysisBounds,
     report: &mut Report,
     condition_required: bool,
 ) {
@@ -122,18 +127,23 @@ fn check_metric_with(
         let p_path = pp.child("prometheus");
         check_url(&p.address, p_path.child("address"), report);
         non_empty(&p.query, p_path.child("query"), "a PromQL query", report);
-        if let Some(t) = &p.timeout {
-            check_wait(t, p_path.child("timeout"), report);
+        if let Some(t) = &p.timeout
+            && let Some(d) = check_wait(t, p_path.child("timeout"), report)
+        {
+            metric_limits::check_timeout(t, d, bounds, p_path.child("timeout"), report);
         }
         texts.push((p_path.child("query"), &p.query));
     }
     if let Some(w) = &m.provider.web {
         let w_path = pp.child("web");
         check_url(&w.url, w_path.child("url"), report);
-        if let Some(t) = &w.timeout {
-            check_wait(t, w_path.child("timeout"), report);
+        if let Some(t) = &w.timeout
+            && let Some(d) = check_wait(t, w_path.child("timeout"), report)
+        {
+            metric_limits::check_timeout(t, d, bounds, w_path.child("timeout"), report);
         }
         if let Some(jp) = &w.json_path
+            && metric_limits::check_json_path(jp, w_path.child("jsonPath"), report)
             && !jp.trim_start_matches('{').starts_with('$')
         {
             report.error(FieldError::invalid(
@@ -146,13 +156,8 @@ fn check_metric_with(
         if let Some(b) = &w.body {
             texts.push((w_path.child("body"), b));
         }
+        metric_limits::check_headers(&w.headers, &w_path.child("headers"), report);
         for (i, h) in w.headers.iter().enumerate() {
-            non_empty(
-                &h.key,
-                w_path.child("headers").index(i).child("key"),
-                "a header name",
-                report,
-            );
             texts.push((w_path.child("headers").index(i).child("value"), &h.value));
         }
     }
@@ -164,8 +169,10 @@ fn check_metric_with(
             "a Datadog metrics query",
             report,
         );
-        if let Some(a) = &d.address {
-            check_url(a, d_path.child("address"), report);
+        if let Some(a) = &d.address
+            && check_url(a, d_path.child("address"), report)
+        {
+            metric_limits::check_datadog_address(a, d_path.child("address"), report);
         }
         if let Some(i) = &d.interval {
             check_wait(i, d_path.child("interval"), report);
@@ -198,7 +205,7 @@ fn check_metric_with(
         }
     }
     check_conditions(m, path, report, condition_required);
-    check_limits(m, path, report);
+    check_limits(m, path, bounds, report);
 }
 
 fn check_conditions(m: &Metric, path: &FieldPath, report: &mut Report, required: bool) {
@@ -218,7 +225,14 @@ fn check_conditions(m: &Metric, path: &FieldPath, report: &mut Report, required:
                 path.child(field),
                 "a CEL expression over `result`",
             ));
-        } else if let Err(e) = cel::Program::compile(expr) {
+            continue;
+        }
+        // An expression past the caps never reaches the parser: deep nesting is what would make
+        // parsing itself expensive.
+        if !metric_limits::check_condition(expr, path.child(field), report) {
+            continue;
+        }
+        if let Err(e) = cel::Program::compile(expr) {
             let first = e.to_string();
             let first = first.lines().next().unwrap_or("syntax error").to_string();
             report.error(FieldError::invalid(
@@ -230,9 +244,11 @@ fn check_conditions(m: &Metric, path: &FieldPath, report: &mut Report, required:
     }
 }
 
-fn check_limits(m: &Metric, path: &FieldPath, report: &mut Report) {
-    if let Some(i) = &m.interval {
-        check_wait(i, path.child("interval"), report);
+fn check_limits(m: &Metric, path: &FieldPath, bounds: &AnalysisBounds, report: &mut Report) {
+    if let Some(i) = &m.interval
+        && let Some(d) = check_wait(i, path.child("interval"), report)
+    {
+        metric_limits::check_interval(i, d, bounds, path.child("interval"), report);
     }
     if let Some(d) = &m.initial_delay
         && let Err(e) = crate::units::parse_duration(d)
@@ -296,15 +312,20 @@ fn non_empty(value: &str, path: FieldPath, what: &str, report: &mut Report) {
     }
 }
 
-fn check_url(value: &str, path: FieldPath, report: &mut Report) {
+/// Checks that `value` is an http(s) URL; true when it is.
+fn check_url(value: &str, path: FieldPath, report: &mut Report) -> bool {
     if value.trim().is_empty() {
         report.error(FieldError::required(path, "an http:// or https:// URL"));
+        false
     } else if !(value.starts_with("http://") || value.starts_with("https://")) {
         report.error(FieldError::invalid(
             path,
             value,
             "must be an http:// or https:// URL",
         ));
+        false
+    } else {
+        true
     }
 }
 

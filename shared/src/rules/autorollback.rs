@@ -1,10 +1,16 @@
 //! Rules for automatic rollback.
 
 use super::check_wait;
+use super::egress_rules::AnalysisBounds;
 use crate::errors::{FieldError, FieldPath, Report};
 use crate::types::stormservice::{AutoRollback, RolloutStrategy};
 
-pub(super) fn check(ar: &AutoRollback, path: &FieldPath, report: &mut Report) {
+pub(super) fn check(
+    ar: &AutoRollback,
+    path: &FieldPath,
+    bounds: &AnalysisBounds,
+    report: &mut Report,
+) {
     if let Some(t) = &ar.on_timeout {
         check_wait(t, path.child("onTimeout"), report);
     }
@@ -30,6 +36,7 @@ pub(super) fn check(ar: &AutoRollback, path: &FieldPath, report: &mut Report) {
             metric,
             &fp.child("errorRate"),
             of.error_threshold.is_some(),
+            bounds,
             report,
         );
         if of.error_threshold.is_none() {
@@ -43,7 +50,12 @@ pub(super) fn check(ar: &AutoRollback, path: &FieldPath, report: &mut Report) {
 
 /// The seed's migration guide puts `autoRollback` under `canary:`. Admission moves it (see
 /// `defaults`); here we only catch the case it cannot fix: two different blocks.
-pub(super) fn check_placement(strategy: &RolloutStrategy, path: &FieldPath, report: &mut Report) {
+pub(super) fn check_placement(
+    strategy: &RolloutStrategy,
+    path: &FieldPath,
+    bounds: &AnalysisBounds,
+    report: &mut Report,
+) {
     let Some(legacy) = strategy
         .canary
         .as_ref()
@@ -63,7 +75,7 @@ pub(super) fn check_placement(strategy: &RolloutStrategy, path: &FieldPath, repo
                 legacy_path.clone(),
                 "autoRollback belongs at spec.rolloutStrategy.autoRollback; admission moves it there",
             );
-            check(legacy, &legacy_path, report);
+            check(legacy, &legacy_path, bounds, report);
         }
     }
 }

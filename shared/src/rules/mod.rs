@@ -9,6 +9,7 @@ mod bluegreen;
 mod canary;
 mod controls;
 mod egress_rules;
+pub mod metric_limits;
 pub mod names;
 pub mod policy_spec;
 mod routing;
@@ -24,8 +25,14 @@ pub use egress_rules::{
 };
 pub use routing::routers as routing_routers;
 
-/// Validates a StormService. `old` is the stored object on update, `None` on create.
-pub fn validate_storm_service(obj: &StormService, old: Option<&StormService>) -> Report {
+/// Validates a StormService. `old` is the stored object on update, `None` on create. `bounds` are
+/// the webhook's limits on the `autoRollback.onFailure.errorRate` metric's timeout and interval
+/// (`AnalysisBounds::default()` where no webhook setting applies, as in `lint`).
+pub fn validate_storm_service(
+    obj: &StormService,
+    old: Option<&StormService>,
+    bounds: &AnalysisBounds,
+) -> Report {
     let mut report = Report::default();
     let spec_path = FieldPath::new("spec");
     template::check(&obj.spec, &spec_path, &mut report);
@@ -35,6 +42,7 @@ pub fn validate_storm_service(obj: &StormService, old: Option<&StormService>) ->
             obj,
             strategy,
             &spec_path.child("rolloutStrategy"),
+            bounds,
             &mut report,
         );
     }
@@ -49,6 +57,7 @@ fn check_strategy(
     obj: &StormService,
     strategy: &RolloutStrategy,
     path: &FieldPath,
+    bounds: &AnalysisBounds,
     report: &mut Report,
 ) {
     let replicas = obj.spec.replicas.unwrap_or(1);
@@ -84,9 +93,9 @@ fn check_strategy(
             }
         }
     }
-    autorollback::check_placement(strategy, path, report);
+    autorollback::check_placement(strategy, path, bounds, report);
     if let Some(ar) = &strategy.auto_rollback {
-        autorollback::check(ar, &path.child("autoRollback"), report);
+        autorollback::check(ar, &path.child("autoRollback"), bounds, report);
     }
     check_template_namespaces(obj, strategy, path, report);
 }

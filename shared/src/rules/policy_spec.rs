@@ -2,6 +2,7 @@
 
 use super::check_wait;
 use crate::errors::{FieldError, FieldPath, Report};
+use crate::policy::analysis::HostPattern;
 use crate::types::policy::RolloutPolicy;
 use kube::core::Selector;
 
@@ -68,6 +69,31 @@ pub fn validate_rollout_policy(p: &RolloutPolicy) -> Report {
             serde_json::json!([]),
             "an empty list allows no router, not even plain Services; remove the field to allow all",
         ));
+    }
+    if s.allowed_analysis_providers
+        .as_ref()
+        .is_some_and(Vec::is_empty)
+    {
+        report.error(FieldError::invalid(
+            path.child("allowedAnalysisProviders"),
+            serde_json::json!([]),
+            "an empty list allows no analysis provider, so no AnalysisTemplate; remove the field to allow all",
+        ));
+    }
+    if let Some(hosts) = &s.allowed_analysis_hosts {
+        let hp = path.child("allowedAnalysisHosts");
+        if hosts.is_empty() {
+            report.error(FieldError::invalid(
+                hp.clone(),
+                serde_json::json!([]),
+                "an empty list allows no host, so no metric; remove the field to allow any host the controller's egress policy allows",
+            ));
+        }
+        for (i, h) in hosts.iter().enumerate() {
+            if let Err(why) = HostPattern::parse(h) {
+                report.error(FieldError::invalid(hp.index(i), h, why));
+            }
+        }
     }
     report
 }

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use storm_shared::StormService;
 use storm_shared::errors::Report;
-use storm_shared::rules::{parse, validate_storm_service};
+use storm_shared::rules::{AnalysisBounds, parse, validate_storm_service};
 
 /// A valid canary StormService with nginx routing.
 pub fn canary() -> Value {
@@ -94,7 +94,7 @@ pub fn remove(v: &mut Value, pointer: &str) {
 /// Validates a JSON StormService (create).
 pub fn validate(v: &Value) -> Report {
     let obj: StormService = parse(v).expect("fixture parses");
-    validate_storm_service(&obj, None)
+    validate_storm_service(&obj, None, &AnalysisBounds::default())
 }
 
 /// The error paths of a report, rendered.

@@ -633,6 +633,116 @@ spec:
     ns.cleanup().await
 }
 
+#[tokio::test]
+async fn analysis_metrics_may_not_ask_what_the_controller_must_not_do() -> Result<()> {
+    let ns = namespace("wh-analysis").await?;
+    let result = async {
+        // Every fault at once: a Host and a metadata header, a 60s timeout (the webhook's limit
+        // is 30s) and a Datadog address that is not a Datadog site.
+        let unsafe_template = r#"
+apiVersion: orchestration.aibrix.ai/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: unsafe}
+spec:
+  metrics:
+  - name: web
+    successCondition: result < 1
+    provider:
+      web:
+        url: https://metrics.example.com/rate
+        timeout: 60s
+        headers:
+        - {key: Host, value: internal.example}
+        - {key: Metadata-Flavor, value: Google}
+  - name: dd
+    successCondition: result < 1
+    provider:
+      datadog:
+        query: avg:errors{*}
+        address: https://attacker.example
+        secretRef: {name: datadog}
+"#;
+        let out = apply(&ns, unsafe_template, &["--dry-run=server"])?;
+        let (_, stderr) = text(&out);
+        ensure!(!out.status.success(), "{stderr}");
+        for (field, says) in [
+            ("spec.metrics[0].provider.web.headers[0].key: Forbidden", "put the host in the URL"),
+            ("spec.metrics[0].provider.web.headers[1].key: Forbidden", "cloud metadata headers are refused"),
+            ("spec.metrics[0].provider.web.timeout: Invalid value: \"60s\"", "--analysis-max-timeout"),
+            ("spec.metrics[1].provider.datadog.address: Invalid value: \"https://attacker.example\"", "key `address` of the Secret"),
+        ] {
+            let line = stderr
+                .lines()
+                .find(|l| l.contains(field))
+                .with_context(|| format!("{field} missing from:\n{stderr}"))?;
+            ensure!(line.contains(says), "{line:?} does not say {says:?}");
+        }
+
+        // What the same metrics look like done right is admitted: a credential from a Secret,
+        // Datadog's own site (the suites' webhook admits 1s intervals, as their controllers run).
+        let safe_template = r#"
+apiVersion: orchestration.aibrix.ai/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: safe}
+spec:
+  metrics:
+  - name: web
+    successCondition: result < 1
+    interval: 1s
+    count: 2
+    provider:
+      web:
+        url: https://metrics.example.com/rate
+        timeout: 30s
+        headers:
+        - key: Authorization
+          valueFrom: {secretKeyRef: {name: metrics-token, key: token}}
+  - name: dd
+    successCondition: result < 1
+    provider:
+      datadog:
+        query: avg:errors{*}
+        address: https://api.datadoghq.eu
+        secretRef: {name: datadog}
+"#;
+        let out = apply(&ns, safe_template, &[])?;
+        ensure!(out.status.success(), "{:?}", text(&out));
+
+        // A RolloutPolicy selecting this namespace allows Prometheus only: a new template with
+        // the web provider is denied, naming the provider and the policy. (The stored one stays:
+        // on its updates, faults it already had are warnings.)
+        let renamed = safe_template.replace("name: safe", "name: under-policy");
+        let policy = Policy::create(
+            &ns,
+            &unique("prom-only", &ns),
+            serde_json::json!({"mode": "Enforce", "allowedAnalysisProviders": ["prometheus"]}),
+        )?;
+        let out = apply_until(
+            &ns,
+            &renamed,
+            &["--dry-run=server"],
+            "the policy denies the web provider",
+            |o| !o.status.success(),
+        )?;
+        let (_, stderr) = text(&out);
+        ensure!(
+            stderr.contains(&format!(
+                "spec.metrics[0].provider.web: Forbidden: violates RolloutPolicy {}: analysis provider web is not allowed in this namespace; allowed: prometheus",
+                policy.name
+            )),
+            "{stderr}"
+        );
+        ensure!(
+            stderr.contains("spec.metrics[1].provider.datadog: Forbidden"),
+            "{stderr}"
+        );
+        Ok(())
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
+
 /// `curl` a path of the running webhook; returns (HTTP status, body).
 fn curl(w: &Webhook, method: &str, path: &str, body: Option<&Path>) -> Result<(u16, String)> {
     let mut cmd = Command::new("curl");

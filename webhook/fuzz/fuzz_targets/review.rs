@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 use storm_webhook::lookups::Caches;
-use storm_webhook::review::{Endpoint, handle};
+use storm_webhook::review::{Endpoint, Settings, handle};
 
 fn caches() -> &'static Arc<Caches> {
     static CACHES: OnceLock<Arc<Caches>> = OnceLock::new();
@@ -14,7 +14,7 @@ fn caches() -> &'static Arc<Caches> {
 
 fuzz_target!(|data: &[u8]| {
     for endpoint in [Endpoint::Mutate, Endpoint::Validate] {
-        let answer = handle(endpoint, data, caches().as_ref());
+        let answer = handle(endpoint, data, caches().as_ref(), &Settings::default());
         assert!(answer.http_status == 200 || answer.http_status == 400);
         let body: serde_json::Value =
             serde_json::from_slice(&answer.body).expect("answers are JSON");
