@@ -99,6 +99,12 @@ enum ControllerName {
     Stormservice,
 }
 
+/// Stack of the runtime's threads (workers and the blocking pool, where analysis conditions are
+/// evaluated): CEL's parser recurses for every level of brackets, and a condition nested
+/// `MAX_EXPRESSION_DEPTH` deep needs more than tokio's default 2 MiB. Reserved, not committed,
+/// until used.
+const THREAD_STACK: usize = 16 << 20;
+
 /// How long in-flight reconciles get to finish after SIGTERM, within the Pod's default 30 s
 /// termination grace, leaving time to release the Lease.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -161,6 +167,7 @@ fn main() -> ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(THREAD_STACK)
         .build()
     {
         Ok(rt) => rt,

@@ -94,6 +94,22 @@ pub fn judge(metric: &Metric, result: &Json) -> Result<AnalysisPhase, ConditionE
 /// Evaluates one boolean condition over `result`, trying the other shape of a single number
 /// (see the module documentation) when the first does not evaluate.
 pub fn evaluate(field: &'static str, expr: &str, result: &Json) -> Result<bool, ConditionError> {
+    // Admission refuses these; a template stored before that rule is refused here, before the
+    // parser recurses into it.
+    let depth = storm_shared::rules::metric_limits::expression_depth(expr);
+    if expr.len() > storm_shared::rules::MAX_CONDITION_LEN
+        || depth > storm_shared::rules::MAX_EXPRESSION_DEPTH
+    {
+        return Err(ConditionError::Compile {
+            field,
+            expr: truncate(expr, 100),
+            reason: format!(
+                "longer than {} bytes or nested deeper than {}: simplify it",
+                storm_shared::rules::MAX_CONDITION_LEN,
+                storm_shared::rules::MAX_EXPRESSION_DEPTH
+            ),
+        });
+    }
     let program = cel::Program::compile(expr).map_err(|e| ConditionError::Compile {
         field,
         expr: expr.to_string(),
@@ -367,6 +383,16 @@ mod tests {
             let err = judge(&metric(Some(expr), None), &result).unwrap_err();
             assert!(!err.to_string().contains("s3cret"), "{expr}: {err}");
         }
+    }
+
+    #[test]
+    fn conditions_over_the_caps_are_refused_before_parsing() {
+        let deep = format!("{}result{} < 1", "(".repeat(40), ")".repeat(40));
+        let err = judge(&metric(Some(&deep), None), &json!(0)).unwrap_err();
+        assert!(err.to_string().contains("nested deeper than 32"), "{err}");
+        let long = format!("result < 1{}", " || result < 1".repeat(200));
+        let err = judge(&metric(Some(&long), None), &json!(0)).unwrap_err();
+        assert!(err.to_string().contains("longer than 2048"), "{err}");
     }
 
     #[test]

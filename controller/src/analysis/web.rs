@@ -134,6 +134,17 @@ impl Provider for Web<'_> {
 
 /// The value at a JSONPath; braces around it (`{$.a}`, Kubernetes style) are accepted.
 pub fn select(doc: &Json, path: &str) -> Result<Json, MeasureError> {
+    // Admission refuses these; a template stored before that rule is refused here.
+    if path.len() > storm_shared::rules::MAX_JSON_PATH_LEN
+        || storm_shared::rules::metric_limits::expression_depth(path)
+            > storm_shared::rules::MAX_EXPRESSION_DEPTH
+    {
+        return Err(MeasureError::Config(format!(
+            "jsonPath is longer than {} bytes or nested deeper than {}: select the value directly (e.g. \"{{$.data.errorRate}}\")",
+            storm_shared::rules::MAX_JSON_PATH_LEN,
+            storm_shared::rules::MAX_EXPRESSION_DEPTH
+        )));
+    }
     let trimmed = path.trim();
     let inner = trimmed
         .strip_prefix('{')
