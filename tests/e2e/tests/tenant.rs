@@ -472,3 +472,235 @@ async fn the_builtin_edit_role_covers_stormservices_in_its_namespace_only() -> R
     other.cleanup().await?;
     ns.cleanup().await
 }
+
+/// What the "internal service" answers; never to be seen through the product.
+const REPLY_SECRET: &str = "reply-s3cret-7f3a";
+/// A header value the tenant keeps in a Secret; sent, never shown.
+const HEADER_SECRET: &str = "Bearer header-s3cret-91c2";
+
+/// A loopback stand-in for a service inside the cluster that answers anyone: its replies hold
+/// [`REPLY_SECRET`] in every shape a provider reads. `/auth` answers only with [`HEADER_SECRET`].
+fn internal_service() -> Result<(String, std::sync::Arc<Mutex<Vec<String>>>)> {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = vec![0u8; 16 * 1024];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+            if let Ok(mut l) = log.lock() {
+                l.push(path.clone());
+            }
+            let authorized = request
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case(&format!("authorization: {HEADER_SECRET}")));
+            let (status, body) = match path.split('?').next().unwrap_or("") {
+                "/leak" => (
+                    "200 OK",
+                    json!({"token": REPLY_SECRET, "rate": 1}).to_string(),
+                ),
+                "/fail" => (
+                    "500 Internal Server Error",
+                    format!("<html>internal error, session {REPLY_SECRET}</html>"),
+                ),
+                "/api/v1/query" => (
+                    "400 Bad Request",
+                    json!({"status": "error", "errorType": REPLY_SECRET, "error": REPLY_SECRET})
+                        .to_string(),
+                ),
+                "/auth" if authorized => ("200 OK", json!({"rate": 1}).to_string()),
+                _ => ("401 Unauthorized", json!({"error": "no"}).to_string()),
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    Ok((base, seen))
+}
+
+/// A tenant with the built-in edit role points analysis at a service that answers anyone, in
+/// every shape (a text value, an error page, a Prometheus error, a CEL error over text) and with
+/// a header from its own Secret: the measurements are taken, and neither the replies nor the
+/// header value reach the StormService, the Events or the controller's log.
+#[tokio::test]
+async fn replies_and_secret_headers_never_reach_status_events_or_logs() -> Result<()> {
+    let ns = TestNamespace::new("tenant-leak").await?;
+    let controller = storm_test_support::process::Controller::start(ns.cluster(), ns.name())?;
+    let result = async {
+        install(ns.cluster())?;
+        let user = tenant(
+            &ns,
+            "dev",
+            &["clusterrole=edit"],
+            "create",
+            "stormservices.orchestration.aibrix.ai",
+        )?;
+        let (base, seen) = internal_service()?;
+        let apply = |obj: Value| -> Result<()> {
+            let out = kubectl_as(&ns, &user, &["apply", "-f", "-"], Some(&obj))?;
+            ensure!(out.status.success(), "{}", text(&out));
+            Ok(())
+        };
+        apply(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe-token"},
+            "stringData": {"token": HEADER_SECRET}
+        }))?;
+        for name in ["app-stable", "app-canary"] {
+            apply(json!({
+                "apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]}
+            }))?;
+        }
+        let web = |name: &str, path: &str, json_path: &str, condition: &str| {
+            json!({
+                "name": name,
+                "provider": {"web": {"url": format!("{base}{path}"), "jsonPath": json_path}},
+                "successCondition": condition,
+                "count": 3, "interval": "1s", "consecutiveErrorLimit": 1
+            })
+        };
+        let mut auth = web("auth", "/auth", "{$.rate}", "result < 5");
+        auth["provider"]["web"]["headers"] = json!([{"key": "Authorization",
+            "valueFrom": {"secretKeyRef": {"name": "probe-token", "key": "token"}}}]);
+        let prom = json!({
+            "name": "prom",
+            "provider": {"prometheus": {"address": base, "query": "up"}},
+            "successCondition": "result < 5",
+            "count": 3, "interval": "1s", "consecutiveErrorLimit": 1
+        });
+        let template = |name: &str, metrics: Value| {
+            json!({
+                "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "AnalysisTemplate",
+                "metadata": {"name": name}, "spec": {"metrics": metrics}
+            })
+        };
+        // Step 0 succeeds: a text value (judged, never shown) and the Secret's header.
+        apply(template(
+            "readable",
+            json!([web("text", "/leak", "{$.token}", "size(result) > 0"), auth]),
+        ))?;
+        // Step 1 errs three ways, each reply holding the secret.
+        apply(template(
+            "erring",
+            json!([
+                web("page", "/fail", "{$.rate}", "result < 5"),
+                prom,
+                web("cel", "/leak", "{$.token}", "result + 1 > 0"),
+            ]),
+        ))?;
+        let mut obj = storm_service("app-stable", "app-canary");
+        obj["spec"]["rolloutStrategy"]["canary"]["steps"] = json!([
+            {"weight": 20, "analysis": {"templates": [{"name": "readable"}]}},
+            {"weight": 50, "analysis": {"templates": [{"name": "erring"}]}},
+            {"weight": 100}
+        ]);
+        apply(obj.clone())?;
+        let stormservices = ns.api::<storm_shared::StormService>();
+        let phase = |o: &storm_shared::StormService| {
+            o.status
+                .as_ref()
+                .and_then(|s| s.rollout_status.as_ref())
+                .and_then(|r| r.phase)
+        };
+        use storm_shared::types::stormservice::{AnalysisPhase, RolloutPhase};
+        storm_test_support::wait_for("app healthy", Duration::from_secs(60), || async {
+            let o = stormservices.get("app").await?;
+            Ok((phase(&o) == Some(RolloutPhase::Healthy)).then_some(()))
+        })
+        .await?;
+        obj["spec"]["template"]["spec"]["roles"][0]["template"]["spec"]["containers"][0]["image"] =
+            json!("app:v2");
+        apply(obj)?;
+        let done = storm_test_support::wait_for(
+            "step 1's analysis to end",
+            Duration::from_secs(90),
+            || async {
+                let o = stormservices.get("app").await?;
+                let runs = o
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.rollout_status.as_ref())
+                    .map(|r| r.analysis_runs.clone())
+                    .unwrap_or_default();
+                Ok(runs
+                    .iter()
+                    .any(|r| r.name == "step-1" && r.phase != AnalysisPhase::Running)
+                    .then_some(o))
+            },
+        )
+        .await?;
+        let runs = &done
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout_status.as_ref())
+            .context("rollout status")?
+            .analysis_runs;
+        let run = |name: &str| runs.iter().find(|r| r.name == name).context("run");
+        // The step-0 metrics were measured and passed: the text was judged, the header sent.
+        let readable = run("step-0")?;
+        ensure!(readable.phase == AnalysisPhase::Successful, "{readable:#?}");
+        let text_metric = &readable.metrics[0];
+        ensure!(
+            text_metric.measurements[0].value.as_deref()
+                == Some(&format!("a string of {} bytes (not shown)", REPLY_SECRET.len()) as &str),
+            "{text_metric:#?}"
+        );
+        // Step 1: each error says what happened without the reply.
+        let erring = run("step-1")?;
+        ensure!(erring.phase == AnalysisPhase::Error, "{erring:#?}");
+        for (metric, says) in [
+            ("erring/page", "body (content not shown)"),
+            ("erring/prom", "errorType unknown"),
+            ("erring/cel", "could not be evaluated on result a string of"),
+        ] {
+            let m = erring
+                .metrics
+                .iter()
+                .find(|m| m.name == metric)
+                .with_context(|| format!("{metric} in {erring:#?}"))?;
+            let message = m
+                .measurements
+                .first()
+                .and_then(|x| x.message.clone())
+                .with_context(|| format!("{metric} measured: {m:#?}"))?;
+            ensure!(message.contains(says), "{metric}: {message}");
+        }
+        let paths = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        for path in ["/leak", "/fail", "/api/v1/query", "/auth"] {
+            ensure!(
+                paths.iter().any(|p| p.starts_with(path)),
+                "{path} never requested: {paths:?}"
+            );
+        }
+        // Neither secret anywhere a tenant (or anyone reading logs) can look.
+        let status = serde_json::to_string(&stormservices.get("app").await?)?;
+        let events = ns
+            .cluster()
+            .kubectl_run(["-n", ns.name(), "get", "events", "-o", "json"])?;
+        let log = controller.process.log_tail(usize::MAX);
+        for (place, content) in [
+            ("status", &status),
+            ("Events", &events),
+            ("controller log", &log),
+        ] {
+            for secret in [REPLY_SECRET, "header-s3cret"] {
+                ensure!(!content.contains(secret), "{secret} in the {place}");
+            }
+        }
+        ensure!(
+            events.contains("AnalysisError"),
+            "no analysis Events to look in: {events}"
+        );
+        Ok(())
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
