@@ -233,12 +233,26 @@ pub fn new_ca() -> Result<(String, String), CertError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Issues a serving certificate for `ips` and `dns_names`, signed by the CA whose key is `ca_key_pem`
-/// (a CA made by [`new_ca`]: its name is fixed, so the issuer can be rebuilt from the key alone).
+/// How long a serving certificate issued by [`issue`] is valid.
+pub const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Issues a serving certificate for `ips` and `dns_names`, valid for [`SERVING_VALIDITY`], signed
+/// by the CA whose key is `ca_key_pem` (a CA made by [`new_ca`]: its name is fixed, so the issuer
+/// can be rebuilt from the key alone).
 pub fn issue(
     ca_key_pem: &str,
     ips: &[IpAddr],
     dns_names: &[String],
+) -> Result<(String, String), CertError> {
+    issue_for(ca_key_pem, ips, dns_names, SERVING_VALIDITY)
+}
+
+/// [`issue`] with another validity.
+pub fn issue_for(
+    ca_key_pem: &str,
+    ips: &[IpAddr],
+    dns_names: &[String],
+    validity: Duration,
 ) -> Result<(String, String), CertError> {
     let ca_key = KeyPair::from_pem(ca_key_pem)?;
     let issuer = Issuer::new(ca_params(), ca_key);
@@ -262,7 +276,7 @@ pub fn issue(
     params.use_authority_key_identifier_extension = true;
     let now = std::time::SystemTime::now();
     params.not_before = (now - Duration::from_secs(3600)).into();
-    params.not_after = (now + Duration::from_secs(365 * 24 * 3600)).into();
+    params.not_after = (now + validity).into();
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))

@@ -66,6 +66,10 @@ struct ServeArgs {
     /// --webhook-configuration webhook configurations.
     #[arg(long)]
     self_managed: bool,
+    /// How long a self-managed serving certificate is valid (e.g. 8760h); it is renewed, from the
+    /// same CA, when a third of this remains.
+    #[arg(long, default_value = "8760h", value_parser = parse_validity)]
+    self_managed_validity: Duration,
     /// NAMESPACE/NAME of the Secret holding the self-managed pair.
     #[arg(long, default_value = "storm-system/storm-webhook-tls")]
     self_managed_secret: String,
@@ -215,6 +219,17 @@ fn registration_main(args: &RegistrationArgs) -> ExitCode {
     }
 }
 
+fn parse_validity(text: &str) -> Result<Duration, String> {
+    let d: k8s_openapi::jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration such as 8760h: {e}"))?;
+    let d = Duration::try_from(d).map_err(|_| format!("{text:?} must be positive"))?;
+    if d < Duration::from_secs(30) {
+        return Err(format!("{text:?} is shorter than 30s"));
+    }
+    Ok(d)
+}
+
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -313,14 +328,27 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
             configuration: args.webhook_configuration.clone(),
             ips: ips.iter().filter_map(|i| i.parse().ok()).collect(),
             dns,
+            validity: args.self_managed_validity,
         };
-        let pair = storm_webhook::selfmanaged::ensure_pair(&client, &settings).await?;
+        storm_webhook::selfmanaged::ensure_pair(&client, &settings).await?;
+        // A stored pair past its renewal point is renewed before it is served.
+        let pair = storm_webhook::selfmanaged::renew(&client, &settings).await?;
+        if let Err(e) = storm_webhook::selfmanaged::sync_ca_bundles(
+            &client,
+            &settings.configuration,
+            &pair.ca_pem,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "setting the caBundle (retried every period)");
+        }
         storm_webhook::selfmanaged::write_serving_pair(&pair, &cert, &key)?;
-        tokio::spawn(storm_webhook::selfmanaged::keep_ca_bundles(
+        tokio::spawn(storm_webhook::selfmanaged::keep(
             client,
-            settings.configuration.clone(),
-            pair.ca_pem.clone(),
-            Duration::from_secs(30),
+            settings,
+            cert.clone(),
+            key.clone(),
+            pair,
         ));
     }
     let paths = PairPaths { cert, key };

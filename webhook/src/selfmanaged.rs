@@ -14,15 +14,18 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Annotation on the Secret: when its serving certificate expires (RFC 3339).
+pub const NOT_AFTER: &str = "storm-webhook.orchestration.aibrix.ai/not-after";
 
 /// Where the pair lives and whom it serves.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Namespace of the Secret.
     pub namespace: String,
-    /// Name of the Secret (keys `ca.crt`, `tls.crt`, `tls.key`).
+    /// Name of the Secret (keys `ca.crt`, `ca.key`, `tls.crt`, `tls.key`).
     pub secret: String,
     /// Name of the Mutating- and ValidatingWebhookConfiguration whose `caBundle` to keep.
     pub configuration: String,
@@ -30,12 +33,22 @@ pub struct Settings {
     pub ips: Vec<IpAddr>,
     /// DNS SANs of the serving certificate.
     pub dns: Vec<String>,
+    /// How long a serving certificate is valid; it is renewed when a third of this remains.
+    pub validity: Duration,
+}
+
+impl Settings {
+    /// How often the Secret is looked at (for renewal, and for a pair another replica renewed):
+    /// every 30 s, more often for short validities.
+    pub fn period(&self) -> Duration {
+        (self.validity / 6).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
 }
 
 /// What went wrong managing the certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum SelfManagedError {
-    /// Reading or creating the Secret failed.
+    /// Reading or writing the Secret failed.
     #[error("Secret {0}: {1}")]
     Secret(String, #[source] kube::Error),
     /// The Secret exists but lacks a key.
@@ -65,23 +78,8 @@ pub async fn ensure_pair(client: &Client, s: &Settings) -> Result<certs::Issued,
         return from_secret(&secret, &who);
     }
     let (ca_pem, ca_key_pem) = certs::new_ca()?;
-    let (cert_pem, key_pem) = certs::issue(&ca_key_pem, &s.ips, &s.dns)?;
     let mut secret = Secret {
         type_: Some("kubernetes.io/tls".into()),
-        data: Some(BTreeMap::from([
-            (
-                "ca.crt".to_string(),
-                ByteString(ca_pem.clone().into_bytes()),
-            ),
-            (
-                "tls.crt".to_string(),
-                ByteString(cert_pem.clone().into_bytes()),
-            ),
-            (
-                "tls.key".to_string(),
-                ByteString(key_pem.clone().into_bytes()),
-            ),
-        ])),
         ..Default::default()
     };
     secret.metadata.name = Some(s.secret.clone());
@@ -89,14 +87,114 @@ pub async fn ensure_pair(client: &Client, s: &Settings) -> Result<certs::Issued,
         "app.kubernetes.io/name".to_string(),
         "storm-webhook".to_string(),
     )]));
+    let issued = fill(&mut secret, s, &ca_pem, &ca_key_pem)?;
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => {
             tracing::info!(secret = %who, "issued a self-managed CA and serving certificate");
-            Ok(certs::Issued {
-                ca_pem,
-                cert_pem,
-                key_pem,
-            })
+            Ok(issued)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            let secret = api
+                .get(&s.secret)
+                .await
+                .map_err(|e| SelfManagedError::Secret(who.clone(), e))?;
+            from_secret(&secret, &who)
+        }
+        Err(e) => Err(SelfManagedError::Secret(who, e)),
+    }
+}
+
+/// Issues a serving pair from the CA (`ca_pem` may bundle older CAs after it) into `secret`, with
+/// its expiry in the [`NOT_AFTER`] annotation.
+fn fill(
+    secret: &mut Secret,
+    s: &Settings,
+    ca_pem: &str,
+    ca_key_pem: &str,
+) -> Result<certs::Issued, SelfManagedError> {
+    let (cert_pem, key_pem) = certs::issue_for(ca_key_pem, &s.ips, &s.dns, s.validity)?;
+    let not_after = SystemTime::now() + s.validity;
+    let data = secret.data.get_or_insert_with(BTreeMap::new);
+    for (key, text) in [
+        ("ca.crt", ca_pem),
+        ("ca.key", ca_key_pem),
+        ("tls.crt", &cert_pem),
+        ("tls.key", &key_pem),
+    ] {
+        data.insert(key.to_string(), ByteString(text.as_bytes().to_vec()));
+    }
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(NOT_AFTER.to_string(), rfc3339(not_after));
+    Ok(certs::Issued {
+        ca_pem: ca_pem.to_string(),
+        cert_pem,
+        key_pem,
+    })
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    k8s_openapi::jiff::Timestamp::try_from(t)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Whether the Secret's serving certificate is due for renewal at `now`: a third of its validity
+/// or less remains, or its expiry is unknown (a Secret from before renewal existed).
+pub fn due(secret: &Secret, validity: Duration, now: SystemTime) -> bool {
+    let Some(not_after) = secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(NOT_AFTER))
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .map(SystemTime::from)
+    else {
+        return true;
+    };
+    not_after
+        .duration_since(now)
+        .map_or(true, |left| left <= validity / 3)
+}
+
+/// The pair to serve now: the Secret's, renewed first when due. The CA is kept when the Secret
+/// holds its key; a Secret without one (stored before renewal existed) gets a new CA, and its
+/// `ca.crt` bundles the new CA before the old one, so the API server trusts the serving
+/// certificate of either while replicas switch. Of replicas renewing at once, one update wins
+/// (the update carries the resourceVersion read); the others read its pair.
+pub async fn renew(client: &Client, s: &Settings) -> Result<certs::Issued, SelfManagedError> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &s.namespace);
+    let who = format!("{}/{}", s.namespace, s.secret);
+    let secret = api
+        .get(&s.secret)
+        .await
+        .map_err(|e| SelfManagedError::Secret(who.clone(), e))?;
+    if !due(&secret, s.validity, SystemTime::now()) {
+        return from_secret(&secret, &who);
+    }
+    let data = secret.data.clone().unwrap_or_default();
+    let text = |k: &str| {
+        data.get(k)
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    let (ca_pem, ca_key_pem) = match (text("ca.crt"), text("ca.key")) {
+        (Some(ca), Some(key)) => (ca, key),
+        (old, _) => {
+            let (ca, key) = certs::new_ca()?;
+            (format!("{ca}{}", old.unwrap_or_default()), key)
+        }
+    };
+    let mut renewed = secret.clone();
+    let issued = fill(&mut renewed, s, &ca_pem, &ca_key_pem)?;
+    match api
+        .replace(&s.secret, &PostParams::default(), &renewed)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(secret = %who, "renewed the self-managed serving certificate");
+            Ok(issued)
         }
         Err(kube::Error::Api(e)) if e.code == 409 => {
             let secret = api
@@ -218,22 +316,73 @@ where
     Ok(true)
 }
 
-/// Keeps the `caBundle`s right: re-applying the manifests (which carry none) must not break
-/// admission for long.
-pub async fn keep_ca_bundles(client: Client, name: String, ca_pem: String, period: Duration) {
+/// Keeps the pair and the `caBundle`s right, every [`Settings::period`]: renews the serving
+/// certificate when due (or takes the one another replica renewed), puts the CA in both
+/// configurations' `caBundle` (re-applying the manifests, which carry none, must not break
+/// admission for long) and only then serves the new pair.
+pub async fn keep(
+    client: Client,
+    s: Settings,
+    cert: PathBuf,
+    key: PathBuf,
+    mut served: certs::Issued,
+) {
     loop {
-        match sync_ca_bundles(&client, &name, &ca_pem).await {
+        tokio::time::sleep(s.period()).await;
+        let pair = match renew(&client, &s).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the self-managed certificate");
+                served.clone()
+            }
+        };
+        match sync_ca_bundles(&client, &s.configuration, &pair.ca_pem).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(configuration = %name, patched = n, "caBundle set"),
-            Err(e) => tracing::warn!(error = %e, "keeping the caBundle"),
+            Ok(n) => tracing::info!(configuration = %s.configuration, patched = n, "caBundle set"),
+            Err(e) => {
+                tracing::warn!(error = %e, "keeping the caBundle");
+                continue;
+            }
         }
-        tokio::time::sleep(period).await;
+        if pair.cert_pem != served.cert_pem {
+            match write_serving_pair(&pair, &cert, &key) {
+                Ok(()) => {
+                    tracing::info!("serving the renewed certificate");
+                    served = pair;
+                }
+                Err(e) => tracing::warn!(error = %e, "writing the renewed certificate"),
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_is_due_with_a_third_of_the_validity_left_or_an_unknown_expiry() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let now = SystemTime::now();
+        let at = |left: Duration| {
+            let mut s = Secret::default();
+            s.metadata.annotations = Some(BTreeMap::from([(
+                NOT_AFTER.to_string(),
+                rfc3339(now + left),
+            )]));
+            s
+        };
+        assert!(!due(&at(year / 2), year, now));
+        assert!(due(&at(year / 3 - Duration::from_secs(60)), year, now));
+        assert!(due(&Secret::default(), year, now));
+        // Past expiry: due.
+        let mut expired = Secret::default();
+        expired.metadata.annotations = Some(BTreeMap::from([(
+            NOT_AFTER.to_string(),
+            rfc3339(now - Duration::from_secs(60)),
+        )]));
+        assert!(due(&expired, year, now));
+    }
 
     #[test]
     fn the_patch_sets_every_webhook() {

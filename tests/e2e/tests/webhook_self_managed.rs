@@ -14,9 +14,16 @@ use std::time::Duration;
 use storm_test_support::process::{Process, binary, free_port};
 use storm_test_support::{TestNamespace, unique_name, wait_for};
 
-#[tokio::test]
-async fn self_managed_certificates_are_issued_stored_and_registered() -> Result<()> {
-    let ns = TestNamespace::new("wh-self").await?;
+/// A self-managed webhook for `ns`: its own configurations (URL mode, no caBundle, scoped to
+/// `ns` so the other suites' requests never reach it) and the process, with `extra` arguments.
+struct SelfManaged {
+    webhook: Process,
+    name: String,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+fn start_self_managed(ns: &TestNamespace, extra: &[&str]) -> Result<SelfManaged> {
     let cluster = ns.cluster();
     cluster.install_crds()?;
     let bin = binary("storm-webhook", "storm-webhook")?;
@@ -82,14 +89,47 @@ async fn self_managed_certificates_are_issued_stored_and_registered() -> Result<
         "127.0.0.1",
     ]
     .iter()
+    .chain(extra)
     .map(|s| s.to_string())
     .collect();
     let env = vec![(
         "KUBECONFIG".to_string(),
         cluster.kubeconfig().display().to_string(),
     )];
-    let mut webhook = Process::start("storm-webhook", bin, args, env)?;
+    let webhook = Process::start("storm-webhook", bin, args, env)?;
+    Ok(SelfManaged {
+        webhook,
+        name,
+        dir,
+        port,
+    })
+}
 
+impl SelfManaged {
+    fn cleanup(&self, ns: &TestNamespace) {
+        let _ = ns
+            .cluster()
+            .kubectl()
+            .args([
+                "delete",
+                "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+                &self.name,
+                "--ignore-not-found",
+            ])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn self_managed_certificates_are_issued_stored_and_registered() -> Result<()> {
+    let ns = TestNamespace::new("wh-self").await?;
+    let SelfManaged {
+        mut webhook,
+        name,
+        dir,
+        port,
+    } = start_self_managed(&ns, &[])?;
     let result = async {
         // The pair is issued and stored.
         let secrets = ns.api::<Secret>();
@@ -184,7 +224,8 @@ async fn self_managed_certificates_are_issued_stored_and_registered() -> Result<
         Ok(())
     }
     .await;
-    let _ = cluster
+    let _ = ns
+        .cluster()
         .kubectl()
         .args([
             "delete",
@@ -194,6 +235,205 @@ async fn self_managed_certificates_are_issued_stored_and_registered() -> Result<
         ])
         .output();
     let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    ns.cleanup().await
+}
+
+/// The serving certificate is renewed from the same CA when a third of its validity remains, the
+/// renewed pair is stored and served, and the API server still reaches the webhook after the
+/// first certificate has expired.
+#[tokio::test]
+async fn the_serving_certificate_is_renewed_before_it_expires() -> Result<()> {
+    let ns = TestNamespace::new("wh-renew").await?;
+    let hook = start_self_managed(&ns, &["--self-managed-validity=45s"])?;
+    let result = async {
+        let secrets = ns.api::<Secret>();
+        let first = wait_for("the issued pair", Duration::from_secs(60), || async {
+            Ok(secrets.get_opt("self-tls").await?)
+        })
+        .await?;
+        let data = |s: &Secret, k: &str| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .map(|b| b.0.clone())
+                .unwrap_or_default()
+        };
+        let expires: k8s_openapi::jiff::Timestamp = first
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(storm_webhook_not_after()))
+            .context("the expiry annotation")?
+            .parse()?;
+        let renewed = wait_for("the renewed pair", Duration::from_secs(60), || async {
+            let s = secrets.get("self-tls").await?;
+            Ok((data(&s, "tls.crt") != data(&first, "tls.crt")).then_some(s))
+        })
+        .await?;
+        ensure!(
+            data(&renewed, "ca.crt") == data(&first, "ca.crt"),
+            "the CA changed: a caBundle would have to follow"
+        );
+        ensure!(
+            k8s_openapi::jiff::Timestamp::now() < expires,
+            "renewed only after the first certificate expired"
+        );
+        // Past the first certificate's expiry, the webhook still answers the API server.
+        let wait = expires
+            .duration_since(k8s_openapi::jiff::Timestamp::now())
+            .as_secs()
+            .max(0)
+            .unsigned_abs();
+        tokio::time::sleep(Duration::from_secs(wait + 2)).await;
+        let served = std::fs::read(hook.dir.join("tls.crt"))?;
+        let now = secrets.get("self-tls").await?;
+        ensure!(
+            served == data(&now, "tls.crt"),
+            "the stored pair is not the served one"
+        );
+        let out = ns
+            .kubectl()
+            .args(["apply", "-f", "tests/fixtures/invalid/demo-broken.yaml"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success()
+                && stderr.contains("spec.rolloutStrategy.canary.trafficRouting: Forbidden"),
+            "not denied by the webhook: {stderr}"
+        );
+        Ok(())
+    }
+    .await;
+    hook.cleanup(&ns);
+    result?;
+    ns.cleanup().await
+}
+
+fn storm_webhook_not_after() -> &'static str {
+    "storm-webhook.orchestration.aibrix.ai/not-after"
+}
+
+/// The shipped policy (certs/self-managed/cabundle-policy.yaml): the webhook's ServiceAccount may
+/// change a webhook configuration's caBundle and nothing else. Acted as through impersonation,
+/// with system:masters so that RBAC (which would also stop a configuration not named storm-webhook)
+/// is not what refuses.
+#[tokio::test]
+async fn the_webhook_account_may_change_only_the_ca_bundle() -> Result<()> {
+    let ns = TestNamespace::new("wh-cabundle").await?;
+    let cluster = ns.cluster();
+    cluster.kubectl_run(["apply", "-f", "certs/self-managed/cabundle-policy.yaml"])?;
+    let name = unique_name("e2e-cabundle");
+    let config = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "probe.storm.example.com",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Ignore",
+            "clientConfig": {"url": "https://127.0.0.1:1/validate"},
+            // Nothing is ever sent to it.
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name()}},
+            "rules": [{"apiGroups": ["example.invalid"], "apiVersions": ["v1"],
+                       "operations": ["CREATE"], "resources": ["probes"]}]
+        }]
+    });
+    let mut apply = cluster
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    apply
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(serde_json::to_string(&config)?.as_bytes())?;
+    ensure!(
+        apply.wait_with_output()?.status.success(),
+        "creating {name}"
+    );
+    let result = async {
+        let as_webhook = |patch: &str| -> Result<(bool, String)> {
+            let out = cluster
+                .kubectl()
+                .args([
+                    "--as=system:serviceaccount:storm-system:storm-webhook",
+                    "--as-group=system:masters",
+                    "patch",
+                    "validatingwebhookconfiguration",
+                    &name,
+                    "--type=json",
+                    "-p",
+                    patch,
+                ])
+                .output()?;
+            Ok((
+                out.status.success(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ))
+        };
+        let widen = r#"[{"op":"replace","path":"/webhooks/0/rules/0/resources","value":["secrets"]}]"#;
+        // The policy takes a moment to be in force.
+        wait_for("the policy to deny widening the rules", Duration::from_secs(30), || async {
+            let (ok, stderr) = as_webhook(widen)?;
+            Ok((!ok && stderr.contains("caBundle and nothing else")).then_some(()))
+        })
+        .await?;
+        for patch in [
+            r#"[{"op":"replace","path":"/webhooks/0/failurePolicy","value":"Fail"}]"#,
+            r#"[{"op":"replace","path":"/webhooks/0/clientConfig/url","value":"https://10.0.0.1/steal"}]"#,
+            r#"[{"op":"add","path":"/metadata/labels","value":{"x":"y"}}]"#,
+        ] {
+            let (ok, stderr) = as_webhook(patch)?;
+            ensure!(!ok && stderr.contains("nothing else"), "{patch}: {stderr}");
+        }
+        let (ok, stderr) = as_webhook(
+            r#"[{"op":"add","path":"/webhooks/0/clientConfig/caBundle","value":"Q0E="}]"#,
+        )?;
+        ensure!(ok, "setting the caBundle was refused: {stderr}");
+        let out = cluster
+            .kubectl()
+            .args([
+                "--as=system:serviceaccount:storm-system:storm-webhook",
+                "--as-group=system:masters",
+                "delete",
+                "validatingwebhookconfiguration",
+                &name,
+            ])
+            .output()?;
+        ensure!(!out.status.success(), "the webhook account deleted a configuration");
+        // Anyone else may still change it.
+        let out = cluster
+            .kubectl()
+            .args([
+                "patch",
+                "validatingwebhookconfiguration",
+                &name,
+                "--type=json",
+                "-p",
+                widen,
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+    .await;
+    let _ = cluster
+        .kubectl()
+        .args([
+            "delete",
+            "validatingwebhookconfiguration",
+            &name,
+            "--ignore-not-found",
+        ])
+        .output();
     result?;
     ns.cleanup().await
 }
