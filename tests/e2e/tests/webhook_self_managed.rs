@@ -356,33 +356,37 @@ async fn the_webhook_account_may_change_only_the_ca_bundle() -> Result<()> {
         "creating {name}"
     );
     let result = async {
-        let as_webhook = |patch: &str| -> Result<(bool, String)> {
-            let out = cluster
-                .kubectl()
-                .args([
-                    "--as=system:serviceaccount:storm-system:storm-webhook",
-                    "--as-group=system:masters",
-                    "patch",
-                    "validatingwebhookconfiguration",
-                    &name,
-                    "--type=json",
-                    "-p",
-                    patch,
-                ])
-                .output()?;
+        let as_webhook_with = |patch: &str, dry: bool| -> Result<(bool, String)> {
+            let mut cmd = cluster.kubectl();
+            cmd.args([
+                "--as=system:serviceaccount:storm-system:storm-webhook",
+                "--as-group=system:masters",
+                "patch",
+                "validatingwebhookconfiguration",
+                &name,
+                "--type=json",
+                "-p",
+                patch,
+            ]);
+            if dry {
+                cmd.arg("--dry-run=server");
+            }
+            let out = cmd.output()?;
             Ok((
                 out.status.success(),
                 String::from_utf8_lossy(&out.stderr).into_owned(),
             ))
         };
+        let as_webhook = |patch: &str| as_webhook_with(patch, false);
         let widen = r#"[{"op":"replace","path":"/webhooks/0/rules/0/resources","value":["secrets"]}]"#;
-        // The policy takes a moment to be in force.
+        // The policy takes a moment to be in force; until then, try without changing anything.
         wait_for("the policy to deny widening the rules", Duration::from_secs(30), || async {
-            let (ok, stderr) = as_webhook(widen)?;
+            let (ok, stderr) = as_webhook_with(widen, true)?;
             Ok((!ok && stderr.contains("caBundle and nothing else")).then_some(()))
         })
         .await?;
         for patch in [
+            widen,
             r#"[{"op":"replace","path":"/webhooks/0/failurePolicy","value":"Fail"}]"#,
             r#"[{"op":"replace","path":"/webhooks/0/clientConfig/url","value":"https://10.0.0.1/steal"}]"#,
             r#"[{"op":"add","path":"/metadata/labels","value":{"x":"y"}}]"#,
