@@ -272,6 +272,8 @@ cmd_env() {
 	echo "export KUBECONFIG=$KUBECONFIG_PATH"
 	[[ -s $DEV/webhook.port ]] && echo "export STORM_WEBHOOK_URL=$(webhook_url)"
 	echo "export STORM_WEBHOOK_CA=$CERTS/ca.crt"
+	pid_of webhook >/dev/null && echo "export STORM_WEBHOOK_PID=$(pid_of webhook)"
+	return 0
 }
 
 case ${1:-} in

@@ -704,3 +704,78 @@ async fn replies_and_secret_headers_never_reach_status_events_or_logs() -> Resul
     dump_logs_on_error(result)?;
     ns.cleanup().await
 }
+
+/// A tenant inflates objects the webhook watches cluster-wide (Services and Ingresses with
+/// annotations near the API server's 256 KiB limit): the webhook keeps only what its rules read,
+/// so its memory grows by a fraction of what was created (resident memory also keeps what the
+/// allocator holds after decoding the watch events: well under half), within its 256 Mi limit.
+#[tokio::test]
+async fn the_webhook_stays_within_its_memory_limit_while_a_tenant_inflates_objects() -> Result<()> {
+    const OBJECTS: usize = 600;
+    const ANNOTATION: usize = 200 * 1024;
+    const LIMIT: u64 = 256 * 1024 * 1024;
+    let ns = TestNamespace::new("tenant-inflate").await?;
+    let result = async {
+        install(ns.cluster())?;
+        let user = tenant(&ns, "big", &["clusterrole=edit"], "create", "services")?;
+        let webhook = storm_test_support::webhook::running()?;
+        let before = webhook
+            .rss_bytes()
+            .context("the webhook's resident memory (dev.sh knows its pid)")?;
+        let filler = "x".repeat(ANNOTATION);
+        for batch in 0..OBJECTS / 50 {
+            let items: Vec<Value> = (batch * 50..(batch + 1) * 50)
+                .map(|i| {
+                    if i % 2 == 0 {
+                        json!({"apiVersion": "v1", "kind": "Service",
+                            "metadata": {"name": format!("big-{i}"), "annotations": {"filler": filler}},
+                            "spec": {"selector": {"app": "app"}, "ports": [{"port": 80}]}})
+                    } else {
+                        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                            "metadata": {"name": format!("big-{i}"), "annotations": {"filler": filler}},
+                            "spec": {"defaultBackend": {"service": {"name": "big-0", "port": {"number": 80}}}}})
+                    }
+                })
+                .collect();
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+            let out = kubectl_as(&ns, &user, &["create", "-f", "-"], Some(&list))?;
+            ensure!(out.status.success(), "{}", text(&out));
+        }
+        // The webhook has seen the last Service once a StormService naming it draws no warning
+        // that it does not exist.
+        let last = format!("big-{}", OBJECTS - 2);
+        settle("the webhook's cache to hold the inflated Services", || {
+            let out = kubectl_as(
+                &ns,
+                &user,
+                &["create", "--dry-run=server", "-f", "-"],
+                Some(&storm_service(&last, "big-0")),
+            )?;
+            let t = text(&out);
+            Ok((out.status.success() && !t.contains("not found") && !t.contains("does not exist"))
+                .then_some(()))
+        })?;
+        let after = webhook.rss_bytes().context("the webhook's resident memory")?;
+        let inflated = (OBJECTS * ANNOTATION) as u64;
+        let grown = after.saturating_sub(before);
+        eprintln!(
+            "webhook memory: {} MiB before, {} MiB after {} MiB of annotations ({} Services and Ingresses); grew {} MiB",
+            before >> 20,
+            after >> 20,
+            inflated >> 20,
+            OBJECTS,
+            grown >> 20
+        );
+        ensure!(after < LIMIT, "the webhook uses {} MiB, over its 256 Mi limit", after >> 20);
+        ensure!(
+            grown < inflated / 2,
+            "the webhook grew {} MiB for {} MiB of annotations it does not read",
+            grown >> 20,
+            inflated >> 20
+        );
+        Ok(())
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}

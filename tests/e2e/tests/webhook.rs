@@ -877,6 +877,7 @@ async fn the_webhook_is_ready_under_its_own_least_privilege_role() -> Result<()>
                 let local = Webhook {
                     url: format!("https://127.0.0.1:{}", port.trim()),
                     ca: w.ca.clone(),
+                    pid: p.pid(),
                 };
                 if let Ok((200, _)) = curl(&local, "GET", "/readyz", None) {
                     break true;
@@ -915,6 +916,7 @@ async fn the_webhook_is_ready_under_its_own_least_privilege_role() -> Result<()>
                 std::fs::read_to_string(&port_file)?.trim()
             ),
             ca: w.ca.clone(),
+            pid: None,
         };
         let review = |user: Value| -> Result<Value> {
             let body = serde_json::json!({

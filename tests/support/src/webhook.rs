@@ -17,6 +17,24 @@ pub struct Webhook {
     pub url: String,
     /// The CA its serving certificate chains to.
     pub ca: PathBuf,
+    /// Its process id, when dev.sh knows it.
+    pub pid: Option<u32>,
+}
+
+impl Webhook {
+    /// Its resident memory in bytes (Linux `/proc`), when known.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
 }
 
 static WEBHOOK: OnceLock<std::result::Result<Webhook, String>> = OnceLock::new();
@@ -54,5 +72,6 @@ fn start() -> Result<Webhook> {
     Ok(Webhook {
         url: var("STORM_WEBHOOK_URL")?,
         ca: PathBuf::from(var("STORM_WEBHOOK_CA")?),
+        pid: var("STORM_WEBHOOK_PID").ok().and_then(|p| p.parse().ok()),
     })
 }
