@@ -129,9 +129,9 @@ gen_pki() {
 	openssl genrsa -out "$o/sa.key" 2048 2>/dev/null
 	openssl rsa -in "$o/sa.key" -pubout -out "$o/sa.pub" 2>/dev/null
 
-	# leaf <name> <subject> <extKeyUsage> [subjectAltName]
+	# leaf <name> <subject> <extKeyUsage> [subjectAltName]; signed by $LEAF_CA (default ca)
 	leaf() {
-		local name=$1 subj=$2 eku=$3 san=${4:-}
+		local name=$1 subj=$2 eku=$3 san=${4:-} ca=${LEAF_CA:-ca}
 		openssl req -newkey rsa:2048 -nodes -keyout "$o/$name.key" -out "$o/$name.csr" -subj "$subj" 2>/dev/null
 		{
 			echo "basicConstraints=critical,CA:FALSE"
@@ -139,7 +139,7 @@ gen_pki() {
 			echo "extendedKeyUsage=$eku"
 			[[ -n $san ]] && echo "subjectAltName=$san"
 		} >"$o/$name.ext"
-		openssl x509 -req -in "$o/$name.csr" -CA "$o/ca.crt" -CAkey "$o/ca.key" -CAcreateserial \
+		openssl x509 -req -in "$o/$name.csr" -CA "$o/$ca.crt" -CAkey "$o/$ca.key" -CAcreateserial \
 			-days 3650 -sha256 -extfile "$o/$name.ext" -out "$o/$name.crt" 2>/dev/null
 		rm -f "$o/$name.csr" "$o/$name.ext"
 	}
@@ -149,6 +149,14 @@ gen_pki() {
 	leaf kube-controller-manager "/CN=system:kube-controller-manager" clientAuth
 	leaf kube-scheduler "/CN=system:kube-scheduler" clientAuth
 	leaf kwok "/O=system:masters/CN=kwok" clientAuth
+	# What the API server presents to admission webhooks, from a CA of its own: a webhook started
+	# with --client-ca $PKI/webhook-client-ca.crt accepts reviews from it and from no other client
+	# (the cluster CA would let every user's client certificate through).
+	openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
+		-keyout "$o/webhook-client-ca.key" -out "$o/webhook-client-ca.crt" -subj "/CN=storm-local-webhook-client-ca" \
+		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+		2>/dev/null
+	LEAF_CA=webhook-client-ca leaf webhook-client "/CN=kube-apiserver-webhook-client" clientAuth
 	chmod 600 "$o"/*.key
 }
 
@@ -399,6 +407,32 @@ EOF
 
 	wait_for "etcd /health" "$READY_TIMEOUT" etcd_healthy
 
+	# Admission webhooks get the API server's client certificate ('*': every webhook).
+	cat >"$STATE/webhook-client.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+users:
+- name: '*'
+  user:
+    client-certificate: $PKI/webhook-client.crt
+    client-key: $PKI/webhook-client.key
+EOF
+	cat >"$STATE/admission.yaml" <<EOF
+apiVersion: apiserver.config.k8s.io/v1
+kind: AdmissionConfiguration
+plugins:
+- name: ValidatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $STATE/webhook-client.kubeconfig
+- name: MutatingAdmissionWebhook
+  configuration:
+    apiVersion: apiserver.config.k8s.io/v1
+    kind: WebhookAdmissionConfiguration
+    kubeConfigFile: $STATE/webhook-client.kubeconfig
+EOF
+
 	start kube-apiserver "$KUBE_DIR/kube-apiserver" \
 		--etcd-servers "http://127.0.0.1:$ETCD_PORT" \
 		--bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$APISERVER_PORT" \
@@ -411,6 +445,7 @@ EOF
 		--authorization-mode Node,RBAC \
 		--allow-privileged=true \
 		--disable-admission-plugins TaintNodesByCondition \
+		--admission-control-config-file "$STATE/admission.yaml" \
 		--endpoint-reconciler-type none \
 		--enable-priority-and-fairness=false \
 		--profiling=false \

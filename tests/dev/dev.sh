@@ -146,9 +146,12 @@ start_webhook() {
 			stop_component webhook
 		fi
 		# The e2e suites share this webhook and measure every second or two (their controllers run
-		# with the same floor).
+		# with the same floor). Reviews need the API server's client certificate, as in production
+		# with client authentication on.
+		local client_ca=()
+		[[ -s $CLUSTER_DIR/pki/webhook-client-ca.crt ]] && client_ca=(--client-ca "$CLUSTER_DIR/pki/webhook-client-ca.crt")
 		start_component webhook "$bin" --listen 127.0.0.1:0 --port-file "$DEV/webhook.port" \
-			--tls-cert "$CERTS/tls.crt" --tls-key "$CERTS/tls.key" --analysis-min-interval=1s
+			--tls-cert "$CERTS/tls.crt" --tls-key "$CERTS/tls.key" --analysis-min-interval=1s "${client_ca[@]}"
 		wait_for_port webhook
 		local deadline=$((SECONDS + READY_TIMEOUT))
 		until webhook_ready; do
@@ -273,6 +276,9 @@ cmd_env() {
 	[[ -s $DEV/webhook.port ]] && echo "export STORM_WEBHOOK_URL=$(webhook_url)"
 	echo "export STORM_WEBHOOK_CA=$CERTS/ca.crt"
 	pid_of webhook >/dev/null && echo "export STORM_WEBHOOK_PID=$(pid_of webhook)"
+	[[ -s $CLUSTER_DIR/pki/webhook-client.crt ]] &&
+		echo "export STORM_WEBHOOK_CLIENT_CERT=$CLUSTER_DIR/pki/webhook-client.crt" &&
+		echo "export STORM_WEBHOOK_CLIENT_KEY=$CLUSTER_DIR/pki/webhook-client.key"
 	return 0
 }
 

@@ -233,6 +233,29 @@ pub fn new_ca() -> Result<(String, String), CertError> {
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// The CA certificates in a PEM file, as roots for verifying clients.
+pub fn load_roots(path: &Path) -> Result<rustls::RootCertStore, CertError> {
+    let pem = std::fs::read(path).map_err(|source| CertError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let usable = cert.ok().is_some_and(|c| roots.add(c).is_ok());
+        if !usable {
+            return Err(CertError::NoCertificate {
+                path: path.to_path_buf(),
+            });
+        }
+    }
+    if roots.is_empty() {
+        return Err(CertError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(roots)
+}
+
 /// How long a serving certificate issued by [`issue`] is valid.
 pub const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 

@@ -66,6 +66,11 @@ struct ServeArgs {
     /// --webhook-configuration webhook configurations.
     #[arg(long)]
     self_managed: bool,
+    /// CA file (PEM) the API server's client certificate for webhooks chains to: with it, reviews
+    /// without such a certificate are answered 401 (probes and /metrics stay open). Give the API
+    /// server the certificate with an AdmissionConfiguration (docs/multi-tenant.md).
+    #[arg(long, env = "CLIENT_CA_FILE")]
+    client_ca: Option<std::path::PathBuf>,
     /// How long a self-managed serving certificate is valid (e.g. 8760h); it is renewed, from the
     /// same CA, when a third of this remains.
     #[arg(long, default_value = "8760h", value_parser = parse_validity)]
@@ -371,7 +376,12 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
             Authorizer::new(client, storm_webhook::access::SAR_TIMEOUT),
         )
     };
-    let tls = Arc::new(server::tls_config(resolver, provider)?);
+    let client_ca = match &args.client_ca {
+        Some(path) => Some(Arc::new(certs::load_roots(path)?)),
+        None => None,
+    };
+    let client_auth = client_ca.is_some();
+    let tls = Arc::new(server::tls_config(resolver, provider, client_ca)?);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|source| Error::Listen {
@@ -403,6 +413,7 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         metrics,
         authorizer,
         settings,
+        client_auth,
     }));
     server::serve(listener, tls, app, shutdown_signal()).await;
     Ok(())

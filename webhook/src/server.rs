@@ -5,12 +5,12 @@ use crate::certs::ReloadingResolver;
 use crate::lookups::Caches;
 use crate::metrics::{EndpointLabel, Metrics, Outcome, ResultLabel};
 use crate::review::{self, Answer, Endpoint};
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -45,6 +45,16 @@ pub struct AppState {
     pub authorizer: Authorizer,
     /// The settings the rules read.
     pub settings: review::Settings,
+    /// Reviews (`/mutate`, `/validate`, `/noop`) need a client certificate that chains to the
+    /// `--client-ca`; probes and `/metrics` do not.
+    pub client_auth: bool,
+}
+
+/// What the TLS handshake established about the client of a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// It presented a certificate the client verifier accepted.
+    pub authenticated: bool,
 }
 
 /// The routes: `/mutate`, `/validate`, `/noop`, `/healthz`, `/readyz`, `/metrics`.
@@ -59,7 +69,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+async fn mutate(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refused) = unauthenticated(&state, peer) {
+        return refused;
+    }
     answer(
         &state,
         EndpointLabel::Mutate,
@@ -70,7 +88,15 @@ async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
     .await
 }
 
-async fn validate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+async fn validate(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refused) = unauthenticated(&state, peer) {
+        return refused;
+    }
     answer(
         &state,
         EndpointLabel::Validate,
@@ -81,8 +107,31 @@ async fn validate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: 
     .await
 }
 
-async fn noop(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+async fn noop(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if let Some(refused) = unauthenticated(&state, peer) {
+        return refused;
+    }
     answer(&state, EndpointLabel::Noop, None, &headers, body).await
+}
+
+/// With client authentication on, a review from a client without a verified certificate is
+/// answered 401 before its body is read.
+fn unauthenticated(state: &AppState, peer: Option<Extension<Peer>>) -> Option<Response> {
+    if !state.client_auth || peer.is_some_and(|Extension(p)| p.authenticated) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            "a client certificate signed by the webhook's --client-ca is required: only the API server sends reviews",
+        )
+            .into_response(),
+    )
 }
 
 /// Reads the body (refusing an oversized one by its Content-Length before reading it, so a client
@@ -254,15 +303,26 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// TLS 1.2 and 1.3 with the given provider, certificates from the resolver, HTTP/1.1.
+/// TLS 1.2 and 1.3 with the given provider, certificates from the resolver, HTTP/1.1. With
+/// `client_ca`, clients may present a certificate, which must chain to it (one that does not fails
+/// the handshake); whether reviews require one is [`AppState::client_auth`].
 pub fn tls_config(
     resolver: Arc<ReloadingResolver>,
     provider: Arc<CryptoProvider>,
+    client_ca: Option<Arc<rustls::RootCertStore>>,
 ) -> Result<ServerConfig, rustls::Error> {
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(roots) => builder.with_client_cert_verifier(
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| rustls::Error::General(format!("--client-ca: {e}")))?,
+        ),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -296,7 +356,7 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let watcher = graceful.watcher();
         let mut stopping = stopping_rx.clone();
         tokio::spawn(async move {
@@ -315,6 +375,14 @@ pub async fn serve(
                 },
                 _ = stopping.wait_for(|s| *s) => return,
             };
+            let client = Peer {
+                authenticated: tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|c| !c.is_empty()),
+            };
+            let service = TowerToHyperService::new(app.layer(Extension(client)));
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())

@@ -78,7 +78,7 @@ async fn start(name: &str, poll: Duration) -> Running {
         poll,
         metrics.clone(),
     ));
-    let tls = Arc::new(server::tls_config(resolver, provider).unwrap());
+    let tls = Arc::new(server::tls_config(resolver, provider, None).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = server::router(Arc::new(AppState {
@@ -86,6 +86,7 @@ async fn start(name: &str, poll: Duration) -> Running {
         metrics,
         authorizer: storm_webhook::access::Authorizer::offline(),
         settings: storm_webhook::review::Settings::default(),
+        client_auth: false,
     }));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, tls, app, async move {

@@ -750,6 +750,10 @@ fn curl(w: &Webhook, method: &str, path: &str, body: Option<&Path>) -> Result<(u
         .arg("--cacert")
         .arg(&w.ca)
         .args(["-X", method, "-H", "Content-Type: application/json"]);
+    // Acting as the API server: its client certificate for webhooks.
+    if let Some((cert, key)) = &w.client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
     if let Some(b) = body {
         cmd.arg("--data-binary").arg(format!("@{}", b.display()));
     }
@@ -878,6 +882,7 @@ async fn the_webhook_is_ready_under_its_own_least_privilege_role() -> Result<()>
                     url: format!("https://127.0.0.1:{}", port.trim()),
                     ca: w.ca.clone(),
                     pid: p.pid(),
+                    client: w.client.clone(),
                 };
                 if let Ok((200, _)) = curl(&local, "GET", "/readyz", None) {
                     break true;
@@ -917,6 +922,7 @@ async fn the_webhook_is_ready_under_its_own_least_privilege_role() -> Result<()>
             ),
             ca: w.ca.clone(),
             pid: None,
+            client: w.client.clone(),
         };
         let review = |user: Value| -> Result<Value> {
             let body = serde_json::json!({
@@ -976,4 +982,57 @@ async fn the_webhook_is_ready_under_its_own_least_privilege_role() -> Result<()>
     }
     .await;
     dump_logs_on_error(result)
+}
+
+/// The suites' webhook runs with `--client-ca` (the local control plane gives the API server a
+/// client certificate for webhooks, from a CA of its own): every review in every suite comes
+/// through it. A client without that certificate gets 401 for reviews; one with a certificate
+/// from another CA (the cluster admin's) fails the handshake; probes need none.
+#[tokio::test]
+async fn reviews_need_the_api_servers_client_certificate() -> Result<()> {
+    let w = webhook()?;
+    let client = w
+        .client
+        .clone()
+        .context("the local control plane's webhook client certificate")?;
+    let dir = std::env::temp_dir().join(format!("storm-e2e-client-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let review = dir.join("review.json");
+    std::fs::write(
+        &review,
+        br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE","kind":{"group":"orchestration.aibrix.ai","version":"v1alpha1","kind":"StormService"}}}"#,
+    )?;
+    let anonymous = Webhook {
+        url: w.url.clone(),
+        ca: w.ca.clone(),
+        pid: None,
+        client: None,
+    };
+    let (code, body) = curl(&anonymous, "POST", "/validate", Some(&review))?;
+    ensure!(
+        code == 401 && body.contains("client certificate"),
+        "{code}: {body}"
+    );
+    let (code, _) = curl(&anonymous, "GET", "/readyz", None)?;
+    ensure!(code == 200, "readyz without a certificate: {code}");
+    let (code, body) = curl(w, "POST", "/validate", Some(&review))?;
+    ensure!(
+        code == 200,
+        "with the API server's certificate: {code}: {body}"
+    );
+    // A certificate from the cluster CA (any user's) is not the API server's.
+    let pki = client.0.parent().context("pki dir")?.to_path_buf();
+    let admin = Webhook {
+        url: w.url.clone(),
+        ca: w.ca.clone(),
+        pid: None,
+        client: Some((pki.join("admin.crt"), pki.join("admin.key"))),
+    };
+    let refused = curl(&admin, "POST", "/validate", Some(&review));
+    ensure!(
+        refused.is_err() || refused.as_ref().is_ok_and(|(c, _)| *c == 401),
+        "a user's certificate was accepted: {refused:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }

@@ -19,6 +19,8 @@ pub struct Webhook {
     pub ca: PathBuf,
     /// Its process id, when dev.sh knows it.
     pub pid: Option<u32>,
+    /// The API server's client certificate and key for webhooks, which reviews sent to it need.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl Webhook {
@@ -73,5 +75,9 @@ fn start() -> Result<Webhook> {
         url: var("STORM_WEBHOOK_URL")?,
         ca: PathBuf::from(var("STORM_WEBHOOK_CA")?),
         pid: var("STORM_WEBHOOK_PID").ok().and_then(|p| p.parse().ok()),
+        client: var("STORM_WEBHOOK_CLIENT_CERT")
+            .ok()
+            .zip(var("STORM_WEBHOOK_CLIENT_KEY").ok())
+            .map(|(c, k)| (PathBuf::from(c), PathBuf::from(k))),
     })
 }
