@@ -473,6 +473,92 @@ async fn the_builtin_edit_role_covers_stormservices_in_its_namespace_only() -> R
     ns.cleanup().await
 }
 
+/// Status is the controller's: someone granted `patch` on stormservices/status (a custom role)
+/// is refused by the shipped policy, as are RoleSet and PodSet status; the controller's identity is
+/// not.
+#[tokio::test]
+async fn status_is_written_by_the_controller_only() -> Result<()> {
+    let ns = TestNamespace::new("tenant-status").await?;
+    let result = async {
+        install(ns.cluster())?;
+        admin_services(&ns, &["app-stable", "app-canary"], None)?;
+        let out = run(
+            ns.kubectl().args(["create", "-f", "-"]),
+            Some(&storm_service("app-stable", "app-canary")),
+        )?;
+        ensure!(out.status.success(), "{}", text(&out));
+        ns.cluster().kubectl_run([
+            "-n",
+            ns.name(),
+            "create",
+            "role",
+            "status-writer",
+            "--verb=get,patch,update",
+            "--resource=stormservices.orchestration.aibrix.ai,stormservices.orchestration.aibrix.ai/status",
+        ])?;
+        let writer = tenant(
+            &ns,
+            "forger",
+            &["role=status-writer"],
+            "get",
+            "stormservices.orchestration.aibrix.ai",
+        )?;
+        let forge = |user: &str| -> Result<Output> {
+            let args = vec![
+                "patch",
+                "stormservice",
+                "app",
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"currentRevision":"forged","updateRevision":"forged"}}"#,
+            ];
+            kubectl_as(&ns, user, &args, None)
+        };
+        let message = settle("the status policy's denial", || {
+            let out = forge(&writer)?;
+            let message = text(&out);
+            ensure!(!out.status.success(), "a forged status was stored: {message}");
+            Ok(message
+                .contains("ValidatingAdmissionPolicy 'storm-rollouts-status-writers'")
+                .then_some(message))
+        })?;
+        for part in [
+            "the status of StormServices is written by the Storm Rollouts controller only",
+            &format!("not by user \"{writer}\""),
+        ] {
+            ensure!(message.contains(part), "{part:?} not in: {message}");
+        }
+        // The controller's identity may: a server-side dry-run status patch as it sends them
+        // (it has no get on the status subresource, which kubectl patch would need).
+        let mut config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(ns.cluster().kubeconfig())?,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        config.auth_info.impersonate = Some(CONTROLLER_SA.to_string());
+        let as_controller: kube::Api<storm_shared::StormService> =
+            kube::Api::namespaced(kube::Client::try_from(config)?, ns.name());
+        let mut params = kube::api::PatchParams::apply("storm-controller").force();
+        params.dry_run = true;
+        as_controller
+            .patch_status(
+                "app",
+                &params,
+                &kube::api::Patch::Apply(json!({
+                    "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "StormService",
+                    "status": {"currentRevision": "from-the-controller"}
+                })),
+            )
+            .await
+            .context("the controller's status patch was refused")?;
+        Ok(())
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    ns.cleanup().await
+}
+
 /// What the "internal service" answers; never to be seen through the product.
 const REPLY_SECRET: &str = "reply-s3cret-7f3a";
 /// A header value the tenant keeps in a Secret; sent, never shown.
