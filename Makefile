@@ -26,8 +26,24 @@ build: ## Build every binary (release)
 manifests: ## Regenerate manifests/crds from the Rust types
 	$(CARGO) run --quiet -p storm-cli --bin kubectl-storm -- crds --out-dir manifests/crds
 
+# cargo-deny, built once per version into the cache (as the control-plane binaries are).
+CARGO_DENY_VERSION := 0.20.2
+TOOLS_DIR := $(or $(STORM_CACHE_DIR),$(HOME)/.cache/storm-rollouts)/tools
+CARGO_DENY := $(TOOLS_DIR)/cargo-deny-$(CARGO_DENY_VERSION)/bin/cargo-deny
+
+$(CARGO_DENY):
+	$(CARGO) install --quiet --locked cargo-deny --version $(CARGO_DENY_VERSION) --root $(TOOLS_DIR)/cargo-deny-$(CARGO_DENY_VERSION)
+
+.PHONY: deny
+deny: $(CARGO_DENY) ## cargo-deny: licenses, banned crates and sources of every dependency (deny.toml)
+	$(CARGO_DENY) check licenses bans sources
+
+.PHONY: deny-advisories
+deny-advisories: $(CARGO_DENY) ## cargo-deny advisories: needs the RustSec database from GitHub (not reachable from CI)
+	$(CARGO_DENY) check advisories
+
 .PHONY: lint
-lint: ## rustfmt and clippy, warnings are errors
+lint: deny ## rustfmt, clippy (warnings are errors) and cargo-deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
