@@ -189,10 +189,10 @@ fn rbac_lets_the_controller_keep_and_prune_controller_revisions() {
     }
 }
 
-/// The analysis runner reads AnalysisTemplates from a watch cache and watches Secrets' metadata
-/// (`analysis::Caches::watch`); a due Datadog metric reads its Secret with `get`.
+/// The analysis runner reads AnalysisTemplates from a watch cache; Secrets are read only where the
+/// admin binds analysis-secrets.yaml, and only by name.
 #[test]
-fn rbac_lets_the_template_cache_list_and_watch_but_never_lists_secrets() {
+fn rbac_lets_the_template_cache_list_and_watch_and_reads_secrets_only_where_granted() {
     let docs = documents("rbac.yaml");
     for verb in ["list", "watch"] {
         assert!(
@@ -200,11 +200,19 @@ fn rbac_lets_the_template_cache_list_and_watch_but_never_lists_secrets() {
             "analysistemplates {verb}"
         );
     }
-    assert!(grants(&docs, "", "secrets", "get"), "secrets get");
-    for verb in ["list", "watch"] {
+    for verb in ["get", "list", "watch"] {
         assert!(
             !grants(&docs, "", "secrets", verb),
-            "secrets {verb}: bulk reads of Secrets"
+            "secrets {verb}: granted cluster-wide"
         );
     }
+    let secrets = documents("analysis-secrets.yaml");
+    assert!(grants(&secrets, "", "secrets", "get"), "secrets get");
+    for verb in ["list", "watch", "create", "update", "patch"] {
+        assert!(!grants(&secrets, "", "secrets", verb), "secrets {verb}");
+    }
+    assert!(
+        secrets.iter().all(|d| d["kind"] != "ClusterRoleBinding"),
+        "bound cluster-wide"
+    );
 }

@@ -494,6 +494,11 @@ impl Runner {
         let secret = match api.get_opt(name).await {
             Ok(Some(s)) => Arc::new(s),
             Ok(None) => return Err(not_found()),
+            Err(kube::Error::Api(s)) if s.code == 403 => {
+                return Err(PlanError::Fatal(format!(
+                    "metric {metric}: reading Secret {namespace}/{name} is forbidden: the controller reads analysis Secrets only in namespaces whose admin grants it (kubectl -n {namespace} create rolebinding storm-controller-analysis-secrets --clusterrole=storm-controller-analysis-secrets --serviceaccount=storm-system:storm-controller)"
+                )));
+            }
             Err(e) => return Err(api_error(&format!("Secret {namespace}/{name}"), &e)),
         };
         if seen != SecretSeen::Unknown

@@ -475,3 +475,56 @@ async fn runs_under_its_own_service_account_and_rbac() -> Result<()> {
     dump_logs_on_error(result)?;
     ns.cleanup().await
 }
+
+/// Analysis Secrets are readable by the controller only where the admin binds the shipped
+/// storm-controller-analysis-secrets ClusterRole in a namespace (the command in
+/// manifests/controller/analysis-secrets.yaml), and only with get.
+#[tokio::test]
+async fn analysis_secrets_are_readable_only_where_the_admin_grants_them() -> Result<()> {
+    let ns = TestNamespace::new("rbac-secrets").await?;
+    let other = TestNamespace::new("rbac-nosecrets").await?;
+    let cluster = ns.cluster();
+    let result = async {
+        service_account_kubeconfig(cluster)?;
+        cluster.kubectl_run(["apply", "-f", "manifests/controller/analysis-secrets.yaml"])?;
+        let can = |verb: &str, namespace: &str| -> Result<bool> {
+            let out = cluster
+                .kubectl()
+                .args([
+                    "auth",
+                    "can-i",
+                    verb,
+                    "secrets",
+                    "-n",
+                    namespace,
+                    "--as=system:serviceaccount:storm-system:storm-controller",
+                ])
+                .output()?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
+        };
+        ensure!(!can("get", ns.name())?, "Secrets readable before any grant");
+        cluster.kubectl_run([
+            "-n",
+            ns.name(),
+            "create",
+            "rolebinding",
+            "storm-controller-analysis-secrets",
+            "--clusterrole=storm-controller-analysis-secrets",
+            "--serviceaccount=storm-system:storm-controller",
+        ])?;
+        wait_for("the grant", Duration::from_secs(20), || async {
+            Ok(can("get", ns.name())?.then_some(()))
+        })
+        .await?;
+        ensure!(!can("list", ns.name())?, "Secrets listable");
+        ensure!(
+            !can("get", other.name())?,
+            "Secrets readable in a namespace without the grant"
+        );
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    dump_logs_on_error(result)?;
+    other.cleanup().await?;
+    ns.cleanup().await
+}
