@@ -257,6 +257,10 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
         now,
     };
     let plan = rollout::decide(&input);
+    // A status this reconcile writes does not trigger the next one (the watch ignores status);
+    // look again shortly with it, as a decision may follow from it (a completed rollout resets
+    // the routers once its status says Completed). One look per change: no loop.
+    let wrote_status = obj.status.as_ref() != Some(&plan.status);
     let result = apply::apply(&state.ctx, &state.caches, obj, &observed, &plan).await;
     let rs = plan.status.rollout_status.as_ref();
     state.ctx.metrics.set_rollout(
@@ -270,8 +274,16 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
         ),
     );
     result?;
-    Ok(Action::requeue(plan.requeue_after))
+    let requeue = if wrote_status {
+        plan.requeue_after.min(STATUS_RECHECK)
+    } else {
+        plan.requeue_after
+    };
+    Ok(Action::requeue(requeue))
 }
+
+/// How soon a StormService whose status was just written is looked at again.
+const STATUS_RECHECK: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests;
