@@ -73,9 +73,14 @@ bench-controller: cluster-up ## N StormServices through a canary (N=200, ROUTER=
 	$(CARGO) run --release -q -p storm-e2e --example bench_controller -- $(or $(N),200) $(or $(ABORTS),20) $(or $(ROUTER),none)
 
 .PHONY: soak
-soak: cluster-up ## N StormServices under a seeded random stream of actions and controller crashes, invariants checked (N=50, SECONDS=300, SEED) -> target/bench/soak.json
+soak: cluster-up ## N StormServices under a seeded stream of user actions and faults, invariants checked (N=50, SOAK_MINUTES=20, SEED) -> target/bench/soak.json
 	@tests/dev/dev.sh down >/dev/null 2>&1 || true
-	$(CARGO) run -q -p storm-e2e --example soak -- $(or $(N),50) $(or $(SECONDS),300) $(or $(SEED),20261130)
+	$(CARGO) run -q -p storm-e2e --example soak -- $(or $(N),50) $$(( $(or $(SOAK_MINUTES),20) * 60 )) $(or $(SEED),20261130)
+
+.PHONY: soak-short
+soak-short: cluster-up ## The soak for 2.5 minutes with 16 StormServices (part of make test) -> target/bench/soak.json
+	@tests/dev/dev.sh down >/dev/null 2>&1 || true
+	$(CARGO) run -q -p storm-e2e --example soak -- 16 150 $(or $(SEED),20261130)
 
 .PHONY: bench
 bench: bench-webhook bench-controller ## Every benchmark; numbers in target/bench/

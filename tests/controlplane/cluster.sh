@@ -60,6 +60,9 @@ alive() {
 start() {
 	local name=$1
 	shift
+	# The command line, for `restart` (the soak's faults).
+	mkdir -p "$STATE/cmd"
+	printf '%q ' "$@" >"$STATE/cmd/$name"
 	log "starting $name"
 	setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
 	local pid=$!
@@ -540,6 +543,25 @@ cmd_status() {
 	return $rc
 }
 
+# restart <component>: SIGKILL it and start it again with the same command line and state (the
+# soak's faults: a crashed kube-apiserver, etcd restarted on the same data dir).
+cmd_restart() {
+	local name=${1:-} pid
+	[[ -n $name && -s $STATE/cmd/$name ]] || die "restart: no recorded command for '$name'"
+	if pid=$(pid_of "$name"); then
+		kill -KILL "$pid" 2>/dev/null || true
+		local deadline=$((SECONDS + 10))
+		while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+	fi
+	local cmd
+	cmd=$(cat "$STATE/cmd/$name")
+	eval "start $name $cmd"
+	case $name in
+	etcd) wait_for "etcd /health" "$READY_TIMEOUT" etcd_healthy ;;
+	kube-apiserver) wait_for "kube-apiserver /readyz" "$READY_TIMEOUT" apiserver_ready ;;
+	esac
+}
+
 cmd_logs() {
 	local which=${1:-} lines=${2:-50}
 	if [[ -n $which && $which != all ]]; then
@@ -555,12 +577,18 @@ up) cmd_up ;;
 down) cmd_down ;;
 env) cmd_env ;;
 status) cmd_status ;;
+restart)
+	shift
+	# shellcheck disable=SC1091
+	[[ -s $STATE/ports.env ]] && . "$STATE/ports.env"
+	cmd_restart "$@"
+	;;
 logs)
 	shift
 	cmd_logs "$@"
 	;;
 *)
-	echo "usage: $0 up|down|env|status|logs [component] [lines]" >&2
+	echo "usage: $0 up|down|env|status|restart <component>|logs [component] [lines]" >&2
 	exit 2
 	;;
 esac

@@ -1,31 +1,59 @@
-//! `make soak`: N StormServices (canary without a router, canary of one RoleSet, blue-green) on the
-//! local control plane, with the admission webhook registered, receive a seeded random stream of
-//! user actions (image bumps, approvals, aborts, retries, pauses, resumes, role scales) while the
-//! controller is killed (SIGKILL) and restarted now and then. An invariant checker watches the
-//! whole time; at the end every StormService is aborted or completed and must come to rest.
+//! `make soak` (and, short, `make soak-short` in `make test`): N StormServices on the local control
+//! plane, with the admission webhook registered, receive a seeded random stream of user actions
+//! (image bumps, template reverts, approvals, aborts, retries, pauses, resumes, role scales,
+//! deletions) while faults are injected on a seeded schedule. An invariant checker watches the
+//! whole run; at the end every StormService is finished or aborted and must come to rest.
 //!
-//! Invariants (a violation is recorded with the StormService and the time):
-//! - capacity: never more RoleSets than `replicas` plus the surge budget (canary without a router:
-//!   25% of replicas, at least 1) — blue-green may hold twice `replicas`;
-//! - abort: within 60 s of `Aborted`, weight 0 and no RoleSet of the aborted revision left;
-//! - rest: after the stream stops, every StormService reaches Healthy, Completed, Aborted or Degraded
-//!   with exactly `replicas` Ready RoleSets of its stable revision within 180 s.
+//! The StormServices: canaries of 3 RoleSets without a router, canaries of one RoleSet, blue-green
+//! with a preview, and canaries of 3 RoleSets whose first step measures a web provider that is
+//! slow (2–4 s) on 15% of requests and fails (HTTP 500) on another 15%.
 //!
-//! Writes `target/bench/soak.json` (seed, services, seconds, actions by kind, controller restarts,
-//! violations). Usage: cargo run -p storm-e2e --example soak -- [SERVICES] [SECONDS] [SEED]
+//! The controller runs as two replicas with leader election (a Lease in the soak's namespace),
+//! both talking to the API server through a TCP relay the soak controls. Faults:
+//! - `controller_kill`: SIGKILL of one replica (either), restarted at once;
+//! - `leader_kill`: SIGKILL of the replica holding the Lease, restarted at once;
+//! - `apiserver_restart`: kube-apiserver killed and started again;
+//! - `etcd_restart`: etcd killed and started again on the same data;
+//! - `blackhole`: the relay stops moving bytes for 30 s (connections stay open, nothing arrives).
+//!
+//! After each fault the soak bumps the image of a probe StormService and measures how long until
+//! the controller has acted on it (`status.observedGeneration` caught up): the recovery time.
+//!
+//! Invariants (each violation is counted under its name, the first one kept as an example):
+//! - `capacity_floor`: once a StormService has been Healthy, its Ready RoleSets (any revision)
+//!   never stay below `replicas − maxUnavailable` for more than 15 s;
+//! - `surge`: its RoleSets never stay above `replicas` plus the surge budget for more than 15 s
+//!   while a canary moves (twice `replicas` for blue-green, and while an abort or rollback grows
+//!   stable back);
+//! - `abort`: 60 s after `Aborted`, weight 0 and no RoleSet of the aborted revision;
+//! - `observed_generation`: `status.observedGeneration` never goes back;
+//! - `stuck`: a rollout `Progressing` with the same rollout status for 120 s;
+//! - `deleted`: 60 s after a StormService is deleted, no RoleSet or Pod of it is left;
+//! - `rest`: after the stream stops, every StormService reaches Healthy, Completed, Aborted or
+//!   Degraded with exactly `replicas` Ready RoleSets of its stable revision within 180 s.
+//!
+//! Writes `target/bench/soak.json` (seed, services, minutes, actions and faults by kind,
+//! violations by invariant with the first example, recovery p50/p99 by fault kind, abort
+//! recovery p50/p99) and exits non-zero on any violation.
+//! Usage: cargo run -p storm-e2e --example soak -- [SERVICES] [SECONDS] [SEED]
 
 use anyhow::{Context, Result};
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use storm_shared::keys::LABEL_REVISION;
+use storm_shared::types::analysis::AnalysisTemplate;
 use storm_shared::types::stormservice::RolloutPhase;
 use storm_shared::{RoleSet, StormService};
 use storm_test_support::TestNamespace;
 use storm_test_support::process::Controller;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A small deterministic generator: the same seed gives the same stream.
 struct Rng(u64);
@@ -47,24 +75,36 @@ enum Kind {
     Canary,
     Single,
     BlueGreen,
+    Analysed,
 }
 
 fn kind_of(i: usize) -> Kind {
     match i % 4 {
-        0 | 1 => Kind::Canary,
-        2 => Kind::Single,
-        _ => Kind::BlueGreen,
+        0 => Kind::Canary,
+        1 => Kind::Single,
+        2 => Kind::BlueGreen,
+        _ => Kind::Analysed,
     }
 }
 
-fn manifest(name: &str, kind: Kind) -> Value {
-    let replicas = if kind == Kind::Single { 1 } else { 3 };
+fn replicas_of(kind: Kind) -> usize {
+    if kind == Kind::Single { 1 } else { 3 }
+}
+
+fn manifest(name: &str, kind: Kind, image: &str) -> Value {
+    let replicas = replicas_of(kind);
+    let services = |a: &str, b: &str| (format!("{name}-{a}"), format!("{name}-{b}"));
+    let (stable, canary) = services("stable", "canary");
     let strategy = match kind {
         Kind::BlueGreen => json!({"type": "BlueGreen", "blueGreen": {
-            "activeService": format!("{name}-stable"), "previewService": format!("{name}-canary"),
+            "activeService": stable, "previewService": canary,
             "autoPromotionEnabled": false, "scaleDownDelaySeconds": 5}}),
+        Kind::Analysed => json!({"type": "Canary", "canary": {
+            "stableService": stable, "canaryService": canary,
+            "steps": [{"weight": 34, "analysis": {"templates": [{"name": "flaky"}]}},
+                      {"weight": 67, "pause": {"untilApproval": true}}, {"weight": 100}]}}),
         _ => json!({"type": "Canary", "canary": {
-            "stableService": format!("{name}-stable"), "canaryService": format!("{name}-canary"),
+            "stableService": stable, "canaryService": canary,
             "steps": [{"weight": 34, "pause": {"duration": "2s"}}, {"weight": 67, "pause": {"untilApproval": true}}, {"weight": 100}]}}),
     };
     json!({
@@ -76,7 +116,7 @@ fn manifest(name: &str, kind: Kind) -> Value {
             "template": {"metadata": {"labels": {"app": name}},
                 "spec": {"roles": [{"name": "server", "replicas": 1, "template": {
                     "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "server", "image": "app:v1"}]}}}]}},
+                    "spec": {"containers": [{"name": "server", "image": image}]}}}]}},
             "rolloutStrategy": strategy
         }
     })
@@ -84,6 +124,305 @@ fn manifest(name: &str, kind: Kind) -> Value {
 
 fn phase(obj: &StormService) -> Option<RolloutPhase> {
     obj.status.as_ref()?.rollout_status.as_ref()?.phase
+}
+
+/// The analysis provider: fast and fine on 70% of requests, 2–4 s slow on 15%, HTTP 500 on 15%.
+fn flaky_provider(seed: u64) -> Result<String> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/rate", listener.local_addr()?);
+    std::thread::spawn(move || {
+        let rng = std::sync::Mutex::new(Rng(seed.rotate_left(17) | 1));
+        for stream in listener.incoming().flatten() {
+            let draw = rng.lock().map(|mut r| r.below(100)).unwrap_or(0);
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                if (70..85).contains(&draw) {
+                    std::thread::sleep(Duration::from_millis(2000 + 130 * (draw - 70)));
+                }
+                let (status, body) = if draw >= 85 {
+                    ("500 Internal Server Error", r#"{"error":"overloaded"}"#)
+                } else {
+                    ("200 OK", r#"{"rate":1}"#)
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// A TCP relay to the API server that can be paused: while paused it moves no bytes (a
+/// blackhole: connections stay open, nothing arrives, nothing is refused).
+async fn relay(upstream: String, paused: Arc<AtomicBool>) -> Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let (upstream, paused) = (upstream.clone(), paused.clone());
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::join!(pump(cr, sw, paused.clone()), pump(sr, cw, paused));
+            });
+        }
+    });
+    Ok(port)
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    paused: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        while paused.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Percentiles of durations in seconds.
+fn percentiles(mut v: Vec<f64>) -> Value {
+    if v.is_empty() {
+        return json!({"count": 0});
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    json!({"count": v.len(), "p50_s": (at(0.5) * 10.0).round() / 10.0, "p99_s": (at(0.99) * 10.0).round() / 10.0})
+}
+
+/// What the checker remembers between looks.
+#[derive(Default)]
+struct Watch {
+    violations: BTreeMap<&'static str, (u64, String)>,
+    healthy_once: BTreeSet<String>,
+    below_floor: BTreeMap<String, Instant>,
+    above_surge: BTreeMap<String, Instant>,
+    aborted_at: BTreeMap<String, (Instant, String, bool)>,
+    abort_recovery: Vec<f64>,
+    generation: BTreeMap<String, i64>,
+    progressing: BTreeMap<String, (String, Instant)>,
+    deleted: BTreeMap<String, Instant>,
+}
+
+impl Watch {
+    fn violate(&mut self, invariant: &'static str, example: String) {
+        let e = self.violations.entry(invariant).or_insert((0, example));
+        e.0 += 1;
+    }
+}
+
+const GRACE: Duration = Duration::from_secs(15);
+
+struct Soak {
+    ns: TestNamespace,
+    api: Api<StormService>,
+    names: Vec<String>,
+    images: BTreeMap<String, Vec<String>>,
+    present: BTreeSet<String>,
+    watch: Watch,
+    started: Instant,
+}
+
+impl Soak {
+    /// One look at every StormService, its RoleSets and (for deleted ones) its Pods.
+    async fn check(&mut self) -> Result<()> {
+        let t = self.started.elapsed().as_secs();
+        let all = self.api.list(&ListParams::default()).await?.items;
+        let rolesets = self
+            .ns
+            .api::<RoleSet>()
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let mut by_owner: BTreeMap<String, Vec<(String, bool)>> = BTreeMap::new();
+        for r in rolesets
+            .iter()
+            .filter(|r| r.metadata.deletion_timestamp.is_none())
+        {
+            let Some(owner) = r.labels().get("storm-service-name") else {
+                continue;
+            };
+            let ready = r.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            });
+            by_owner.entry(owner.clone()).or_default().push((
+                r.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
+                ready,
+            ));
+        }
+        let w = &mut self.watch;
+        let mut found: Vec<(&'static str, String)> = Vec::new();
+        for obj in &all {
+            let name = obj.name_any();
+            let Some(i) = self.names.iter().position(|n| *n == name) else {
+                continue;
+            };
+            if obj.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let kind = kind_of(i);
+            let replicas = usize::try_from(obj.spec.replicas.unwrap_or(1)).unwrap_or(1);
+            let mine = by_owner.get(&name).cloned().unwrap_or_default();
+            let p = phase(obj);
+            let st = obj.status.as_ref();
+            let stable = st
+                .and_then(|s| s.current_revision.clone())
+                .unwrap_or_default();
+            let update = st
+                .and_then(|s| s.update_revision.clone())
+                .unwrap_or_default();
+            if p == Some(RolloutPhase::Healthy) {
+                w.healthy_once.insert(name.clone());
+            }
+            // capacity_floor: maxUnavailable is 25% of replicas, rounded down.
+            let floor = replicas - replicas / 4;
+            let ready = mine.iter().filter(|(_, r)| *r).count();
+            if w.healthy_once.contains(&name) && ready < floor {
+                let since = *w
+                    .below_floor
+                    .entry(name.clone())
+                    .or_insert_with(Instant::now);
+                if since.elapsed() > GRACE {
+                    w.violate(
+                        "capacity_floor",
+                        format!("t={t}s {name} ({p:?}): {ready} Ready RoleSets for {GRACE:?}, floor {floor}: {mine:?}"),
+                    );
+                    w.below_floor.remove(&name);
+                }
+            } else {
+                w.below_floor.remove(&name);
+            }
+            // surge
+            let recovering = matches!(p, Some(RolloutPhase::Aborted | RolloutPhase::Degraded));
+            let bound = match kind {
+                Kind::BlueGreen => 2 * replicas,
+                _ if recovering => 2 * replicas,
+                _ => replicas + replicas.div_ceil(4).max(1),
+            };
+            if mine.len() > bound {
+                let since = *w
+                    .above_surge
+                    .entry(name.clone())
+                    .or_insert_with(Instant::now);
+                if since.elapsed() > GRACE {
+                    let mut by_rev: BTreeMap<&str, usize> = BTreeMap::new();
+                    for (r, _) in &mine {
+                        *by_rev.entry(r.as_str()).or_default() += 1;
+                    }
+                    w.violate(
+                        "surge",
+                        format!("t={t}s {name} ({p:?}, stable {stable}, update {update}): {} RoleSets for {GRACE:?}, more than {bound}: {by_rev:?}", mine.len()),
+                    );
+                    w.above_surge.remove(&name);
+                }
+            } else {
+                w.above_surge.remove(&name);
+            }
+            // abort
+            if p == Some(RolloutPhase::Aborted) && update != stable {
+                let weight = st
+                    .and_then(|s| s.rollout_status.as_ref())
+                    .and_then(|r| r.canary_status.as_ref())
+                    .map_or(0, |c| c.current_weight);
+                let left = mine.iter().filter(|(r, _)| *r == update).count();
+                let entry = w.aborted_at.entry(name.clone()).or_insert((
+                    Instant::now(),
+                    update.clone(),
+                    false,
+                ));
+                if entry.1 != update {
+                    *entry = (Instant::now(), update.clone(), false);
+                }
+                if weight == 0 && left == 0 && !entry.2 {
+                    entry.2 = true;
+                    let took = entry.0.elapsed().as_secs_f64();
+                    w.abort_recovery.push(took);
+                } else if !entry.2 && entry.0.elapsed() > Duration::from_secs(60) {
+                    found.push(("abort", format!("t={t}s {name}: aborted for 60 s, weight {weight}, {left} RoleSets of {update} left")));
+                    entry.2 = true;
+                }
+            } else {
+                w.aborted_at.remove(&name);
+            }
+            // observed_generation
+            if let Some(g) = st.and_then(|s| s.observed_generation) {
+                let seen = w.generation.entry(name.clone()).or_insert(g);
+                if g < *seen {
+                    found.push((
+                        "observed_generation",
+                        format!("t={t}s {name}: observedGeneration {g} after {seen}"),
+                    ));
+                }
+                *seen = (*seen).max(g);
+            }
+            // stuck
+            if p == Some(RolloutPhase::Progressing) {
+                let now = serde_json::to_string(&st.and_then(|s| s.rollout_status.clone()))?;
+                let entry = w
+                    .progressing
+                    .entry(name.clone())
+                    .or_insert((now.clone(), Instant::now()));
+                if entry.0 != now {
+                    *entry = (now, Instant::now());
+                } else if entry.1.elapsed() > Duration::from_secs(120) {
+                    found.push((
+                        "stuck",
+                        format!("t={t}s {name}: Progressing unchanged for 120 s: {now}"),
+                    ));
+                    entry.1 = Instant::now();
+                }
+            } else {
+                w.progressing.remove(&name);
+            }
+        }
+        for (invariant, example) in found {
+            w.violate(invariant, example);
+        }
+        // deleted
+        let gone: Vec<(String, Instant)> = w.deleted.iter().map(|(n, t)| (n.clone(), *t)).collect();
+        for (name, since) in gone {
+            let rs_left = rolesets
+                .iter()
+                .filter(|r| r.labels().get("storm-service-name") == Some(&name))
+                .count();
+            let pods_left = self
+                .ns
+                .api::<Pod>()
+                .list(&ListParams::default().labels(&format!("storm-service-name={name}")))
+                .await?
+                .items
+                .len();
+            if rs_left == 0 && pods_left == 0 {
+                w.deleted.remove(&name);
+            } else if since.elapsed() > Duration::from_secs(60) {
+                w.violate("deleted", format!("t={t}s {name}: deleted 60 s ago, {rs_left} RoleSets and {pods_left} Pods left"));
+                w.deleted.remove(&name);
+            }
+        }
+        Ok(())
+    }
 }
 
 #[tokio::main]
@@ -95,11 +434,66 @@ async fn main() -> Result<()> {
     let seed: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(20261130);
     let mut rng = Rng(seed | 1);
     let ns = TestNamespace::new("soak").await?;
-    ns.cluster().install_crds()?;
-    let mut controller = Controller::start(ns.cluster(), ns.name())?;
+    let cluster = ns.cluster();
+    cluster.install_crds()?;
+
+    // The controllers reach the API server through the relay.
+    let admin = std::fs::read_to_string(cluster.kubeconfig())?;
+    let server = admin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server:"))
+        .map(str::trim)
+        .context("no server in the kubeconfig")?
+        .to_string();
+    let upstream = server.trim_start_matches("https://").to_string();
+    let paused = Arc::new(AtomicBool::new(false));
+    let port = relay(upstream, paused.clone()).await?;
+    let relayed =
+        std::env::temp_dir().join(format!("storm-soak-{}.kubeconfig", std::process::id()));
+    std::fs::write(
+        &relayed,
+        admin.replace(&server, &format!("https://127.0.0.1:{port}")),
+    )?;
+    let relayed = relayed.display().to_string();
+    let lease_ns = ns.name().to_string();
+    let start = |id: &str| {
+        Controller::start_in(
+            cluster,
+            &lease_ns,
+            &["--leader-elect=true", "--lease-namespace", &lease_ns],
+            &[("KUBECONFIG", relayed.as_str()), ("POD_NAME", id)],
+        )
+    };
+    let mut replicas = vec![
+        ("soak-a".to_string(), start("soak-a")?),
+        ("soak-b".to_string(), start("soak-b")?),
+    ];
+
+    let provider = flaky_provider(seed)?;
+    let template: AnalysisTemplate = serde_json::from_value(json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "flaky"},
+        "spec": {"metrics": [{"name": "rate",
+            "provider": {"web": {"url": provider, "jsonPath": "{$.rate}", "timeout": "5s"}},
+            "successCondition": "result < 5", "count": 2, "interval": "1s"}]}
+    }))?;
+    ns.api::<AnalysisTemplate>()
+        .create(&PostParams::default(), &template)
+        .await?;
+
     let api = ns.api::<StormService>();
     let svcs: Api<Service> = ns.api();
-    let names: Vec<String> = (0..services).map(|i| format!("s{i}")).collect();
+    let mut names: Vec<String> = (0..services).map(|i| format!("s{i}")).collect();
+    names.push("probe".into());
+    let mut soak = Soak {
+        ns,
+        api: api.clone(),
+        names: names.clone(),
+        images: BTreeMap::new(),
+        present: BTreeSet::new(),
+        watch: Watch::default(),
+        started: Instant::now(),
+    };
     for (i, name) in names.iter().enumerate() {
         for side in ["stable", "canary"] {
             let svc: Service =
@@ -107,50 +501,107 @@ async fn main() -> Result<()> {
                 "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}}))?;
             svcs.create(&PostParams::default(), &svc).await?;
         }
-        let obj: StormService = serde_json::from_value(manifest(name, kind_of(i)))?;
+        let kind = if name == "probe" {
+            Kind::Single
+        } else {
+            kind_of(i)
+        };
+        let obj: StormService = serde_json::from_value(manifest(name, kind, "app:v1"))?;
         api.create(&PostParams::default(), &obj).await?;
+        soak.images.insert(name.clone(), vec!["app:v1".into()]);
+        soak.present.insert(name.clone());
     }
-    let started = Instant::now();
+    let stream: Vec<String> = names.iter().filter(|n| *n != "probe").cloned().collect();
+
     let mut actions: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut violations: Vec<String> = Vec::new();
-    let mut restarts = 0u64;
-    let mut aborted_at: BTreeMap<String, (Instant, String)> = BTreeMap::new();
-    let mut next_kill = Instant::now() + Duration::from_secs(45);
+    let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut recovery: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut next_fault = Instant::now() + Duration::from_secs(25 + rng.below(20));
+    let mut down: Option<usize> = None;
     let mut image = 1u64;
-    while started.elapsed() < Duration::from_secs(seconds) {
-        // One action.
-        let i = rng.below(names.len() as u64) as usize;
-        let name = &names[i];
-        let action = match rng.below(10) {
-            0..=2 => "image",
-            3 | 4 => "approve",
-            5 => "abort",
-            6 => "retry",
-            7 => "pause",
-            8 => "resume",
-            _ => "scale",
+    while soak.started.elapsed() < Duration::from_secs(seconds) {
+        let name = stream[rng.below(stream.len() as u64) as usize].clone();
+        let i = names.iter().position(|n| *n == name).unwrap_or(0);
+        let action = if !soak.present.contains(&name) {
+            "recreate"
+        } else {
+            match rng.below(20) {
+                0..=4 => "image",
+                5 => "revert",
+                6..=8 => "approve",
+                9 | 10 => "abort",
+                11 | 12 => "retry",
+                13 => "pause",
+                14 => "resume",
+                15..=17 => "scale",
+                18 => "delete",
+                _ => "approve",
+            }
+        };
+        let json_patch = |ops: Value| -> Result<Patch<()>> {
+            Ok(Patch::<()>::Json(serde_json::from_value(ops)?))
         };
         let result = match action {
-            "image" => {
-                image += 1;
-                let patch = json!([{"op": "replace", "path": "/spec/template/spec/roles/0/template/spec/containers/0/image", "value": format!("app:v{image}")}]);
-                api.patch(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::<()>::Json(serde_json::from_value(patch)?),
-                )
-                .await
-                .map(|_| ())
+            "image" | "revert" => {
+                let images = soak.images.entry(name.clone()).or_default();
+                let next = if action == "revert" && images.len() >= 2 {
+                    images[images.len() - 2].clone()
+                } else {
+                    image += 1;
+                    format!("app:v{image}")
+                };
+                images.push(next.clone());
+                let patch = json_patch(
+                    json!([{"op": "replace", "path": "/spec/template/spec/roles/0/template/spec/containers/0/image", "value": next}]),
+                )?;
+                api.patch(&name, &PatchParams::default(), &patch)
+                    .await
+                    .map(|_| ())
             }
             "scale" => {
-                let patch = json!([{"op": "replace", "path": "/spec/template/spec/roles/0/replicas", "value": 1 + rng.below(2)}]);
-                api.patch(
-                    name,
-                    &PatchParams::default(),
-                    &Patch::<()>::Json(serde_json::from_value(patch)?),
-                )
-                .await
-                .map(|_| ())
+                let patch = json_patch(
+                    json!([{"op": "replace", "path": "/spec/template/spec/roles/0/replicas", "value": 1 + rng.below(2)}]),
+                )?;
+                api.patch(&name, &PatchParams::default(), &patch)
+                    .await
+                    .map(|_| ())
+            }
+            "delete" => {
+                let r = api
+                    .delete(&name, &DeleteParams::default())
+                    .await
+                    .map(|_| ());
+                if r.is_ok() {
+                    soak.present.remove(&name);
+                    soak.watch.deleted.insert(name.clone(), Instant::now());
+                    for m in [
+                        &mut soak.watch.generation as &mut dyn Forget,
+                        &mut soak.watch.healthy_once,
+                    ] {
+                        m.forget(&name);
+                    }
+                }
+                r
+            }
+            "recreate" => {
+                // Once the old object is gone (its finalizer released).
+                match api.get_opt(&name).await {
+                    Ok(None) => {
+                        let image = soak
+                            .images
+                            .get(&name)
+                            .and_then(|v| v.last().cloned())
+                            .unwrap_or_else(|| "app:v1".into());
+                        let obj: StormService =
+                            serde_json::from_value(manifest(&name, kind_of(i), &image))?;
+                        let r = api.create(&PostParams::default(), &obj).await.map(|_| ());
+                        if r.is_ok() {
+                            soak.present.insert(name.clone());
+                        }
+                        r
+                    }
+                    _ => Ok(()),
+                }
             }
             control => {
                 let key = format!(
@@ -162,46 +613,154 @@ async fn main() -> Result<()> {
                     }
                 );
                 let body = json!({"metadata": {"annotations": {key: "true"}}});
-                api.patch(name, &PatchParams::default(), &Patch::Merge(&body))
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&body))
                     .await
                     .map(|_| ())
             }
         };
-        // Admission refuses controls that cannot act; that is an answer, not a failure.
-        if result.is_ok() {
-            *actions.entry(action).or_default() += 1;
-        } else {
-            *actions.entry("refused").or_default() += 1;
+        // Admission refuses controls that cannot act, and a fault may refuse anything: answers,
+        // not failures of the soak.
+        *actions
+            .entry(if result.is_ok() { action } else { "refused" })
+            .or_default() += 1;
+
+        if Instant::now() >= next_fault {
+            let kind = [
+                "controller_kill",
+                "leader_kill",
+                "apiserver_restart",
+                "etcd_restart",
+                "blackhole",
+            ][rng.below(5) as usize];
+            match kind {
+                "controller_kill" => {
+                    let k = rng.below(2) as usize;
+                    replicas[k].1.process.restart()?;
+                }
+                "leader_kill" => {
+                    // The leader's Pod is gone: the standby must take the Lease over (after it
+                    // expires); the killed replica comes back once the probe has recovered.
+                    let leases: Api<Lease> = soak.ns.api();
+                    let holder = leases
+                        .get_opt("storm-controller")
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|l| l.spec?.holder_identity);
+                    if let Some(k) = replicas
+                        .iter()
+                        .position(|(id, _)| Some(id) == holder.as_ref())
+                    {
+                        replicas[k].1.process.kill()?;
+                        down = Some(k);
+                    }
+                }
+                "apiserver_restart" | "etcd_restart" => {
+                    let component = if kind == "etcd_restart" {
+                        "etcd"
+                    } else {
+                        "kube-apiserver"
+                    };
+                    let out = std::process::Command::new("bash")
+                        .arg(storm_test_support::repo_root().join("tests/controlplane/cluster.sh"))
+                        .args(["restart", component])
+                        .output()?;
+                    anyhow::ensure!(
+                        out.status.success(),
+                        "restarting {component}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                _ => {
+                    paused.store(true, Ordering::SeqCst);
+                    let until = Instant::now() + Duration::from_secs(30);
+                    while Instant::now() < until {
+                        soak.check().await.ok();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    paused.store(false, Ordering::SeqCst);
+                }
+            }
+            *faults.entry(kind).or_default() += 1;
+            // Recovery: the controller acts on a new change of the probe (for a killed leader,
+            // the standby does).
+            let from = Instant::now();
+            image += 1;
+            let patch = json_patch(
+                json!([{"op": "replace", "path": "/spec/template/spec/roles/0/template/spec/containers/0/image", "value": format!("app:v{image}")}]),
+            )?;
+            let deadline = from + Duration::from_secs(120);
+            let mut patched = false;
+            while Instant::now() < deadline {
+                if !patched {
+                    patched = api
+                        .patch("probe", &PatchParams::default(), &patch)
+                        .await
+                        .is_ok();
+                }
+                if patched
+                    && let Ok(p) = api.get("probe").await
+                    && p.status.as_ref().and_then(|s| s.observed_generation)
+                        == p.metadata.generation
+                {
+                    recovery
+                        .entry(kind)
+                        .or_default()
+                        .push(from.elapsed().as_secs_f64());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if Instant::now() >= deadline {
+                soak.watch.violate(
+                    "recovery",
+                    format!("{kind}: the controller did not act on a change within 120 s"),
+                );
+            }
+            if let Some(k) = down.take() {
+                replicas[k].1.process.restart()?;
+            }
+            next_fault = Instant::now() + Duration::from_secs(25 + rng.below(20));
         }
-        // A crash now and then.
-        if Instant::now() >= next_kill {
-            controller.process.restart()?;
-            restarts += 1;
-            next_kill = Instant::now() + Duration::from_secs(30 + rng.below(30));
-        }
-        check(&ns, &api, &names, &mut aborted_at, &mut violations, started).await?;
+        soak.check().await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    // Stop: finish every rollout (approve everything, then abort what still moves) and let it rest.
+
+    // Stop: abort what still moves, recreate what was deleted, and let everything rest.
+    for name in &stream {
+        if !soak.present.contains(name) {
+            let i = names.iter().position(|n| n == name).unwrap_or(0);
+            let image = soak
+                .images
+                .get(name)
+                .and_then(|v| v.last().cloned())
+                .unwrap_or_else(|| "app:v1".into());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline && api.get_opt(name).await?.is_some() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let obj: StormService = serde_json::from_value(manifest(name, kind_of(i), &image))?;
+            let _ = api.create(&PostParams::default(), &obj).await;
+        }
+    }
     let rest_deadline = Instant::now() + Duration::from_secs(180);
-    let mut settled = false;
+    let mut pending_names = Vec::new();
     while Instant::now() < rest_deadline {
-        let all = api.list(&ListParams::default()).await?.items;
-        let mut pending = 0;
-        for obj in &all {
+        pending_names.clear();
+        for obj in api.list(&ListParams::default()).await?.items {
             let at_rest = matches!(
-                phase(obj),
+                phase(&obj),
                 Some(
                     RolloutPhase::Healthy
                         | RolloutPhase::Completed
                         | RolloutPhase::Aborted
                         | RolloutPhase::Degraded
                 )
-            ) && whole_stable(&ns, obj).await?;
+            ) && whole_stable(&soak.ns, &obj).await?;
             if !at_rest {
-                pending += 1;
+                pending_names.push((obj.name_any(), phase(&obj)));
                 if matches!(
-                    phase(obj),
+                    phase(&obj),
                     Some(RolloutPhase::Paused | RolloutPhase::Progressing)
                 ) {
                     let body = json!({"metadata": {"annotations": {"stormservice.aibrix.ai/rollout-abort": "true"}}});
@@ -215,29 +774,36 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        check(&ns, &api, &names, &mut aborted_at, &mut violations, started).await?;
-        if pending == 0 {
-            settled = true;
+        soak.check().await?;
+        if pending_names.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    if !settled {
-        for obj in api.list(&ListParams::default()).await?.items {
-            if !whole_stable(&ns, &obj).await? {
-                violations.push(format!(
-                    "{}: not at rest 180 s after the stream stopped (phase {:?})",
-                    obj.name_any(),
-                    phase(&obj)
-                ));
-            }
-        }
+    for (name, p) in &pending_names {
+        soak.watch.violate(
+            "rest",
+            format!("{name}: not at rest 180 s after the stream stopped (phase {p:?})"),
+        );
     }
-    controller.process.ensure_running()?;
+    for (_, r) in &mut replicas {
+        r.process.ensure_running()?;
+    }
+    let violations: BTreeMap<&str, Value> = soak
+        .watch
+        .violations
+        .iter()
+        .map(|(k, (n, first))| (*k, json!({"count": n, "first": first})))
+        .collect();
     let report = json!({
-        "seed": seed, "services": services, "seconds": started.elapsed().as_secs(),
-        "actions": actions, "controller_restarts": restarts,
+        "seed": seed,
+        "services": services,
+        "minutes": (soak.started.elapsed().as_secs_f64() / 60.0 * 10.0).round() / 10.0,
+        "actions": actions,
+        "faults": faults,
         "violations": violations,
+        "recovery": recovery.into_iter().map(|(k, v)| (k, percentiles(v))).collect::<BTreeMap<_, _>>(),
+        "abort_recovery": percentiles(std::mem::take(&mut soak.watch.abort_recovery)),
     });
     let dir = storm_test_support::repo_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;
@@ -246,12 +812,30 @@ async fn main() -> Result<()> {
         serde_json::to_string_pretty(&report)?,
     )?;
     println!("{}", serde_json::to_string_pretty(&report)?);
-    ns.cleanup().await?;
-    anyhow::ensure!(
-        report["violations"].as_array().is_some_and(Vec::is_empty),
-        "invariants violated"
-    );
+    if soak.watch.violations.is_empty() {
+        soak.ns.cleanup().await?;
+    } else {
+        eprintln!("leader log tail:\n{}", replicas[0].1.process.log_tail(40));
+    }
+    anyhow::ensure!(soak.watch.violations.is_empty(), "invariants violated");
     Ok(())
+}
+
+/// Maps keyed by StormService name that forget one on deletion.
+trait Forget {
+    fn forget(&mut self, name: &str);
+}
+
+impl Forget for BTreeMap<String, i64> {
+    fn forget(&mut self, name: &str) {
+        self.remove(name);
+    }
+}
+
+impl Forget for BTreeSet<String> {
+    fn forget(&mut self, name: &str) {
+        self.remove(name);
+    }
 }
 
 /// Whether the StormService has exactly `replicas` Ready RoleSets of its stable revision and no other.
@@ -259,19 +843,9 @@ async fn whole_stable(ns: &TestNamespace, obj: &StormService) -> Result<bool> {
     let Some(stable) = obj.status.as_ref().and_then(|s| s.current_revision.clone()) else {
         return Ok(false);
     };
-    let rolesets = rolesets_of(ns, &obj.name_any()).await?;
-    let replicas = usize::try_from(obj.spec.replicas.unwrap_or(1)).unwrap_or(1);
-    let ready_stable = rolesets
-        .iter()
-        .filter(|(rev, ready)| *rev == stable && *ready)
-        .count();
-    Ok(ready_stable == replicas && rolesets.len() == replicas)
-}
-
-async fn rolesets_of(ns: &TestNamespace, name: &str) -> Result<Vec<(String, bool)>> {
-    Ok(ns
+    let rolesets: Vec<(String, bool)> = ns
         .api::<RoleSet>()
-        .list(&ListParams::default().labels(&format!("storm-service-name={name}")))
+        .list(&ListParams::default().labels(&format!("storm-service-name={}", obj.name_any())))
         .await?
         .items
         .iter()
@@ -287,78 +861,11 @@ async fn rolesets_of(ns: &TestNamespace, name: &str) -> Result<Vec<(String, bool
                 ready,
             )
         })
-        .collect())
-}
-
-async fn check(
-    ns: &TestNamespace,
-    api: &Api<StormService>,
-    names: &[String],
-    aborted_at: &mut BTreeMap<String, (Instant, String)>,
-    violations: &mut Vec<String>,
-    started: Instant,
-) -> Result<()> {
-    let t = started.elapsed().as_secs();
-    for (i, name) in names.iter().enumerate() {
-        let obj = api.get(name).await.context("reading a StormService")?;
-        let replicas = usize::try_from(obj.spec.replicas.unwrap_or(1)).unwrap_or(1);
-        let rolesets = rolesets_of(ns, name).await?;
-        // While a canary moves, the surge budget bounds it; an abort or rollback grows stable back
-        // before the canary goes, so it may hold both for a while (at most twice `replicas`).
-        let recovering = matches!(
-            phase(&obj),
-            Some(RolloutPhase::Aborted | RolloutPhase::Degraded)
-        );
-        let bound = match kind_of(i) {
-            Kind::BlueGreen => 2 * replicas,
-            _ if recovering => 2 * replicas,
-            _ => replicas + replicas.div_ceil(4).max(1),
-        };
-        // Terminating RoleSets are left out; the bound counts what exists and serves.
-        if rolesets.len() > bound {
-            let mut by_rev: BTreeMap<&str, usize> = BTreeMap::new();
-            for (r, _) in &rolesets {
-                *by_rev.entry(r.as_str()).or_default() += 1;
-            }
-            let st = obj.status.as_ref();
-            violations.push(format!(
-                "t={t}s {name} ({:?}, stable {}, update {}): {} RoleSets, more than {bound}: {by_rev:?}",
-                phase(&obj),
-                st.and_then(|s| s.current_revision.clone()).unwrap_or_default(),
-                st.and_then(|s| s.update_revision.clone()).unwrap_or_default(),
-                rolesets.len()
-            ));
-        }
-        let update = obj
-            .status
-            .as_ref()
-            .and_then(|s| s.update_revision.clone())
-            .unwrap_or_default();
-        let stable = obj
-            .status
-            .as_ref()
-            .and_then(|s| s.current_revision.clone())
-            .unwrap_or_default();
-        if phase(&obj) == Some(RolloutPhase::Aborted) && update != stable {
-            let (since, rev) = aborted_at
-                .entry(name.clone())
-                .or_insert((Instant::now(), update.clone()));
-            if *rev == update && since.elapsed() > Duration::from_secs(60) {
-                let weight = obj
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.rollout_status.as_ref())
-                    .and_then(|r| r.canary_status.as_ref())
-                    .map_or(0, |c| c.current_weight);
-                let left = rolesets.iter().filter(|(r, _)| *r == update).count();
-                if weight != 0 || left != 0 {
-                    violations.push(format!("t={t}s {name}: aborted for 60 s, weight {weight}, {left} RoleSets of {update} left"));
-                    aborted_at.remove(name);
-                }
-            }
-        } else {
-            aborted_at.remove(name);
-        }
-    }
-    Ok(())
+        .collect();
+    let replicas = usize::try_from(obj.spec.replicas.unwrap_or(1)).unwrap_or(1);
+    let ready_stable = rolesets
+        .iter()
+        .filter(|(rev, ready)| *rev == stable && *ready)
+        .count();
+    Ok(ready_stable == replicas && rolesets.len() == replicas)
 }

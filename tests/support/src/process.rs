@@ -236,7 +236,25 @@ impl Controller {
         program: PathBuf,
         log: &str,
     ) -> Result<Self> {
-        Self::start_with(cluster, Some(namespace), program, log, &[])
+        Self::start_with(cluster, Some(namespace), program, log, &[], &[])
+    }
+
+    /// Starts the controller for `namespace` with `extra` arguments and `env` (which may replace
+    /// KUBECONFIG).
+    pub fn start_in(
+        cluster: &Cluster,
+        namespace: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::start_with(
+            cluster,
+            Some(namespace),
+            binary("storm-controller", "storm-controller")?,
+            "info,storm_controller=debug",
+            extra,
+            env,
+        )
     }
 
     /// Starts the controller for every namespace, with `extra` arguments. Only for a suite that
@@ -248,6 +266,7 @@ impl Controller {
             binary("storm-controller", "storm-controller")?,
             "info,storm_controller=debug",
             extra,
+            &[],
         )
     }
 
@@ -257,9 +276,13 @@ impl Controller {
         program: PathBuf,
         log: &str,
         extra: &[&str],
+        env_extra: &[(&str, &str)],
     ) -> Result<Self> {
         let http_port = free_port()?;
-        let mut args = vec!["--leader-elect=false".to_string()];
+        let mut args = Vec::new();
+        if !extra.iter().any(|a| a.starts_with("--leader-elect")) {
+            args.push("--leader-elect=false".to_string());
+        }
         if let Some(ns) = namespace {
             args.extend(["--namespace".to_string(), ns.to_string()]);
         }
@@ -273,13 +296,17 @@ impl Controller {
             "--analysis-min-interval=1s".into(),
         ]);
         args.extend(extra.iter().map(|a| (*a).to_string()));
-        let env = vec![
+        let mut env = vec![
             (
                 "KUBECONFIG".to_string(),
                 cluster.kubeconfig().display().to_string(),
             ),
             ("RUST_LOG".to_string(), log.to_string()),
         ];
+        for (k, v) in env_extra {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_string(), (*v).to_string()));
+        }
         let process = Process::start("storm-controller", program, args, env)?;
         Ok(Self { process, http_port })
     }
