@@ -93,4 +93,4 @@ demo-aibrix-check: ## Run demo-aibrix non-interactively (it fails on anything un
 	@$(MAKE) --no-print-directory dev-down >/dev/null 2>&1; echo "demo-aibrix-check: 1 passed, 0 failed"
 
 .PHONY: test
-test: lint unit e2e demo-check demo-aibrix-check ## Everything CI runs
+test: lint unit e2e soak-short demo-check demo-aibrix-check ## Everything CI runs
