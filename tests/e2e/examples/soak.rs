@@ -518,6 +518,21 @@ async fn main() -> Result<()> {
     let mut recovery: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut next_fault = Instant::now() + Duration::from_secs(25 + rng.below(20));
     let mut down: Option<usize> = None;
+    // A replica that exits by itself (a leader that could not renew its Lease in time exits, as
+    // it must) is started again, as the kubelet would restart its container.
+    let mut exits = 0u64;
+    let supervise = |replicas: &mut Vec<(String, Controller)>,
+                     down: Option<usize>,
+                     exits: &mut u64|
+     -> Result<()> {
+        for (k, (_, r)) in replicas.iter_mut().enumerate() {
+            if Some(k) != down && r.process.ensure_running().is_err() {
+                *exits += 1;
+                r.process.restart()?;
+            }
+        }
+        Ok(())
+    };
     let mut image = 1u64;
     while soak.started.elapsed() < Duration::from_secs(seconds) {
         let name = stream[rng.below(stream.len() as u64) as usize].clone();
@@ -692,6 +707,7 @@ async fn main() -> Result<()> {
             let deadline = from + Duration::from_secs(120);
             let mut patched = false;
             while Instant::now() < deadline {
+                supervise(&mut replicas, down, &mut exits)?;
                 if !patched {
                     patched = api
                         .patch("probe", &PatchParams::default(), &patch)
@@ -722,6 +738,7 @@ async fn main() -> Result<()> {
             }
             next_fault = Instant::now() + Duration::from_secs(25 + rng.below(20));
         }
+        supervise(&mut replicas, down, &mut exits)?;
         soak.check().await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -774,6 +791,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
+        supervise(&mut replicas, None, &mut exits)?;
         soak.check().await?;
         if pending_names.is_empty() {
             break;
@@ -786,9 +804,7 @@ async fn main() -> Result<()> {
             format!("{name}: not at rest 180 s after the stream stopped (phase {p:?})"),
         );
     }
-    for (_, r) in &mut replicas {
-        r.process.ensure_running()?;
-    }
+    supervise(&mut replicas, None, &mut exits)?;
     let violations: BTreeMap<&str, Value> = soak
         .watch
         .violations
@@ -801,6 +817,7 @@ async fn main() -> Result<()> {
         "minutes": (soak.started.elapsed().as_secs_f64() / 60.0 * 10.0).round() / 10.0,
         "actions": actions,
         "faults": faults,
+        "controller_exits": exits,
         "violations": violations,
         "recovery": recovery.into_iter().map(|(k, v)| (k, percentiles(v))).collect::<BTreeMap<_, _>>(),
         "abort_recovery": percentiles(std::mem::take(&mut soak.watch.abort_recovery)),
