@@ -32,9 +32,9 @@
 //! - `rest`: after the stream stops, every StormService reaches Healthy, Completed, Aborted or
 //!   Degraded with exactly `replicas` Ready RoleSets of its stable revision within 180 s.
 //!
-//! Writes `target/bench/soak.json` (seed, services, minutes, actions and faults by kind,
-//! violations by invariant with the first example, recovery p50/p99 by fault kind, abort
-//! recovery p50/p99) and exits non-zero on any violation.
+//! Writes `target/bench/soak.json` (seed, services, minutes, actions and faults by kind, when
+//! each fault came, violations by invariant with the first example, recovery p50/p99 by fault
+//! kind, abort recovery p50/p99) and exits non-zero on any violation.
 //! Usage: cargo run -p storm-e2e --example soak -- [SERVICES] [SECONDS] [SEED]
 
 use anyhow::{Context, Result};
@@ -515,6 +515,8 @@ async fn main() -> Result<()> {
 
     let mut actions: BTreeMap<&str, u64> = BTreeMap::new();
     let mut faults: BTreeMap<&str, u64> = BTreeMap::new();
+    // When each fault came (seconds since the start), to set violations beside them.
+    let mut timeline: Vec<Value> = Vec::new();
     let mut recovery: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut next_fault = Instant::now() + Duration::from_secs(25 + rng.below(20));
     let mut down: Option<usize> = None;
@@ -697,6 +699,7 @@ async fn main() -> Result<()> {
                 }
             }
             *faults.entry(kind).or_default() += 1;
+            timeline.push(json!([soak.started.elapsed().as_secs(), kind]));
             // Recovery: the controller acts on a new change of the probe (for a killed leader,
             // the standby does).
             let from = Instant::now();
@@ -818,6 +821,7 @@ async fn main() -> Result<()> {
         "actions": actions,
         "faults": faults,
         "controller_exits": exits,
+        "fault_times": timeline,
         "violations": violations,
         "recovery": recovery.into_iter().map(|(k, v)| (k, percentiles(v))).collect::<BTreeMap<_, _>>(),
         "abort_recovery": percentiles(std::mem::take(&mut soak.watch.abort_recovery)),
