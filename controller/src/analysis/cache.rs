@@ -60,7 +60,7 @@ impl Caches {
     pub fn watch(templates: Api<AnalysisTemplate>) -> Self {
         let (template_store, template_writer) = reflector::store::<AnalysisTemplate>();
         let template_reflector = watcher(templates, watcher::Config::default())
-            .default_backoff()
+            .backoff(crate::cache::watch_backoff())
             .modify(|t| t.managed_fields_mut().clear())
             .reflect(template_writer)
             .applied_objects()

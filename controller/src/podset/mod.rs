@@ -46,7 +46,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         ctx.api::<Pod>(),
         watcher::Config::default().labels(AIBRIX_LABEL_PODSET_NAME),
     )
-    .default_backoff()
+    .backoff(crate::cache::watch_backoff())
     .modify(crate::cache::slim_pod)
     .reflect(writer)
     .touched_objects();
@@ -62,6 +62,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     });
     info!("PodSet controller starting");
     Controller::new(ctx.api::<PodSet>(), watcher::Config::default())
+        .trigger_backoff(crate::cache::watch_backoff())
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(pod_events)
         .graceful_shutdown_on(async move {

@@ -60,14 +60,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // One Pod watch feeds both the cache the reconciles read and the owner-triggers of the
     // controller (`owns_stream`), instead of `owns()` opening a second identical watch.
     let pod_events = watcher(ctx.api::<Pod>(), pod_config)
-        .default_backoff()
+        .backoff(crate::cache::watch_backoff())
         .modify(crate::cache::slim_pod)
         .reflect(writer)
         .touched_objects();
 
     let (podsets, podset_writer) = reflector::store::<PodSet>();
     let podset_events = watcher(ctx.api::<PodSet>(), watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::cache::watch_backoff())
         .modify(|p| p.managed_fields_mut().clear())
         .reflect(podset_writer)
         .touched_objects();
@@ -87,6 +87,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     });
     info!("RoleSet controller starting");
     Controller::new(rolesets, watcher::Config::default())
+        .trigger_backoff(crate::cache::watch_backoff())
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(pod_events)
         .owns_stream(podset_events)

@@ -65,19 +65,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let labelled = watcher::Config::default().labels(AIBRIX_LABEL_STORM_SERVICE_NAME);
     let (rolesets, rs_writer) = reflector::store::<RoleSet>();
     let roleset_events = watcher(ctx.api::<RoleSet>(), labelled.clone())
-        .default_backoff()
+        .backoff(crate::cache::watch_backoff())
         .modify(|r| r.managed_fields_mut().clear())
         .reflect(rs_writer)
         .touched_objects();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let pod_events = watcher(ctx.api::<Pod>(), labelled)
-        .default_backoff()
+        .backoff(crate::cache::watch_backoff())
         .modify(crate::cache::slim_pod)
         .reflect(pod_writer)
         .touched_objects();
     let (services, svc_writer) = reflector::store::<Service>();
     let svc_reflector = watcher(ctx.api::<Service>(), watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::cache::watch_backoff())
         .modify(crate::cache::slim_service)
         .reflect(svc_writer)
         .applied_objects()
@@ -89,7 +89,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         ctx.api::<ControllerRevision>(),
         watcher::Config::default().labels(LABEL_NAME),
     )
-    .default_backoff()
+    .backoff(crate::cache::watch_backoff())
     .modify(|r| r.managed_fields_mut().clear())
     .reflect(rev_writer)
     .applied_objects()
@@ -138,11 +138,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // trigger their StormService.
     let (stormservices, ss_writer) = reflector::store::<StormService>();
     let primary = watcher(state.ctx.api::<StormService>(), watcher::Config::default())
-        .default_backoff()
+        .backoff(crate::cache::watch_backoff())
         .reflect(ss_writer)
         .applied_objects()
         .predicate_filter(user_change, Default::default());
     Controller::for_stream(primary, stormservices)
+        .trigger_backoff(crate::cache::watch_backoff())
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(roleset_events)
         .reconcile_on(wake_rx.map(|(ns, name)| ObjectRef::<StormService>::new(&name).within(&ns)))

@@ -35,7 +35,8 @@
 //! Writes `target/bench/soak.json` (seed, services, minutes, actions and faults by kind, when
 //! each fault came, violations by invariant with the first example, recovery p50/p99 by fault
 //! kind, abort recovery p50/p99) and exits non-zero on any violation.
-//! Usage: cargo run -p storm-e2e --example soak -- [SERVICES] [SECONDS] [SEED]
+//! Usage: cargo run -p storm-e2e --example soak -- [SERVICES] [SECONDS] [SEED] [FAULTS]
+//! (FAULTS: comma-separated kinds, all by default).
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -432,7 +433,31 @@ async fn main() -> Result<()> {
     let services: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(50);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(300);
     let seed: u64 = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(20261130);
+    // Which faults to inject (comma-separated kinds; all by default).
+    let all_faults = [
+        "controller_kill",
+        "leader_kill",
+        "apiserver_restart",
+        "etcd_restart",
+        "blackhole",
+    ];
+    let fault_kinds: Vec<&str> = match args.get(4) {
+        Some(list) => all_faults
+            .iter()
+            .copied()
+            .filter(|k| list.split(',').any(|x| x.trim() == *k))
+            .collect(),
+        None => all_faults.to_vec(),
+    };
+    anyhow::ensure!(
+        !fault_kinds.is_empty(),
+        "no known fault kind in {:?}",
+        args.get(4)
+    );
     let mut rng = Rng(seed | 1);
+    // Faults draw from their own stream: the same seed gives the same faults at the same times,
+    // however many actions the machine gets through between them.
+    let mut fault_rng = Rng(seed.rotate_left(29) | 1);
     let ns = TestNamespace::new("soak").await?;
     let cluster = ns.cluster();
     cluster.install_crds()?;
@@ -518,7 +543,7 @@ async fn main() -> Result<()> {
     // When each fault came (seconds since the start), to set violations beside them.
     let mut timeline: Vec<Value> = Vec::new();
     let mut recovery: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut next_fault = Instant::now() + Duration::from_secs(25 + rng.below(20));
+    let mut next_fault = Instant::now() + Duration::from_secs(25 + fault_rng.below(20));
     let mut down: Option<usize> = None;
     // A replica that exits by itself (a leader that could not renew its Lease in time exits, as
     // it must) is started again, as the kubelet would restart its container.
@@ -642,16 +667,10 @@ async fn main() -> Result<()> {
             .or_default() += 1;
 
         if Instant::now() >= next_fault {
-            let kind = [
-                "controller_kill",
-                "leader_kill",
-                "apiserver_restart",
-                "etcd_restart",
-                "blackhole",
-            ][rng.below(5) as usize];
+            let kind = fault_kinds[fault_rng.below(fault_kinds.len() as u64) as usize];
             match kind {
                 "controller_kill" => {
-                    let k = rng.below(2) as usize;
+                    let k = fault_rng.below(2) as usize;
                     replicas[k].1.process.restart()?;
                 }
                 "leader_kill" => {
@@ -739,7 +758,7 @@ async fn main() -> Result<()> {
             if let Some(k) = down.take() {
                 replicas[k].1.process.restart()?;
             }
-            next_fault = Instant::now() + Duration::from_secs(25 + rng.below(20));
+            next_fault = Instant::now() + Duration::from_secs(25 + fault_rng.below(20));
         }
         supervise(&mut replicas, down, &mut exits)?;
         soak.check().await?;
