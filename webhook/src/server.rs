@@ -57,27 +57,24 @@ pub struct Peer {
     pub authenticated: bool,
 }
 
-/// The routes: `/mutate`, `/validate`, `/noop`, `/healthz`, `/readyz`, `/metrics`.
+/// The routes: `/mutate`, `/validate`, `/noop` (behind the client check), `/healthz`, `/readyz`,
+/// `/metrics`.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .route("/validate", post(validate))
         .route("/noop", post(noop))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticated,
+        ))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn mutate(
-    State(state): State<Arc<AppState>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if let Some(refused) = unauthenticated(&state, peer) {
-        return refused;
-    }
+async fn mutate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     answer(
         &state,
         EndpointLabel::Mutate,
@@ -88,15 +85,7 @@ async fn mutate(
     .await
 }
 
-async fn validate(
-    State(state): State<Arc<AppState>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if let Some(refused) = unauthenticated(&state, peer) {
-        return refused;
-    }
+async fn validate(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     answer(
         &state,
         EndpointLabel::Validate,
@@ -107,31 +96,26 @@ async fn validate(
     .await
 }
 
-async fn noop(
-    State(state): State<Arc<AppState>>,
-    peer: Option<Extension<Peer>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    if let Some(refused) = unauthenticated(&state, peer) {
-        return refused;
-    }
+async fn noop(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     answer(&state, EndpointLabel::Noop, None, &headers, body).await
 }
 
 /// With client authentication on, a review from a client without a verified certificate is
 /// answered 401 before its body is read.
-fn unauthenticated(state: &AppState, peer: Option<Extension<Peer>>) -> Option<Response> {
+async fn authenticated(
+    State(state): State<Arc<AppState>>,
+    peer: Option<Extension<Peer>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     if !state.client_auth || peer.is_some_and(|Extension(p)| p.authenticated) {
-        return None;
+        return next.run(request).await;
     }
-    Some(
-        (
-            StatusCode::UNAUTHORIZED,
-            "a client certificate signed by the webhook's --client-ca is required: only the API server sends reviews",
-        )
-            .into_response(),
+    (
+        StatusCode::UNAUTHORIZED,
+        "a client certificate signed by the webhook's --client-ca is required: only the API server sends reviews",
     )
+        .into_response()
 }
 
 /// Reads the body (refusing an oversized one by its Content-Length before reading it, so a client

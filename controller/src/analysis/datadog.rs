@@ -77,25 +77,9 @@ impl Keys {
     /// file-based `kubectl create secret` keeps, is dropped).
     pub fn from_secret(secret: &Secret) -> Result<Self, KeysError> {
         let name = secret.metadata.name.clone().unwrap_or_default();
-        let read = |key: &str| -> Vec<u8> {
-            secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|b| b.0.clone())
-                .or_else(|| {
-                    secret
-                        .string_data
-                        .as_ref()
-                        .and_then(|d| d.get(key))
-                        .map(|s| s.clone().into_bytes())
-                })
-                .unwrap_or_default()
-        };
+        let read = |key: &str| provider::secret_text(secret, key).unwrap_or_default();
         let get = |key: &'static str, what: &'static str| -> Result<HeaderValue, KeysError> {
-            let bytes = read(key);
-            let text = String::from_utf8_lossy(&bytes);
-            let text = text.trim();
+            let text = read(key);
             if text.is_empty() {
                 return Err(KeysError::Missing {
                     secret: name.clone(),
@@ -103,16 +87,12 @@ impl Keys {
                     what,
                 });
             }
-            let mut value = HeaderValue::try_from(text).map_err(|_| KeysError::Invalid {
+            provider::sensitive_header(&text).ok_or_else(|| KeysError::Invalid {
                 secret: name.clone(),
                 key,
-            })?;
-            value.set_sensitive(true);
-            Ok(value)
+            })
         };
-        let address = String::from_utf8_lossy(&read(ADDRESS_KEY))
-            .trim()
-            .to_string();
+        let address = read(ADDRESS_KEY);
         Ok(Self {
             api: get(API_KEY, "API key")?,
             app: get(APP_KEY, "application key")?,

@@ -268,14 +268,15 @@ impl Runner {
         // recorded now, and only metrics not yet started need their Secrets.
         let mut taken: Vec<(usize, pool::Taken)> = Vec::new();
         let mut flying: std::collections::BTreeSet<usize> = std::collections::BTreeSet::new();
+        let run_name = run.name.clone();
+        let key = |p: &Planned| pool::JobKey {
+            namespace: namespace.to_string(),
+            owner: owner.to_string(),
+            run: run_name.clone(),
+            started: started.as_second(),
+            metric: p.name.clone(),
+        };
         if let Some(pool) = &self.pool {
-            let key = |p: &Planned| pool::JobKey {
-                namespace: namespace.to_string(),
-                owner: owner.to_string(),
-                run: run.name.clone(),
-                started: started.as_second(),
-                metric: p.name.clone(),
-            };
             due.retain(|(i, p, _)| match pool.poll(&key(p)) {
                 pool::Polled::Absent => true,
                 pool::Polled::Running => {
@@ -306,13 +307,7 @@ impl Runner {
         match &self.pool {
             Some(pool) => {
                 for (i, p, _) in &due {
-                    let job = pool::JobKey {
-                        namespace: namespace.to_string(),
-                        owner: owner.to_string(),
-                        run: run.name.clone(),
-                        started: started.as_second(),
-                        metric: p.name.clone(),
-                    };
+                    let job = key(p);
                     let (http, metric, credentials, bounds) = (
                         self.http.clone(),
                         p.metric.clone(),
@@ -609,27 +604,13 @@ struct Credentials {
 
 /// The value of `key` in `secret` as a sensitive header value, or why not.
 fn header_value(secret: &Secret, key: &str) -> Result<::http::HeaderValue, String> {
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|d| d.get(key))
-                .map(|s| s.clone().into_bytes())
-        })
+    let text = provider::secret_text(secret, key)
         .ok_or_else(|| format!("has no key {key:?}: add it, or fix secretKeyRef.key"))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let mut value = ::http::HeaderValue::try_from(text.trim()).map_err(|_| {
+    provider::sensitive_header(&text).ok_or_else(|| {
         format!(
             "key {key:?} is not a valid header value: remove line breaks and control characters"
         )
-    })?;
-    value.set_sensitive(true);
-    Ok(value)
+    })
 }
 
 /// Takes one measurement of `metric` at `now` and judges it (the conditions off the async

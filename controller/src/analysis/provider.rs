@@ -181,6 +181,32 @@ pub fn json_error(e: &serde_json::Error) -> String {
     }
 }
 
+/// The text under `key` in a Secret (`data`, else `stringData`), without surrounding whitespace
+/// (the newline a file-based `kubectl create secret` keeps); None when absent.
+pub fn secret_text(secret: &k8s_openapi::api::core::v1::Secret, key: &str) -> Option<String> {
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        })?;
+    Some(String::from_utf8_lossy(&bytes).trim().to_string())
+}
+
+/// A credential as a header value marked sensitive (never shown in debug output); None when it
+/// holds bytes a header cannot carry (a line break, a control character).
+pub fn sensitive_header(text: &str) -> Option<HeaderValue> {
+    let mut value = HeaderValue::try_from(text).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// A finite number as JSON; NaN and infinities are no value.
 pub fn number(value: f64) -> Option<Json> {
     serde_json::Number::from_f64(value).map(Json::Number)

@@ -263,15 +263,10 @@ impl Soak {
             let Some(owner) = r.labels().get("storm-service-name") else {
                 continue;
             };
-            let ready = r.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
-            by_owner.entry(owner.clone()).or_default().push((
-                r.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
-                ready,
-            ));
+            by_owner
+                .entry(owner.clone())
+                .or_default()
+                .push(revision_and_ready(r));
         }
         let w = &mut self.watch;
         let mut found: Vec<(&'static str, String)> = Vec::new();
@@ -890,17 +885,7 @@ async fn whole_stable(ns: &TestNamespace, obj: &StormService) -> Result<bool> {
         .items
         .iter()
         .filter(|r| r.metadata.deletion_timestamp.is_none())
-        .map(|r| {
-            let ready = r.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            });
-            (
-                r.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
-                ready,
-            )
-        })
+        .map(revision_and_ready)
         .collect();
     let replicas = usize::try_from(obj.spec.replicas.unwrap_or(1)).unwrap_or(1);
     let ready_stable = rolesets
@@ -908,4 +893,17 @@ async fn whole_stable(ns: &TestNamespace, obj: &StormService) -> Result<bool> {
         .filter(|(rev, ready)| *rev == stable && *ready)
         .count();
     Ok(ready_stable == replicas && rolesets.len() == replicas)
+}
+
+/// A RoleSet's revision, and whether its Ready condition is True.
+fn revision_and_ready(r: &RoleSet) -> (String, bool) {
+    let ready = r.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    });
+    (
+        r.labels().get(LABEL_REVISION).cloned().unwrap_or_default(),
+        ready,
+    )
 }

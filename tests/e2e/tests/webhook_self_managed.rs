@@ -14,6 +14,23 @@ use std::time::Duration;
 use storm_test_support::process::{Process, binary, free_port};
 use storm_test_support::{TestNamespace, unique_name, wait_for};
 
+/// `kubectl apply` of `obj` as the admin.
+fn apply(cluster: &storm_test_support::Cluster, obj: &Value, what: &str) -> Result<()> {
+    let mut child = cluster
+        .kubectl()
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(serde_json::to_string(obj)?.as_bytes())?;
+    ensure!(child.wait_with_output()?.status.success(), "{what}");
+    Ok(())
+}
+
 /// A self-managed webhook for `ns`: its own configurations (URL mode, no caBundle, scoped to
 /// `ns` so the other suites' requests never reach it) and the process, with `extra` arguments.
 struct SelfManaged {
@@ -54,21 +71,7 @@ fn start_self_managed(ns: &TestNamespace, extra: &[&str]) -> Result<SelfManaged>
                 json!({"matchLabels": {"kubernetes.io/metadata.name": ns.name()}});
         }
     }
-    let mut apply = cluster
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    apply
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(serde_json::to_string(&list)?.as_bytes())?;
-    ensure!(
-        apply.wait_with_output()?.status.success(),
-        "registering the configurations"
-    );
+    apply(cluster, &list, "registering the configurations")?;
 
     let dir = std::env::temp_dir().join(format!("storm-e2e-self-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -340,21 +343,7 @@ async fn the_webhook_account_may_change_only_the_ca_bundle() -> Result<()> {
                        "operations": ["CREATE"], "resources": ["probes"]}]
         }]
     });
-    let mut apply = cluster
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    apply
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(serde_json::to_string(&config)?.as_bytes())?;
-    ensure!(
-        apply.wait_with_output()?.status.success(),
-        "creating {name}"
-    );
+    apply(cluster, &config, &format!("creating {name}"))?;
     let result = async {
         let as_webhook_with = |patch: &str, dry: bool| -> Result<(bool, String)> {
             let mut cmd = cluster.kubectl();
