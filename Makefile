@@ -55,7 +55,13 @@ unit: ## Unit, property and CLI tests (no cluster)
 e2e: cluster-up ## End-to-end suites against the local control plane (stops the dev stack first)
 	@# The dev stack's controller watches every namespace: it would act beside the suites' own.
 	@tests/dev/dev.sh down >/dev/null 2>&1 || true
+	@# The suites' webhook runs as storm-webhook with the RBAC of manifests/webhook (tests/dev/dev.sh):
+	@# a request that RBAC denies it fails the run, as it would fail a cluster.
+	@mkdir -p .storm/dev; touch .storm/dev/webhook.log; wc -c < .storm/dev/webhook.log > .storm/dev/webhook.log.start
 	$(CARGO) test -p storm-e2e -- --test-threads=4
+	@if tail -c +$$(( $$(cat .storm/dev/webhook.log.start) + 1 )) .storm/dev/webhook.log \
+		| grep -E 'system:serviceaccount:storm-system:storm-webhook.* cannot '; then \
+		echo "e2e: storm-webhook was denied by the RBAC of manifests/webhook (above)"; exit 1; fi
 
 .PHONY: demo-check
 demo-check: ## Run the demo non-interactively and check its end state (then stop the dev stack)

@@ -7,6 +7,9 @@
 #   dev.sh down     delete the webhook configurations and stop what `up` started (by PID)
 #   dev.sh status   PIDs, ports, readiness
 #   dev.sh env      print exports for KUBECONFIG and the webhook's address
+#   dev.sh kubeconfig controller|webhook
+#                   apply that component's ServiceAccount and RBAC exactly as manifests/ ship them and
+#                   print the path of a kubeconfig that authenticates as it (what `up` runs it with)
 #
 # State: ${STORM_DEV_DIR:-<repo>/.storm/dev} (certificates, PIDs, ports, logs); with a non-default
 # STORM_CLUSTER_DIR it defaults to "$STORM_CLUSTER_DIR.dev", so each cluster has its own stack.
@@ -58,14 +61,50 @@ alive() {
 # stamp <binary>: identifies a build, so `up` restarts a component whose binary was rebuilt.
 stamp() { stat -c '%s %Y' "$1"; }
 
+# sa_kubeconfig <controller|webhook>: the component's ServiceAccount, ClusterRole and bindings from
+# manifests/<component> (re-applied every time, so a changed manifest takes effect), and a
+# kubeconfig authenticating as storm-<component> with a 24 h token (renewed after 12 h, or when the
+# API server no longer accepts it). The binaries never run with the admin kubeconfig: whatever they
+# need beyond manifests/ fails here as it would in a cluster.
+sa_kubeconfig() {
+	local name=$1 out=$DEV/$1.kubeconfig files=()
+	case $name in
+	controller) files=(-f "$REPO/manifests/controller/serviceaccount.yaml" -f "$REPO/manifests/controller/rbac.yaml") ;;
+	webhook) files=(-f "$REPO/manifests/webhook/rbac.yaml") ;;
+	*) die "no ServiceAccount for '$name' (controller or webhook)" ;;
+	esac
+	kubectl_dev apply -f "$REPO/manifests/webhook/namespace.yaml" >/dev/null
+	kubectl_dev apply -n storm-system "${files[@]}" >/dev/null
+	if [[ -s $out ]] && (($(date +%s) - $(stat -c %Y "$out") < 43200)) &&
+		kubectl --kubeconfig "$out" auth whoami -o name >/dev/null 2>&1; then
+		echo "$out"
+		return
+	fi
+	local server token
+	server=$(kubectl_dev config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+	token=$(kubectl_dev create token "storm-$name" -n storm-system --duration=24h)
+	(
+		umask 077
+		printf '%s\n' "apiVersion: v1" "kind: Config" "current-context: storm-$name" \
+			"clusters:" "- name: local" "  cluster:" "    server: $server" \
+			"    certificate-authority: $CLUSTER_DIR/pki/ca.crt" \
+			"users:" "- name: storm-$name" "  user:" "    token: $token" \
+			"contexts:" "- name: storm-$name" "  context:" "    cluster: local" "    user: storm-$name" >"$out.tmp"
+	)
+	mv "$out.tmp" "$out"
+	echo "$out"
+}
+
 # start_component <name> <binary> <args...>: detached (own session, no inherited stdio or lock fd),
-# output appended to <dev>/<name>.log, PID and binary stamp recorded.
+# output appended to <dev>/<name>.log, PID and binary stamp recorded. It runs as its own
+# ServiceAccount (sa_kubeconfig), never as the admin.
 start_component() {
-	local name=$1 bin=$2
+	local name=$1 bin=$2 kubeconfig
 	shift 2
+	kubeconfig=$(sa_kubeconfig "${name%-old}")
 	log "starting $name"
 	rm -f "$DEV/$name.port"
-	KUBECONFIG=$KUBECONFIG_PATH setsid "$bin" "$@" </dev/null >>"$DEV/$name.log" 2>&1 9>&- &
+	KUBECONFIG=$kubeconfig setsid "$bin" "$@" </dev/null >>"$DEV/$name.log" 2>&1 9>&- &
 	echo $! >"$DEV/$name.pid"
 	stamp "$bin" >"$DEV/$name.stamp"
 	echo "$KUBECONFIG_PATH" >"$DEV/$name.cluster"
@@ -259,6 +298,14 @@ cmd_down() {
 	log "stopped"
 }
 
+cmd_kubeconfig() {
+	mkdir -p "$DEV"
+	exec 9>"$DEV/lock"
+	flock 9
+	STORM_CLUSTER_DIR=$CLUSTER_DIR "$REPO/tests/controlplane/cluster.sh" up >/dev/null
+	sa_kubeconfig "${1:?usage: dev.sh kubeconfig controller|webhook}"
+}
+
 cmd_status() {
 	local c
 	for c in "${ALL_COMPONENTS[@]}"; do
@@ -287,8 +334,9 @@ up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 env) cmd_env ;;
+kubeconfig) cmd_kubeconfig "${2:-}" ;;
 *)
-	echo "usage: $0 up|down|status|env" >&2
+	echo "usage: $0 up|down|status|env|kubeconfig controller|webhook" >&2
 	exit 2
 	;;
 esac

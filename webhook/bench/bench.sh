@@ -2,7 +2,8 @@
 # Webhook benchmark: AdmissionReviews of a realistic StormService (webhook/bench/review.json) to
 # /validate over HTTPS with keep-alive on loopback, then the same load against /noop (a fixed answer
 # from the same server: the ceiling). Load generator: wrk (Debian package, installed if missing).
-# Writes target/bench/webhook.json. The webhook runs --offline (no cluster): reference lookups answer
+# Writes target/bench/webhook.json. Then the same process gets the valid reviews again, alone and mixed
+# with hostile clients at full rate (webhook/examples/hostile.rs): target/bench/webhook-hostile.json. The webhook runs --offline (no cluster): reference lookups answer
 # "unknown" and there are no RolloutPolicies, which costs the same map lookups as a synced cache.
 #
 #   STORM_BENCH_SECONDS (10)   length of each measured run
@@ -31,6 +32,9 @@ if [[ -z ${STORM_BENCH_BIN:-} ]]; then
 	log "building storm-webhook (release)"
 	(cd "$REPO" && cargo build --release --quiet -p storm-webhook)
 fi
+log "building the hostile-input load generator (release)"
+(cd "$REPO" && cargo build --release --quiet -p storm-webhook --example hostile)
+HOSTILE=${CARGO_TARGET_DIR:-$REPO/target}/release/examples/hostile
 
 mkdir -p "$OUT"
 rm -rf "$OUT/certs"
@@ -99,3 +103,13 @@ cat "$OUT/webhook.json"
 	log "$errors requests failed"
 	exit 1
 }
+
+log "valid reviews alone, then mixed with hostile clients, ${SECONDS_RUN}s each"
+"$HOSTILE" "$BASE" "$OUT/certs/ca.crt" "$PID" "$OUT/webhook.log" "$HERE/review.json" \
+	"$SECONDS_RUN" "$CONNS" "$OUT/webhook-hostile.json" >/dev/null
+summary='import json, sys
+r = json.load(open(sys.argv[1]))
+c, h = r["clean"], r["hostile"]
+print("valid p99 %.2f ms alone, %.2f ms among %d hostile requests; peak RSS %.1f / %.1f MiB; panics %d"
+      % (c["p99_ms"], h["p99_ms"], h["hostile_requests"], c["peak_rss_mib"], h["peak_rss_mib"], r["panics"]))'
+log "$(python3 -c "$summary" "$OUT/webhook-hostile.json")"

@@ -8,8 +8,9 @@
 //! with a preview, and canaries of 3 RoleSets whose first step measures a web provider that is
 //! slow (2–4 s) on 15% of requests and fails (HTTP 500) on another 15%.
 //!
-//! The controller runs as two replicas with leader election (a Lease in the soak's namespace),
-//! both talking to the API server through a TCP relay the soak controls. Faults:
+//! The controller runs as two replicas with leader election (the Lease in storm-system), as the
+//! storm-controller ServiceAccount with the RBAC of manifests/controller, both talking to the API
+//! server through a TCP relay the soak controls. Faults:
 //! - `controller_kill`: SIGKILL of one replica (either), restarted at once;
 //! - `leader_kill`: SIGKILL of the replica holding the Lease, restarted at once;
 //! - `apiserver_restart`: kube-apiserver killed and started again;
@@ -29,6 +30,9 @@
 //! - `observed_generation`: `status.observedGeneration` never goes back;
 //! - `stuck`: a rollout `Progressing` with the same rollout status for 120 s;
 //! - `deleted`: 60 s after a StormService is deleted, no RoleSet or Pod of it is left;
+//! - `acts_once`: no control annotation acts more often than it was set (the controller's
+//!   Aborted, Retried, PausedByUser, Resumed and Approved Events, counted with their series,
+//!   against the annotations the API server accepted);
 //! - `rest`: after the stream stops, every StormService reaches Healthy, Completed, Aborted or
 //!   Degraded with exactly `replicas` Ready RoleSets of its stable revision within 180 s.
 //!
@@ -41,6 +45,7 @@
 use anyhow::{Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -232,6 +237,10 @@ impl Watch {
     }
 }
 
+/// Where the replicas hold their Lease: the controller's own namespace, the only one where the
+/// shipped Role lets it.
+const LEASE_NAMESPACE: &str = "storm-system";
+
 const GRACE: Duration = Duration::from_secs(15);
 
 struct Soak {
@@ -242,6 +251,46 @@ struct Soak {
     present: BTreeSet<String>,
     watch: Watch,
     started: Instant,
+    /// Control annotations the API server accepted, by StormService and the Event reason the
+    /// controller records when that control acts.
+    controls_sent: BTreeMap<(String, &'static str), u64>,
+}
+
+/// The Event reason with which the controller records that a control annotation acted.
+fn acted_reason(control: &str) -> &'static str {
+    match control {
+        "abort" => "Aborted",
+        "retry" => "Retried",
+        "pause" => "PausedByUser",
+        "resume" => "Resumed",
+        _ => "Approved",
+    }
+}
+
+/// How often each control acted, by StormService and reason, from the controller's Events
+/// (an Event that repeats is one object with a series count).
+async fn controls_acted(ns: &TestNamespace) -> Result<BTreeMap<(String, String), u64>> {
+    let reasons = ["Aborted", "Retried", "PausedByUser", "Resumed", "Approved"];
+    let mut acted = BTreeMap::new();
+    for e in ns.api::<Event>().list(&ListParams::default()).await?.items {
+        let Some(reason) = e.reason.clone().filter(|r| reasons.contains(&r.as_str())) else {
+            continue;
+        };
+        let Some(name) = e
+            .regarding
+            .as_ref()
+            .filter(|r| r.kind.as_deref() == Some("StormService"))
+            .and_then(|r| r.name.clone())
+        else {
+            continue;
+        };
+        let n = e
+            .series
+            .as_ref()
+            .map_or(1, |s| u64::try_from(s.count).unwrap_or(1));
+        *acted.entry((name, reason)).or_default() += n;
+    }
+    Ok(acted)
 }
 
 impl Soak {
@@ -457,9 +506,10 @@ async fn main() -> Result<()> {
     let cluster = ns.cluster();
     cluster.install_crds()?;
 
-    // The controllers reach the API server through the relay.
-    let admin = std::fs::read_to_string(cluster.kubeconfig())?;
-    let server = admin
+    // The controllers reach the API server through the relay, as the storm-controller
+    // ServiceAccount with the RBAC of manifests/controller.
+    let identity = std::fs::read_to_string(cluster.service_account_kubeconfig("controller")?)?;
+    let server = identity
         .lines()
         .find_map(|l| l.trim().strip_prefix("server:"))
         .map(str::trim)
@@ -472,15 +522,15 @@ async fn main() -> Result<()> {
         std::env::temp_dir().join(format!("storm-soak-{}.kubeconfig", std::process::id()));
     std::fs::write(
         &relayed,
-        admin.replace(&server, &format!("https://127.0.0.1:{port}")),
+        identity.replace(&server, &format!("https://127.0.0.1:{port}")),
     )?;
     let relayed = relayed.display().to_string();
-    let lease_ns = ns.name().to_string();
+    // The Lease in the controller's own namespace, where manifests/controller lets it hold one.
     let start = |id: &str| {
         Controller::start_in(
             cluster,
-            &lease_ns,
-            &["--leader-elect=true", "--lease-namespace", &lease_ns],
+            ns.name(),
+            &["--leader-elect=true", "--lease-namespace", LEASE_NAMESPACE],
             &[("KUBECONFIG", relayed.as_str()), ("POD_NAME", id)],
         )
     };
@@ -513,6 +563,7 @@ async fn main() -> Result<()> {
         present: BTreeSet::new(),
         watch: Watch::default(),
         started: Instant::now(),
+        controls_sent: BTreeMap::new(),
     };
     for (i, name) in names.iter().enumerate() {
         for side in ["stable", "canary"] {
@@ -650,9 +701,17 @@ async fn main() -> Result<()> {
                     }
                 );
                 let body = json!({"metadata": {"annotations": {key: "true"}}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&body))
+                let r = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&body))
                     .await
-                    .map(|_| ())
+                    .map(|_| ());
+                if r.is_ok() {
+                    *soak
+                        .controls_sent
+                        .entry((name.clone(), acted_reason(control)))
+                        .or_default() += 1;
+                }
+                r
             }
         };
         // Admission refuses controls that cannot act, and a fault may refuse anything: answers,
@@ -671,7 +730,7 @@ async fn main() -> Result<()> {
                 "leader_kill" => {
                     // The leader's Pod is gone: the standby must take the Lease over (after it
                     // expires); the killed replica comes back once the probe has recovered.
-                    let leases: Api<Lease> = soak.ns.api();
+                    let leases: Api<Lease> = Api::namespaced(soak.ns.client(), LEASE_NAMESPACE);
                     let holder = leases
                         .get_opt("storm-controller")
                         .await
@@ -798,13 +857,20 @@ async fn main() -> Result<()> {
                     Some(RolloutPhase::Paused | RolloutPhase::Progressing)
                 ) {
                     let body = json!({"metadata": {"annotations": {"stormservice.aibrix.ai/rollout-abort": "true"}}});
-                    let _ = api
+                    if api
                         .patch(
                             &obj.name_any(),
                             &PatchParams::default(),
                             &Patch::Merge(&body),
                         )
-                        .await;
+                        .await
+                        .is_ok()
+                    {
+                        *soak
+                            .controls_sent
+                            .entry((obj.name_any(), "Aborted"))
+                            .or_default() += 1;
+                    }
                 }
             }
         }
@@ -821,6 +887,23 @@ async fn main() -> Result<()> {
             format!("{name}: not at rest 180 s after the stream stopped (phase {p:?})"),
         );
     }
+    // acts_once: no control annotation acted more often than it was set.
+    let acted = controls_acted(&soak.ns).await?;
+    let mut controls_acted_total = 0;
+    for ((name, reason), n) in &acted {
+        controls_acted_total += n;
+        let sent = soak
+            .controls_sent
+            .iter()
+            .find(|((s, r), _)| s == name && r == reason)
+            .map_or(0, |(_, n)| *n);
+        if *n > sent {
+            soak.watch.violate(
+                "acts_once",
+                format!("{name}: {n} {reason} Events for {sent} control annotations set"),
+            );
+        }
+    }
     supervise(&mut replicas, None, &mut exits)?;
     let violations: BTreeMap<&str, Value> = soak
         .watch
@@ -833,6 +916,8 @@ async fn main() -> Result<()> {
         "services": services,
         "minutes": (soak.started.elapsed().as_secs_f64() / 60.0 * 10.0).round() / 10.0,
         "actions": actions,
+        "controls_set": soak.controls_sent.values().sum::<u64>(),
+        "controls_acted": controls_acted_total,
         "faults": faults,
         "controller_exits": exits,
         "fault_times": timeline,

@@ -367,6 +367,7 @@ async fn datadog_keys_come_from_a_secret_in_the_namespace() -> Result<()> {
 
 async fn datadog_keys(ns: TestNamespace) -> Result<()> {
     ns.cluster().install_crds()?;
+    ns.grant_analysis_secrets()?;
     let address = fake_datadog("api-from-secret", "app-from-secret")?;
     let secret = |name: &str, keys: &[(&str, &str)]| Secret {
         metadata: ObjectMeta {

@@ -344,69 +344,13 @@ async fn sigterm_stops_gracefully_and_releases_the_lease() -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // RBAC: the binary under its own ServiceAccount and manifests/controller's roles.
 
-/// Applies the controller's ServiceAccount and RBAC from manifests/controller and returns a
-/// kubeconfig file authenticating as that ServiceAccount.
-fn service_account_kubeconfig(cluster: &Cluster) -> Result<PathBuf> {
-    // The Namespace belongs to manifests/webhook; create it only if this cluster lacks it.
-    let ns = cluster.kubectl_run([
-        "get",
-        "namespace",
-        "storm-system",
-        "--ignore-not-found",
-        "-o",
-        "name",
-    ])?;
-    if ns.trim().is_empty() {
-        cluster.kubectl_run(["create", "namespace", "storm-system"])?;
-    }
-    cluster.kubectl_run([
-        "apply",
-        "-n",
-        "storm-system",
-        "-f",
-        "manifests/controller/serviceaccount.yaml",
-        "-f",
-        "manifests/controller/rbac.yaml",
-    ])?;
-    let token = cluster.kubectl_run([
-        "create",
-        "token",
-        "storm-controller",
-        "-n",
-        "storm-system",
-        "--duration=30m",
-    ])?;
-    let admin = std::fs::read_to_string(cluster.kubeconfig())?;
-    let server = admin
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server:"))
-        .map(str::trim)
-        .context("no server in the admin kubeconfig")?
-        .to_string();
-    let dir = std::env::temp_dir().join(format!("storm-e2e-sa-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let ca = dir.join("ca.crt");
-    std::fs::write(&ca, cluster.ca_pem()?)?;
-    let kubeconfig = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\ncurrent-context: sa\n\
-         clusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority: {}\n\
-         users:\n- name: sa\n  user:\n    token: {}\n\
-         contexts:\n- name: sa\n  context:\n    cluster: c\n    user: sa\n",
-        ca.display(),
-        token.trim()
-    );
-    std::fs::write(&kubeconfig, text)?;
-    Ok(kubeconfig)
-}
-
 #[tokio::test]
 async fn runs_under_its_own_service_account_and_rbac() -> Result<()> {
     let ns = TestNamespace::new("rs-rbac").await?;
     let cluster = ns.cluster();
     cluster.install_crds()?;
     let result = async {
-        let kubeconfig = service_account_kubeconfig(cluster)?;
+        let kubeconfig = cluster.service_account_kubeconfig("controller")?;
         let kubeconfig = kubeconfig.to_str().context("non-UTF-8 temp path")?;
         let identity = format!("e2e-rbac-{}", std::process::id());
         // All namespaces, as deployed (cluster-wide list/watch), and leader election in
@@ -485,7 +429,7 @@ async fn analysis_secrets_are_readable_only_where_the_admin_grants_them() -> Res
     let other = TestNamespace::new("rbac-nosecrets").await?;
     let cluster = ns.cluster();
     let result = async {
-        service_account_kubeconfig(cluster)?;
+        cluster.service_account_kubeconfig("controller")?;
         cluster.kubectl_run(["apply", "-f", "manifests/controller/analysis-secrets.yaml"])?;
         let can = |verb: &str, namespace: &str| -> Result<bool> {
             let out = cluster

@@ -621,6 +621,8 @@ async fn replies_and_secret_headers_never_reach_status_events_or_logs() -> Resul
     let controller = storm_test_support::process::Controller::start(ns.cluster(), ns.name())?;
     let result = async {
         install(ns.cluster())?;
+        // The team may use Secrets in analysis: its admin granted the controller reading them.
+        ns.grant_analysis_secrets()?;
         let user = tenant(
             &ns,
             "dev",

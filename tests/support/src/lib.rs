@@ -158,6 +158,40 @@ impl Cluster {
         &self.kubeconfig
     }
 
+    /// A kubeconfig authenticating as the ServiceAccount of `component` (`controller` or
+    /// `webhook`), with its RBAC applied exactly as `manifests/` ship it (`dev.sh kubeconfig`):
+    /// what the suites run the binaries with, so a permission missing from the manifests fails a
+    /// suite as it would fail a cluster. Once per test process and component.
+    pub fn service_account_kubeconfig(&self, component: &str) -> Result<PathBuf> {
+        static KUBECONFIGS: std::sync::Mutex<Vec<(String, PathBuf)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut known = KUBECONFIGS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, path)) = known.iter().find(|(c, _)| c == component) {
+            return Ok(path.clone());
+        }
+        let script = self.repo_root.join("tests/dev/dev.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .args(["kubeconfig", component])
+            .current_dir(&self.repo_root)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("running {} kubeconfig {component}", script.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "dev.sh kubeconfig {component} failed ({})",
+            out.status
+        );
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        anyhow::ensure!(
+            path.is_file(),
+            "dev.sh kubeconfig printed no file: {path:?}"
+        );
+        known.push((component.to_string(), path.clone()));
+        Ok(path)
+    }
+
     /// The control plane's state dir (certs, logs, PIDs).
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
@@ -533,6 +567,24 @@ impl TestNamespace {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// What an admin does for a team that may use Secrets in analysis (the command in
+    /// `manifests/controller/analysis-secrets.yaml`): binds the shipped
+    /// `storm-controller-analysis-secrets` ClusterRole to the controller in this namespace.
+    pub fn grant_analysis_secrets(&self) -> Result<()> {
+        self.cluster
+            .kubectl_run(["apply", "-f", "manifests/controller/analysis-secrets.yaml"])?;
+        self.cluster.kubectl_run([
+            "-n",
+            &self.name,
+            "create",
+            "rolebinding",
+            "storm-controller-analysis-secrets",
+            "--clusterrole=storm-controller-analysis-secrets",
+            "--serviceaccount=storm-system:storm-controller",
+        ])?;
+        Ok(())
     }
 
     /// `kubectl` preset with the admin kubeconfig and `--namespace <this>`.

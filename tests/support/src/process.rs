@@ -210,15 +210,59 @@ impl Drop for Process {
 }
 
 /// `storm-controller` running against the test cluster, limited to one namespace so tests that
-/// run at the same time never act on each other's objects.
+/// run at the same time never act on each other's objects. It authenticates as the
+/// `storm-controller` ServiceAccount with exactly the RBAC of `manifests/controller`
+/// ([`Cluster::service_account_kubeconfig`]) unless a test passes its own `KUBECONFIG`; when it is
+/// dropped, a request its RBAC denied fails the test (see [`Controller::allow_rbac_denials`]).
 pub struct Controller {
     /// The process.
     pub process: Process,
     /// Port of /metrics, /healthz and /readyz.
     pub http_port: u16,
+    rbac_denials_allowed: bool,
+}
+
+/// How the API server words an RBAC denial of the shipped ServiceAccounts:
+/// `User "system:serviceaccount:storm-system:storm-controller" cannot get resource ...`.
+/// Other 403s (a namespace of another test being terminated) are not about our roles.
+pub fn rbac_denials(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            l.contains("system:serviceaccount:storm-system:storm-") && l.contains(" cannot ")
+        })
+        .collect()
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if self.rbac_denials_allowed || std::thread::panicking() {
+            return;
+        }
+        let log = std::fs::read_to_string(&self.process.log).unwrap_or_default();
+        let denied = rbac_denials(&log);
+        if !denied.is_empty() {
+            panic!(
+                "storm-controller was denied by the RBAC of manifests/controller ({} requests); \
+                 grant it there, with the code path that needs it:\n{}",
+                denied.len(),
+                denied
+                    .iter()
+                    .take(5)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
 }
 
 impl Controller {
+    /// For a test that shows what the controller does without a grant (an analysis Secret it may
+    /// not read): RBAC denials in its log do not fail the test.
+    pub fn allow_rbac_denials(&mut self) {
+        self.rbac_denials_allowed = true;
+    }
+
     /// Starts the controller for `namespace`.
     pub fn start(cluster: &Cluster, namespace: &str) -> Result<Self> {
         Self::start_program(
@@ -299,7 +343,10 @@ impl Controller {
         let mut env = vec![
             (
                 "KUBECONFIG".to_string(),
-                cluster.kubeconfig().display().to_string(),
+                cluster
+                    .service_account_kubeconfig("controller")?
+                    .display()
+                    .to_string(),
             ),
             ("RUST_LOG".to_string(), log.to_string()),
         ];
@@ -308,7 +355,11 @@ impl Controller {
             env.push(((*k).to_string(), (*v).to_string()));
         }
         let process = Process::start("storm-controller", program, args, env)?;
-        Ok(Self { process, http_port })
+        Ok(Self {
+            process,
+            http_port,
+            rbac_denials_allowed: false,
+        })
     }
 
     /// `GET path` on the controller's HTTP port: (status code, body).
@@ -337,4 +388,22 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rbac_denials;
+
+    #[test]
+    fn rbac_denials_are_the_api_servers_wording_for_our_service_accounts_only() {
+        let log = concat!(
+            "WARN reading: secrets \"t\" is forbidden: User \"system:serviceaccount:storm-system:storm-controller\" cannot get resource \"secrets\" in API group \"\" in the namespace \"a\"\n",
+            "WARN creating: pods \"p\" is forbidden: unable to create new content in namespace b because it is being terminated\n",
+            "WARN as a tenant: User \"system:serviceaccount:team:dev\" cannot get resource \"pods\"\n",
+            "INFO fine\n",
+        );
+        let found = rbac_denials(log);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("cannot get resource \"secrets\""));
+    }
 }
