@@ -87,7 +87,7 @@ soak: cluster-up ## N StormServices under a seeded stream of user actions and fa
 soak-short: cluster-up ## The soak for 2.5 minutes with 16 StormServices, without kube-apiserver restarts (part of make test) -> target/bench/soak.json
 	@tests/dev/dev.sh down >/dev/null 2>&1 || true
 	@# kube-apiserver restarts are left out until the slow recovery after them (issue #14) is fixed.
-	$(CARGO) run -q -p storm-e2e --example soak -- 16 150 $(or $(SEED),20261130) controller_kill,leader_kill,etcd_restart,blackhole
+	$(CARGO) run -q -p storm-e2e --example soak -- 16 150 $(or $(SEED),20261130) controller_kill,leader_kill,etcd_restart,blackhole,webhook_kill
 
 .PHONY: bench
 bench: bench-webhook bench-controller ## Every benchmark; numbers in target/bench/

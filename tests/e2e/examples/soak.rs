@@ -15,7 +15,11 @@
 //! - `leader_kill`: SIGKILL of the replica holding the Lease, restarted at once;
 //! - `apiserver_restart`: kube-apiserver killed and started again;
 //! - `etcd_restart`: etcd killed and started again on the same data;
-//! - `blackhole`: the relay stops moving bytes for 30 s (connections stay open, nothing arrives).
+//! - `blackhole`: the relay stops moving bytes for 30 s (connections stay open, nothing arrives);
+//! - `webhook_kill`: SIGKILL of one of the two webhook replicas (soak/webhooks.rs) while 12
+//!   `kubectl apply`s of image changes run at once; each apply must succeed or be refused with
+//!   an error naming the webhook, within its 30 s timeout, and a refused one must succeed when
+//!   applied again once the killed replica has left the Service.
 //!
 //! After each fault the soak bumps the image of a probe StormService and measures how long until
 //! the controller has acted on it (`status.observedGeneration` caught up): the recovery time.
@@ -41,6 +45,9 @@
 //! kind, abort recovery p50/p99) and exits non-zero on any violation.
 //! Usage: cargo run -p storm-e2e --example soak -- [SERVICES] [SECONDS] [SEED] [FAULTS]
 //! (FAULTS: comma-separated kinds, all by default).
+
+#[path = "soak/webhooks.rs"]
+mod webhooks;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -484,6 +491,7 @@ async fn main() -> Result<()> {
         "apiserver_restart",
         "etcd_restart",
         "blackhole",
+        "webhook_kill",
     ];
     let fault_kinds: Vec<&str> = match args.get(4) {
         Some(list) => all_faults
@@ -538,6 +546,9 @@ async fn main() -> Result<()> {
         ("soak-a".to_string(), start("soak-a")?),
         ("soak-b".to_string(), start("soak-b")?),
     ];
+
+    let mut webhooks = webhooks::Webhooks::start(cluster).await?;
+    let mut burst_applies: BTreeMap<&str, u64> = BTreeMap::new();
 
     let provider = flaky_provider(seed)?;
     let template: AnalysisTemplate = serde_json::from_value(json!({
@@ -761,6 +772,84 @@ async fn main() -> Result<()> {
                         String::from_utf8_lossy(&out.stderr)
                     );
                 }
+                "webhook_kill" => {
+                    // Image changes to 12 StormServices that exist, applied at once; one replica
+                    // killed while they run.
+                    let mut targets: Vec<(String, Value)> = Vec::new();
+                    for _ in 0..12 {
+                        let name = stream[fault_rng.below(stream.len() as u64) as usize].clone();
+                        if !soak.present.contains(&name) || targets.iter().any(|(n, _)| *n == name)
+                        {
+                            continue;
+                        }
+                        let i = names.iter().position(|n| *n == name).unwrap_or(0);
+                        image += 1;
+                        let next = format!("app:v{image}");
+                        soak.images
+                            .entry(name.clone())
+                            .or_default()
+                            .push(next.clone());
+                        targets.push((name.clone(), manifest(&name, kind_of(i), &next)));
+                    }
+                    let k = fault_rng.below(2) as usize;
+                    let (applied, ()) = tokio::join!(
+                        webhooks::apply_burst(cluster, soak.ns.name(), targets),
+                        async {
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                            webhooks.kill(k).ok();
+                        }
+                    );
+                    // Refused ones again, once the killed replica has left the Service.
+                    tokio::time::sleep(webhooks::ENDPOINT_DELAY + Duration::from_millis(500)).await;
+                    let mut again = Vec::new();
+                    for a in &applied {
+                        *burst_applies
+                            .entry(if a.result.is_ok() {
+                                "admitted"
+                            } else {
+                                "refused"
+                            })
+                            .or_default() += 1;
+                        if a.took > Duration::from_secs(31) {
+                            soak.watch.violate(
+                                "webhook_kill",
+                                format!(
+                                    "t={}s kubectl apply of {} took {:?}",
+                                    soak.started.elapsed().as_secs(),
+                                    a.name,
+                                    a.took
+                                ),
+                            );
+                        }
+                        if let Err(e) = &a.result {
+                            if !e.contains("webhook") {
+                                soak.watch.violate(
+                                    "webhook_kill",
+                                    format!(
+                                        "t={}s {}: refused without naming the webhook: {e}",
+                                        soak.started.elapsed().as_secs(),
+                                        a.name
+                                    ),
+                                );
+                            }
+                            again.push((a.name.clone(), a.manifest.clone()));
+                        }
+                    }
+                    for a in webhooks::apply_burst(cluster, soak.ns.name(), again).await {
+                        match a.result {
+                            Ok(()) => *burst_applies.entry("admitted_on_retry").or_default() += 1,
+                            Err(e) => soak.watch.violate(
+                                "webhook_kill",
+                                format!(
+                                    "t={}s {}: refused again with one replica left: {e}",
+                                    soak.started.elapsed().as_secs(),
+                                    a.name
+                                ),
+                            ),
+                        }
+                    }
+                    webhooks.restart(k).await?;
+                }
                 _ => {
                     paused.store(true, Ordering::SeqCst);
                     let until = Instant::now() + Duration::from_secs(30);
@@ -815,6 +904,7 @@ async fn main() -> Result<()> {
             next_fault = Instant::now() + Duration::from_secs(25 + fault_rng.below(20));
         }
         supervise(&mut replicas, down, &mut exits)?;
+        webhooks.ensure_running()?;
         soak.check().await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -920,6 +1010,8 @@ async fn main() -> Result<()> {
         "controls_acted": controls_acted_total,
         "faults": faults,
         "controller_exits": exits,
+        "webhook_kill_applies": burst_applies,
+        "webhook_panics": webhooks.panics(),
         "fault_times": timeline,
         "violations": violations,
         "recovery": recovery.into_iter().map(|(k, v)| (k, percentiles(v))).collect::<BTreeMap<_, _>>(),
@@ -938,6 +1030,7 @@ async fn main() -> Result<()> {
         eprintln!("leader log tail:\n{}", replicas[0].1.process.log_tail(40));
     }
     anyhow::ensure!(soak.watch.violations.is_empty(), "invariants violated");
+    anyhow::ensure!(webhooks.panics() == 0, "a webhook replica panicked");
     Ok(())
 }
 
