@@ -70,6 +70,9 @@ pub enum Error {
     /// Removing AIBrix's finalizer from an object being deleted failed.
     #[error("removing AIBrix's finalizer from {0}: {1}")]
     ReleaseFinalizer(String, #[source] kube::Error),
+    /// Adding our finalizer to a StormService with traffic routers failed.
+    #[error("adding finalizer stormservice.aibrix.ai/traffic to {0}: {1}")]
+    AddFinalizer(String, #[source] kube::Error),
     /// Creating a PodSet failed.
     #[error("creating PodSet {name}: {source}")]
     CreatePodSet {
@@ -134,6 +137,7 @@ impl Error {
             Error::UpdatePod { .. } => "update_pod",
             Error::CreatePodSet { .. } => "create_podset",
             Error::ReleaseFinalizer(..) => "release_finalizer",
+            Error::AddFinalizer(..) => "add_finalizer",
             Error::Adopt(..) => "adopt",
             Error::DeletePodSet { .. } => "delete_podset",
             Error::WritePodSetStatus { .. } => "write_podset_status",

@@ -1,7 +1,12 @@
-//! AIBrix's finalizers on objects its controllers made. With AIBrix's controllers turned off nobody
-//! would ever remove them, and deleting a StormService, RoleSet or PodSet would hang. Our
-//! controllers need no finalizer (owner references let garbage collection remove the children), so
-//! when such an object is being deleted, its AIBrix finalizer is removed and deletion goes on.
+//! Finalizers. AIBrix's, on objects its controllers made: with AIBrix's controllers turned off
+//! nobody would ever remove them, and deleting a StormService, RoleSet or PodSet would hang. Owner
+//! references let garbage collection remove our children, so when such an object is being deleted,
+//! its AIBrix finalizer is removed and deletion goes on.
+//!
+//! Ours, [`TRAFFIC`]: the routing objects a canary's `trafficRouting` names (an HTTPRoute, a
+//! VirtualService, a TrafficSplit) are the user's, so garbage collection leaves them with whatever
+//! weight the rollout had reached, pointing at a canary whose Pods are going away. A StormService
+//! with routers carries the finalizer; deleting it first puts all traffic back on stable.
 
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -17,23 +22,66 @@ pub const ROLESET: &str = "orchestration.aibrix.ai/roleset-finalizer";
 /// AIBrix's PodSet finalizer.
 pub const PODSET: &str = "orchestration.aibrix.ai/podset-finalizer";
 
-/// The finalizers `obj` keeps once `finalizer` is gone, when it is being deleted and carries it.
-pub fn without(obj: &impl Resource, finalizer: &str) -> Option<Vec<String>> {
+/// Ours: on a StormService whose canary has traffic routers, until they are back on stable.
+pub const TRAFFIC: &str = "stormservice.aibrix.ai/traffic";
+
+/// The finalizers `obj` keeps once `finalizers` are gone, when it is being deleted and carries
+/// any of them.
+pub fn without(obj: &impl Resource, finalizers: &[&str]) -> Option<Vec<String>> {
     let meta = obj.meta();
     meta.deletion_timestamp.as_ref()?;
     let all = meta.finalizers.as_ref()?;
+    let gone = |f: &String| finalizers.contains(&f.as_str());
     all.iter()
-        .any(|f| f == finalizer)
-        .then(|| all.iter().filter(|f| *f != finalizer).cloned().collect())
+        .any(gone)
+        .then(|| all.iter().filter(|f| !gone(f)).cloned().collect())
 }
 
-/// Removes AIBrix's `finalizer` from `obj` if it is being deleted and carries it. A merge patch
-/// guarded by the resourceVersion: a concurrent change is a conflict, tried again next time.
+/// Whether `obj` carries `finalizer`.
+pub fn carries(obj: &impl Resource, finalizer: &str) -> bool {
+    obj.meta()
+        .finalizers
+        .as_ref()
+        .is_some_and(|all| all.iter().any(|f| f == finalizer))
+}
+
+/// Adds `finalizer` to `obj` unless it carries it or is being deleted. A merge patch guarded by
+/// the resourceVersion, as [`release`].
+pub async fn add<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    if carries(obj, finalizer) || obj.meta().deletion_timestamp.is_some() {
+        return Ok(false);
+    }
+    let mut all = obj.meta().finalizers.clone().unwrap_or_default();
+    all.push(finalizer.to_string());
+    let body = json!({"metadata": {"finalizers": all, "resourceVersion": obj.resource_version()}});
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&body),
+    )
+    .await?;
+    info!(namespace = ?obj.namespace(), name = %obj.name_any(), finalizer, "finalizer added");
+    Ok(true)
+}
+
+/// Removes `finalizer` from `obj` if it is being deleted and carries it.
 pub async fn release<K>(api: &Api<K>, obj: &K, finalizer: &str) -> Result<bool, kube::Error>
 where
     K: Resource + Clone + DeserializeOwned + Debug,
 {
-    let Some(keep) = without(obj, finalizer) else {
+    release_all(api, obj, &[finalizer]).await
+}
+
+/// Removes every one of `finalizers` that `obj` carries, if it is being deleted. A merge patch
+/// guarded by the resourceVersion: a concurrent change is a conflict, tried again next time.
+pub async fn release_all<K>(api: &Api<K>, obj: &K, finalizers: &[&str]) -> Result<bool, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    let Some(keep) = without(obj, finalizers) else {
         return Ok(false);
     };
     let body = json!({"metadata": {"finalizers": keep, "resourceVersion": obj.resource_version()}});
@@ -46,7 +94,7 @@ where
         .await
     {
         Ok(_) => {
-            info!(namespace = ?obj.namespace(), name = %obj.name_any(), finalizer, "AIBrix finalizer removed");
+            info!(namespace = ?obj.namespace(), name = %obj.name_any(), ?finalizers, "finalizers removed");
             Ok(true)
         }
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(false),
@@ -64,12 +112,23 @@ mod tests {
     fn only_a_deleting_object_with_the_finalizer_lets_it_go() {
         let mut rs = RoleSet::new("r", Default::default());
         rs.metadata.finalizers = Some(vec![ROLESET.into(), "example.com/keep".into()]);
-        assert_eq!(without(&rs, ROLESET), None, "not being deleted");
+        assert_eq!(without(&rs, &[ROLESET]), None, "not being deleted");
         rs.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
         assert_eq!(
-            without(&rs, ROLESET),
+            without(&rs, &[ROLESET]),
             Some(vec!["example.com/keep".to_string()])
         );
-        assert_eq!(without(&rs, PODSET), None, "not carried");
+        assert_eq!(without(&rs, &[PODSET]), None, "not carried");
+        rs.metadata.finalizers = Some(vec![
+            ROLESET.into(),
+            TRAFFIC.into(),
+            "example.com/keep".into(),
+        ]);
+        assert_eq!(
+            without(&rs, &[STORMSERVICE, TRAFFIC, ROLESET]),
+            Some(vec!["example.com/keep".to_string()]),
+            "all of them at once"
+        );
+        assert!(carries(&rs, TRAFFIC) && !carries(&rs, PODSET));
     }
 }

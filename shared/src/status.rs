@@ -164,6 +164,8 @@ reasons! {
     WaitingForRouter = "WaitingForTrafficRouter",
     /// Event: a traffic router could not be read or written.
     TrafficRouterError = "TrafficRouterError",
+    /// Event: the StormService is being deleted and its traffic routers are back on stable.
+    RoutersReverted = "TrafficRoutersReverted",
     /// Event (Warning): a Service the StormService names has no selector (its Endpoints are
     /// someone's, by hand); the controller never adds one, so it is not pinned.
     ServiceNotPinned = "ServiceNotPinned",

@@ -352,7 +352,7 @@ async fn resize(ctx: &Context, caches: &Caches, ns: &str, plan: &Plan) -> Result
 }
 
 /// Records the notes as Events on the StormService. Best effort: a lost event fails nothing.
-async fn publish<'a>(ctx: &Context, obj: &StormService, notes: impl Iterator<Item = &'a Note>) {
+pub async fn publish<'a>(ctx: &Context, obj: &StormService, notes: impl Iterator<Item = &'a Note>) {
     let reference = obj.object_ref(&());
     for note in notes {
         let ev = Event {

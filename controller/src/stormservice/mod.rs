@@ -13,6 +13,7 @@
 
 use crate::context::Context;
 use crate::error::{Backoff, Error};
+use crate::finalizers;
 use crate::rollout::{self, Input};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -201,10 +202,17 @@ async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, 
 async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Action, Error> {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let name = obj.name_any();
+    let api: kube::Api<StormService> = kube::Api::namespaced(state.ctx.client.clone(), &ns);
     if obj.meta().deletion_timestamp.is_some() {
         state.ctx.metrics.forget_rollout(&ns, &name);
-        let api: kube::Api<StormService> = kube::Api::namespaced(state.ctx.client.clone(), &ns);
-        crate::finalizers::release(&api, obj, crate::finalizers::STORMSERVICE)
+        // Traffic back on stable in the user's routing objects before the StormService goes.
+        if finalizers::carries(obj, finalizers::TRAFFIC) {
+            let note = routing::revert_on_delete(&state.ctx.client, obj, &ns)
+                .await
+                .map_err(Error::Router)?;
+            apply::publish(&state.ctx, obj, note.iter()).await;
+        }
+        finalizers::release_all(&api, obj, &[finalizers::STORMSERVICE, finalizers::TRAFFIC])
             .await
             .map_err(|e| Error::ReleaseFinalizer(format!("StormService {name}"), e))?;
         return Ok(Action::await_change());
@@ -223,6 +231,15 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
         adopt::Adoption::Nothing => {}
         // Look again once the caches show the adopted objects.
         adopt::Adoption::Adopted(_) => return Ok(Action::requeue(CACHE_RETRY)),
+    }
+    // A canary with traffic routers carries our finalizer before any router moves, so that its
+    // deletion can put the traffic back on stable.
+    if routing::Routing::of(obj, &ns, &update, &update).is_some()
+        && finalizers::add(&api, obj, finalizers::TRAFFIC)
+            .await
+            .map_err(|e| Error::AddFinalizer(format!("StormService {name}"), e))?
+    {
+        return Ok(Action::requeue(CACHE_RETRY));
     }
     let mut observed = state.caches.observe(&ns, &name);
     observe::read_routers(&state.ctx.client, obj, &ns, &update, &mut observed).await;

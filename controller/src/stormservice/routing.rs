@@ -68,6 +68,48 @@ impl<'a> Routing<'a> {
     }
 }
 
+/// Before a StormService with routers goes: all traffic back on its stable revision, in every
+/// routing object that still exists. Objects that are gone, not served or no longer routable are
+/// left as they are (nothing of ours is in them to undo, or nothing can be done: the Warning says
+/// so); a read or write that failed is an error, tried again with the backoff, and the StormService
+/// stays until it succeeds.
+pub async fn revert_on_delete(
+    client: &Client,
+    obj: &StormService,
+    ns: &str,
+) -> Result<Option<Note>, routers::Error> {
+    let Some(stable) = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.as_deref())
+    else {
+        // Never rolled out: the routers were never moved.
+        return Ok(None);
+    };
+    let Some(r) = Routing::of(obj, ns, stable, stable) else {
+        return Ok(None);
+    };
+    match r.set(client, None, 0).await {
+        Ok(_) => Ok(Some(Note {
+            warning: false,
+            reason: Reason::RoutersReverted,
+            message: format!(
+                "deleted: all traffic back on stable revision {stable} in the traffic routers"
+            ),
+        })),
+        Err(
+            e @ (routers::Error::Missing { .. }
+            | routers::Error::NotServed { .. }
+            | routers::Error::Unroutable { .. }
+            | routers::Error::WeightOutOfRange(_)),
+        ) => Ok(Some(error_note(
+            "deleted, traffic routers left as they are",
+            &e,
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
 /// A Warning event for a router error.
 pub fn error_note(what: &str, e: &routers::Error) -> Note {
     Note {

@@ -5,8 +5,9 @@
 //! whole run; at the end every StormService is finished or aborted and must come to rest.
 //!
 //! The StormServices: canaries of 3 RoleSets without a router, canaries of one RoleSet, blue-green
-//! with a preview, and canaries of 3 RoleSets whose first step measures a web provider that is
-//! slow (2–4 s) on 15% of requests and fails (HTTP 500) on another 15%.
+//! with a preview, canaries of 3 RoleSets whose first step measures a web provider that is
+//! slow (2–4 s) on 15% of requests and fails (HTTP 500) on another 15%, and canaries of 3
+//! RoleSets behind a Gateway API HTTPRoute whose first step measures the real Prometheus.
 //!
 //! The controller runs as two replicas with leader election (the Lease in storm-system), as the
 //! storm-controller ServiceAccount with the RBAC of manifests/controller, both talking to the API
@@ -28,14 +29,20 @@
 //! - `capacity_floor`: once a StormService has been Healthy, its Ready RoleSets (any revision)
 //!   never stay below `replicas − maxUnavailable` for more than 15 s;
 //! - `surge`: its RoleSets never stay above `replicas` plus the surge budget for more than 15 s
-//!   while a canary moves (twice `replicas` for blue-green, and while an abort or rollback grows
+//!   while a canary moves (twice `replicas` for blue-green and a routed canary, and while an abort or rollback grows
 //!   stable back);
-//! - `abort`: 60 s after `Aborted`, weight 0 and no RoleSet of the aborted revision;
+//! - `abort`: 60 s after `Aborted`, weight 0 (in the status and the HTTPRoute) and no RoleSet of
+//!   the aborted revision;
+//! - `router_weight`: the HTTPRoute never sends the canary more than the step the rollout is on
+//!   (for longer than the 3 s between reading the route and the StormService);
+//! - `stable_share`: with a route, Ready stable RoleSets never fall below what the route's
+//!   stable share needs minus maxUnavailable for more than 15 s;
 //! - `observed_generation`: `status.observedGeneration` never goes back;
 //! - `stuck`: a rollout `Progressing` with the same rollout status for 120 s;
-//! - `deleted`: 60 s after a StormService is deleted, no RoleSet or Pod of it is left;
+//! - `deleted`: 60 s after a StormService is deleted, no RoleSet or Pod of it is left and its
+//!   HTTPRoute (the user's) sends nothing to the canary;
 //! - `acts_once`: no control annotation acts more often than it was set (the controller's
-//!   Aborted, Retried, PausedByUser, Resumed and Approved Events, counted with their series,
+//!   RolloutAborted, RolloutRetried, PausedByUser, Resumed and Approved Events, counted with their series,
 //!   against the annotations the API server accepted);
 //! - `rest`: after the stream stops, every StormService reaches Healthy, Completed, Aborted or
 //!   Degraded with exactly `replicas` Ready RoleSets of its stable revision within 180 s.
@@ -53,7 +60,10 @@ use anyhow::{Context, Result};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    PostParams,
+};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,11 +71,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use storm_shared::keys::LABEL_REVISION;
+use storm_shared::status::Reason;
 use storm_shared::types::analysis::AnalysisTemplate;
 use storm_shared::types::stormservice::RolloutPhase;
 use storm_shared::{RoleSet, StormService};
 use storm_test_support::TestNamespace;
 use storm_test_support::process::Controller;
+use storm_test_support::prometheus::{Exporter, Prometheus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A small deterministic generator: the same seed gives the same stream.
@@ -89,14 +101,16 @@ enum Kind {
     Single,
     BlueGreen,
     Analysed,
+    Routed,
 }
 
 fn kind_of(i: usize) -> Kind {
-    match i % 4 {
+    match i % 5 {
         0 => Kind::Canary,
         1 => Kind::Single,
         2 => Kind::BlueGreen,
-        _ => Kind::Analysed,
+        3 => Kind::Analysed,
+        _ => Kind::Routed,
     }
 }
 
@@ -116,6 +130,14 @@ fn manifest(name: &str, kind: Kind, image: &str) -> Value {
             "stableService": stable, "canaryService": canary,
             "steps": [{"weight": 34, "analysis": {"templates": [{"name": "flaky"}]}},
                       {"weight": 67, "pause": {"untilApproval": true}}, {"weight": 100}]}}),
+        Kind::Routed => json!({"type": "Canary", "canary": {
+            "stableService": stable, "canaryService": canary,
+            "trafficRouting": {"gatewayAPI": {"httpRoute": format!("{name}-route")}},
+            "steps": ROUTED_STEPS.iter().map(|w| match w {
+                    34 => json!({"weight": 34, "analysis": {"templates": [{"name": "prometheus"}]}}),
+                    67 => json!({"weight": 67, "pause": {"untilApproval": true}}),
+                    w => json!({"weight": w}),
+                }).collect::<Vec<_>>()}}),
         _ => json!({"type": "Canary", "canary": {
             "stableService": stable, "canaryService": canary,
             "steps": [{"weight": 34, "pause": {"duration": "2s"}}, {"weight": 67, "pause": {"untilApproval": true}}, {"weight": 100}]}}),
@@ -133,6 +155,28 @@ fn manifest(name: &str, kind: Kind, image: &str) -> Value {
             "rolloutStrategy": strategy
         }
     })
+}
+
+/// The routed canaries' step weights: 34 measures the real Prometheus, 67 waits for approval.
+const ROUTED_STEPS: [i64; 3] = [34, 67, 100];
+
+/// The user's HTTPRoute in front of a routed StormService: all traffic on stable.
+fn http_route(name: &str) -> Value {
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": format!("{name}-route")},
+        "spec": {"parentRefs": [{"name": "public"}], "rules": [{"backendRefs": [
+            {"name": format!("{name}-stable"), "port": 80, "weight": 100},
+            {"name": format!("{name}-canary"), "port": 80, "weight": 0}]}]}
+    })
+}
+
+/// The canary's share of an HTTPRoute in percent (its second backend's weight over the sum).
+fn route_canary_percent(route: &Value) -> Option<i64> {
+    let refs = route["spec"]["rules"][0]["backendRefs"].as_array()?;
+    let weight = |i: usize| refs.get(i).and_then(|b| b["weight"].as_i64()).unwrap_or(0);
+    let total = weight(0) + weight(1);
+    (total > 0).then(|| weight(1) * 100 / total)
 }
 
 fn phase(obj: &StormService) -> Option<RolloutPhase> {
@@ -235,6 +279,8 @@ struct Watch {
     generation: BTreeMap<String, i64>,
     progressing: BTreeMap<String, (String, Instant)>,
     deleted: BTreeMap<String, Instant>,
+    over_weight: BTreeMap<String, Instant>,
+    below_share: BTreeMap<String, Instant>,
 }
 
 impl Watch {
@@ -249,10 +295,14 @@ impl Watch {
 const LEASE_NAMESPACE: &str = "storm-system";
 
 const GRACE: Duration = Duration::from_secs(15);
+/// The checker reads the route and the StormService one after the other: a weight above the
+/// step must last this long to count.
+const ROUTER_GRACE: Duration = Duration::from_secs(3);
 
 struct Soak {
     ns: TestNamespace,
     api: Api<StormService>,
+    routes: Api<DynamicObject>,
     names: Vec<String>,
     images: BTreeMap<String, Vec<String>>,
     present: BTreeSet<String>,
@@ -266,18 +316,19 @@ struct Soak {
 /// The Event reason with which the controller records that a control annotation acted.
 fn acted_reason(control: &str) -> &'static str {
     match control {
-        "abort" => "Aborted",
-        "retry" => "Retried",
-        "pause" => "PausedByUser",
-        "resume" => "Resumed",
-        _ => "Approved",
+        "abort" => Reason::Aborted,
+        "retry" => Reason::Retried,
+        "pause" => Reason::PausedByUser,
+        "resume" => Reason::Resumed,
+        _ => Reason::Approved,
     }
+    .as_str()
 }
 
 /// How often each control acted, by StormService and reason, from the controller's Events
 /// (an Event that repeats is one object with a series count).
 async fn controls_acted(ns: &TestNamespace) -> Result<BTreeMap<(String, String), u64>> {
-    let reasons = ["Aborted", "Retried", "PausedByUser", "Resumed", "Approved"];
+    let reasons = ["abort", "retry", "pause", "resume", "approve"].map(acted_reason);
     let mut acted = BTreeMap::new();
     for e in ns.api::<Event>().list(&ListParams::default()).await?.items {
         let Some(reason) = e.reason.clone().filter(|r| reasons.contains(&r.as_str())) else {
@@ -304,6 +355,18 @@ impl Soak {
     /// One look at every StormService, its RoleSets and (for deleted ones) its Pods.
     async fn check(&mut self) -> Result<()> {
         let t = self.started.elapsed().as_secs();
+        // The routes first: the StormService read after them can only be further along.
+        let routes: BTreeMap<String, i64> = self
+            .routes
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|r| {
+                let name = r.name_any().strip_suffix("-route")?.to_string();
+                Some((name, route_canary_percent(&serde_json::to_value(&r).ok()?)?))
+            })
+            .collect();
         let all = self.api.list(&ListParams::default()).await?.items;
         let rolesets = self
             .ns
@@ -348,6 +411,52 @@ impl Soak {
             if p == Some(RolloutPhase::Healthy) {
                 w.healthy_once.insert(name.clone());
             }
+            let routed = routes.get(&name).copied().filter(|_| kind == Kind::Routed);
+            // router_weight: the route never sends the canary more than the step it is on.
+            let step = st
+                .and_then(|s| s.rollout_status.as_ref())
+                .and_then(|r| r.current_step_index);
+            let running = matches!(p, Some(RolloutPhase::Progressing | RolloutPhase::Paused));
+            if let (Some(percent), Some(step), true) = (routed, step, running) {
+                let bound = ROUTED_STEPS
+                    .iter()
+                    .take(usize::try_from(step).unwrap_or(0) + 1)
+                    .copied()
+                    .max()
+                    .unwrap_or(0);
+                if percent > bound {
+                    let since = *w
+                        .over_weight
+                        .entry(name.clone())
+                        .or_insert_with(Instant::now);
+                    if since.elapsed() > ROUTER_GRACE {
+                        found.push(("router_weight", format!("t={t}s {name} ({p:?}) at step {step}: the HTTPRoute sends {percent}% to the canary for {ROUTER_GRACE:?}, the step {bound}%")));
+                        w.over_weight.remove(&name);
+                    }
+                } else {
+                    w.over_weight.remove(&name);
+                }
+            } else {
+                w.over_weight.remove(&name);
+            }
+            // stable_share: Ready stable RoleSets carry what the route still sends to stable.
+            if let Some(percent) = routed.filter(|_| w.healthy_once.contains(&name)) {
+                let stable_ready = mine.iter().filter(|(r, ok)| *ok && *r == stable).count();
+                let needed = (replicas * usize::try_from(100 - percent).unwrap_or(0)).div_ceil(100);
+                let allowed = needed.saturating_sub(replicas / 4);
+                if stable_ready < allowed {
+                    let since = *w
+                        .below_share
+                        .entry(name.clone())
+                        .or_insert_with(Instant::now);
+                    if since.elapsed() > GRACE {
+                        found.push(("stable_share", format!("t={t}s {name} ({p:?}): {stable_ready} Ready stable RoleSets for {GRACE:?} while the HTTPRoute sends {}% to stable (needs {allowed})", 100 - percent)));
+                        w.below_share.remove(&name);
+                    }
+                } else {
+                    w.below_share.remove(&name);
+                }
+            }
             // capacity_floor: maxUnavailable is 25% of replicas, rounded down.
             let floor = replicas - replicas / 4;
             let ready = mine.iter().filter(|(_, r)| *r).count();
@@ -369,7 +478,9 @@ impl Soak {
             // surge
             let recovering = matches!(p, Some(RolloutPhase::Aborted | RolloutPhase::Degraded));
             let bound = match kind {
-                Kind::BlueGreen => 2 * replicas,
+                // A preview beside active; a routed canary beside a stable kept at full size
+                // (stable shrinks only with dynamicStableScale).
+                Kind::BlueGreen | Kind::Routed => 2 * replicas,
                 _ if recovering => 2 * replicas,
                 _ => replicas + replicas.div_ceil(4).max(1),
             };
@@ -397,7 +508,8 @@ impl Soak {
                 let weight = st
                     .and_then(|s| s.rollout_status.as_ref())
                     .and_then(|r| r.canary_status.as_ref())
-                    .map_or(0, |c| c.current_weight);
+                    .map_or(0, |c| c.current_weight)
+                    .max(i32::try_from(routed.unwrap_or(0)).unwrap_or(i32::MAX));
                 let left = mine.iter().filter(|(r, _)| *r == update).count();
                 let entry = w.aborted_at.entry(name.clone()).or_insert((
                     Instant::now(),
@@ -466,10 +578,12 @@ impl Soak {
                 .await?
                 .items
                 .len();
-            if rs_left == 0 && pods_left == 0 {
+            // A routed StormService's HTTPRoute is the user's: it stays, all traffic on stable.
+            let route_left = routes.get(&name).copied().unwrap_or(0);
+            if rs_left == 0 && pods_left == 0 && route_left == 0 {
                 w.deleted.remove(&name);
             } else if since.elapsed() > Duration::from_secs(60) {
-                w.violate("deleted", format!("t={t}s {name}: deleted 60 s ago, {rs_left} RoleSets and {pods_left} Pods left"));
+                w.violate("deleted", format!("t={t}s {name}: deleted 60 s ago, {rs_left} RoleSets and {pods_left} Pods left, its HTTPRoute sends {route_left}% to the canary"));
                 w.deleted.remove(&name);
             }
         }
@@ -562,6 +676,32 @@ async fn main() -> Result<()> {
         .create(&PostParams::default(), &template)
         .await?;
 
+    // The routed canaries measure the real Prometheus (scraping an exporter at 1% errors).
+    cluster.install_thirdparty_crds()?;
+    let exporter = Exporter::start()?;
+    exporter.set("soak", 99, 1);
+    let prometheus = Prometheus::start(&[exporter.target()])?;
+    let error_percent = exporter.error_percent_query("soak");
+    prometheus.wait_for_value(&error_percent, 1.0)?;
+    let template: AnalysisTemplate = serde_json::from_value(json!({
+        "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "prometheus"},
+        "spec": {"metrics": [{"name": "errors",
+            "provider": {"prometheus": {"address": prometheus.base_url(), "query": error_percent, "timeout": "5s"}},
+            "successCondition": "result[0] < 5", "count": 2, "interval": "1s"}]}
+    }))?;
+    ns.api::<AnalysisTemplate>()
+        .create(&PostParams::default(), &template)
+        .await?;
+    let routes: Api<DynamicObject> = Api::namespaced_with(
+        ns.client(),
+        ns.name(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+            "httproutes",
+        ),
+    );
+
     let api = ns.api::<StormService>();
     let svcs: Api<Service> = ns.api();
     let mut names: Vec<String> = (0..services).map(|i| format!("s{i}")).collect();
@@ -569,6 +709,7 @@ async fn main() -> Result<()> {
     let mut soak = Soak {
         ns,
         api: api.clone(),
+        routes: routes.clone(),
         names: names.clone(),
         images: BTreeMap::new(),
         present: BTreeSet::new(),
@@ -588,6 +729,14 @@ async fn main() -> Result<()> {
         } else {
             kind_of(i)
         };
+        if kind == Kind::Routed {
+            routes
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(http_route(name))?,
+                )
+                .await?;
+        }
         let obj: StormService = serde_json::from_value(manifest(name, kind, "app:v1"))?;
         api.create(&PostParams::default(), &obj).await?;
         soak.images.insert(name.clone(), vec!["app:v1".into()]);
@@ -958,7 +1107,7 @@ async fn main() -> Result<()> {
                     {
                         *soak
                             .controls_sent
-                            .entry((obj.name_any(), "Aborted"))
+                            .entry((obj.name_any(), acted_reason("abort")))
                             .or_default() += 1;
                     }
                 }

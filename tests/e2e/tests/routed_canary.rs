@@ -389,3 +389,47 @@ async fn a_routed_canary_completes() -> Result<()> {
     wait_weights(&env, &r, (100, 0)).await?;
     env.ns.cleanup().await
 }
+
+/// Deleting a StormService mid-canary: the user's routing objects are not ours to delete, so
+/// before the StormService goes (its finalizer), their weights go back to stable; without that
+/// they kept sending the step's share to a canary whose Pods garbage collection removes. A
+/// TrafficSplit is one of them (Istio's and Gateway API's go the same way through the same
+/// router code); the nginx canary Ingress is ours and is garbage collected.
+#[tokio::test]
+async fn deleting_a_routed_canary_mid_rollout_puts_traffic_back_on_stable() -> Result<()> {
+    let r = smi();
+    let env = deployed("routed-delete", &r).await?;
+    set_image(&env, "app:v2").await?;
+    wait_phase(&env, RolloutPhase::Paused, Some(0)).await?;
+    wait_weights(&env, &r, (80, 20)).await?;
+    let finalizers = env.api.get("app").await?.metadata.finalizers;
+    env.api
+        .delete("app", &kube::api::DeleteParams::default())
+        .await?;
+    wait_weights(&env, &r, (100, 0)).await?;
+    wait_for("the StormService gone", TIMEOUT, || async {
+        Ok(env.api.get_opt("app").await?.is_none().then_some(()))
+    })
+    .await?;
+    let events = env.ns.cluster().kubectl_run([
+        "-n",
+        env.ns.name(),
+        "get",
+        "events.events.k8s.io",
+        "--field-selector",
+        "reason=TrafficRoutersReverted",
+        "-o",
+        "jsonpath={.items[*].note}",
+    ])?;
+    ensure!(
+        events.contains("all traffic back on stable revision"),
+        "the revert is recorded: {events:?}"
+    );
+    ensure!(
+        finalizers
+            .unwrap_or_default()
+            .contains(&"stormservice.aibrix.ai/traffic".to_string()),
+        "a routed StormService carries the traffic finalizer"
+    );
+    env.ns.cleanup().await
+}
