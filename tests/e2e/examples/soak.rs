@@ -466,9 +466,38 @@ impl Soak {
                     .entry(name.clone())
                     .or_insert_with(Instant::now);
                 if since.elapsed() > GRACE {
+                    // The Pods themselves, to tell a RoleSet status that lags from capacity lost.
+                    let pods = self
+                        .ns
+                        .api::<Pod>()
+                        .list(&ListParams::default().labels(&format!("storm-service-name={name}")))
+                        .await?
+                        .items;
+                    let pods: Vec<String> = pods
+                        .iter()
+                        .map(|pod| {
+                            let ready = pod
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.conditions.as_ref())
+                                .is_some_and(|c| {
+                                    c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                                });
+                            format!(
+                                "{}{}{}",
+                                pod.name_any(),
+                                if ready { " Ready" } else { " not Ready" },
+                                if pod.metadata.deletion_timestamp.is_some() {
+                                    " deleting"
+                                } else {
+                                    ""
+                                }
+                            )
+                        })
+                        .collect();
                     w.violate(
                         "capacity_floor",
-                        format!("t={t}s {name} ({p:?}): {ready} Ready RoleSets for {GRACE:?}, floor {floor}: {mine:?}"),
+                        format!("t={t}s {name} ({p:?}): {ready} Ready RoleSets for {GRACE:?}, floor {floor}: {mine:?}; Pods {pods:?}"),
                     );
                     w.below_floor.remove(&name);
                 }
