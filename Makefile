@@ -51,8 +51,12 @@ lint: deny ## rustfmt, clippy (warnings are errors) and cargo-deny
 unit: ## Unit, property and CLI tests (no cluster)
 	$(CARGO) test --workspace --exclude storm-e2e
 
+.PHONY: tools
+tools: ## What the suites run beside our binaries and the control plane: Prometheus (Debian's package, installed if missing)
+	@tests/tools/debian-package.sh prometheus
+
 .PHONY: e2e
-e2e: cluster-up ## End-to-end suites against the local control plane (stops the dev stack first)
+e2e: cluster-up tools ## End-to-end suites against the local control plane (stops the dev stack first)
 	@# The dev stack's controller watches every namespace: it would act beside the suites' own.
 	@tests/dev/dev.sh down >/dev/null 2>&1 || true
 	@# The suites' webhook runs as storm-webhook with the RBAC of manifests/webhook (tests/dev/dev.sh):
@@ -79,12 +83,12 @@ bench-controller: cluster-up ## N StormServices through a canary (N=200, ROUTER=
 	$(CARGO) run --release -q -p storm-e2e --example bench_controller -- $(or $(N),200) $(or $(ABORTS),20) $(or $(ROUTER),none)
 
 .PHONY: soak
-soak: cluster-up ## N StormServices under a seeded stream of user actions and faults, invariants checked (N=50, SOAK_MINUTES=20, SEED) -> target/bench/soak.json
+soak: cluster-up tools ## N StormServices under a seeded stream of user actions and faults, invariants checked (N=50, SOAK_MINUTES=20, SEED) -> target/bench/soak.json
 	@tests/dev/dev.sh down >/dev/null 2>&1 || true
 	$(CARGO) run -q -p storm-e2e --example soak -- $(or $(N),50) $$(( $(or $(SOAK_MINUTES),20) * 60 )) $(or $(SEED),20261130) $(SOAK_FAULTS)
 
 .PHONY: soak-short
-soak-short: cluster-up ## The soak for 2.5 minutes with 16 StormServices, without kube-apiserver restarts (part of make test) -> target/bench/soak.json
+soak-short: cluster-up tools ## The soak for 2.5 minutes with 16 StormServices, without kube-apiserver restarts (part of make test) -> target/bench/soak.json
 	@tests/dev/dev.sh down >/dev/null 2>&1 || true
 	@# kube-apiserver restarts are left out until the slow recovery after them (issue #14) is fixed.
 	$(CARGO) run -q -p storm-e2e --example soak -- 16 150 $(or $(SEED),20261130) controller_kill,leader_kill,etcd_restart,blackhole,webhook_kill

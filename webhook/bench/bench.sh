@@ -21,12 +21,7 @@ THREADS=${STORM_BENCH_THREADS:-1}
 BIN=${STORM_BENCH_BIN:-$REPO/target/release/storm-webhook}
 log() { printf 'bench-webhook: %s\n' "$*" >&2; }
 
-if ! command -v wrk >/dev/null; then
-	log "installing wrk (apt)"
-	if ! apt-get install -y wrk >/dev/null 2>&1; then
-		apt-get update >/dev/null && apt-get install -y wrk >/dev/null
-	fi
-fi
+"$REPO/tests/tools/debian-package.sh" wrk
 
 if [[ -z ${STORM_BENCH_BIN:-} ]]; then
 	log "building storm-webhook (release)"
