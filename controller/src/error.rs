@@ -70,6 +70,9 @@ pub enum Error {
     /// Removing AIBrix's finalizer from an object being deleted failed.
     #[error("removing AIBrix's finalizer from {0}: {1}")]
     ReleaseFinalizer(String, #[source] kube::Error),
+    /// Reading an object from the API server (not the cache) failed.
+    #[error("reading {0} from the API server: {1}")]
+    ReadFresh(String, #[source] kube::Error),
     /// Adding our finalizer to a StormService with traffic routers failed.
     #[error("adding finalizer stormservice.aibrix.ai/traffic to {0}: {1}")]
     AddFinalizer(String, #[source] kube::Error),
@@ -138,6 +141,7 @@ impl Error {
             Error::CreatePodSet { .. } => "create_podset",
             Error::ReleaseFinalizer(..) => "release_finalizer",
             Error::AddFinalizer(..) => "add_finalizer",
+            Error::ReadFresh(..) => "read_fresh",
             Error::Adopt(..) => "adopt",
             Error::DeletePodSet { .. } => "delete_podset",
             Error::WritePodSetStatus { .. } => "write_podset_status",

@@ -199,6 +199,23 @@ async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, 
     result
 }
 
+/// Whether `obj` carries a control annotation its status does not acknowledge yet: one that would
+/// act now.
+fn pending_control(obj: &StormService) -> bool {
+    let acknowledged = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout_status.as_ref())
+        .map(|r| r.acknowledged_controls.as_slice())
+        .unwrap_or_default();
+    storm_shared::keys::CONTROL_ANNOTATIONS.iter().any(|key| {
+        obj.annotations()
+            .get(*key)
+            .is_some_and(|v| v == storm_shared::keys::CONTROL_VALUE)
+            && !acknowledged.iter().any(|a| a == key)
+    })
+}
+
 async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Action, Error> {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let name = obj.name_any();
@@ -223,6 +240,20 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
     if !state.caches.ready() || !state.runner.caches_ready() {
         return Ok(Action::requeue(CACHE_RETRY));
     }
+    // A control annotation acts at most once: the status this controller wrote when it acted
+    // acknowledges it. The watch cache may not show that write yet (a requeue right after it, a
+    // watch re-established after an API server restart), and acting on the cached object would
+    // act again. So before a control acts, the object is read from the API server.
+    let fresh;
+    let obj = if pending_control(obj) {
+        fresh = api
+            .get(&name)
+            .await
+            .map_err(|e| Error::ReadFresh(format!("StormService {name}"), e))?;
+        &fresh
+    } else {
+        obj
+    };
     let now = Timestamp::now();
     // The revision of the current template, once per reconcile.
     let update = revisions::update_revision(&state.caches, obj);

@@ -14,7 +14,8 @@
 //! server through a TCP relay the soak controls. Faults:
 //! - `controller_kill`: SIGKILL of one replica (either), restarted at once;
 //! - `leader_kill`: SIGKILL of the replica holding the Lease, restarted at once;
-//! - `apiserver_restart`: kube-apiserver killed and started again;
+//! - `apiserver_restart`: kube-apiserver killed and started again; the relay takes no connection
+//!   until its /readyz passes, as the `kubernetes` Service lists it only then;
 //! - `etcd_restart`: etcd killed and started again on the same data;
 //! - `blackhole`: the relay stops moving bytes for 30 s (connections stay open, nothing arrives);
 //! - `webhook_kill`: SIGKILL of one of the two webhook replicas (soak/webhooks.rs) while 12
@@ -216,12 +217,19 @@ fn flaky_provider(seed: u64) -> Result<String> {
 }
 
 /// A TCP relay to the API server that can be paused: while paused it moves no bytes (a
-/// blackhole: connections stay open, nothing arrives, nothing is refused).
-async fn relay(upstream: String, paused: Arc<AtomicBool>) -> Result<u16> {
+/// blackhole: connections stay open, nothing arrives, nothing is refused). While `ready` is
+/// false it closes new connections: the `kubernetes` Service lists an API server only once its
+/// /readyz passes, and before that a restarted kube-apiserver answers 403 to everyone (its RBAC
+/// caches are still empty).
+async fn relay(upstream: String, paused: Arc<AtomicBool>, ready: Arc<AtomicBool>) -> Result<u16> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
+            if !ready.load(Ordering::SeqCst) {
+                drop(client);
+                continue;
+            }
             let (upstream, paused) = (upstream.clone(), paused.clone());
             tokio::spawn(async move {
                 let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
@@ -668,7 +676,8 @@ async fn main() -> Result<()> {
         .to_string();
     let upstream = server.trim_start_matches("https://").to_string();
     let paused = Arc::new(AtomicBool::new(false));
-    let port = relay(upstream, paused.clone()).await?;
+    let ready = Arc::new(AtomicBool::new(true));
+    let port = relay(upstream, paused.clone(), ready.clone()).await?;
     let relayed =
         std::env::temp_dir().join(format!("storm-soak-{}.kubeconfig", std::process::id()));
     std::fs::write(
@@ -940,10 +949,16 @@ async fn main() -> Result<()> {
                     } else {
                         "kube-apiserver"
                     };
+                    // Out of the Service until it is ready again (cluster.sh waits for /readyz).
+                    let apiserver = component == "kube-apiserver";
+                    if apiserver {
+                        ready.store(false, Ordering::SeqCst);
+                    }
                     let out = std::process::Command::new("bash")
                         .arg(storm_test_support::repo_root().join("tests/controlplane/cluster.sh"))
                         .args(["restart", component])
                         .output()?;
+                    ready.store(true, Ordering::SeqCst);
                     anyhow::ensure!(
                         out.status.success(),
                         "restarting {component}: {}",
