@@ -336,3 +336,37 @@ const STATUS_RECHECK: Duration = Duration::from_millis(500);
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pending_control_tests {
+    use super::pending_control;
+    use serde_json::json;
+    use storm_shared::StormService;
+
+    fn with(annotations: serde_json::Value, acknowledged: &[&str]) -> StormService {
+        serde_json::from_value(json!({
+            "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "StormService",
+            "metadata": {"name": "s", "namespace": "ns", "annotations": annotations},
+            "spec": {"selector": {"matchLabels": {"app": "s"}},
+                     "template": {"spec": {"roles": []}}},
+            "status": {"rolloutStatus": {"acknowledgedControls": acknowledged}}
+        }))
+        .expect("StormService")
+    }
+
+    #[test]
+    fn only_an_unacknowledged_control_is_pending() {
+        let abort = "stormservice.aibrix.ai/rollout-abort";
+        assert!(pending_control(&with(json!({abort: "true"}), &[])));
+        assert!(!pending_control(&with(json!({abort: "true"}), &[abort])));
+        assert!(!pending_control(&with(json!({abort: "false"}), &[])));
+        assert!(!pending_control(&with(
+            json!({"example.com/other": "true"}),
+            &[]
+        )));
+        assert!(pending_control(&with(
+            json!({abort: "true", "stormservice.aibrix.ai/rollout-retry": "true"}),
+            &[abort]
+        )));
+    }
+}
