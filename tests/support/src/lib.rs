@@ -605,7 +605,33 @@ impl TestNamespace {
             .delete(&self.name, &DeleteParams::background())
             .await
             .with_context(|| format!("deleting namespace {}", self.name))?;
+        self.release_finalizers();
         Ok(())
+    }
+
+    /// A test's controller stops with its test: a StormService with traffic routers keeps the
+    /// controller's `stormservice.aibrix.ai/traffic` finalizer, and a namespace being deleted
+    /// would wait for it forever. The harness removes it, as an admin would after uninstalling.
+    fn release_finalizers(&self) {
+        let Ok(out) = self
+            .cluster
+            .kubectl()
+            .args(["-n", &self.name, "get", "stormservices", "-o", "name"])
+            .stderr(Stdio::null())
+            .output()
+        else {
+            return;
+        };
+        for obj in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self
+                .cluster
+                .kubectl()
+                .args(["-n", &self.name, "patch", obj, "--type", "merge", "-p"])
+                .arg(r#"{"metadata":{"finalizers":null}}"#)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -635,6 +661,7 @@ impl Drop for TestNamespace {
         if !matches!(result, Ok(s) if s.success()) {
             eprintln!("warning: could not delete test namespace {}", self.name);
         }
+        self.release_finalizers();
     }
 }
 
