@@ -13,6 +13,7 @@ use super::revision;
 use super::settings::{AutoRollback, auto_rollback, budgets};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::SignedDuration;
+use std::collections::BTreeMap;
 use storm_shared::keys::ANNOTATION_APPROVAL;
 use storm_shared::status::{ConditionType as Cond, Reason, condition_reason};
 use storm_shared::types::stormservice::{CanaryStep, CanaryStrategy, RolloutPhase};
@@ -163,6 +164,9 @@ struct Position {
     canary_ready: i32,
     stable_existing: i32,
     stable_ready: i32,
+    /// RoleSets of other revisions (a canary the template moved on from mid-rollout), by
+    /// revision: (existing, ready).
+    others: BTreeMap<String, (i32, i32)>,
 }
 
 impl Position {
@@ -179,6 +183,15 @@ impl Position {
             canary_ready: obs.ready(&m.update),
             stable_existing: obs.existing(stable),
             stable_ready: obs.ready(stable),
+            others: obs
+                .revisions()
+                .into_iter()
+                .filter(|r| r != stable && *r != m.update)
+                .map(|r| {
+                    let counts = (obs.existing(&r), obs.ready(&r));
+                    (r, counts)
+                })
+                .collect(),
         }
     }
 
@@ -229,9 +242,20 @@ fn capacity(m: &mut Machine, stable: &str, canary: &CanaryStrategy, at: &Positio
     } else {
         let (surge, unavailable) = budgets(m.input.spec, Some(canary), replicas);
         let min_available = replicas - unavailable;
+        // A canary the template moved on from mid-rollout may carry the service: its ready
+        // RoleSets go only as stable and the new canary make up for them (availability first),
+        // its unready ones at once. Until they go they count against the surge budget.
+        let mut others_needed = (min_available - at.stable_ready - at.canary_ready).max(0);
+        let mut others_kept = 0;
+        for (rev, (_, ready)) in &at.others {
+            let keep = (*ready).min(others_needed);
+            others_needed -= keep;
+            others_kept += keep;
+            m.scale.insert(rev.clone(), keep);
+        }
         let canary_now = t.canary.min(
             at.canary_existing
-                .max(replicas + surge - at.stable_existing),
+                .max(replicas + surge - at.stable_existing - others_kept),
         );
         // A canary that shrinks (a retry after an abort restarts at a smaller step) keeps the
         // ready RoleSets that stable cannot make up for yet: availability first.
@@ -241,7 +265,7 @@ fn capacity(m: &mut Machine, stable: &str, canary: &CanaryStrategy, at: &Positio
         // after an abort restarts at a smaller step) serves nobody once it is gone.
         let canary_ready_kept = at.canary_ready.min(canary_now);
         let stable_target = (replicas - t.canary)
-            .max(min_available - canary_ready_kept)
+            .max(min_available - canary_ready_kept - others_kept)
             .clamp(0, replicas);
         (canary_now, stable_target)
     };

@@ -4,6 +4,7 @@
 use super::gates;
 use super::plan::{self, Input, Plan, set_condition};
 use super::revision;
+use super::settings;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use std::collections::BTreeMap;
@@ -175,7 +176,46 @@ impl<'a> Machine<'a> {
         self.note(false, Reason::Started, msg);
     }
 
+    /// The last word on capacity, whatever the strategy planned: ready RoleSets go only as far as
+    /// `replicas − maxUnavailable` allows, counted over every revision (a Deployment's rule across
+    /// its ReplicaSets). A revision planned below its ready RoleSets keeps as many of them as the
+    /// others cannot make up for: a canary the template moved on from mid-rollout, or reverted
+    /// away from, may be what serves until stable is back.
+    fn keep_availability(&mut self) {
+        let obs = self.input.observed;
+        let (_, unavailable) = settings::budgets(self.input.spec, self.canary(), self.replicas);
+        // RoleSets being retemplated count as the update revision's (roleset_changes).
+        let ready_of = |rev: &str| -> i32 {
+            let n = obs
+                .rolesets
+                .iter()
+                .filter(|r| r.ready && r.revision == rev && !self.retemplate.contains(&r.name))
+                .count();
+            i32::try_from(n).unwrap_or(i32::MAX)
+        };
+        let revisions = obs.revisions();
+        let ready_total: i32 = revisions.iter().map(|r| ready_of(r)).sum();
+        let floor = ready_total.min(self.replicas - unavailable);
+        let kept: i32 = revisions
+            .iter()
+            .map(|r| ready_of(r).min(self.scale.get(r).copied().unwrap_or(0)))
+            .sum();
+        let mut deficit = floor - kept;
+        for rev in revisions {
+            if deficit <= 0 {
+                break;
+            }
+            let want = self.scale.get(&rev).copied().unwrap_or(0);
+            let extra = (ready_of(&rev) - want).min(deficit);
+            if extra > 0 {
+                self.scale.insert(rev, want + extra);
+                deficit -= extra;
+            }
+        }
+    }
+
     pub(super) fn finish(mut self) -> Plan {
+        self.keep_availability();
         let obs = self.input.observed;
         let name = self.input.name;
         let has_router = self.has_router();

@@ -40,8 +40,9 @@
 //!   stable share needs minus maxUnavailable for more than 15 s;
 //! - `observed_generation`: `status.observedGeneration` never goes back;
 //! - `stuck`: a rollout `Progressing` with the same rollout status for 120 s;
-//! - `deleted`: 60 s after a StormService is deleted, no RoleSet or Pod of it is left and its
-//!   HTTPRoute (the user's) sends nothing to the canary;
+//! - `deleted`: 60 s after a StormService is deleted, every RoleSet and Pod of it still there
+//!   is garbage collection's (an owner reference to it or its RoleSets; the time collection took
+//!   is reported as `deletion_gc`) and its HTTPRoute (the user's) sends nothing to the canary;
 //! - `acts_once`: no control annotation acts more often than it was set (the controller's
 //!   RolloutAborted, RolloutRetried, PausedByUser, Resumed and Approved Events, counted with their series,
 //!   against the annotations the API server accepted);
@@ -286,7 +287,10 @@ struct Watch {
     abort_recovery: Vec<f64>,
     generation: BTreeMap<String, i64>,
     progressing: BTreeMap<String, (String, Instant)>,
-    deleted: BTreeMap<String, Instant>,
+    /// Deleted StormServices by name: when, and the uid of the deleted object.
+    deleted: BTreeMap<String, (Instant, String)>,
+    /// Seconds from a deletion until its last RoleSet and Pod were gone (garbage collection).
+    deletion_gc: Vec<f64>,
     over_weight: BTreeMap<String, Instant>,
     below_share: BTreeMap<String, Instant>,
 }
@@ -601,26 +605,62 @@ impl Soak {
         for (invariant, example) in found {
             w.violate(invariant, example);
         }
-        // deleted
-        let gone: Vec<(String, Instant)> = w.deleted.iter().map(|(n, t)| (n.clone(), *t)).collect();
-        for (name, since) in gone {
-            let rs_left = rolesets
+        // deleted: what the deleted object leaves must be garbage collection's (an owner
+        // reference to it or to one of its RoleSets), and its route back on stable. A
+        // re-created StormService of the same name has a new uid: its RoleSets and Pods are not
+        // leftovers.
+        let gone: Vec<(String, Instant, String)> = w
+            .deleted
+            .iter()
+            .map(|(n, (t, uid))| (n.clone(), *t, uid.clone()))
+            .collect();
+        let owner_uids = |meta: &kube::api::ObjectMeta| -> Vec<String> {
+            meta.owner_references
+                .iter()
+                .flatten()
+                .map(|o| o.uid.clone())
+                .collect()
+        };
+        for (name, since, uid) in gone {
+            let of_name: Vec<&RoleSet> = rolesets
                 .iter()
                 .filter(|r| r.labels().get("storm-service-name") == Some(&name))
-                .count();
-            let pods_left = self
+                .collect();
+            let (left, live): (Vec<&RoleSet>, Vec<&RoleSet>) = of_name
+                .into_iter()
+                .partition(|r| owner_uids(&r.metadata).contains(&uid));
+            let live_uids: Vec<String> =
+                live.iter().filter_map(|r| r.metadata.uid.clone()).collect();
+            let pods: Vec<Pod> = self
                 .ns
                 .api::<Pod>()
                 .list(&ListParams::default().labels(&format!("storm-service-name={name}")))
                 .await?
                 .items
-                .len();
-            // A routed StormService's HTTPRoute is the user's: it stays, all traffic on stable.
-            let route_left = routes.get(&name).copied().unwrap_or(0);
-            if rs_left == 0 && pods_left == 0 && route_left == 0 {
+                .into_iter()
+                .filter(|p| {
+                    !owner_uids(&p.metadata)
+                        .iter()
+                        .any(|u| live_uids.contains(u))
+                })
+                .collect();
+            let orphans = pods
+                .iter()
+                .filter(|p| owner_uids(&p.metadata).is_empty())
+                .count();
+            // A routed StormService's HTTPRoute is the user's: it stays, all traffic on stable
+            // (unless a re-created one is rolling out again).
+            let recreated = all.iter().any(|o| o.name_any() == name);
+            let route_left = if recreated {
+                0
+            } else {
+                routes.get(&name).copied().unwrap_or(0)
+            };
+            if left.is_empty() && pods.is_empty() && route_left == 0 {
+                w.deletion_gc.push(since.elapsed().as_secs_f64());
                 w.deleted.remove(&name);
-            } else if since.elapsed() > Duration::from_secs(60) {
-                w.violate("deleted", format!("t={t}s {name}: deleted 60 s ago, {rs_left} RoleSets and {pods_left} Pods left, its HTTPRoute sends {route_left}% to the canary"));
+            } else if since.elapsed() > Duration::from_secs(60) && (orphans > 0 || route_left > 0) {
+                w.violate("deleted", format!("t={t}s {name}: deleted 60 s ago, {orphans} Pods of it without an owner, its HTTPRoute sends {route_left}% to the canary"));
                 w.deleted.remove(&name);
             }
         }
@@ -853,13 +893,16 @@ async fn main() -> Result<()> {
                     .map(|_| ())
             }
             "delete" => {
+                let uid = api.get(&name).await.ok().and_then(|o| o.metadata.uid);
                 let r = api
                     .delete(&name, &DeleteParams::default())
                     .await
                     .map(|_| ());
                 if r.is_ok() {
                     soak.present.remove(&name);
-                    soak.watch.deleted.insert(name.clone(), Instant::now());
+                    soak.watch
+                        .deleted
+                        .insert(name.clone(), (Instant::now(), uid.unwrap_or_default()));
                     for m in [
                         &mut soak.watch.generation as &mut dyn Forget,
                         &mut soak.watch.healthy_once,
@@ -1209,6 +1252,12 @@ async fn main() -> Result<()> {
         "violations": violations,
         "recovery": recovery.into_iter().map(|(k, v)| (k, percentiles(v))).collect::<BTreeMap<_, _>>(),
         "abort_recovery": percentiles(std::mem::take(&mut soak.watch.abort_recovery)),
+        // Garbage collection (kube-controller-manager) after a deletion: until the last RoleSet
+        // and Pod of it were gone; `pending` were not gone when the soak ended.
+        "deletion_gc": {
+            "seconds": percentiles(std::mem::take(&mut soak.watch.deletion_gc)),
+            "pending": soak.watch.deleted.len(),
+        },
     });
     let dir = storm_test_support::repo_root().join("target/bench");
     std::fs::create_dir_all(&dir)?;

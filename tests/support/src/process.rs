@@ -204,7 +204,11 @@ impl Drop for Process {
                 self.log_tail(80)
             );
         } else if std::env::var_os("STORM_KEEP_LOGS").is_some() {
-            eprintln!("STORM_KEEP_LOGS set: {} log kept at {}", self.name, self.log.display());
+            eprintln!(
+                "STORM_KEEP_LOGS set: {} log kept at {}",
+                self.name,
+                self.log.display()
+            );
         } else {
             let _ = std::fs::remove_file(&self.log);
         }

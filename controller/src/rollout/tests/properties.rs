@@ -164,3 +164,62 @@ proptest! {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+enum Change {
+    Tick,
+    Wait(i64),
+    Approve,
+    /// The template moves on mid-rollout: image `app:v<n>` (n = 1 reverts to stable).
+    Image(u8),
+    Lose(usize),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// A template that moves on mid-rollout leaves a canary revision that may carry the service
+    /// (after a step where stable shrank): its ready RoleSets go only as others make up for them.
+    /// Without a router stable shrinks by RoleSets, so this is where it matters.
+    #[test]
+    fn a_template_changed_mid_rollout_never_drops_availability(
+        changes in prop::collection::vec(prop_oneof![
+            4 => Just(Change::Tick),
+            2 => (1i64..30).prop_map(Change::Wait),
+            3 => Just(Change::Approve),
+            2 => (1u8..5).prop_map(Change::Image),
+            2 => (0usize..16).prop_map(Change::Lose),
+        ], 1..60),
+        replicas in 1i32..6,
+    ) {
+        let mut sim = Sim::new(spec(seed_steps(), replicas, "app:v1"));
+        sim.settle(3);
+        sim.set_image("app:v2");
+        let (_, unavailable) = settings::budgets(&sim.spec, sim.spec.rollout_strategy.as_ref().and_then(|r| r.canary.as_ref()), replicas);
+        for c in changes {
+            match c {
+                Change::Tick => {}
+                Change::Wait(s) => sim.advance(s),
+                Change::Approve => sim.annotate(APPROVAL),
+                Change::Image(n) => sim.set_image(&format!("app:v{n}")),
+                Change::Lose(k) => {
+                    let n = sim.rolesets.len();
+                    if n > 0 {
+                        sim.rolesets[k % n].ready = false;
+                    }
+                }
+            }
+            let before: Vec<(String, bool)> =
+                sim.rolesets.iter().map(|r| (r.name.clone(), r.ready)).collect();
+            let plan = sim.tick();
+            let ready_before = before.iter().filter(|(_, ok)| *ok).count();
+            let ready_deleted = before.iter().filter(|(n, ok)| *ok && plan.delete.contains(n)).count();
+            let floor = ready_before.min(usize::try_from(replicas - unavailable).unwrap_or(0));
+            prop_assert!(
+                ready_before - ready_deleted >= floor,
+                "{ready_deleted} of {ready_before} ready RoleSets deleted (floor {floor}): {before:?} -> delete {:?}",
+                plan.delete
+            );
+        }
+    }
+}
