@@ -447,15 +447,7 @@ async fn analysis_secrets_are_readable_only_where_the_admin_grants_them() -> Res
             Ok(String::from_utf8_lossy(&out.stdout).trim() == "yes")
         };
         ensure!(!can("get", ns.name())?, "Secrets readable before any grant");
-        cluster.kubectl_run([
-            "-n",
-            ns.name(),
-            "create",
-            "rolebinding",
-            "storm-controller-analysis-secrets",
-            "--clusterrole=storm-controller-analysis-secrets",
-            "--serviceaccount=storm-system:storm-controller",
-        ])?;
+        ns.grant_analysis_secrets()?;
         wait_for("the grant", Duration::from_secs(20), || async {
             Ok(can("get", ns.name())?.then_some(()))
         })

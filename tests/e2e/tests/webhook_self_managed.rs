@@ -8,27 +8,16 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use serde_json::{Value, json};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use storm_test_support::process::{Process, binary, free_port};
 use storm_test_support::{TestNamespace, unique_name, wait_for};
 
 /// `kubectl apply` of `obj` as the admin.
 fn apply(cluster: &storm_test_support::Cluster, obj: &Value, what: &str) -> Result<()> {
-    let mut child = cluster
-        .kubectl()
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .context("stdin")?
-        .write_all(serde_json::to_string(obj)?.as_bytes())?;
-    ensure!(child.wait_with_output()?.status.success(), "{what}");
-    Ok(())
+    cluster
+        .kubectl_apply(serde_json::to_string(obj)?.as_bytes())
+        .context(what.to_string())
 }
 
 /// A self-managed webhook for `ns`: its own configurations (URL mode, no caBundle, scoped to

@@ -338,6 +338,32 @@ impl Cluster {
         cmd
     }
 
+    /// `kubectl apply -f -` of `manifest` (YAML or JSON) as the admin, failing with kubectl's
+    /// stderr unless it exits 0.
+    pub fn kubectl_apply(&self, manifest: &[u8]) -> Result<()> {
+        use std::io::Write as _;
+        let mut child = self
+            .kubectl()
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running kubectl apply")?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(manifest)?;
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Ok(())
+    }
+
     /// Runs `kubectl` with `args`, failing with its stderr unless it exits 0; returns stdout.
     pub fn kubectl_run<I, S>(&self, args: I) -> Result<String>
     where

@@ -7,7 +7,6 @@
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -83,18 +82,9 @@ impl Webhooks {
             .arg(&this.ca)
             .output()?;
         ensure!(out.status.success(), "storm-webhook registration failed");
-        let mut apply = cluster
-            .kubectl()
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        apply
-            .stdin
-            .take()
-            .context("kubectl stdin")?
-            .write_all(&out.stdout)?;
-        ensure!(apply.wait()?.success(), "registering the webhook replicas");
+        cluster
+            .kubectl_apply(&out.stdout)
+            .context("registering the webhook replicas")?;
         Ok(this)
     }
 
