@@ -150,7 +150,7 @@ pub enum Error {
     InvalidYaml {
         file: String,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_yaml_ng::Error,
     },
     /// A RolloutPolicy in the `--policy` file does not have the RolloutPolicy shape.
     #[error("{file}: RolloutPolicy: {error}")]
@@ -193,7 +193,7 @@ pub enum Error {
     #[error("rendering CRDs: {source}")]
     RenderCrds {
         #[source]
-        source: serde_yaml::Error,
+        source: serde_yaml_ng::Error,
     },
 }
 

@@ -139,7 +139,7 @@ impl Linter {
 pub fn documents(file: &str, text: &str) -> Result<Vec<Value>, Error> {
     use serde::Deserialize;
     let mut out = Vec::new();
-    for de in serde_yaml::Deserializer::from_str(text) {
+    for de in serde_yaml_ng::Deserializer::from_str(text) {
         let v = Value::deserialize(de).map_err(|source| Error::InvalidYaml {
             file: file.into(),
             source,

@@ -23,7 +23,7 @@ fn aibrix_crds_dir() -> PathBuf {
 }
 
 fn yaml_documents(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
+    serde_yaml_ng::Deserializer::from_str(text)
         .map(|d| serde::Deserialize::deserialize(d).expect("a YAML document"))
         .filter(|v: &Value| !v.is_null())
         .collect()

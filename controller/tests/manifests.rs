@@ -1,7 +1,7 @@
 //! manifests/controller must fit the binary it deploys: flags the binary accepts, probe paths and
 //! ports it serves, and the hardening the docs promise. No cluster needed.
 
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,7 +13,7 @@ fn manifests_dir() -> PathBuf {
 fn documents(file: &str) -> Vec<Value> {
     let path = manifests_dir().join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
+    serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect()
 }

@@ -727,7 +727,7 @@ fn one_object_with_many_faults_reports_all_of_them() {
     ))
     .expect("fixture");
     let doc: serde_json::Value =
-        serde_yaml::from_str(text.split("\n---\n").next().expect("doc")).expect("yaml");
+        serde_yaml_ng::from_str(text.split("\n---\n").next().expect("doc")).expect("yaml");
     let r = validate(&doc);
     let paths = error_paths(&r);
     for want in [

@@ -115,7 +115,7 @@ mod tests {
             "/../manifests/webhook/webhook-configurations.yaml"
         );
         let text = std::fs::read_to_string(path).unwrap();
-        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
             .map(|d| serde::Deserialize::deserialize(d).unwrap())
             .collect();
         let rendered = render(

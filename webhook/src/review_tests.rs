@@ -99,7 +99,7 @@ impl ClusterView for FakeCluster {
 fn fixture(rel: &str) -> Value {
     let path = format!("{}/../tests/fixtures/{rel}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    let first = serde_yaml::Deserializer::from_str(&text).next().unwrap();
+    let first = serde_yaml_ng::Deserializer::from_str(&text).next().unwrap();
     serde::Deserialize::deserialize(first).unwrap()
 }
 
@@ -338,7 +338,7 @@ fn every_seed_and_aibrix_fixture_passes() {
         files.sort();
         for file in files {
             let text = std::fs::read_to_string(&file).unwrap();
-            for doc in serde_yaml::Deserializer::from_str(&text) {
+            for doc in serde_yaml_ng::Deserializer::from_str(&text) {
                 let v: Value = serde::Deserialize::deserialize(doc).unwrap();
                 let Some(kind) = v["kind"].as_str() else {
                     continue;

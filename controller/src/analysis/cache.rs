@@ -59,8 +59,7 @@ impl Caches {
     /// with a metadata store of its own.
     pub fn watch(templates: Api<AnalysisTemplate>) -> Self {
         let (template_store, template_writer) = reflector::store::<AnalysisTemplate>();
-        let template_reflector = watcher(templates, watcher::Config::default())
-            .backoff(crate::cache::watch_backoff())
+        let template_reflector = crate::cache::watch(templates, watcher::Config::default())
             .modify(|t| t.managed_fields_mut().clear())
             .reflect(template_writer)
             .applied_objects()

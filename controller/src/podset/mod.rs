@@ -10,7 +10,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -42,11 +42,10 @@ struct State {
 /// Runs the PodSet controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
     let (reader, writer) = reflector::store::<Pod>();
-    let pod_events = watcher(
+    let pod_events = crate::cache::watch(
         ctx.api::<Pod>(),
         watcher::Config::default().labels(AIBRIX_LABEL_PODSET_NAME),
     )
-    .backoff(crate::cache::watch_backoff())
     .modify(crate::cache::slim_pod)
     .reflect(writer)
     .touched_objects();
@@ -61,8 +60,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         backoff: Backoff::default(),
     });
     info!("PodSet controller starting");
-    Controller::new(ctx.api::<PodSet>(), watcher::Config::default())
-        .trigger_backoff(crate::cache::watch_backoff())
+    let (store, writer) = reflector::store::<PodSet>();
+    let primary = crate::cache::watch(ctx.api::<PodSet>(), watcher::Config::default())
+        .reflect(writer)
+        .touched_objects();
+    crate::cache::controller(primary, store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(pod_events)
         .graceful_shutdown_on(async move {

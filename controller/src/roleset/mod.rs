@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -59,15 +59,13 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let (reader, writer) = reflector::store::<Pod>();
     // One Pod watch feeds both the cache the reconciles read and the owner-triggers of the
     // controller (`owns_stream`), instead of `owns()` opening a second identical watch.
-    let pod_events = watcher(ctx.api::<Pod>(), pod_config)
-        .backoff(crate::cache::watch_backoff())
+    let pod_events = crate::cache::watch(ctx.api::<Pod>(), pod_config)
         .modify(crate::cache::slim_pod)
         .reflect(writer)
         .touched_objects();
 
     let (podsets, podset_writer) = reflector::store::<PodSet>();
-    let podset_events = watcher(ctx.api::<PodSet>(), watcher::Config::default())
-        .backoff(crate::cache::watch_backoff())
+    let podset_events = crate::cache::watch(ctx.api::<PodSet>(), watcher::Config::default())
         .modify(|p| p.managed_fields_mut().clear())
         .reflect(podset_writer)
         .touched_objects();
@@ -86,8 +84,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         backoff: Backoff::default(),
     });
     info!("RoleSet controller starting");
-    Controller::new(rolesets, watcher::Config::default())
-        .trigger_backoff(crate::cache::watch_backoff())
+    let (store, writer) = reflector::store::<RoleSet>();
+    let primary = crate::cache::watch(rolesets, watcher::Config::default())
+        .reflect(writer)
+        .touched_objects();
+    crate::cache::controller(primary, store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(pod_events)
         .owns_stream(podset_events)

@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -65,20 +65,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // made are seen (to be adopted) instead of ignored.
     let labelled = watcher::Config::default().labels(AIBRIX_LABEL_STORM_SERVICE_NAME);
     let (rolesets, rs_writer) = reflector::store::<RoleSet>();
-    let roleset_events = watcher(ctx.api::<RoleSet>(), labelled.clone())
-        .backoff(crate::cache::watch_backoff())
+    let roleset_events = crate::cache::watch(ctx.api::<RoleSet>(), labelled.clone())
         .modify(|r| r.managed_fields_mut().clear())
         .reflect(rs_writer)
         .touched_objects();
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let pod_events = watcher(ctx.api::<Pod>(), labelled)
-        .backoff(crate::cache::watch_backoff())
+    let pod_events = crate::cache::watch(ctx.api::<Pod>(), labelled)
         .modify(crate::cache::slim_pod)
         .reflect(pod_writer)
         .touched_objects();
     let (services, svc_writer) = reflector::store::<Service>();
-    let svc_reflector = watcher(ctx.api::<Service>(), watcher::Config::default())
-        .backoff(crate::cache::watch_backoff())
+    let svc_reflector = crate::cache::watch(ctx.api::<Service>(), watcher::Config::default())
         .modify(crate::cache::slim_service)
         .reflect(svc_writer)
         .applied_objects()
@@ -86,11 +83,10 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     tokio::spawn(svc_reflector);
 
     let (revisions, rev_writer) = reflector::store::<ControllerRevision>();
-    let rev_reflector = watcher(
+    let rev_reflector = crate::cache::watch(
         ctx.api::<ControllerRevision>(),
         watcher::Config::default().labels(LABEL_NAME),
     )
-    .backoff(crate::cache::watch_backoff())
     .modify(|r| r.managed_fields_mut().clear())
     .reflect(rev_writer)
     .applied_objects()
@@ -138,13 +134,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // reconcile decides to wait for, it requeues for; RoleSets, Pods and finished measurements
     // trigger their StormService.
     let (stormservices, ss_writer) = reflector::store::<StormService>();
-    let primary = watcher(state.ctx.api::<StormService>(), watcher::Config::default())
-        .backoff(crate::cache::watch_backoff())
+    let primary = crate::cache::watch(state.ctx.api::<StormService>(), watcher::Config::default())
         .reflect(ss_writer)
         .applied_objects()
         .predicate_filter(user_change, Default::default());
-    Controller::for_stream(primary, stormservices)
-        .trigger_backoff(crate::cache::watch_backoff())
+    crate::cache::controller(primary, stormservices)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(roleset_events)
         .reconcile_on(wake_rx.map(|(ns, name)| ObjectRef::<StormService>::new(&name).within(&ns)))

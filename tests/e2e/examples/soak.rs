@@ -15,7 +15,8 @@
 //! - `controller_kill`: SIGKILL of one replica (either), restarted at once;
 //! - `leader_kill`: SIGKILL of the replica holding the Lease, restarted at once;
 //! - `apiserver_restart`: kube-apiserver killed and started again; the relay takes no connection
-//!   until its /readyz passes, as the `kubernetes` Service lists it only then;
+//!   until its /readyz passes, as the `kubernetes` Service lists it only then. Two come at
+//!   least 150 s apart (kwok and kube-controller-manager back off up to 30 s after each);
 //! - `etcd_restart`: etcd killed and started again on the same data;
 //! - `blackhole`: the relay stops moving bytes for 30 s (connections stay open, nothing arrives);
 //! - `webhook_kill`: SIGKILL of one of the two webhook replicas (soak/webhooks.rs) while 12
@@ -307,6 +308,8 @@ impl Watch {
 const LEASE_NAMESPACE: &str = "storm-system";
 
 const GRACE: Duration = Duration::from_secs(15);
+/// The least time between two kube-apiserver restarts.
+const APISERVER_RESTART_SPACING: Duration = Duration::from_secs(150);
 /// The checker reads the route and the StormService one after the other: a weight above the
 /// step must last this long to count.
 const ROUTER_GRACE: Duration = Duration::from_secs(3);
@@ -726,12 +729,19 @@ async fn main() -> Result<()> {
     )?;
     let relayed = relayed.display().to_string();
     // The Lease in the controller's own namespace, where manifests/controller lets it hold one.
+    // STORM_SOAK_LOG replaces the replicas' RUST_LOG (to trace one run).
+    let log =
+        std::env::var("STORM_SOAK_LOG").unwrap_or_else(|_| "info,storm_controller=debug".into());
     let start = |id: &str| {
         Controller::start_in(
             cluster,
             ns.name(),
             &["--leader-elect=true", "--lease-namespace", LEASE_NAMESPACE],
-            &[("KUBECONFIG", relayed.as_str()), ("POD_NAME", id)],
+            &[
+                ("KUBECONFIG", relayed.as_str()),
+                ("POD_NAME", id),
+                ("RUST_LOG", log.as_str()),
+            ],
         )
     };
     let mut replicas = vec![
@@ -828,6 +838,7 @@ async fn main() -> Result<()> {
     let mut timeline: Vec<Value> = Vec::new();
     let mut recovery: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut next_fault = Instant::now() + Duration::from_secs(25 + fault_rng.below(20));
+    let mut last_apiserver_restart: Option<Instant> = None;
     let mut down: Option<usize> = None;
     // A replica that exits by itself (a leader that could not renew its Lease in time exits, as
     // it must) is started again, as the kubelet would restart its container.
@@ -962,7 +973,21 @@ async fn main() -> Result<()> {
             .or_default() += 1;
 
         if Instant::now() >= next_fault {
-            let kind = fault_kinds[fault_rng.below(fault_kinds.len() as u64) as usize];
+            let mut kind = fault_kinds[fault_rng.below(fault_kinds.len() as u64) as usize];
+            // kube-apiserver restarts come at least APISERVER_RESTART_SPACING apart (another kind
+            // is drawn when one would come sooner): the node agents' and controller-manager's
+            // client-go watches back off from 0.8 s up to 30 s and reset only after two quiet
+            // minutes, so restarts that come sooner leave kwok's Pods unready for a minute or
+            // more, which no controller can make up for.
+            while kind == "apiserver_restart"
+                && fault_kinds.iter().any(|k| *k != kind)
+                && last_apiserver_restart.is_some_and(|t| t.elapsed() < APISERVER_RESTART_SPACING)
+            {
+                kind = fault_kinds[fault_rng.below(fault_kinds.len() as u64) as usize];
+            }
+            if kind == "apiserver_restart" {
+                last_apiserver_restart = Some(Instant::now());
+            }
             match kind {
                 "controller_kill" => {
                     let k = fault_rng.below(2) as usize;

@@ -698,7 +698,7 @@ async fn scheduling_strategies_make_podgroups_or_warn() -> Result<()> {
     let mut controller = Controller::start(ns.cluster(), ns.name())?;
     let result: Result<()> = async {
         let text = std::fs::read_to_string(sample("sglang-tp-1p1d.yaml"))?;
-        let mut obj: serde_json::Value = serde_yaml::from_str(&text)?;
+        let mut obj: serde_json::Value = serde_yaml_ng::from_str(&text)?;
         obj["spec"]["template"]["spec"]["schedulingStrategy"] =
             json!({"coschedulingSchedulingStrategy": {"minMember": 5, "scheduleTimeoutSeconds": 60}});
         let roles = obj["spec"]["template"]["spec"]["roles"].as_array_mut().context("roles")?;

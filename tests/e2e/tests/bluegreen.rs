@@ -19,7 +19,7 @@ const PREVIEW: &str = "app-preview";
 fn seed_blue_green(bg: Value) -> Result<Value> {
     let path = storm_test_support::repo_root().join("tests/fixtures/seed/02-blue-green.yaml");
     let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
-    let mut obj: Value = serde_yaml::from_str(&text)?;
+    let mut obj: Value = serde_yaml_ng::from_str(&text)?;
     obj["metadata"]["name"] = json!("app");
     obj["spec"]["selector"] = json!({"matchLabels": {"app": "app"}});
     obj["spec"]["template"]["metadata"]["labels"] = json!({"app": "app"});
