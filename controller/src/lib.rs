@@ -8,6 +8,7 @@ pub mod error;
 pub mod finalizers;
 pub mod leader;
 pub mod metrics;
+pub mod owned;
 pub mod podgroups;
 pub mod podset;
 pub mod roleset;

@@ -55,7 +55,7 @@ pub fn foreign(caches: &Caches, obj: &StormService) -> Vec<Arc<RoleSet>> {
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
     let mut out: Vec<Arc<RoleSet>> = caches
         .rolesets
-        .state()
+        .owned_by(&ns, &name)
         .into_iter()
         .filter(|r| {
             belongs(r.as_ref(), &ns, &name)
@@ -72,16 +72,13 @@ pub fn foreign(caches: &Caches, obj: &StormService) -> Vec<Arc<RoleSet>> {
 /// which no RoleSet of ours carries.
 pub fn foreign_revision(caches: &Caches, obj: &StormService, rev: &str) -> bool {
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
-    let ours = caches.rolesets.state().iter().any(|r| {
+    let ours = caches.rolesets.owned_by(&ns, &name).iter().any(|r| {
         belongs(r.as_ref(), &ns, &name)
             && r.labels().get(LABEL_REVISION).map(String::as_str) == Some(rev)
     });
     let recorded = caches
         .revisions
-        .get(
-            &kube::runtime::reflector::ObjectRef::new(&super::revisions::revision_name(&name, rev))
-                .within(&ns),
-        )
+        .get(&ns, &super::revisions::revision_name(&name, rev))
         .is_some();
     !ours && !recorded
 }
@@ -128,7 +125,7 @@ pub async fn adopt(
     // Slots: ours keep theirs; adopted RoleSets take the free ones in name order.
     let used: BTreeSet<i32> = caches
         .rolesets
-        .state()
+        .owned_by(&ns, &name)
         .iter()
         .filter(|r| belongs(r.as_ref(), &ns, &name) && r.labels().contains_key(LABEL_REVISION))
         .filter_map(|r| roleset_index(r))
@@ -193,7 +190,7 @@ fn revision_for(
 /// AIBrix wrote) became when its RoleSets were adopted.
 pub fn adopted_as(caches: &Caches, obj: &StormService, aibrix: &str) -> Option<String> {
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
-    caches.rolesets.state().iter().find_map(|r| {
+    caches.rolesets.owned_by(&ns, &name).iter().find_map(|r| {
         (belongs(r.as_ref(), &ns, &name)
             && r.labels()
                 .get(AIBRIX_LABEL_STORM_SERVICE_REVISION)

@@ -293,7 +293,7 @@ async fn retemplate(
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<RoleSet> = Api::namespaced(ctx.client.clone(), &ns);
     for name in &plan.retemplate {
-        let Some(current) = caches.rolesets.get(&ObjectRef::new(name).within(&ns)) else {
+        let Some(current) = caches.rolesets.get(&ns, name) else {
             continue;
         };
         let index = observed
@@ -330,7 +330,7 @@ async fn retemplate(
 async fn resize(ctx: &Context, caches: &Caches, ns: &str, plan: &Plan) -> Result<(), Error> {
     let api: Api<RoleSet> = Api::namespaced(ctx.client.clone(), ns);
     for (name, changes) in &plan.resize {
-        let Some(current) = caches.rolesets.get(&ObjectRef::new(name).within(ns)) else {
+        let Some(current) = caches.rolesets.get(ns, name) else {
             continue;
         };
         let mut roles = current.spec.roles.clone();

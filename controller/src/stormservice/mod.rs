@@ -14,8 +14,9 @@
 use crate::context::Context;
 use crate::error::{Backoff, Error};
 use crate::finalizers;
+use crate::owned::Owned;
 use crate::rollout::{self, Input};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
@@ -64,15 +65,21 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // AIBrix's `storm-service-name`: ours carry it too, and RoleSets and Pods AIBrix's controllers
     // made are seen (to be adopted) instead of ignored.
     let labelled = watcher::Config::default().labels(AIBRIX_LABEL_STORM_SERVICE_NAME);
-    let (rolesets, rs_writer) = reflector::store::<RoleSet>();
+    let rolesets = Owned::<RoleSet>::default();
     let roleset_events = crate::cache::watch(ctx.api::<RoleSet>(), labelled.clone())
         .modify(|r| r.managed_fields_mut().clear())
-        .reflect(rs_writer)
+        .inspect_ok({
+            let rolesets = rolesets.clone();
+            move |e| rolesets.apply(e)
+        })
         .touched_objects();
-    let (pods, pod_writer) = reflector::store::<Pod>();
+    let pods = Owned::<Pod>::default();
     let pod_events = crate::cache::watch(ctx.api::<Pod>(), labelled)
         .modify(crate::cache::slim_pod)
-        .reflect(pod_writer)
+        .inspect_ok({
+            let pods = pods.clone();
+            move |e| pods.apply(e)
+        })
         .touched_objects();
     let (services, svc_writer) = reflector::store::<Service>();
     let svc_reflector = crate::cache::watch(ctx.api::<Service>(), watcher::Config::default())
@@ -82,13 +89,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .for_each(|_| async {});
     tokio::spawn(svc_reflector);
 
-    let (revisions, rev_writer) = reflector::store::<ControllerRevision>();
+    let revisions = Owned::<ControllerRevision>::default();
     let rev_reflector = crate::cache::watch(
         ctx.api::<ControllerRevision>(),
         watcher::Config::default().labels(LABEL_NAME),
     )
     .modify(|r| r.managed_fields_mut().clear())
-    .reflect(rev_writer)
+    .inspect_ok({
+        let revisions = revisions.clone();
+        move |e| revisions.apply(e)
+    })
     .applied_objects()
     .for_each(|_| async {});
     tokio::spawn(rev_reflector);

@@ -2,6 +2,7 @@
 //! the weight its traffic routers report.
 
 use super::routing::Routing;
+use crate::owned::Owned;
 use crate::rollout::{Observed, ObservedPod, ObservedRoleSet};
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -18,14 +19,14 @@ use tracing::debug;
 
 /// The watch caches of the StormService controller.
 pub struct Caches {
-    /// RoleSets carrying the StormService name label.
-    pub rolesets: Store<RoleSet>,
-    /// Pods carrying the StormService name label.
-    pub pods: Store<Pod>,
+    /// RoleSets carrying the StormService name label, by StormService.
+    pub rolesets: Owned<RoleSet>,
+    /// Pods carrying the StormService name label, by StormService.
+    pub pods: Owned<Pod>,
     /// Every Service (slimmed to what pinning needs).
     pub services: Store<Service>,
-    /// ControllerRevisions carrying the StormService name label.
-    pub revisions: Store<ControllerRevision>,
+    /// ControllerRevisions carrying the StormService name label, by StormService.
+    pub revisions: Owned<ControllerRevision>,
 }
 
 /// Whether a cached object belongs to StormService `ns/name` (by namespace and our name label, or
@@ -44,17 +45,17 @@ impl Caches {
     /// Whether every cache has had its first list.
     pub fn ready(&self) -> bool {
         let ready = |f: Option<Result<(), WriterDropped>>| matches!(f, Some(Ok(())));
-        ready(self.rolesets.wait_until_ready().now_or_never())
-            && ready(self.pods.wait_until_ready().now_or_never())
+        self.rolesets.listed()
+            && self.pods.listed()
             && ready(self.services.wait_until_ready().now_or_never())
-            && ready(self.revisions.wait_until_ready().now_or_never())
+            && self.revisions.listed()
     }
 
     /// The RoleSets and Pods of StormService `ns/name` that are not being deleted.
     pub fn observe(&self, ns: &str, name: &str) -> Observed {
         let rolesets = self
             .rolesets
-            .state()
+            .owned_by(ns, name)
             .iter()
             // A RoleSet without our revision label was made by AIBrix and is not adopted yet
             // (`adopt`): it is not counted, and never deleted as excess.
@@ -83,7 +84,7 @@ impl Caches {
             .collect();
         let pods = self
             .pods
-            .state()
+            .owned_by(ns, name)
             .iter()
             .filter(|p| belongs(p.as_ref(), ns, name) && p.meta().deletion_timestamp.is_none())
             .map(|p| observe_pod(p))

@@ -9,7 +9,6 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{DeleteParams, PostParams};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::BTreeMap;
 use storm_shared::keys::{
@@ -61,7 +60,7 @@ pub fn update_revision(caches: &Caches, obj: &StormService) -> String {
         }
         let stored = caches
             .revisions
-            .get(&ObjectRef::new(&revision_name(&name, rev)).within(&ns))
+            .get(&ns, &revision_name(&name, rev))
             .and_then(|cr| cr.data.clone())
             .and_then(|d| serde_json::from_value::<RoleSetTemplateSpec>(d.0).ok());
         if stored.is_some_and(|t| rollout::revision::of_template(&t) == id) {
@@ -96,16 +95,12 @@ pub async fn record_template(
     let update = rev;
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
     let cr_name = revision_name(&name, update);
-    if caches
-        .revisions
-        .get(&ObjectRef::new(&cr_name).within(&ns))
-        .is_some()
-    {
+    if caches.revisions.get(&ns, &cr_name).is_some() {
         return Ok(0);
     }
     let number = (caches
         .revisions
-        .state()
+        .owned_by(&ns, &name)
         .iter()
         .filter(|r| belongs(r.as_ref(), &ns, &name))
         .map(|r| r.revision)
@@ -181,7 +176,7 @@ pub async fn prune(
         });
     let mine: Vec<(String, i64, String)> = caches
         .revisions
-        .state()
+        .owned_by(&ns, &name)
         .iter()
         .filter(|r| belongs(r.as_ref(), &ns, &name))
         .map(|r| {
@@ -222,9 +217,7 @@ pub fn template_of(
     if rev == update {
         return Ok(obj.spec.template.clone());
     }
-    if let Some(cr) = caches
-        .revisions
-        .get(&ObjectRef::new(&revision_name(&name, rev)).within(&ns))
+    if let Some(cr) = caches.revisions.get(&ns, &revision_name(&name, rev))
         && let Some(Ok(t)) = cr
             .data
             .as_ref()
@@ -236,7 +229,7 @@ pub fn template_of(
     let prefix = format!("{name}-{rev}-");
     let survivor = caches
         .rolesets
-        .state()
+        .owned_by(&ns, &name)
         .into_iter()
         .filter(|r| {
             belongs(r.as_ref(), &ns, &name)
@@ -314,7 +307,7 @@ pub fn role_revisions(
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
     let mut stored: Vec<(i64, String, RoleSetTemplateSpec)> = caches
         .revisions
-        .state()
+        .owned_by(&ns, &name)
         .iter()
         .filter(|r| belongs(r.as_ref(), &ns, &name))
         .filter_map(|r| {
@@ -404,6 +397,7 @@ pub fn roleset_for(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::owned::Owned;
     use serde_json::json;
 
     #[test]
@@ -465,7 +459,7 @@ mod tests {
 
     #[test]
     fn a_role_keeps_the_revision_that_introduced_its_template() {
-        use kube::runtime::{reflector, watcher};
+        use kube::runtime::reflector;
         let obj: StormService = serde_json::from_value(json!({
             "apiVersion": API_VERSION, "kind": "StormService",
             "metadata": {"name": "svc", "namespace": "ns", "uid": "u-1"},
@@ -495,14 +489,10 @@ mod tests {
             .expect("pod spec")
             .containers[0]
             .image = Some("d:2".into());
-        let (revisions, mut writer) = reflector::store::<ControllerRevision>();
-        writer.apply_watcher_event(&watcher::Event::Init);
-        writer.apply_watcher_event(&watcher::Event::InitApply(cr(1, "a", &first)));
-        writer.apply_watcher_event(&watcher::Event::InitApply(cr(2, "b", &second)));
-        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let revisions = Owned::of([cr(1, "a", &first), cr(2, "b", &second)]);
         let caches = Caches {
-            rolesets: reflector::store().0,
-            pods: reflector::store().0,
+            rolesets: Owned::default(),
+            pods: Owned::default(),
             services: reflector::store().0,
             revisions,
         };

@@ -7,10 +7,11 @@ use super::apply;
 use super::observe::Caches;
 use crate::context::Context;
 use crate::metrics::Metrics;
+use crate::owned::Owned;
 use crate::rollout::{self, Input, Measured, Observed, ObservedRoleSet, Plan};
 use http::{Method, Request, Response};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::client::Body;
@@ -19,9 +20,9 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use storm_shared::StormService;
 use storm_shared::keys::{ANNOTATION_ABORT, ANNOTATION_APPROVAL, LABEL_NAME, LABEL_REVISION};
 use storm_shared::types::API_VERSION;
-use storm_shared::{RoleSet, StormService};
 
 /// One request the mock API server received.
 #[derive(Debug, Clone)]
@@ -190,19 +191,13 @@ struct World {
 async fn reconcile_once(obj: &StormService, world: World, reported: i32) -> (Plan, Vec<Seen>) {
     let (client, seen) = mock_client(obj, split(reported));
     let ctx = Context::new(client, Arc::new(Metrics::new()), None);
-    let (rolesets, mut rs_writer) = reflector::store::<RoleSet>();
-    let (pods, mut pod_writer) = reflector::store::<Pod>();
     let (services, mut svc_writer) = reflector::store::<Service>();
-    let (revisions, mut rev_writer) = reflector::store::<ControllerRevision>();
-    apply_event(&mut rs_writer, vec![]);
-    apply_event(&mut pod_writer, vec![]);
     apply_event(&mut svc_writer, world.services);
-    apply_event(&mut rev_writer, world.revisions);
     let caches = Caches {
-        rolesets,
-        pods,
+        rolesets: Owned::of([]),
+        pods: Owned::of([]),
         services,
-        revisions,
+        revisions: Owned::of(world.revisions),
     };
     let update = rollout::revision::of_template(&obj.spec.template);
     let observed = Observed {
