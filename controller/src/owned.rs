@@ -13,9 +13,8 @@ use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME};
 /// A StormService: namespace and name.
 type Owner = (String, String);
 
-/// Objects by the StormService they carry the name label of (ours, else AIBrix's
-/// `storm-service-name`, as `observe::belongs` reads them). Fed by a watch's events; cheap to
-/// clone (the clones share one cache).
+/// Objects by the StormService they belong to ([`stormservice_of`]). Fed by a watch's events
+/// ([`Owned::writer`]); cheap to clone (the clones share one cache).
 pub struct Owned<K> {
     inner: Arc<RwLock<Groups<K>>>,
     listed: Arc<AtomicBool>,
@@ -57,12 +56,20 @@ impl<K> Default for Groups<K> {
     }
 }
 
-fn owner_of<K: ResourceExt>(obj: &K) -> Option<Owner> {
+/// The StormService an object belongs to: our name label, else AIBrix's `storm-service-name`
+/// (objects AIBrix's controllers made are seen, to be adopted).
+pub fn stormservice_of<K: ResourceExt>(obj: &K) -> Option<&String> {
     let labels = obj.labels();
-    let name = labels
+    labels
         .get(LABEL_NAME)
-        .or_else(|| labels.get(AIBRIX_LABEL_STORM_SERVICE_NAME))?;
-    Some((obj.namespace().unwrap_or_default(), name.clone()))
+        .or_else(|| labels.get(AIBRIX_LABEL_STORM_SERVICE_NAME))
+}
+
+fn owner_of<K: ResourceExt>(obj: &K) -> Option<Owner> {
+    Some((
+        obj.namespace().unwrap_or_default(),
+        stormservice_of(obj)?.clone(),
+    ))
 }
 
 impl<K: ResourceExt> Groups<K> {
@@ -113,6 +120,15 @@ impl<K: ResourceExt + Clone> Owned<K> {
                 g.remove(&obj.namespace().unwrap_or_default(), &obj.name_any());
             }
         }
+    }
+
+    /// What feeds this cache from a watch stream (`.inspect_ok(cache.writer())`).
+    pub fn writer(&self) -> impl FnMut(&watcher::Event<K>) + Send + 'static
+    where
+        K: Send + Sync + 'static,
+    {
+        let cache = self.clone();
+        move |e| cache.apply(e)
     }
 
     /// The objects of StormService `ns/name`, by object name.

@@ -13,7 +13,7 @@ use storm_shared::keys::{
     AIBRIX_LABEL_ROLESET_NAME, AIBRIX_LABEL_STORM_SERVICE_NAME, AIBRIX_ROLE_REPLICA_INDEX,
     AIBRIX_ROLE_REVISION, AIBRIX_ROLE_REVISION_NAME, ENV_ROLE_NAME, ENV_ROLE_REPLICA_INDEX,
     ENV_ROLE_TEMPLATE_HASH, ENV_ROLESET_INDEX, ENV_ROLESET_NAME, ENV_STORM_SERVICE_NAME,
-    INJECTED_ENV, LABEL_NAME, LABEL_ROLE,
+    INJECTED_ENV, LABEL_ROLE,
 };
 use storm_shared::types::roleset::{
     RoleSet, RoleSpec, TopologyMode, TopologyPolicy, TopologyScope,
@@ -353,13 +353,7 @@ pub fn pod_labels(roleset: &RoleSet, role: &RoleSpec) -> BTreeMap<String, String
     labels
 }
 
-/// The StormService a RoleSet belongs to (ours or AIBrix's label), if any.
-fn stormservice_of(roleset: &RoleSet) -> Option<&String> {
-    roleset
-        .labels()
-        .get(LABEL_NAME)
-        .or_else(|| roleset.labels().get(AIBRIX_LABEL_STORM_SERVICE_NAME))
-}
+use crate::owned::stormservice_of;
 
 /// The env AIBrix injects, in its order: who the Pod is. A role's own variables of these names are
 /// dropped (theirs would contradict it); its other variables keep their order after ours, so they

@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::{
     PodSpec, PodStatus, PodTemplateSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use storm_shared::keys::LABEL_REVISION;
+use storm_shared::keys::{LABEL_NAME, LABEL_REVISION};
 use storm_shared::types::roleset::RoleSetSpec;
 
 pub(crate) const UID: &str = "0000-rs-uid";

@@ -19,7 +19,7 @@
 //! when the RoleSet's status counts none of the role's as updated. Then the RoleSet gets our
 //! labels and a slot of its own (`roleset-index`).
 
-use super::observe::{Caches, belongs, roleset_index};
+use super::observe::{Caches, roleset_index};
 use super::revisions;
 use crate::error::Error;
 use crate::roleset::update::{ANNOTATION_SHAPE_HASH, role_template_hash, shape_hash};
@@ -58,8 +58,7 @@ pub fn foreign(caches: &Caches, obj: &StormService) -> Vec<Arc<RoleSet>> {
         .owned_by(&ns, &name)
         .into_iter()
         .filter(|r| {
-            belongs(r.as_ref(), &ns, &name)
-                && !r.labels().contains_key(LABEL_REVISION)
+            !r.labels().contains_key(LABEL_REVISION)
                 && r.meta().deletion_timestamp.is_none()
                 && crate::cache::controlled_by(r.as_ref(), obj)
         })
@@ -72,10 +71,11 @@ pub fn foreign(caches: &Caches, obj: &StormService) -> Vec<Arc<RoleSet>> {
 /// which no RoleSet of ours carries.
 pub fn foreign_revision(caches: &Caches, obj: &StormService, rev: &str) -> bool {
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
-    let ours = caches.rolesets.owned_by(&ns, &name).iter().any(|r| {
-        belongs(r.as_ref(), &ns, &name)
-            && r.labels().get(LABEL_REVISION).map(String::as_str) == Some(rev)
-    });
+    let ours = caches
+        .rolesets
+        .owned_by(&ns, &name)
+        .iter()
+        .any(|r| r.labels().get(LABEL_REVISION).map(String::as_str) == Some(rev));
     let recorded = caches
         .revisions
         .get(&ns, &super::revisions::revision_name(&name, rev))
@@ -127,7 +127,7 @@ pub async fn adopt(
         .rolesets
         .owned_by(&ns, &name)
         .iter()
-        .filter(|r| belongs(r.as_ref(), &ns, &name) && r.labels().contains_key(LABEL_REVISION))
+        .filter(|r| r.labels().contains_key(LABEL_REVISION))
         .filter_map(|r| roleset_index(r))
         .collect();
     let mut free = (0..).filter(|i| !used.contains(i));
@@ -191,11 +191,10 @@ fn revision_for(
 pub fn adopted_as(caches: &Caches, obj: &StormService, aibrix: &str) -> Option<String> {
     let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
     caches.rolesets.owned_by(&ns, &name).iter().find_map(|r| {
-        (belongs(r.as_ref(), &ns, &name)
-            && r.labels()
-                .get(AIBRIX_LABEL_STORM_SERVICE_REVISION)
-                .map(String::as_str)
-                == Some(aibrix))
+        (r.labels()
+            .get(AIBRIX_LABEL_STORM_SERVICE_REVISION)
+            .map(String::as_str)
+            == Some(aibrix))
         .then(|| r.labels().get(LABEL_REVISION).cloned())
         .flatten()
     })

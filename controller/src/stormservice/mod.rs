@@ -68,18 +68,12 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let rolesets = Owned::<RoleSet>::default();
     let roleset_events = crate::cache::watch(ctx.api::<RoleSet>(), labelled.clone())
         .modify(|r| r.managed_fields_mut().clear())
-        .inspect_ok({
-            let rolesets = rolesets.clone();
-            move |e| rolesets.apply(e)
-        })
+        .inspect_ok(rolesets.writer())
         .touched_objects();
     let pods = Owned::<Pod>::default();
     let pod_events = crate::cache::watch(ctx.api::<Pod>(), labelled)
         .modify(crate::cache::slim_pod)
-        .inspect_ok({
-            let pods = pods.clone();
-            move |e| pods.apply(e)
-        })
+        .inspect_ok(pods.writer())
         .touched_objects();
     let (services, svc_writer) = reflector::store::<Service>();
     let svc_reflector = crate::cache::watch(ctx.api::<Service>(), watcher::Config::default())
@@ -95,10 +89,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         watcher::Config::default().labels(LABEL_NAME),
     )
     .modify(|r| r.managed_fields_mut().clear())
-    .inspect_ok({
-        let revisions = revisions.clone();
-        move |e| revisions.apply(e)
-    })
+    .inspect_ok(revisions.writer())
     .applied_objects()
     .for_each(|_| async {});
     tokio::spawn(rev_reflector);

@@ -10,9 +10,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::WriterDropped;
 use kube::{Client, Resource, ResourceExt};
-use storm_shared::keys::{
-    AIBRIX_ANNOTATION_ROLESET_INDEX, AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME, LABEL_REVISION,
-};
+use storm_shared::keys::{AIBRIX_ANNOTATION_ROLESET_INDEX, LABEL_REVISION};
 use storm_shared::status::ConditionType;
 use storm_shared::{RoleSet, StormService};
 use tracing::debug;
@@ -27,18 +25,6 @@ pub struct Caches {
     pub services: Store<Service>,
     /// ControllerRevisions carrying the StormService name label, by StormService.
     pub revisions: Owned<ControllerRevision>,
-}
-
-/// Whether a cached object belongs to StormService `ns/name` (by namespace and our name label, or
-/// AIBrix's `storm-service-name`).
-pub fn belongs<K: Resource>(k: &K, ns: &str, name: &str) -> bool {
-    let labels = k.labels();
-    k.meta().namespace.as_deref() == Some(ns)
-        && labels
-            .get(LABEL_NAME)
-            .or_else(|| labels.get(AIBRIX_LABEL_STORM_SERVICE_NAME))
-            .map(String::as_str)
-            == Some(name)
 }
 
 impl Caches {
@@ -60,9 +46,7 @@ impl Caches {
             // A RoleSet without our revision label was made by AIBrix and is not adopted yet
             // (`adopt`): it is not counted, and never deleted as excess.
             .filter(|r| {
-                belongs(r.as_ref(), ns, name)
-                    && r.meta().deletion_timestamp.is_none()
-                    && r.labels().contains_key(LABEL_REVISION)
+                r.meta().deletion_timestamp.is_none() && r.labels().contains_key(LABEL_REVISION)
             })
             .map(|r| ObservedRoleSet {
                 name: r.name_any(),
@@ -86,7 +70,7 @@ impl Caches {
             .pods
             .owned_by(ns, name)
             .iter()
-            .filter(|p| belongs(p.as_ref(), ns, name) && p.meta().deletion_timestamp.is_none())
+            .filter(|p| p.meta().deletion_timestamp.is_none())
             .map(|p| observe_pod(p))
             .collect();
         Observed {

@@ -2,7 +2,7 @@
 //! of a revision can be made again after the template moved on (an abort, a rollback, a stable
 //! RoleSet lost mid-rollout). Old ones are pruned beyond `spec.revisionHistoryLimit`.
 
-use super::observe::{Caches, belongs};
+use super::observe::Caches;
 use crate::error::Error;
 use crate::rollout::{self, Plan};
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -102,7 +102,6 @@ pub async fn record_template(
         .revisions
         .owned_by(&ns, &name)
         .iter()
-        .filter(|r| belongs(r.as_ref(), &ns, &name))
         .map(|r| r.revision)
         .max()
         .unwrap_or(0)
@@ -178,7 +177,6 @@ pub async fn prune(
         .revisions
         .owned_by(&ns, &name)
         .iter()
-        .filter(|r| belongs(r.as_ref(), &ns, &name))
         .map(|r| {
             (
                 r.name_any(),
@@ -232,8 +230,7 @@ pub fn template_of(
         .owned_by(&ns, &name)
         .into_iter()
         .filter(|r| {
-            belongs(r.as_ref(), &ns, &name)
-                && r.meta().deletion_timestamp.is_none()
+            r.meta().deletion_timestamp.is_none()
                 && r.labels().get(LABEL_REVISION).map(String::as_str) == Some(rev)
         })
         .min_by_key(|r| index_of(&r.name_any(), &prefix).unwrap_or(i32::MAX));
@@ -309,7 +306,6 @@ pub fn role_revisions(
         .revisions
         .owned_by(&ns, &name)
         .iter()
-        .filter(|r| belongs(r.as_ref(), &ns, &name))
         .filter_map(|r| {
             let t = serde_json::from_value(r.data.as_ref()?.0.clone()).ok()?;
             Some((r.revision, r.name_any(), t))
