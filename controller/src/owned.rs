@@ -1,7 +1,8 @@
-//! Watch caches grouped by the StormService each object belongs to, so a reconcile reads its own
-//! RoleSets, Pods and revisions without walking (and cloning) every cached object of every
-//! StormService: with kube-runtime's `Store`, each reconcile cost O(all objects), and a wave of
-//! reconciles O(n²).
+//! Watch caches grouped by owner, so a reconcile reads its own objects without walking (and
+//! cloning) every cached object of every owner: with kube-runtime's `Store`, each reconcile cost
+//! O(all objects), and a wave of reconciles O(n²). The StormService controller groups RoleSets,
+//! Pods and revisions by the StormService they belong to ([`stormservice_of`]); the RoleSet and
+//! PodSet controllers group Pods and PodSets by their controller ([`Owned::by_controller`]).
 
 use kube::ResourceExt;
 use kube::runtime::watcher;
@@ -10,14 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME};
 
-/// A StormService: namespace and name.
+/// An owner: the namespace and the group key (a StormService's name, or a controller's UID).
 type Owner = (String, String);
 
-/// Objects by the StormService they belong to ([`stormservice_of`]). Fed by a watch's events
-/// ([`Owned::writer`]); cheap to clone (the clones share one cache).
+/// What an object is grouped by, `None` for an object of no group (not cached).
+type Key<K> = fn(&K) -> Option<String>;
+
+/// Objects grouped by owner: by default the StormService they belong to ([`stormservice_of`]).
+/// Fed by a watch's events ([`Owned::writer`]); cheap to clone (the clones share one cache).
 pub struct Owned<K> {
     inner: Arc<RwLock<Groups<K>>>,
     listed: Arc<AtomicBool>,
+    key: Key<K>,
 }
 
 impl<K> Clone for Owned<K> {
@@ -25,17 +30,44 @@ impl<K> Clone for Owned<K> {
         Owned {
             inner: self.inner.clone(),
             listed: self.listed.clone(),
+            key: self.key,
         }
     }
 }
 
-impl<K> Default for Owned<K> {
+impl<K: ResourceExt> Default for Owned<K> {
+    /// Grouped by StormService.
     fn default() -> Self {
+        Owned::grouped_by(|obj| stormservice_of(obj).cloned())
+    }
+}
+
+impl<K: kube::Resource> Owned<K> {
+    /// Grouped by the UID of the object's controller (its owner reference with `controller:
+    /// true`): look a group up with the owner's namespace and UID.
+    pub fn by_controller() -> Self {
+        Owned::grouped_by(controller_uid)
+    }
+}
+
+impl<K> Owned<K> {
+    fn grouped_by(key: Key<K>) -> Self {
         Owned {
             inner: Arc::default(),
             listed: Arc::default(),
+            key,
         }
     }
+}
+
+/// The UID of the object's controller.
+fn controller_uid<K: kube::Resource>(obj: &K) -> Option<String> {
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone())
 }
 
 struct Groups<K> {
@@ -65,13 +97,6 @@ pub fn stormservice_of<K: ResourceExt>(obj: &K) -> Option<&String> {
         .or_else(|| labels.get(AIBRIX_LABEL_STORM_SERVICE_NAME))
 }
 
-fn owner_of<K: ResourceExt>(obj: &K) -> Option<Owner> {
-    Some((
-        obj.namespace().unwrap_or_default(),
-        stormservice_of(obj)?.clone(),
-    ))
-}
-
 impl<K: ResourceExt> Groups<K> {
     fn remove(&mut self, ns: &str, name: &str) {
         let key = (ns.to_string(), name.to_string());
@@ -85,10 +110,11 @@ impl<K: ResourceExt> Groups<K> {
         }
     }
 
-    fn insert(&mut self, obj: Arc<K>) {
+    fn insert(&mut self, obj: Arc<K>, key: Key<K>) {
         let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
         self.remove(&ns, &name);
-        if let Some(owner) = owner_of(obj.as_ref()) {
+        if let Some(group) = key(obj.as_ref()) {
+            let owner = (ns.clone(), group);
             self.owner_of.insert((ns, name.clone()), owner.clone());
             self.by_owner.entry(owner).or_default().insert(name, obj);
         }
@@ -111,11 +137,11 @@ impl<K: ResourceExt + Clone> Owned<K> {
                 g.by_owner.clear();
                 g.owner_of.clear();
                 for obj in objects {
-                    g.insert(obj);
+                    g.insert(obj, self.key);
                 }
                 self.listed.store(true, Ordering::Release);
             }
-            watcher::Event::Apply(obj) => g.insert(Arc::new(obj.clone())),
+            watcher::Event::Apply(obj) => g.insert(Arc::new(obj.clone()), self.key),
             watcher::Event::Delete(obj) => {
                 g.remove(&obj.namespace().unwrap_or_default(), &obj.name_any());
             }
@@ -131,7 +157,8 @@ impl<K: ResourceExt + Clone> Owned<K> {
         move |e| cache.apply(e)
     }
 
-    /// The objects of StormService `ns/name`, by object name.
+    /// The objects of owner `ns/name` (a StormService's name, or a controller's UID for
+    /// [`Owned::by_controller`]), by object name.
     pub fn owned_by(&self, ns: &str, name: &str) -> Vec<Arc<K>> {
         let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
         g.by_owner
@@ -154,7 +181,12 @@ impl<K: ResourceExt + Clone> Owned<K> {
 
     /// A cache holding `objects`, listed (for tests).
     pub fn of(objects: impl IntoIterator<Item = K>) -> Self {
-        let owned = Owned::default();
+        Self::listed_with(Owned::default(), objects)
+    }
+
+    /// `cache` holding `objects`, listed (for tests).
+    pub fn listed_with(cache: Self, objects: impl IntoIterator<Item = K>) -> Self {
+        let owned = cache;
         owned.apply(&watcher::Event::Init);
         for obj in objects {
             owned.apply(&watcher::Event::InitApply(obj));
@@ -240,6 +272,41 @@ mod tests {
         c.apply(&watcher::Event::InitDone);
         assert_eq!(names(c.owned_by("a", "svc")), ["new"]);
         assert!(c.get("a", "gone").is_none());
+    }
+
+    #[test]
+    fn by_controller_groups_by_the_controller_owner_reference_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let owned = |ns: &str, name: &str, refs: &[(&str, bool)]| {
+            let mut p = pod(ns, name, None);
+            p.metadata.owner_references = Some(
+                refs.iter()
+                    .map(|(uid, controller)| OwnerReference {
+                        uid: uid.to_string(),
+                        controller: Some(*controller),
+                        ..Default::default()
+                    })
+                    .collect(),
+            );
+            p
+        };
+        let c = Owned::listed_with(
+            Owned::by_controller(),
+            [
+                owned("a", "p1", &[("u1", true)]),
+                owned("a", "p2", &[("u2", false), ("u1", true)]),
+                owned("a", "p3", &[("u1", false)]),
+                owned("b", "p4", &[("u1", true)]),
+                pod("a", "p5", Some((LABEL_NAME, "u1"))),
+            ],
+        );
+        assert_eq!(names(c.owned_by("a", "u1")), ["p1", "p2"]);
+        assert_eq!(names(c.owned_by("b", "u1")), ["p4"]);
+        assert!(c.owned_by("a", "u2").is_empty());
+        // A new controller (an adoption) moves the object.
+        c.apply(&watcher::Event::Apply(owned("a", "p1", &[("u9", true)])));
+        assert_eq!(names(c.owned_by("a", "u1")), ["p2"]);
+        assert_eq!(names(c.owned_by("a", "u9")), ["p1"]);
     }
 
     #[test]

@@ -6,13 +6,14 @@ pub mod plan;
 
 use crate::context::{Context, MANAGER};
 use crate::error::{Backoff, Error};
-use futures::{FutureExt, StreamExt};
+use crate::owned::Owned;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use std::future::Future;
@@ -34,20 +35,20 @@ const CACHE_RETRY: Duration = Duration::from_millis(500);
 
 struct State {
     ctx: Arc<Context>,
-    /// Pods carrying the `podset-name` label.
-    pods: Store<Pod>,
+    /// Pods carrying the `podset-name` label, by controller.
+    pods: Owned<Pod>,
     backoff: Backoff<PodSet>,
 }
 
 /// Runs the PodSet controller until `shutdown` completes.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let (reader, writer) = reflector::store::<Pod>();
+    let pods = Owned::<Pod>::by_controller();
     let pod_events = crate::cache::watch(
         ctx.api::<Pod>(),
         watcher::Config::default().labels(AIBRIX_LABEL_PODSET_NAME),
     )
     .modify(crate::cache::slim_pod)
-    .reflect(writer)
+    .inspect_ok(pods.writer())
     .touched_objects();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -56,7 +57,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     });
     let state = Arc::new(State {
         ctx: ctx.clone(),
-        pods: reader,
+        pods,
         backoff: Backoff::default(),
     });
     info!("PodSet controller starting");
@@ -108,20 +109,13 @@ async fn reconcile_podset(podset: &PodSet, state: &State) -> Result<Action, Erro
             .map_err(|e| Error::ReleaseFinalizer(format!("PodSet {name}"), e))?;
         return Ok(Action::await_change());
     }
-    match state.pods.wait_until_ready().now_or_never() {
-        Some(Ok(())) => {}
-        Some(Err(_)) => return Err(Error::ReadCache("Pod")),
-        None => return Ok(Action::requeue(CACHE_RETRY)),
+    if !state.pods.listed() {
+        return Ok(Action::requeue(CACHE_RETRY));
     }
     let Some(uid) = podset.uid() else {
         return Ok(Action::requeue(CACHE_RETRY));
     };
-    let owned_arcs = state.pods.state_filter(|p| {
-        p.namespace().as_deref() == Some(namespace.as_str())
-            && p.owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == uid)
-    });
+    let owned_arcs = state.pods.owned_by(&namespace, &uid);
     let owned: Vec<&Pod> = owned_arcs.iter().map(Arc::as_ref).collect();
     let mut owner = podset.controller_owner_ref(&()).ok_or(Error::NoNamespace)?;
     owner.block_owner_deletion = Some(true);

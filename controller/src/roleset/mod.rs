@@ -9,13 +9,14 @@ pub mod update;
 
 use crate::context::{Context, MANAGER};
 use crate::error::{Backoff, Error};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::{self, Store};
+use crate::owned::Owned;
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use plan::{DeleteReason, PlanError};
@@ -40,10 +41,10 @@ const POD_CACHE_RETRY: Duration = Duration::from_millis(500);
 /// What the reconciles of this controller share.
 struct State {
     ctx: Arc<Context>,
-    /// Pods carrying the `roleset-name` label, from one watch for all RoleSets.
-    pods: Store<Pod>,
-    /// PodSets (the replicas of pod-group roles), from one watch for all RoleSets.
-    podsets: Store<PodSet>,
+    /// Pods carrying the `roleset-name` label, from one watch for all RoleSets, by controller.
+    pods: Owned<Pod>,
+    /// PodSets (the replicas of pod-group roles), from one watch for all RoleSets, by controller.
+    podsets: Owned<PodSet>,
     /// Consecutive failures per RoleSet, for the retry backoff; cleared on success.
     backoff: Backoff<RoleSet>,
 }
@@ -56,18 +57,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // our `stormservice.aibrix.ai/name`: a RoleSet applied on its own (as AIBrix allows) has no
     // StormService, and its Pods must still be seen.
     let pod_config = watcher::Config::default().labels(AIBRIX_LABEL_ROLESET_NAME);
-    let (reader, writer) = reflector::store::<Pod>();
+    let pods = Owned::<Pod>::by_controller();
     // One Pod watch feeds both the cache the reconciles read and the owner-triggers of the
     // controller (`owns_stream`), instead of `owns()` opening a second identical watch.
     let pod_events = crate::cache::watch(ctx.api::<Pod>(), pod_config)
         .modify(crate::cache::slim_pod)
-        .reflect(writer)
+        .inspect_ok(pods.writer())
         .touched_objects();
 
-    let (podsets, podset_writer) = reflector::store::<PodSet>();
+    let podsets = Owned::<PodSet>::by_controller();
     let podset_events = crate::cache::watch(ctx.api::<PodSet>(), watcher::Config::default())
         .modify(|p| p.managed_fields_mut().clear())
-        .reflect(podset_writer)
+        .inspect_ok(podsets.writer())
         .touched_objects();
 
     // `graceful_shutdown_on` wants a `Sync` future; the caller's need not be. A oneshot bridges.
@@ -79,7 +80,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 
     let state = Arc::new(State {
         ctx,
-        pods: reader,
+        pods,
         podsets,
         backoff: Backoff::default(),
     });
@@ -137,16 +138,15 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
     // would be re-created (harmless) and the status would claim none (wrong, and a write). Don't
     // wait for it here: the Pod watch is driven by this controller's own trigger stream, which
     // graceful shutdown stops first, so a reconcile waiting for it would block shutdown forever.
-    if !crate::cache::listed(&state.pods, "Pod")?
-        || !crate::cache::listed(&state.podsets, "PodSet")?
-    {
+    let Some(uid) = roleset.uid() else {
+        return Ok(Action::requeue(POD_CACHE_RETRY));
+    };
+    if !state.pods.listed() || !state.podsets.listed() {
         return Ok(Action::requeue(POD_CACHE_RETRY));
     }
-    let owned_arcs = state.pods.state_filter(|p| plan::is_owned_by(p, roleset));
+    let owned_arcs = state.pods.owned_by(&namespace, &uid);
     let owned: Vec<&Pod> = owned_arcs.iter().map(Arc::as_ref).collect();
-    let podset_arcs = state
-        .podsets
-        .state_filter(|p| crate::cache::controlled_by(p, roleset));
+    let podset_arcs = state.podsets.owned_by(&namespace, &uid);
     let owned_podsets: Vec<&PodSet> = podset_arcs.iter().map(Arc::as_ref).collect();
     let now = Timestamp::now();
     let plan = plan::plan_pods(roleset, &owned, now)?;
