@@ -12,6 +12,11 @@
 //!
 //! A failed write stops the sequence, except that a failed router write or RoleSet write still lets
 //! 6 and 7 happen: the decision was recorded and its events must not be lost.
+//!
+//! A decision that stops a rollout (an abort, an automatic rollback) moves the traffic first: the
+//! Services and routers go back to stable before the status is written, as the fewest writes
+//! that restore stable. Doing them again (the status write failed, the next decision repeats
+//! it) changes nothing: they are the same pins and weights.
 
 use super::observe::Caches;
 use super::revisions::{self, annotate_role_revisions, role_revisions, roleset_for, template_of};
@@ -48,6 +53,14 @@ pub async fn apply(
     let name = obj.name_any();
     let client = &ctx.client;
     let api: Api<StormService> = Api::namespaced(client.clone(), &ns);
+    let mut notes = Vec::new();
+    // Traffic back on stable first when this decision stops the rollout.
+    let mut routed = Ok(());
+    let traffic_first = plan.rollback.is_some();
+    if traffic_first {
+        pin_services(ctx, caches, &ns, plan, &mut notes).await?;
+        routed = set_routers(ctx, obj, &ns, observed, plan, &mut notes).await;
+    }
     // 1. Status.
     if obj.status.as_ref() != Some(&plan.status) {
         let body =
@@ -66,10 +79,11 @@ pub async fn apply(
     revisions::prune(client, caches, obj, plan).await?;
     // 3. Services: the StormService's headless Service (per-Pod DNS), then the pinned selectors.
     headless_service(ctx, caches, obj).await;
-    let mut notes = Vec::new();
-    pin_services(ctx, caches, &ns, plan, &mut notes).await?;
-    // 4. Traffic routers.
-    let routed = set_routers(ctx, obj, &ns, observed, plan, &mut notes).await;
+    if !traffic_first {
+        pin_services(ctx, caches, &ns, plan, &mut notes).await?;
+        // 4. Traffic routers.
+        routed = set_routers(ctx, obj, &ns, observed, plan, &mut notes).await;
+    }
     // 5. Capacity: RoleSets updated in place, created and deleted, then roles resized in the ones
     //    that stay.
     let mut scaled = retemplate(ctx, caches, obj, &update, observed, plan).await;

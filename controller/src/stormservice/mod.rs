@@ -14,9 +14,10 @@
 use crate::context::Context;
 use crate::error::{Backoff, Error};
 use crate::finalizers;
+use crate::lanes::Locks;
 use crate::owned::Owned;
 use crate::rollout::{self, Input};
-use futures::{StreamExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::jiff::Timestamp;
@@ -43,8 +44,10 @@ pub use observe::{Caches, observe_pod};
 
 /// Kind label of this controller's metrics.
 pub const KIND: &str = "StormService";
-/// Reconciles at most this many StormServices at once.
+/// Reconciles at most this many StormServices at once in the ordinary lane.
 const CONCURRENCY: u16 = 16;
+/// And in the urgent lane (aborts and analysis verdicts), beside the ordinary one.
+const URGENT_CONCURRENCY: u16 = 8;
 /// How soon to look again while the caches are still loading.
 const CACHE_RETRY: Duration = Duration::from_millis(500);
 
@@ -58,6 +61,10 @@ pub struct State {
     pub caches: Caches,
     /// Consecutive failures per StormService, for the retry backoff.
     pub backoff: Backoff<StormService>,
+    /// One reconcile of a StormService at a time, across the two lanes.
+    pub locks: Locks<ObjectRef<StormService>>,
+    /// The StormServices as last seen: a reconcile that waited for its lock decides on the latest.
+    pub store: Option<reflector::Store<StormService>>,
 }
 
 /// Runs the StormService controller over all namespaces until `shutdown` completes.
@@ -99,6 +106,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         shutdown.await;
         let _ = stop_tx.send(());
     });
+    let (stormservices, ss_writer) = reflector::store::<StormService>();
+    // Both lanes stop on it.
+    let stop = stop_rx.shared();
     let analysis_caches = crate::analysis::Caches::watch(ctx.api());
     // Measurements run in the pool; a finished one wakes its StormService.
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded::<(String, String)>();
@@ -127,6 +137,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             revisions,
         },
         backoff: Backoff::default(),
+        locks: Locks::default(),
+        store: Some(stormservices.clone()),
     });
     info!("StormService controller starting");
     // The StormServices themselves trigger a reconcile when users change them, not when this
@@ -134,22 +146,41 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // once more per write (and a status that changes on every reconcile would loop). What a
     // reconcile decides to wait for, it requeues for; RoleSets, Pods and finished measurements
     // trigger their StormService.
-    let (stormservices, ss_writer) = reflector::store::<StormService>();
+    //
+    // Aborts and analysis verdicts also go to the urgent lane, which runs beside the ordinary one
+    // with its own concurrency: an abort must not wait for a free slot behind a wave of ordinary
+    // reconciles. (The ordinary lane reconciles them too, afterwards: it keeps the schedule.)
+    let (urgent_tx, urgent_rx) = futures::channel::mpsc::unbounded::<ObjectRef<StormService>>();
+    let urgent_abort = urgent_tx.clone();
     let primary = crate::cache::watch(state.ctx.api::<StormService>(), watcher::Config::default())
         .reflect(ss_writer)
         .applied_objects()
-        .predicate_filter(user_change, Default::default());
-    crate::cache::controller(primary, stormservices)
+        .predicate_filter(user_change, Default::default())
+        .inspect_ok(move |obj| {
+            if pending_abort(obj) {
+                let _ = urgent_abort.unbounded_send(ObjectRef::from_obj(obj));
+            }
+        });
+    let wakes = wake_rx.map(move |(ns, name)| {
+        let key = ObjectRef::<StormService>::new(&name).within(&ns);
+        let _ = urgent_tx.unbounded_send(key.clone());
+        key
+    });
+    let urgent = crate::cache::controller(futures::stream::pending(), stormservices.clone())
+        .with_config(controller::Config::default().concurrency(URGENT_CONCURRENCY))
+        .reconcile_on(urgent_rx)
+        .graceful_shutdown_on(stop.clone().map(|_| ()))
+        .run(reconcile_urgent, error_policy_urgent, state.clone())
+        .for_each(|_| async {});
+    let ordinary = crate::cache::controller(primary, stormservices)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
         .owns_stream(roleset_events)
-        .reconcile_on(wake_rx.map(|(ns, name)| ObjectRef::<StormService>::new(&name).within(&ns)))
+        .reconcile_on(wakes)
         .watches_stream(pod_events, |pod: Pod| {
             let name = pod.labels().get(AIBRIX_LABEL_STORM_SERVICE_NAME)?.clone();
             Some(ObjectRef::<StormService>::new(&name).within(&pod.namespace()?))
         })
-        .graceful_shutdown_on(async move {
-            let _ = stop_rx.await;
-        })
+        .graceful_shutdown_on(stop.map(|_| ()))
         .run(reconcile, error_policy, state)
         .for_each(|result| async move {
             match result {
@@ -162,8 +193,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
                 }
                 Err(e) => warn!(error = %e, "StormService controller"),
             }
-        })
-        .await;
+        });
+    futures::join!(ordinary, urgent);
     info!("StormService controller stopped");
 }
 
@@ -186,6 +217,7 @@ fn error_policy(obj: Arc<StormService>, err: &Error, state: Arc<State>) -> Actio
 }
 
 async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, Error> {
+    let (_lock, obj) = lock_latest(obj, &state).await;
     let started = Instant::now();
     let result = reconcile_stormservice(&obj, &state).await;
     state
@@ -194,16 +226,66 @@ async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, 
     result
 }
 
+/// The urgent lane: an abort or an analysis verdict, decided and applied at once. What comes next
+/// (requeues, retries after an error) is the ordinary lane's, which was triggered by the same change.
+async fn reconcile_urgent(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, Error> {
+    let (_lock, obj) = lock_latest(obj, &state).await;
+    debug!(namespace = ?obj.namespace(), name = %obj.name_any(), "urgent reconcile");
+    let started = Instant::now();
+    let result = reconcile_stormservice(&obj, &state).await;
+    state
+        .backoff
+        .finish(&state.ctx.metrics, KIND, &obj, started, &result);
+    result.map(|_| Action::await_change())
+}
+
+fn error_policy_urgent(obj: Arc<StormService>, err: &Error, _: Arc<State>) -> Action {
+    debug!(namespace = ?obj.namespace(), name = %obj.name_any(), error = %err,
+           "urgent reconcile failed; the ordinary lane retries");
+    Action::await_change()
+}
+
+/// Holds `obj`'s lock, then returns the latest cached version of it: a reconcile that waited for
+/// the other lane must not decide on the object it was dispatched with (an abort the other lane
+/// acted on since would be undone by a decision from before it).
+async fn lock_latest(
+    obj: Arc<StormService>,
+    state: &State,
+) -> (
+    crate::lanes::Guard<ObjectRef<StormService>>,
+    Arc<StormService>,
+) {
+    let key = ObjectRef::from_obj(obj.as_ref());
+    let lock = state.locks.lock(key.clone()).await;
+    let latest = state
+        .store
+        .as_ref()
+        .and_then(|store| store.get(&key))
+        .unwrap_or(obj);
+    (lock, latest)
+}
+
+/// Whether `obj` carries an abort its status does not acknowledge yet.
+fn pending_abort(obj: &StormService) -> bool {
+    pending(obj, &[storm_shared::keys::ANNOTATION_ABORT])
+}
+
 /// Whether `obj` carries a control annotation its status does not acknowledge yet: one that would
 /// act now.
 fn pending_control(obj: &StormService) -> bool {
+    pending(obj, &storm_shared::keys::CONTROL_ANNOTATIONS)
+}
+
+/// Whether `obj` carries one of the control annotations `keys` that its status does not
+/// acknowledge yet.
+fn pending(obj: &StormService, keys: &[&str]) -> bool {
     let acknowledged = obj
         .status
         .as_ref()
         .and_then(|s| s.rollout_status.as_ref())
         .map(|r| r.acknowledged_controls.as_slice())
         .unwrap_or_default();
-    storm_shared::keys::CONTROL_ANNOTATIONS.iter().any(|key| {
+    keys.iter().any(|key| {
         obj.annotations()
             .get(*key)
             .is_some_and(|v| v == storm_shared::keys::CONTROL_VALUE)
