@@ -82,6 +82,11 @@ bench-controller: cluster-up ## N StormServices through a canary (N=200, ROUTER=
 	@tests/dev/dev.sh down >/dev/null 2>&1 || true
 	$(CARGO) run --release -q -p storm-e2e --example bench_controller -- $(or $(N),200) $(or $(ABORTS),20) $(or $(ROUTER),none)
 
+.PHONY: bench-vs-argo
+bench-vs-argo: cluster-up argo-rollouts ## N Argo Rollouts, then N StormServices, doing the same canaries and aborts (N=200, ABORTS=20) -> target/bench/vs-argo.json
+	@tests/dev/dev.sh down >/dev/null 2>&1 || true
+	$(CARGO) run --release -q -p storm-e2e --example bench_vs_argo -- $(or $(N),200) $(or $(ABORTS),20)
+
 .PHONY: soak
 soak: cluster-up tools ## N StormServices under a seeded stream of user actions and faults, invariants checked (N=50, SOAK_MINUTES=20, SEED) -> target/bench/soak.json
 	@tests/dev/dev.sh down >/dev/null 2>&1 || true
