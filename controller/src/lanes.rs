@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 /// A lock per key, held only while used: the map keeps no entry for a key nobody holds or waits for.
@@ -78,10 +79,87 @@ impl<Key: Eq + Hash> Drop for Guard<Key> {
     }
 }
 
+/// Keys handed to a lane and not yet taken up there; cheap to clone (the clones share one set).
+/// A key counts as pending for [`PENDING_FOR`] at most: one the lane never takes up (its object
+/// was deleted meanwhile) must not hold anything back for good.
+pub struct Pending<Key> {
+    keys: Arc<Mutex<HashMap<Key, Instant>>>,
+}
+
+/// How long a key handed to a lane counts as pending at most.
+pub const PENDING_FOR: Duration = Duration::from_secs(2);
+
+impl<Key> Default for Pending<Key> {
+    fn default() -> Self {
+        Pending {
+            keys: Arc::default(),
+        }
+    }
+}
+
+impl<Key> Clone for Pending<Key> {
+    fn clone(&self) -> Self {
+        Pending {
+            keys: self.keys.clone(),
+        }
+    }
+}
+
+impl<Key: Eq + Hash> Pending<Key> {
+    /// Marks `key` as handed over.
+    pub fn insert(&self, key: Key) {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Instant::now());
+    }
+
+    /// Takes `key` up: whether it was pending.
+    pub fn remove(&self, key: &Key) -> bool {
+        self.keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key)
+            .is_some_and(|at| at.elapsed() < PENDING_FOR)
+    }
+
+    /// Whether `key` is pending (and not for too long: then it is dropped).
+    pub fn contains(&self, key: &Key) -> bool {
+        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        match keys.get(key) {
+            Some(at) if at.elapsed() < PENDING_FOR => true,
+            Some(_) => {
+                keys.remove(key);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn pending_keys_are_taken_up_once_and_expire() {
+        let p = Pending::<&str>::default();
+        assert!(!p.contains(&"a"));
+        p.insert("a");
+        assert!(p.contains(&"a") && p.clone().contains(&"a"));
+        assert!(p.remove(&"a"));
+        assert!(!p.remove(&"a") && !p.contains(&"a"));
+        p.keys
+            .lock()
+            .unwrap()
+            .insert("old", Instant::now() - PENDING_FOR);
+        assert!(
+            !p.contains(&"old"),
+            "a key pending too long no longer holds back"
+        );
+        assert!(p.keys.lock().unwrap().is_empty());
+    }
 
     #[tokio::test]
     async fn one_holder_per_key_and_no_entry_left_behind() {

@@ -113,6 +113,22 @@ pub async fn apply(
     scaled.and(routed)
 }
 
+/// Only the writes that put traffic where `plan` says (Services pinned, routers set): what the
+/// urgent lane does for an abort before the ordinary lane applies the whole plan. Its notes are
+/// dropped: the whole plan, applied next, makes the same ones.
+pub async fn traffic(
+    ctx: &Context,
+    caches: &Caches,
+    obj: &StormService,
+    observed: &Observed,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let ns = obj.namespace().ok_or(Error::NoNamespace)?;
+    let mut notes = Vec::new();
+    pin_services(ctx, caches, &ns, plan, &mut notes).await?;
+    set_routers(ctx, obj, &ns, observed, plan, &mut notes).await
+}
+
 /// The StormService's headless Service `<name>`, as AIBrix makes it: `clusterIP: None`, selecting
 /// every Pod of the StormService (`storm-service-name`), not-ready addresses published (engines
 /// rendezvous before they are Ready), no ports. Pods get `subdomain: <name>`, so

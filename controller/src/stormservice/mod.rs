@@ -65,6 +65,8 @@ pub struct State {
     pub locks: Locks<ObjectRef<StormService>>,
     /// The StormServices as last seen: a reconcile that waited for its lock decides on the latest.
     pub store: Option<reflector::Store<StormService>>,
+    /// Aborts sent to the urgent lane and not yet taken up there.
+    pub urgent: crate::lanes::Pending<ObjectRef<StormService>>,
 }
 
 /// Runs the StormService controller over all namespaces until `shutdown` completes.
@@ -139,6 +141,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         backoff: Backoff::default(),
         locks: Locks::default(),
         store: Some(stormservices.clone()),
+        urgent: Default::default(),
     });
     info!("StormService controller starting");
     // The StormServices themselves trigger a reconcile when users change them, not when this
@@ -152,13 +155,18 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     // reconciles. (The ordinary lane reconciles them too, afterwards: it keeps the schedule.)
     let (urgent_tx, urgent_rx) = futures::channel::mpsc::unbounded::<ObjectRef<StormService>>();
     let urgent_abort = urgent_tx.clone();
+    let aborts = state.urgent.clone();
     let primary = crate::cache::watch(state.ctx.api::<StormService>(), watcher::Config::default())
         .reflect(ss_writer)
         .applied_objects()
         .predicate_filter(user_change, Default::default())
         .inspect_ok(move |obj| {
             if pending_abort(obj) {
-                let _ = urgent_abort.unbounded_send(ObjectRef::from_obj(obj));
+                let key = ObjectRef::from_obj(obj);
+                aborts.insert(key.clone());
+                if urgent_abort.unbounded_send(key.clone()).is_err() {
+                    aborts.remove(&key);
+                }
             }
         });
     let wakes = wake_rx.map(move |(ns, name)| {
@@ -218,21 +226,34 @@ fn error_policy(obj: Arc<StormService>, err: &Error, state: Arc<State>) -> Actio
 
 async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, Error> {
     let (_lock, obj) = lock_latest(obj, &state).await;
+    // An abort the urgent lane has yet to move traffic for: this lane follows once it has (its
+    // writes would only compete with the urgent ones).
+    if state.urgent.contains(&ObjectRef::from_obj(obj.as_ref())) {
+        return Ok(Action::requeue(URGENT_FIRST));
+    }
     let started = Instant::now();
-    let result = reconcile_stormservice(&obj, &state).await;
+    let result = reconcile_stormservice(&obj, &state, Scope::All).await;
     state
         .backoff
         .finish(&state.ctx.metrics, KIND, &obj, started, &result);
     result
 }
 
-/// The urgent lane: an abort or an analysis verdict, decided and applied at once. What comes next
-/// (requeues, retries after an error) is the ordinary lane's, which was triggered by the same change.
+/// The urgent lane. An abort: only the writes that put traffic back on stable (Services, routers),
+/// before anything else; the ordinary lane then records it and restores capacity. An analysis
+/// verdict: the whole reconcile, at once. What comes next (requeues, retries after an error) is
+/// the ordinary lane's, which was triggered by the same change.
 async fn reconcile_urgent(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, Error> {
     let (_lock, obj) = lock_latest(obj, &state).await;
-    debug!(namespace = ?obj.namespace(), name = %obj.name_any(), "urgent reconcile");
+    let key = ObjectRef::from_obj(obj.as_ref());
+    let scope = if state.urgent.remove(&key) {
+        Scope::Traffic
+    } else {
+        Scope::All
+    };
+    debug!(namespace = ?obj.namespace(), name = %obj.name_any(), traffic_only = scope == Scope::Traffic, "urgent reconcile");
     let started = Instant::now();
-    let result = reconcile_stormservice(&obj, &state).await;
+    let result = reconcile_stormservice(&obj, &state, scope).await;
     state
         .backoff
         .finish(&state.ctx.metrics, KIND, &obj, started, &result);
@@ -293,7 +314,19 @@ fn pending(obj: &StormService, keys: &[&str]) -> bool {
     })
 }
 
-async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Action, Error> {
+/// What a reconcile does: everything, or (an abort in the urgent lane) only the writes that put
+/// traffic back on stable.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    All,
+    Traffic,
+}
+
+async fn reconcile_stormservice(
+    obj: &StormService,
+    state: &State,
+    scope: Scope,
+) -> Result<Action, Error> {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
     let name = obj.name_any();
     let api: kube::Api<StormService> = kube::Api::namespaced(state.ctx.client.clone(), &ns);
@@ -365,7 +398,8 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
         st.update_revision = st.current_revision.clone();
     }
     let mut measured = rollout::Measured::default();
-    if let Some(st) = status.as_mut() {
+    // Measurements are taken (and their results collected) only by a reconcile that records them.
+    if let Some(st) = status.as_mut().filter(|_| scope == Scope::All) {
         let (next_due, notes) =
             measure::advance(&state.runner, &state.ctx.client, obj, &ns, st, &update, now).await;
         measured = rollout::Measured { notes, next_due };
@@ -387,6 +421,13 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
     // look again shortly with it, as a decision may follow from it (a completed rollout resets
     // the routers once its status says Completed). One look per change: no loop.
     let wrote_status = obj.status.as_ref() != Some(&plan.status);
+    if scope == Scope::Traffic {
+        // The rest (status, capacity, events) is the ordinary lane's, which decides again.
+        if plan.rollback.is_some() {
+            apply::traffic(&state.ctx, &state.caches, obj, &observed, &plan).await?;
+        }
+        return Ok(Action::await_change());
+    }
     let result = apply::apply(&state.ctx, &state.caches, obj, &observed, &plan).await;
     let rs = plan.status.rollout_status.as_ref();
     state.ctx.metrics.set_rollout(
@@ -407,6 +448,9 @@ async fn reconcile_stormservice(obj: &StormService, state: &State) -> Result<Act
     };
     Ok(Action::requeue(requeue))
 }
+
+/// How soon the ordinary lane looks again at an abort the urgent lane has yet to take up.
+const URGENT_FIRST: Duration = Duration::from_millis(100);
 
 /// How soon a StormService whose status was just written is looked at again.
 const STATUS_RECHECK: Duration = Duration::from_millis(500);
