@@ -63,6 +63,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     info!("PodSet controller starting");
     let (store, writer) = reflector::store::<PodSet>();
     let primary = crate::cache::watch(ctx.api::<PodSet>(), watcher::Config::default())
+        .modify(|p| p.managed_fields_mut().clear())
         .reflect(writer)
         .touched_objects();
     crate::cache::controller(primary, store)

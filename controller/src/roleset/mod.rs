@@ -86,7 +86,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     });
     info!("RoleSet controller starting");
     let (store, writer) = reflector::store::<RoleSet>();
+    // Managed fields are read by no reconcile, and they are often the bulk of an object.
     let primary = crate::cache::watch(rolesets, watcher::Config::default())
+        .modify(|r| r.managed_fields_mut().clear())
         .reflect(writer)
         .touched_objects();
     crate::cache::controller(primary, store)

@@ -156,7 +156,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let (urgent_tx, urgent_rx) = futures::channel::mpsc::unbounded::<ObjectRef<StormService>>();
     let urgent_abort = urgent_tx.clone();
     let aborts = state.urgent.clone();
+    // Managed fields are read by no reconcile, and they are often the bulk of an object.
     let primary = crate::cache::watch(state.ctx.api::<StormService>(), watcher::Config::default())
+        .modify(|s| s.managed_fields_mut().clear())
         .reflect(ss_writer)
         .applied_objects()
         .predicate_filter(user_change, Default::default())
