@@ -334,12 +334,13 @@ async fn an_abort_moves_traffic_before_any_roleset_and_acknowledges_last() {
     assert_eq!(plan.weight, 0);
     // The canary keeps its RoleSet until the router reports 0: only the older one goes now.
     assert_eq!(plan.scale.get(&update), Some(&1));
+    // Traffic first (the fewest writes that restore stable), then the status that records it.
     assert_eq!(
         writes_in_order(&seen),
         vec![
-            Write::Status,
             Write::Service,
             Write::Router,
+            Write::Status,
             Write::RoleSet,
             Write::Annotations,
             Write::Event,
