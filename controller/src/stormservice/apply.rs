@@ -58,8 +58,7 @@ pub async fn apply(
     let mut routed = Ok(());
     let traffic_first = plan.rollback.is_some();
     if traffic_first {
-        pin_services(ctx, caches, &ns, plan, &mut notes).await?;
-        routed = set_routers(ctx, obj, &ns, observed, plan, &mut notes).await;
+        routed = move_traffic(ctx, caches, obj, &ns, observed, plan, &mut notes).await?;
     }
     // 1. Status.
     if obj.status.as_ref() != Some(&plan.status) {
@@ -80,9 +79,8 @@ pub async fn apply(
     // 3. Services: the StormService's headless Service (per-Pod DNS), then the pinned selectors.
     headless_service(ctx, caches, obj).await;
     if !traffic_first {
-        pin_services(ctx, caches, &ns, plan, &mut notes).await?;
-        // 4. Traffic routers.
-        routed = set_routers(ctx, obj, &ns, observed, plan, &mut notes).await;
+        // 3. and 4.: Services pinned, then traffic routers.
+        routed = move_traffic(ctx, caches, obj, &ns, observed, plan, &mut notes).await?;
     }
     // 5. Capacity: RoleSets updated in place, created and deleted, then roles resized in the ones
     //    that stay.
@@ -124,9 +122,22 @@ pub async fn traffic(
     plan: &Plan,
 ) -> Result<(), Error> {
     let ns = obj.namespace().ok_or(Error::NoNamespace)?;
-    let mut notes = Vec::new();
-    pin_services(ctx, caches, &ns, plan, &mut notes).await?;
-    set_routers(ctx, obj, &ns, observed, plan, &mut notes).await
+    move_traffic(ctx, caches, obj, &ns, observed, plan, &mut Vec::new()).await?
+}
+
+/// Pins the Services (a failure stops here), then sets the routers; a router failure is returned
+/// inside, for the caller to report after the writes that follow it.
+async fn move_traffic(
+    ctx: &Context,
+    caches: &Caches,
+    obj: &StormService,
+    ns: &str,
+    observed: &Observed,
+    plan: &Plan,
+    notes: &mut Vec<Note>,
+) -> Result<Result<(), Error>, Error> {
+    pin_services(ctx, caches, ns, plan, notes).await?;
+    Ok(set_routers(ctx, obj, ns, observed, plan, notes).await)
 }
 
 /// The StormService's headless Service `<name>`, as AIBrix makes it: `clusterIP: None`, selecting

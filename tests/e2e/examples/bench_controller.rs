@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use storm_shared::keys::{LABEL_NAME, LABEL_REVISION};
 use storm_shared::types::stormservice::RolloutPhase;
 use storm_shared::{RoleSet, StormService};
+use storm_test_support::bench::{add_nodes, metric_sum, percentile, proc_usage};
 use storm_test_support::process::{Controller, release_binary};
 use storm_test_support::{TestNamespace, wait_for};
 
@@ -118,82 +119,6 @@ async fn annotate(api: &Api<StormService>, name: &str, key: &str) -> Result<()> 
     Ok(())
 }
 
-/// Adds kwok fake nodes so `pods` Pods fit (110 per node), beside the cluster's own; returns their names.
-async fn add_nodes(client: &kube::Client, pods: usize) -> Result<Vec<String>> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let count = pods.div_ceil(100);
-    let mut names = Vec::new();
-    for i in 0..count {
-        let name = format!("storm-bench-node-{i}");
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
-                         "labels": {"type": "kwok", "kubernetes.io/hostname": name}},
-            "status": {
-                "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110"},
-                "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110"}
-            }
-        }))?;
-        match nodes.create(&PostParams::default(), &node).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-        names.push(name);
-    }
-    wait_for(
-        "the bench nodes Ready",
-        Duration::from_secs(120),
-        || async {
-            let mut ready = 0;
-            for n in &names {
-                let node = nodes.get(n).await?;
-                let conds = node.status.and_then(|s| s.conditions).unwrap_or_default();
-                ready += usize::from(
-                    conds
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True"),
-                );
-            }
-            Ok((ready == names.len()).then_some(()))
-        },
-    )
-    .await?;
-    Ok(names)
-}
-
-/// Reads a process's peak RSS (MiB) and CPU seconds from /proc.
-fn proc_usage(pid: u32) -> Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmHWM")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; after the command they are the 12th and 13th.
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok((hwm_kib / 1024.0, ticks / 100.0))
-}
-
-/// Sum of a counter family in Prometheus text.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -230,7 +155,7 @@ async fn main() -> Result<()> {
     let mut controller = Controller::start_program(cluster, ns.name(), program, &log)?;
     let pid = controller.process.pid().context("controller pid")?;
     // Each service runs 4 Pods, and up to 6 during its canary.
-    let bench_nodes = add_nodes(&ns.client(), n * 6).await?;
+    let bench_nodes = add_nodes(&ns.client(), "storm-bench-node", n * 6).await?;
     let api: Api<StormService> = ns.api();
     let services: Api<Service> = ns.api();
     let names: Vec<String> = (0..n).map(|i| format!("svc-{i:04}")).collect();

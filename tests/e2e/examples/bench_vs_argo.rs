@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 use storm_shared::keys::{LABEL_NAME, LABEL_REVISION};
 use storm_shared::types::stormservice::RolloutPhase;
 use storm_shared::{RoleSet, StormService};
+use storm_test_support::bench::{add_nodes, metric_sum, percentile, proc_usage};
 use storm_test_support::process::{Controller, free_port, http_get, release_binary};
 use storm_test_support::{Cluster, TestNamespace, wait_for};
 use tokio::task::JoinHandle;
@@ -218,82 +219,6 @@ impl Drop for ArgoController {
 fn round(v: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
     (v * f).round() / f
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-/// Sum of a counter family in Prometheus text.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-/// Reads a process's peak RSS (MiB) and CPU seconds from /proc.
-fn proc_usage(pid: u32) -> Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmHWM")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).context("stat")?;
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat; after the command they are the 12th and 13th.
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok((hwm_kib / 1024.0, ticks / 100.0))
-}
-
-/// Adds kwok fake nodes so `pods` Pods fit (110 per node), beside the cluster's own; returns their names.
-async fn add_nodes(client: &kube::Client, pods: usize) -> Result<Vec<String>> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let count = pods.div_ceil(100);
-    let mut names = Vec::new();
-    for i in 0..count {
-        let name = format!("storm-bench-vs-argo-node-{i}");
-        let node: Node = serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
-                         "labels": {"type": "kwok", "kubernetes.io/hostname": name}},
-            "status": {
-                "allocatable": {"cpu": "64", "memory": "512Gi", "pods": "110"},
-                "capacity": {"cpu": "64", "memory": "512Gi", "pods": "110"}
-            }
-        }))?;
-        match nodes.create(&PostParams::default(), &node).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-        names.push(name);
-    }
-    wait_for(
-        "the bench nodes Ready",
-        Duration::from_secs(120),
-        || async {
-            let mut ready = 0;
-            for n in &names {
-                let node = nodes.get(n).await?;
-                let conds = node.status.and_then(|s| s.conditions).unwrap_or_default();
-                ready += usize::from(
-                    conds
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True"),
-                );
-            }
-            Ok((ready == names.len()).then_some(()))
-        },
-    )
-    .await?;
-    Ok(names)
 }
 
 /// Polls `pending` (the names not there yet) every 200 ms until none is left. Fails naming them
@@ -589,32 +514,13 @@ fn argo_dir(cluster: &Cluster) -> Result<PathBuf> {
 /// they are Established.
 fn install_argo_crds(cluster: &Cluster, dir: &Path) -> Result<()> {
     let crds = dir.join("crds");
-    let mut apply: Vec<&std::ffi::OsStr> = [
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-o",
-        "name",
-        "-f",
-    ]
-    .iter()
-    .map(std::ffi::OsStr::new)
-    .collect();
-    apply.push(crds.as_os_str());
-    let out = cluster.kubectl_run(apply)?;
-    let mut wait = vec![
-        "wait".to_string(),
-        "--for=condition=Established".into(),
-        "--timeout=60s".into(),
-    ];
-    wait.extend(
-        out.lines()
-            .map(str::trim)
-            .filter(|l| l.starts_with("customresourcedefinition"))
-            .map(str::to_string),
-    );
-    ensure!(wait.len() > 3, "no CRD in {}", crds.display());
-    cluster.kubectl_run(wait)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&crds)
+        .with_context(|| format!("reading {}", crds.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    files.sort();
+    ensure!(!files.is_empty(), "no CRD in {}", crds.display());
+    cluster.apply_crd_files(&files)?;
     Ok(())
 }
 
@@ -1102,7 +1008,7 @@ async fn main() -> Result<()> {
     install_argo_crds(cluster, &argo)?;
     let client = cluster.client().await?;
     // Up to 5 Pods per object during a canary (Argo surges by one): room for 6.
-    let bench_nodes = add_nodes(&client, n * 6).await?;
+    let bench_nodes = add_nodes(&client, "storm-bench-vs-argo-node", n * 6).await?;
 
     let sides = async {
         let argo = run_argo(&argo.join("rollouts-controller"), n, aborts)

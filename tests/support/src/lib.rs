@@ -12,6 +12,7 @@
 //!   shared with `cluster.sh`.
 //! - `STORM_KEEP_NAMESPACES=1`: do not delete test namespaces (debugging).
 
+pub mod bench;
 pub mod process;
 pub mod prometheus;
 pub mod webhook;
@@ -278,7 +279,7 @@ impl Cluster {
     }
 
     /// Server-side applies every file and waits until the CRDs in them are Established.
-    fn apply_crd_files(&self, files: &[PathBuf]) -> Result<Vec<String>> {
+    pub fn apply_crd_files(&self, files: &[PathBuf]) -> Result<Vec<String>> {
         let mut names = Vec::new();
         for file in files {
             let mut args: Vec<&std::ffi::OsStr> = [
