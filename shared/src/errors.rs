@@ -19,20 +19,45 @@ impl FieldPath {
     /// The path of a child field.
     pub fn child(&self, name: &str) -> Self {
         if self.0.is_empty() {
-            Self(name.to_string())
-        } else {
-            Self(format!("{}.{name}", self.0))
+            return Self(name.to_string());
         }
+        // Paths are built for every field a rule looks at, error or not: plain appends, not `format!`.
+        let mut s = String::with_capacity(self.0.len() + 1 + name.len());
+        s.push_str(&self.0);
+        s.push('.');
+        s.push_str(name);
+        Self(s)
     }
 
     /// The path of a list element.
     pub fn index(&self, i: usize) -> Self {
-        Self(format!("{}[{i}]", self.0))
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut n = i;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let digits = std::str::from_utf8(&digits[at..]).unwrap_or_default();
+        self.bracketed(digits)
     }
 
     /// The path of a map entry, as Kubernetes writes it: `metadata.annotations[key]`.
     pub fn key(&self, key: &str) -> Self {
-        Self(format!("{}[{key}]", self.0))
+        self.bracketed(key)
+    }
+
+    fn bracketed(&self, inner: &str) -> Self {
+        let mut s = String::with_capacity(self.0.len() + 2 + inner.len());
+        s.push_str(&self.0);
+        s.push('[');
+        s.push_str(inner);
+        s.push(']');
+        Self(s)
     }
 
     /// The rendered path.
@@ -272,6 +297,10 @@ mod tests {
         );
         let k = FieldPath::new("metadata").child("annotations").key("a/b");
         assert_eq!(k.as_str(), "metadata.annotations[a/b]");
+        for i in [0, 7, 10, 99, 1234, usize::MAX] {
+            assert_eq!(FieldPath::new("l").index(i).as_str(), format!("l[{i}]"));
+        }
+        assert_eq!(FieldPath::default().child("spec").as_str(), "spec");
     }
 
     #[test]

@@ -148,8 +148,9 @@ fn tree(raw: &RawValue) -> Value {
 
 /// Parses an object into a typed resource: straight from the raw text when it fits (the common
 /// case), through the shared `parse` for the field path of the first type error when it doesn't.
+/// Pod templates are parsed lean ([`storm_shared::types::lean`]): only what the rules read.
 fn typed<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, FieldError> {
-    match serde_json::from_str(raw.get()) {
+    match storm_shared::types::lean::from_str_lean(raw.get()) {
         Ok(t) => Ok(t),
         Err(_) => rules::parse::<T>(&tree(raw)),
     }
@@ -722,7 +723,7 @@ fn validate_storm_service(
     }
     // The stored object was admitted once; if it no longer parses, judge the update as a create.
     let old = old_object
-        .and_then(|o| serde_json::from_str::<StormService>(o.get()).ok())
+        .and_then(|o| storm_shared::types::lean::from_str_lean::<StormService>(o.get()).ok())
         .map(|mut o| {
             if o.metadata.namespace.is_none() {
                 o.metadata.namespace = obj.metadata.namespace.clone();

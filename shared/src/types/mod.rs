@@ -1,6 +1,7 @@
 //! The custom resources: StormService, RoleSet, PodSet, AnalysisTemplate and RolloutPolicy.
 
 pub mod analysis;
+pub mod lean;
 pub mod podset;
 pub mod policy;
 pub mod roleset;

@@ -138,7 +138,7 @@ pub struct RoleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stateful: Option<bool>,
     /// Template of the role's Pods.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::lean::pod_template")]
     pub template: PodTemplateSpec,
     /// How many of the role's Pods may be disrupted by eviction or preemption (AIBrix; accepted and kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
