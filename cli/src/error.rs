@@ -79,6 +79,39 @@ pub enum Error {
         source: kube::Error,
     },
 
+    /// Listing the StormService's ControllerRevisions failed.
+    #[error("listing revisions: {source}")]
+    ListRevisions {
+        #[source]
+        source: kube::Error,
+    },
+
+    // ---- `undo` ----
+    /// `--to-revision N` names no stored revision.
+    #[error(
+        "{name}: no revision {revision}; stored revisions: {} (see kubectl storm history {name})",
+        join(known)
+    )]
+    RevisionNotFound {
+        name: String,
+        revision: i64,
+        known: Vec<i64>,
+    },
+    /// Only the current template's revision is stored.
+    #[error(
+        "{name}: no earlier revision to go back to; stored revisions: {} (see kubectl storm history {name})",
+        join(known)
+    )]
+    NoEarlierRevision { name: String, known: Vec<i64> },
+    /// The revision asked for is the current template's.
+    #[error("{name}: the template is already revision {revision}; nothing to undo")]
+    AlreadyAtRevision { name: String, revision: i64 },
+    /// The revision's stored template does not parse.
+    #[error(
+        "{name}: the stored template of revision {revision} cannot be read; choose another with --to-revision"
+    )]
+    RevisionUnreadable { name: String, revision: i64 },
+
     // ---- Verdicts about the rollout (not failures of the command) ----
     /// A control does not apply to the rollout as it stands; `why` says why.
     #[error("{name}: cannot {}: {why}", control.command())]
@@ -197,13 +230,29 @@ pub enum Error {
     },
 }
 
+fn join(numbers: &[i64]) -> String {
+    if numbers.is_empty() {
+        return "none".into();
+    }
+    numbers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Error {
     /// The process exit code: 1 when a control was refused or the rollout failed, 3 when a wait
     /// timed out, 2 for everything that kept the command from running (unreadable input, the API
     /// server, the kubeconfig).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Refused { .. } | Error::RolloutFailed { .. } => 1,
+            Error::Refused { .. }
+            | Error::RolloutFailed { .. }
+            | Error::RevisionNotFound { .. }
+            | Error::NoEarlierRevision { .. }
+            | Error::AlreadyAtRevision { .. }
+            | Error::RevisionUnreadable { .. } => 1,
             Error::WaitTimedOut { .. } => 3,
             _ => 2,
         }

@@ -4,6 +4,7 @@
 mod controls;
 mod crds;
 mod error;
+mod history;
 mod lint;
 mod schema;
 mod set_image;
@@ -122,6 +123,23 @@ enum Command {
         /// Name of the StormService.
         name: String,
     },
+    /// List the stored revisions: number, template hash, age, which is stable or rolling out, images.
+    History {
+        /// Name of the StormService.
+        name: String,
+    },
+    /// Go back to a stored revision's template (the previous one by default), starting a rollout
+    /// to it through the StormService's strategy. Roles keep their current replica counts.
+    ///
+    /// Exit codes: 0 the template was written, 1 there is no such (or no earlier) revision or it is
+    /// the current one, 2 the cluster could not be read or written.
+    Undo {
+        /// Name of the StormService.
+        name: String,
+        /// The revision to go back to (a REVISION of `history`).
+        #[arg(long)]
+        to_revision: Option<i64>,
+    },
     /// Set container images of a StormService's roles, starting a rollout.
     Set {
         #[command(subcommand)]
@@ -190,6 +208,18 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Resume { name } => Ok(control(namespace, name, controls::Control::Resume)),
         Command::Abort { name } => Ok(control(namespace, name, controls::Control::Abort)),
         Command::Retry { name } => Ok(control(namespace, name, controls::Control::Retry)),
+        Command::History { name } => Ok(online(namespace, move |client, ns| async move {
+            let (obj, revs) = history::load(&client, &ns, &name).await?;
+            print!("{}", history::render(&obj, &revs));
+            Ok(ExitCode::SUCCESS)
+        })),
+        Command::Undo { name, to_revision } => {
+            Ok(online(namespace, move |client, ns| async move {
+                let msg = history::undo(&client, &ns, &name, to_revision).await?;
+                println!("{msg}");
+                Ok(ExitCode::SUCCESS)
+            }))
+        }
         Command::Set {
             what: SetCommand::Image { name, images },
         } => Ok(online(namespace, move |client, ns| async move {

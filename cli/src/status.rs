@@ -229,7 +229,7 @@ pub fn render(view: &View) -> String {
     out
 }
 
-fn age(t: Option<Timestamp>) -> String {
+pub(crate) fn age(t: Option<Timestamp>) -> String {
     let Some(t) = t else { return "?".into() };
     let secs = Timestamp::now().duration_since(t).as_secs().max(0);
     match secs {

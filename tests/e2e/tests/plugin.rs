@@ -231,3 +231,89 @@ async fn pause_resume_abort_retry_and_exit_codes() -> Result<()> {
     );
     ns.cleanup().await
 }
+
+/// The stable revision's hash, once the rollout to the template at hand has completed.
+async fn completed_revision(api: &Api<StormService>) -> Result<String> {
+    wait_for("rollout completed", TIMEOUT, || async {
+        let obj = api.get("app").await?;
+        let status = obj.status.clone().unwrap_or_default();
+        let done = matches!(
+            phase(&obj),
+            Some(RolloutPhase::Completed | RolloutPhase::Healthy)
+        ) && status.current_revision.is_some()
+            && status.current_revision == status.update_revision;
+        Ok(done.then(|| status.current_revision.unwrap_or_default()))
+    })
+    .await
+}
+
+async fn approve(ns: &TestNamespace, api: &Api<StormService>) -> Result<()> {
+    wait_for("waiting for approval", TIMEOUT, || async {
+        Ok(storm_shared::status::waiting_for_approval(&api.get("app").await?).then_some(()))
+    })
+    .await?;
+    let out = run(ns, &["promote", "app"])?;
+    ensure!(out.status.code() == Some(0), "{}", text(&out));
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_and_undo_through_the_strategy() -> Result<()> {
+    let (ns, _controller, api) = setup("plugin-undo").await?;
+    let first = completed_revision(&api).await?;
+    // One revision so far: nothing earlier to go back to (exit 1, says why).
+    let out = run(&ns, &["undo", "app"])?;
+    ensure!(
+        out.status.code() == Some(1) && text(&out).contains("no earlier revision"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&ns, &["set", "image", "app", "server=app:v2"])?;
+    ensure!(out.status.code() == Some(0), "{}", text(&out));
+    approve(&ns, &api).await?;
+    let second = completed_revision(&api).await?;
+    ensure!(second != first, "a new revision: {first} then {second}");
+    let out = run(&ns, &["history", "app"])?;
+    let table = text(&out);
+    ensure!(out.status.code() == Some(0), "{table}");
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    ensure!(rows.len() == 2, "two revisions:\n{table}");
+    ensure!(
+        rows[0].starts_with('1')
+            && rows[0].contains(&first)
+            && rows[0].contains("server/server=app:v1"),
+        "{table}"
+    );
+    ensure!(
+        rows[1].starts_with('2') && rows[1].contains(&second) && rows[1].contains("stable"),
+        "{table}"
+    );
+    // Errors name the revisions there are.
+    let out = run(&ns, &["undo", "app", "--to-revision", "7"])?;
+    ensure!(
+        out.status.code() == Some(1) && text(&out).contains("stored revisions: 1, 2"),
+        "{}",
+        text(&out)
+    );
+    // Undo to revision 1 goes through the canary: it waits for approval like any change.
+    let out = run(&ns, &["undo", "app", "--to-revision", "1"])?;
+    ensure!(
+        out.status.code() == Some(0) && text(&out).contains("revision 1"),
+        "{}",
+        text(&out)
+    );
+    wait_phase(&api, RolloutPhase::Paused).await?;
+    approve(&ns, &api).await?;
+    let back = completed_revision(&api).await?;
+    ensure!(back == first, "back on revision 1 ({first}), got {back}");
+    let obj = api.get("app").await?;
+    let image = obj
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|s| s.roles[0].template.spec.as_ref())
+        .and_then(|p| p.containers[0].image.clone());
+    ensure!(image.as_deref() == Some("app:v1"), "{image:?}");
+    ns.cleanup().await
+}
