@@ -7,7 +7,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use storm_shared::StormService;
 use storm_shared::keys::{
-    ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
+    ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_PROMOTE_FULL,
+    ANNOTATION_RESUME, ANNOTATION_RETRY,
 };
 use storm_shared::status::{rollout_status, waiting_for_approval};
 use storm_shared::types::stormservice::{RolloutPhase, RolloutStatus};
@@ -25,6 +26,8 @@ pub enum Control {
     Abort,
     /// Restart an aborted or degraded rollout at step 0.
     Retry,
+    /// Promote in full: skip the remaining steps, pauses, approvals and analyses.
+    PromoteFull,
 }
 
 impl Control {
@@ -36,6 +39,7 @@ impl Control {
             Control::Resume => ANNOTATION_RESUME,
             Control::Abort => ANNOTATION_ABORT,
             Control::Retry => ANNOTATION_RETRY,
+            Control::PromoteFull => ANNOTATION_PROMOTE_FULL,
         }
     }
 
@@ -47,6 +51,7 @@ impl Control {
             Control::Resume => "resume",
             Control::Abort => "abort",
             Control::Retry => "retry",
+            Control::PromoteFull => "promote --full",
         }
     }
 
@@ -57,6 +62,7 @@ impl Control {
             Control::Resume => "resume requested",
             Control::Abort => "abort requested",
             Control::Retry => "retry requested",
+            Control::PromoteFull => "full promotion requested",
         }
     }
 }
@@ -109,6 +115,14 @@ pub fn refusal(control: Control, obj: &StormService) -> Option<String> {
                 "retry only restarts an Aborted or Degraded rollout ({shown})"
             ))
         }
+        Control::PromoteFull if !in_rollout || halted(obj) => Some(format!(
+            "promote --full acts on a running rollout ({shown}{}); retry or resume it first",
+            if halted(obj) {
+                ", stopped after a failure"
+            } else {
+                ""
+            }
+        )),
         _ => None,
     }
 }

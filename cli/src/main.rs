@@ -101,6 +101,10 @@ enum Command {
     Promote {
         /// Name of the StormService.
         name: String,
+        /// Promote in full: skip the remaining steps, pauses, approvals and analyses (the new
+        /// revision still gets its full capacity before it takes all traffic).
+        #[arg(long)]
+        full: bool,
     },
     /// Pause a running rollout.
     Pause {
@@ -203,7 +207,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 Ok(ExitCode::SUCCESS)
             }))
         }
-        Command::Promote { name } => Ok(control(namespace, name, controls::Control::Approve)),
+        Command::Promote { name, full: false } => {
+            Ok(control(namespace, name, controls::Control::Approve))
+        }
+        Command::Promote { name, full: true } => {
+            Ok(control(namespace, name, controls::Control::PromoteFull))
+        }
         Command::Pause { name } => Ok(control(namespace, name, controls::Control::Pause)),
         Command::Resume { name } => Ok(control(namespace, name, controls::Control::Resume)),
         Command::Abort { name } => Ok(control(namespace, name, controls::Control::Abort)),

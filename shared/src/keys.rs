@@ -89,14 +89,18 @@ pub const ANNOTATION_APPROVAL: &str = "stormservice.aibrix.ai/rollout-approval";
 pub const ANNOTATION_ABORT: &str = "stormservice.aibrix.ai/rollout-abort";
 /// Annotation that restarts an aborted or degraded rollout at step 0.
 pub const ANNOTATION_RETRY: &str = "stormservice.aibrix.ai/rollout-retry";
+/// Annotation that promotes a running rollout in full: the remaining steps, pauses, approvals
+/// and step analyses are skipped (capacity still comes before traffic).
+pub const ANNOTATION_PROMOTE_FULL: &str = "stormservice.aibrix.ai/rollout-promote-full";
 
 /// Every control annotation, in the order the controller considers them.
-pub const CONTROL_ANNOTATIONS: [&str; 5] = [
+pub const CONTROL_ANNOTATIONS: [&str; 6] = [
     ANNOTATION_ABORT,
     ANNOTATION_RETRY,
     ANNOTATION_PAUSE,
     ANNOTATION_RESUME,
     ANNOTATION_APPROVAL,
+    ANNOTATION_PROMOTE_FULL,
 ];
 
 /// The only value a control annotation may carry.

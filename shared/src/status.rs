@@ -181,6 +181,8 @@ reasons! {
     Resumed = "Resumed",
     /// Approved by the approval annotation.
     Approved = "Approved",
+    /// Promoted in full by the promote-full annotation: remaining steps, pauses and analyses skipped.
+    PromotedFull = "PromotedFull",
     /// Aborted by the abort annotation.
     Aborted = "RolloutAborted",
     /// Restarted by the retry annotation.

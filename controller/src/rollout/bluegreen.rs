@@ -183,8 +183,11 @@ fn progress(
         );
     }
 
+    // A full promotion (`promote --full`) skips the analyses and the approval; the preview was
+    // still brought to full readiness above.
+    let full = m.rs.promote_full == Some(true);
     if !is_promoted {
-        if bg.pre_promotion_analysis.is_some() {
+        if bg.pre_promotion_analysis.is_some() && !full {
             match gates::gate(m, gates::PRE_PROMOTION) {
                 Gate::Passed => {}
                 Gate::Failed(detail) => {
@@ -202,7 +205,7 @@ fn progress(
                 }
             }
         }
-        if bg.auto_promotion_enabled != Some(true) {
+        if bg.auto_promotion_enabled != Some(true) && !full {
             if approval_left && was_waiting_for_approval(m) {
                 approval_left = false;
                 m.cond(Cond::Paused, false, Reason::Approved, "promotion approved");
@@ -234,7 +237,7 @@ fn progress(
         ignore(m, ANNOTATION_APPROVAL, "nothing was waiting for approval");
         approval_left = false;
     }
-    if bg.post_promotion_analysis.is_some() {
+    if bg.post_promotion_analysis.is_some() && !full {
         match gates::gate(m, gates::POST_PROMOTION) {
             Gate::Passed => {}
             Gate::Failed(detail) => {

@@ -88,6 +88,7 @@ fn progress(
         lifecycle::fail(m, stable, ar.enabled, why, detail);
         return;
     }
+    skip_steps_if_promoted_in_full(m, canary);
     let mut approval = Approval::new(m, approval);
     // One pass per step at most: steps that are already satisfied complete in the same decision.
     for _ in 0..=canary.steps.len() + 1 {
@@ -118,6 +119,31 @@ fn progress(
         advance(m, idx);
     }
     approval.drop_unused(m);
+}
+
+/// A full promotion (`promote --full`) skips the steps left: the rollout goes to its promotion,
+/// which still brings the canary to full capacity before it takes all traffic. The analyses of the
+/// skipped steps stop; a background analysis keeps guarding until completion.
+fn skip_steps_if_promoted_in_full(m: &mut Machine, canary: &CanaryStrategy) {
+    let idx = current_step(m);
+    if m.rs.promote_full != Some(true) || idx >= canary.steps.len() {
+        return;
+    }
+    for skipped in idx..canary.steps.len() {
+        gates::restart(m, &gates::step(skipped));
+    }
+    let last = i32::try_from(canary.steps.len()).unwrap_or(i32::MAX);
+    m.rs.current_step_index = Some(last);
+    m.rs.current_step_hash = None;
+    m.rs.pause_start_time = None;
+    m.rs.approved_step = None;
+    m.rs.step_start_time = Some(Time(m.now));
+    let msg = format!(
+        "promoted in full: steps {idx} to {} skipped",
+        canary.steps.len() - 1
+    );
+    m.cond(Cond::Progressing, true, Reason::PromotedFull, &msg);
+    m.cond(Cond::Paused, false, Reason::NotPaused, "not paused");
 }
 
 /// The current step's index (0 before the first decision of a rollout).

@@ -7,8 +7,8 @@
 
 use super::Machine;
 use storm_shared::keys::{
-    ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
-    CONTROL_ANNOTATIONS, CONTROL_VALUE,
+    ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_PROMOTE_FULL,
+    ANNOTATION_RESUME, ANNOTATION_RETRY, CONTROL_ANNOTATIONS, CONTROL_VALUE,
 };
 use storm_shared::status::Reason;
 
@@ -20,6 +20,7 @@ pub struct Controls {
     pub pause: bool,
     pub resume: bool,
     pub approval: bool,
+    pub promote_full: bool,
 }
 
 /// Reads the control annotations, updating the acknowledgements and the annotations to remove.
@@ -40,6 +41,7 @@ pub(crate) fn take(m: &mut Machine) -> Controls {
                     ANNOTATION_PAUSE => c.pause = true,
                     ANNOTATION_RESUME => c.resume = true,
                     ANNOTATION_APPROVAL => c.approval = true,
+                    ANNOTATION_PROMOTE_FULL => c.promote_full = true,
                     _ => {}
                 }
             }
@@ -60,6 +62,7 @@ impl Controls {
             (self.pause, ANNOTATION_PAUSE),
             (self.resume, ANNOTATION_RESUME),
             (self.approval, ANNOTATION_APPROVAL),
+            (self.promote_full, ANNOTATION_PROMOTE_FULL),
         ] {
             if set {
                 ignore(m, key, why);

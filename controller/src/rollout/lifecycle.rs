@@ -13,7 +13,8 @@ use super::settings::AutoRollback;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::SignedDuration;
 use storm_shared::keys::{
-    ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
+    ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_PROMOTE_FULL, ANNOTATION_RESUME,
+    ANNOTATION_RETRY,
 };
 use storm_shared::status::{
     ConditionType as Cond, Reason, condition, condition_true, is_true_because,
@@ -48,6 +49,7 @@ pub(crate) fn steer(m: &mut Machine, stable: &str, controls: Controls) -> Steer 
             (controls.pause, ANNOTATION_PAUSE),
             (controls.resume, ANNOTATION_RESUME),
             (controls.approval, ANNOTATION_APPROVAL),
+            (controls.promote_full, ANNOTATION_PROMOTE_FULL),
         ] {
             if set {
                 ignore(m, key, "the rollout was aborted at the same time");
@@ -125,20 +127,7 @@ pub(crate) fn apply_controls(m: &mut Machine, c: Controls) {
     }
     if c.resume {
         if paused_by_user(m) {
-            // Paused time does not count against the progress deadline.
-            let paused_at = condition_true(&m.rs.conditions, Cond::Paused)
-                .and_then(|c| c.last_transition_time.clone());
-            let paused_for = m.since(&paused_at);
-            if let Some(start) = &m.rs.step_start_time {
-                m.rs.step_start_time = Some(Time(start.0 + paused_for));
-            }
-            m.rs.pause_start_time = None;
-            m.cond(
-                Cond::Paused,
-                false,
-                Reason::Resumed,
-                "resumed by the rollout-resume annotation",
-            );
+            unpause(m, "resumed by the rollout-resume annotation");
             m.note(false, Reason::Resumed, "rollout resumed");
         } else if is_true_because(&m.rs.conditions, Cond::Paused, Reason::AnalysisInconclusive)
             && gates::accept_inconclusive(m)
@@ -171,6 +160,45 @@ pub(crate) fn apply_controls(m: &mut Machine, c: Controls) {
             ignore(m, ANNOTATION_RESUME, "the rollout is not paused");
         }
     }
+    if c.promote_full {
+        let phase = m.phase();
+        if matches!(phase, Some(RolloutPhase::Aborted | RolloutPhase::Degraded))
+            || m.rs.rolled_back()
+            || m.rs.halted()
+        {
+            ignore(
+                m,
+                ANNOTATION_PROMOTE_FULL,
+                "the rollout is not running (aborted, rolled back or stopped after a failure); retry or resume it first",
+            );
+        } else if m.rs.promote_full != Some(true) {
+            m.rs.promote_full = Some(true);
+            // A full promotion is a go: a pause the user set ends with it.
+            if paused_by_user(m) {
+                unpause(m, "resumed by the rollout-promote-full annotation");
+            }
+            m.note(
+                false,
+                Reason::PromotedFull,
+                format!(
+                    "full promotion of {}: the remaining steps, pauses, approvals and step analyses are skipped",
+                    m.update
+                ),
+            );
+        }
+    }
+}
+
+/// Ends a pause the user set; paused time does not count against the progress deadline.
+fn unpause(m: &mut Machine, message: &str) {
+    let paused_at =
+        condition_true(&m.rs.conditions, Cond::Paused).and_then(|c| c.last_transition_time.clone());
+    let paused_for = m.since(&paused_at);
+    if let Some(start) = &m.rs.step_start_time {
+        m.rs.step_start_time = Some(Time(start.0 + paused_for));
+    }
+    m.rs.pause_start_time = None;
+    m.cond(Cond::Paused, false, Reason::Resumed, message);
 }
 
 /// Abort: all traffic back on stable at once, the canary scaled down once stable is whole.

@@ -155,6 +155,7 @@ impl<'a> Machine<'a> {
         self.rs.current_step_hash = None;
         self.rs.pause_start_time = None;
         self.rs.approved_step = None;
+        self.rs.promote_full = None;
         self.rs.step_start_time = Some(Time(self.now));
         let update = self.update.clone();
         gates::keep_revision(self, &update);

@@ -14,6 +14,7 @@ const APPROVAL: &str = "stormservice.aibrix.ai/rollout-approval";
 const ABORT: &str = "stormservice.aibrix.ai/rollout-abort";
 const RETRY: &str = "stormservice.aibrix.ai/rollout-retry";
 const PAUSE: &str = "stormservice.aibrix.ai/rollout-pause";
+const PROMOTE_FULL: &str = "stormservice.aibrix.ai/rollout-promote-full";
 const RESUME: &str = "stormservice.aibrix.ai/rollout-resume";
 
 pub(super) struct Sim {
@@ -917,4 +918,65 @@ fn a_retry_after_an_abort_keeps_the_canary_stable_cannot_replace_yet() {
         "{kept_ready} of {ready_before} ready RoleSets kept; deleted {:?}",
         plan.delete
     );
+}
+
+#[test]
+fn promote_full_skips_the_steps_left_capacity_still_before_traffic() {
+    let (mut sim, v1) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(3);
+    assert_eq!(sim.paused_reason().as_deref(), Some("PauseDuration"));
+    assert_eq!(sim.weight(), 10);
+    sim.annotate(PROMOTE_FULL);
+    sim.tick();
+    assert!(sim.annotations.is_empty(), "acted on once, then removed");
+    assert_eq!(
+        sim.service("s"),
+        Some(v1.clone()),
+        "the stable Service stays on stable until the canary has all its capacity"
+    );
+    assert!(
+        sim.notes.iter().any(|n| n.reason == Reason::PromotedFull),
+        "{:?}",
+        sim.notes
+    );
+    // No pause, approval or analysis stops it now.
+    sim.settle(8);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
+    assert_eq!(sim.stable(), Some(v2.clone()));
+    assert_eq!((sim.count(&v2), sim.count(&v1)), (4, 0));
+    assert_eq!(sim.weight(), 100);
+    // The next rollout has its steps again.
+    sim.set_image("app:v3");
+    sim.settle(3);
+    assert_eq!(sim.step(), Some(0));
+    assert_eq!(sim.paused_reason().as_deref(), Some("PauseDuration"));
+}
+
+#[test]
+fn promote_full_is_refused_on_an_aborted_rollout_and_ends_a_user_pause() {
+    let (mut sim, v1) = deployed(seed_steps(), 4);
+    sim.set_image("app:v2");
+    sim.settle(3);
+    sim.annotate(ABORT);
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Aborted));
+    sim.annotate(PROMOTE_FULL);
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Aborted), "not promoted");
+    assert_eq!(sim.stable(), Some(v1));
+    assert!(
+        sim.notes
+            .iter()
+            .any(|n| n.warning && n.reason == Reason::ControlIgnored)
+    );
+    sim.annotate(RETRY);
+    sim.settle(3);
+    sim.annotate(PAUSE);
+    sim.settle(2);
+    assert_eq!(sim.paused_reason().as_deref(), Some("PausedByUser"));
+    sim.annotate(PROMOTE_FULL);
+    sim.settle(8);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
 }

@@ -2,8 +2,8 @@
 
 use crate::errors::{FieldError, FieldPath, Report};
 use crate::keys::{
-    ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_RESUME, ANNOTATION_RETRY,
-    CONTROL_ANNOTATIONS, CONTROL_VALUE,
+    ANNOTATION_ABORT, ANNOTATION_APPROVAL, ANNOTATION_PAUSE, ANNOTATION_PROMOTE_FULL,
+    ANNOTATION_RESUME, ANNOTATION_RETRY, CONTROL_ANNOTATIONS, CONTROL_VALUE,
 };
 use crate::types::stormservice::{RolloutPhase, StormService};
 
@@ -34,7 +34,11 @@ pub(super) fn check(obj: &StormService, report: &mut Report) {
         }
     }
     if set(ANNOTATION_ABORT) {
-        for other in [ANNOTATION_RESUME, ANNOTATION_APPROVAL] {
+        for other in [
+            ANNOTATION_RESUME,
+            ANNOTATION_APPROVAL,
+            ANNOTATION_PROMOTE_FULL,
+        ] {
             if set(other) {
                 report.error(FieldError::forbidden(
                     path.key(other),

@@ -510,6 +510,10 @@ pub struct RolloutStatus {
     /// The canary step whose manual approval has been given while its analysis still runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved_step: Option<i32>,
+    /// A full promotion was asked for (`kubectl storm promote --full`): the rest of this rollout
+    /// skips its steps, pauses, approvals and step (or pre/post-promotion) analyses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_full: Option<bool>,
     /// Control annotations that have taken effect but may not be removed yet. The controller never
     /// acts twice on an annotation listed here, even across a crash.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

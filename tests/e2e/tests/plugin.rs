@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Service;
-use kube::Api;
 use kube::api::PostParams;
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -315,5 +315,67 @@ async fn history_and_undo_through_the_strategy() -> Result<()> {
         .and_then(|s| s.roles[0].template.spec.as_ref())
         .and_then(|p| p.containers[0].image.clone());
     ensure!(image.as_deref() == Some("app:v1"), "{image:?}");
+    ns.cleanup().await
+}
+
+#[tokio::test]
+async fn promote_full_skips_every_step_left() -> Result<()> {
+    let (ns, _controller, api) = setup("plugin-full").await?;
+    completed_revision(&api).await?;
+    // Nothing to promote yet: refused, exit 1.
+    let out = run(&ns, &["promote", "app", "--full"])?;
+    ensure!(
+        out.status.code() == Some(1) && text(&out).contains("acts on a running rollout"),
+        "{}",
+        text(&out)
+    );
+    // Steps that would hold the rollout for an hour and two approvals.
+    let steps = json!({"spec": {"rolloutStrategy": {"canary": {"steps": [
+        {"weight": 25, "pause": {"untilApproval": true}},
+        {"weight": 50, "pause": {"untilApproval": true}},
+        {"weight": 75, "pause": {"duration": "1h"}},
+        {"weight": 100}
+    ]}}}});
+    api.patch(
+        "app",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&steps),
+    )
+    .await?;
+    let out = run(&ns, &["set", "image", "app", "server=app:v2"])?;
+    ensure!(out.status.code() == Some(0), "{}", text(&out));
+    wait_for("waiting for approval at step 0", TIMEOUT, || async {
+        let obj = api.get("app").await?;
+        let step = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout_status.as_ref())
+            .and_then(|r| r.current_step_index);
+        Ok((storm_shared::status::waiting_for_approval(&obj) && step == Some(0)).then_some(()))
+    })
+    .await?;
+    let out = run(&ns, &["promote", "app", "--full"])?;
+    ensure!(
+        out.status.code() == Some(0) && text(&out).contains("full promotion requested"),
+        "{}",
+        text(&out)
+    );
+    let done = completed_revision(&api).await?;
+    let obj = api.get("app").await?;
+    ensure!(
+        obj.annotations()
+            .get(storm_shared::keys::ANNOTATION_PROMOTE_FULL)
+            .is_none(),
+        "the annotation is removed once acted on"
+    );
+    let rs = obj
+        .status
+        .and_then(|s| s.rollout_status)
+        .unwrap_or_default();
+    ensure!(
+        rs.current_step_index == Some(4),
+        "past the last step: {rs:?}"
+    );
+    ensure!(!done.is_empty());
     ns.cleanup().await
 }

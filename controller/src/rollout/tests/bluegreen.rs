@@ -216,3 +216,27 @@ fn after_an_abort_the_status_says_both_services_select_stable() {
     assert_eq!(st.preview_selector, Some(v1.clone()));
     assert_eq!(sim.service("preview"), Some(v1));
 }
+
+#[test]
+fn promote_full_skips_the_analyses_and_the_approval_once_the_preview_is_ready() {
+    let (mut sim, v1) = deployed_bg(serde_json::json!({
+        "activeService": "active", "previewService": "preview",
+        "autoPromotionEnabled": false,
+        "prePromotionAnalysis": {"templates": [{"name": "never-decides"}]}
+    }));
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(4);
+    assert_eq!(sim.count(&v2), 2, "preview at full size");
+    assert_eq!(sim.service("active"), Some(v1.clone()));
+    assert_ne!(
+        sim.phase(),
+        Some(RolloutPhase::Completed),
+        "held by the analysis"
+    );
+    sim.annotate(PROMOTE_FULL);
+    sim.settle(3);
+    assert_eq!(sim.service("active"), Some(v2.clone()));
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
+    assert_eq!(sim.stable(), Some(v2));
+}
