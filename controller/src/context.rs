@@ -1,7 +1,8 @@
 //! What every reconcile needs: the client, metrics and the event recorder.
 
+use crate::events::Publisher;
 use crate::metrics::Metrics;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use std::sync::Arc;
 
 /// Field manager (and event reporter) name of the controller.
@@ -14,7 +15,7 @@ pub struct Context {
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
     /// Kubernetes Events.
-    pub recorder: Recorder,
+    pub recorder: Publisher,
     /// Watch only this namespace (tests, or a per-namespace install); all namespaces when `None`.
     pub namespace: Option<String>,
     /// Where analysis requests may go.
@@ -32,7 +33,7 @@ impl Context {
             controller: MANAGER.into(),
             instance,
         };
-        let recorder = Recorder::new(client.clone(), reporter);
+        let recorder = Publisher::new(client.clone(), reporter);
         Self {
             client,
             metrics,

@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod cache;
 pub mod context;
 pub mod error;
+pub mod events;
 pub mod finalizers;
 pub mod lanes;
 pub mod leader;

@@ -216,6 +216,39 @@ async fn roleset_gets_labelled_owned_pods_that_become_ready_and_status_says_so()
         );
         assert_eq!(controller.http_get("/healthz")?.0, 200);
         assert_eq!(controller.http_get("/readyz")?.0, 200);
+        // The three creations are one Event with a series of 3, as kube-runtime and client-go
+        // fold repeats (same object, type, reason and action) within six minutes.
+        let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+        let created = wait_for(
+            "one SuccessfulCreate Event with a series of 3",
+            TIMEOUT,
+            || async {
+                let list = events.list(&ListParams::default()).await?.items;
+                let mine: Vec<_> = list
+                    .into_iter()
+                    .filter(|e| {
+                        e.reason.as_deref() == Some("SuccessfulCreate")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                                == Some("llm-r1-0")
+                    })
+                    .collect();
+                let count = |e: &k8s_openapi::api::events::v1::Event| {
+                    e.series.as_ref().map_or(1, |s| s.count)
+                };
+                Ok((mine.len() == 1 && count(&mine[0]) == 3).then(|| mine[0].clone()))
+            },
+        )
+        .await?;
+        assert_eq!(
+            created.reporting_controller.as_deref(),
+            Some("storm-controller")
+        );
+        assert!(
+            created
+                .note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("Created Pod llm-r1-0-"))
+        );
         controller.process.ensure_running()
     }
     .await;
