@@ -12,6 +12,7 @@ pub mod policy;
 pub mod references;
 pub mod routing_refs;
 pub mod rules;
+pub mod startup;
 pub mod status;
 pub mod types;
 pub mod units;

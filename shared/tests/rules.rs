@@ -975,3 +975,43 @@ fn a_group_roles_own_gang_excludes_the_roleset_gang() {
         ["spec.template.spec.roles[0].updateStrategy.type"]
     );
 }
+
+#[test]
+fn a_grace_period_shorter_than_the_startup_window_warns_with_the_numbers() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/template/spec/containers/0/startupProbe",
+        serde_json::json!({"httpGet": {"path": "/health", "port": 8000},
+            "initialDelaySeconds": 60, "periodSeconds": 30, "failureThreshold": 40}),
+    );
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/autoRollback",
+        serde_json::json!({"onFailure": {"healthCheckGracePeriod": "5m"}}),
+    );
+    let r = validate(&v);
+    assert!(r.errors.is_empty(), "{r:?}");
+    let path = "spec.rolloutStrategy.autoRollback.onFailure.healthCheckGracePeriod";
+    let w = r
+        .warnings
+        .iter()
+        .find(|w| w.path.as_str() == path)
+        .unwrap_or_else(|| panic!("a warning at {path}: {r:?}"));
+    // 60 + 30 x 40 seconds (no readiness probe to add).
+    assert!(
+        w.message.contains("role server container app (21m:")
+            && w.message.contains("set at least 21m or"),
+        "{}",
+        w.message
+    );
+    // Long enough, or left to its default: no warning.
+    for grace in [serde_json::json!("30m"), serde_json::Value::Null] {
+        set(
+            &mut v,
+            "/spec/rolloutStrategy/autoRollback/onFailure/healthCheckGracePeriod",
+            grace,
+        );
+        assert!(!warning_paths(&validate(&v)).contains(&path.to_string()));
+    }
+}

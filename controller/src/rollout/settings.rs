@@ -61,11 +61,21 @@ pub fn auto_rollback(spec: &StormServiceSpec) -> AutoRollback {
             30,
         ),
         timeout: duration(ar.and_then(|a| a.on_timeout.as_deref()), 30 * 60),
-        grace: duration(
+        grace: grace(
+            spec,
             of.and_then(|f| f.health_check_grace_period.as_deref()),
-            5 * 60,
         ),
     }
+}
+
+/// The health-check grace period: as written, else 5m or the Pods' startup window if that is
+/// longer (a Pod loading a large model inside its startupProbe's window is not failing).
+fn grace(spec: &StormServiceSpec, written: Option<&str>) -> SignedDuration {
+    if written.is_some() {
+        return duration(written, 5 * 60);
+    }
+    let window = storm_shared::startup::startup_window(spec).map_or(0, |w| w.seconds);
+    SignedDuration::from_secs(window.max(5 * 60))
 }
 
 /// (max surge, max unavailable) in RoleSets for a rollout of `replicas`; at least one of them is
@@ -93,5 +103,42 @@ pub fn budgets(
         (1, 0)
     } else {
         (surge, unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(probe: serde_json::Value, on_failure: serde_json::Value) -> StormServiceSpec {
+        serde_json::from_value(json!({
+            "template": {"spec": {"roles": [{"name": "r", "template": {"spec": {"containers": [
+                {"name": "vllm", "image": "v", "startupProbe": probe}]}}}]}},
+            "rolloutStrategy": {"type": "Canary", "canary": {"steps": [{"weight": 50}]},
+                "autoRollback": {"onFailure": on_failure}}
+        }))
+        .expect("spec")
+    }
+
+    #[test]
+    fn the_grace_period_defaults_to_the_startup_window_when_longer() {
+        let slow = json!({"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 30, "failureThreshold": 60});
+        assert_eq!(
+            auto_rollback(&spec(slow.clone(), json!({}))).grace,
+            SignedDuration::from_secs(30 * 60),
+            "a model that may load for 30 minutes"
+        );
+        let quick = json!({"tcpSocket": {"port": 8000}});
+        assert_eq!(
+            auto_rollback(&spec(quick, json!({}))).grace,
+            SignedDuration::from_mins(5),
+            "never below the 5m default"
+        );
+        assert_eq!(
+            auto_rollback(&spec(slow, json!({"healthCheckGracePeriod": "2m"}))).grace,
+            SignedDuration::from_mins(2),
+            "what is written wins (the webhook warns about it)"
+        );
     }
 }

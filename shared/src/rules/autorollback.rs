@@ -79,3 +79,40 @@ pub(super) fn check_placement(
         }
     }
 }
+
+/// An explicit `healthCheckGracePeriod` shorter than the Pods' startup window would count a Pod
+/// that is still loading its model as failing, and roll the rollout back: a warning with the
+/// numbers (the controller's default already covers the window).
+pub(super) fn check_grace_against_startup(
+    spec: &crate::types::stormservice::StormServiceSpec,
+    ar: &AutoRollback,
+    path: &FieldPath,
+    report: &mut Report,
+) {
+    let Some(text) = ar
+        .on_failure
+        .as_ref()
+        .and_then(|f| f.health_check_grace_period.as_deref())
+    else {
+        return;
+    };
+    let (Ok(grace), Some(window)) = (
+        crate::units::parse_duration(text),
+        crate::startup::startup_window(spec),
+    ) else {
+        return;
+    };
+    let needed = std::time::Duration::from_secs(u64::try_from(window.seconds).unwrap_or(0));
+    if grace < needed {
+        report.warn(
+            path.child("onFailure").child("healthCheckGracePeriod"),
+            format!(
+                "{text} is shorter than the startup window of role {} container {} ({}: its startupProbe's initialDelaySeconds + periodSeconds x failureThreshold, plus its first readiness check): a Pod still loading its model would count as failing and roll the rollout back; set at least {} or leave it out (it then defaults to the startup window)",
+                window.role,
+                window.container,
+                crate::units::format_duration(needed),
+                crate::units::format_duration(needed),
+            ),
+        );
+    }
+}

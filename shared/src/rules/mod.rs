@@ -96,6 +96,12 @@ fn check_strategy(
     autorollback::check_placement(strategy, path, bounds, report);
     if let Some(ar) = &strategy.auto_rollback {
         autorollback::check(ar, &path.child("autoRollback"), bounds, report);
+        autorollback::check_grace_against_startup(
+            &obj.spec,
+            ar,
+            &path.child("autoRollback"),
+            report,
+        );
     }
     check_template_namespaces(obj, strategy, path, report);
 }

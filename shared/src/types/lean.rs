@@ -1,8 +1,8 @@
 //! Parsing for admission: of each role's Pod template, only what a rule reads.
 //!
 //! A StormService is mostly Pod templates (containers, args, env, probes, volumes), and the
-//! admission rules read little of them: labels, and the containers' names, images and resource
-//! requests. Decoding every Pod template field into k8s-openapi structs was about half of a
+//! admission rules read little of them: labels, and the containers' names, images, resource
+//! requests and startup and readiness probes. Decoding every Pod template field into k8s-openapi structs was about half of a
 //! review's CPU. [`from_str_lean`] parses the same types with each role's `template` cut down to
 //! [`LeanTemplate`]; the fields it skips are still checked for syntax, and for type errors by the
 //! API server's schema (validating webhooks see only objects the schema admitted).
@@ -10,7 +10,9 @@
 //! A rule that needs another Pod template field adds it to [`LeanTemplate`]: the webhook's tests
 //! judge every sample both ways and fail if the reports differ.
 
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    Container, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
@@ -63,6 +65,7 @@ struct LeanPodSpec {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct LeanContainer {
     #[serde(default)]
     name: String,
@@ -70,6 +73,10 @@ struct LeanContainer {
     image: Option<String>,
     #[serde(default)]
     resources: Option<ResourceRequirements>,
+    #[serde(default)]
+    startup_probe: Option<Probe>,
+    #[serde(default)]
+    readiness_probe: Option<Probe>,
 }
 
 impl From<LeanContainer> for Container {
@@ -78,6 +85,8 @@ impl From<LeanContainer> for Container {
             name: c.name,
             image: c.image,
             resources: c.resources,
+            startup_probe: c.startup_probe,
+            readiness_probe: c.readiness_probe,
             ..Container::default()
         }
     }

@@ -418,7 +418,9 @@ pub struct RollbackTriggers {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_threshold: Option<IntOrString>,
     /// How long a canary Pod may stay unready (or not yet ready after creation) before it counts as
-    /// failing its health check (Go-style duration). Defaults to 5m.
+    /// failing its health check (Go-style duration). Defaults to 5m, or to the Pods' startup window
+    /// when that is longer: the longest startupProbe's initialDelaySeconds + periodSeconds x
+    /// failureThreshold, plus its readiness probe's first check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check_grace_period: Option<String>,
     /// The metric that measures the canary's error rate in percent, for `errorThreshold`. Without it,
