@@ -33,18 +33,12 @@ impl Revision {
         let roles = self
             .template
             .as_ref()
-            .and_then(|t| t.spec.as_ref())
-            .map(|s| s.roles.as_slice())
+            .map(RoleSetTemplateSpec::roles)
             .unwrap_or_default();
         roles
             .iter()
             .flat_map(|role| {
-                let containers = role
-                    .template
-                    .spec
-                    .as_ref()
-                    .map(|s| s.containers.as_slice())
-                    .unwrap_or_default();
+                let containers = role.containers();
                 containers.iter().map(move |c| {
                     format!(
                         "{}/{}={}",
@@ -202,13 +196,7 @@ pub fn undo_template<'a>(
             name: name.clone(),
             revision: target.number,
         })?;
-    let now = obj
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .map(|s| s.roles.as_slice())
-        .unwrap_or_default();
+    let now = obj.spec.template.roles();
     for role in template.spec.iter_mut().flat_map(|s| s.roles.iter_mut()) {
         if let Some(live) = now.iter().find(|r| r.name == role.name) {
             role.replicas = live.replicas;

@@ -42,13 +42,7 @@ pub fn patch_for(
     obj: &StormService,
     assignments: &[Assignment],
 ) -> Result<(Vec<Value>, Vec<String>), Error> {
-    let roles = obj
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .map(|s| s.roles.as_slice())
-        .unwrap_or_default();
+    let roles = obj.spec.template.roles();
     let mut ops = Vec::new();
     let mut changes = Vec::new();
     for a in assignments {
@@ -60,12 +54,7 @@ pub fn patch_for(
                 role: a.role.clone(),
                 roles: roles.iter().map(|r| r.name.clone()).collect(),
             })?;
-        let containers = role
-            .template
-            .spec
-            .as_ref()
-            .map(|s| s.containers.as_slice())
-            .unwrap_or_default();
+        let containers = role.containers();
         let names = || -> Vec<String> { containers.iter().map(|c| c.name.clone()).collect() };
         let (ci, container) = match (&a.container, containers) {
             (Some(name), _) => containers

@@ -279,13 +279,7 @@ fn route(
 /// plus the labels the controller adds.
 fn pod_label_sets(obj: &StormService) -> Vec<BTreeMap<String, String>> {
     let name = obj.metadata.name.clone().unwrap_or_default();
-    let roles = obj
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .map(|s| s.roles.as_slice())
-        .unwrap_or_default();
+    let roles = obj.spec.template.roles();
     roles
         .iter()
         .map(|role| {

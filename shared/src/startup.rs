@@ -38,15 +38,9 @@ fn probe_window(p: &Probe, threshold: Option<i32>, default_threshold: i64) -> i6
 /// The longest startup window of any container (init containers excluded: they finish before the
 /// others start) of any role, for containers with a `startupProbe`; `None` when none has one.
 pub fn startup_window(spec: &StormServiceSpec) -> Option<StartupWindow> {
-    let roles = spec.template.spec.as_ref().map(|s| s.roles.as_slice())?;
     let mut longest: Option<StartupWindow> = None;
-    for role in roles {
-        let containers = role
-            .template
-            .spec
-            .as_ref()
-            .map(|s| s.containers.as_slice())
-            .unwrap_or_default();
+    for role in spec.template.roles() {
+        let containers = role.containers();
         for c in containers {
             let Some(startup) = &c.startup_probe else {
                 continue;

@@ -97,12 +97,7 @@ pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Repo
         }
     }
     let roles_path = tpl_path.child("spec").child("roles");
-    let roles = spec
-        .template
-        .spec
-        .as_ref()
-        .map(|s| s.roles.as_slice())
-        .unwrap_or_default();
+    let roles = spec.template.roles();
     if roles.is_empty() {
         report.error(FieldError::required(
             roles_path.clone(),

@@ -156,6 +156,17 @@ pub struct RoleSpec {
     pub topology_policy: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+impl RoleSpec {
+    /// The containers of the role's Pod template (none when it has no spec).
+    pub fn containers(&self) -> &[k8s_openapi::api::core::v1::Container] {
+        self.template
+            .spec
+            .as_ref()
+            .map(|s| s.containers.as_slice())
+            .unwrap_or_default()
+    }
+}
+
 /// How Pods of a role are replaced on update.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]

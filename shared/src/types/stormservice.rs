@@ -130,6 +130,16 @@ pub struct RoleSetTemplateSpec {
     pub spec: Option<RoleSetSpec>,
 }
 
+impl RoleSetTemplateSpec {
+    /// The roles of the template (none when it has no spec).
+    pub fn roles(&self) -> &[super::roleset::RoleSpec] {
+        self.spec
+            .as_ref()
+            .map(|s| s.roles.as_slice())
+            .unwrap_or_default()
+    }
+}
+
 /// Labels and annotations given to objects made from a template.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
