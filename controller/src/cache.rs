@@ -2,6 +2,7 @@
 //! dropping the parts no reconcile reads keeps memory flat as the number of StormServices grows.
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::reflector::Store;
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
@@ -148,6 +149,17 @@ pub fn slim_pod(p: &mut Pod) {
         status.ephemeral_container_statuses = None;
         status.pod_ips = None;
         status.host_ips = None;
+        status.pod_ip = None;
+        status.host_ip = None;
+        status.qos_class = None;
+        status.nominated_node_name = None;
+        // Only `Ready` is read (readiness, and since when a Pod is not ready).
+        if let Some(conditions) = status.conditions.as_mut() {
+            conditions.retain(|c| c.type_ == "Ready");
+            for c in conditions.iter_mut() {
+                c.last_probe_time = None;
+            }
+        }
         status.resource_claim_statuses = None;
         for c in status.container_statuses.iter_mut().flatten() {
             c.last_state = None;
@@ -156,6 +168,21 @@ pub fn slim_pod(p: &mut Pod) {
             c.allocated_resources = None;
             c.resources = None;
         }
+    }
+}
+
+/// Keeps a ControllerRevision's `data` (a StormService's template) as one JSON string: as a
+/// `serde_json::Value` tree it takes about seven times the memory of its text
+/// (`stormservice::revisions::stored_template` reads either).
+pub fn slim_revision(cr: &mut ControllerRevision) {
+    cr.managed_fields_mut().clear();
+    cr.annotations_mut()
+        .remove("kubectl.kubernetes.io/last-applied-configuration");
+    if let Some(data) = cr.data.as_mut()
+        && !data.0.is_string()
+        && let Ok(json) = serde_json::to_string(&data.0)
+    {
+        data.0 = serde_json::Value::String(json);
     }
 }
 

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod context;
 pub mod error;
 pub mod events;
+pub mod feeds;
 pub mod finalizers;
 pub mod lanes;
 pub mod leader;

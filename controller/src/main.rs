@@ -295,16 +295,28 @@ async fn run(args: Args) -> Result<(), RunError> {
     };
 
     let mut controllers = tokio::task::JoinSet::new();
+    // One watch per kind for all controllers; each sets up on it before it starts.
+    let mut feeds = storm_controller::feeds::Feeds::new(&ctx);
     if args.controllers.contains(&ControllerName::Roleset) {
-        controllers.spawn(roleset::run(ctx.clone(), stopped(stop_rx.clone())));
+        controllers.spawn(roleset::run(
+            ctx.clone(),
+            &mut feeds,
+            stopped(stop_rx.clone()),
+        ));
         controllers.spawn(storm_controller::podset::run(
             ctx.clone(),
+            &mut feeds,
             stopped(stop_rx.clone()),
         ));
     }
     if args.controllers.contains(&ControllerName::Stormservice) {
-        controllers.spawn(stormservice::run(ctx.clone(), stopped(stop_rx.clone())));
+        controllers.spawn(stormservice::run(
+            ctx.clone(),
+            &mut feeds,
+            stopped(stop_rx.clone()),
+        ));
     }
+    feeds.spawn();
 
     let lost = async {
         match election.as_mut().map(|(leading, _)| leading) {

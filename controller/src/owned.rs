@@ -121,29 +121,52 @@ impl<K: ResourceExt> Groups<K> {
     }
 }
 
+impl<K: ResourceExt> Owned<K> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Groups<K>> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds or replaces one object (a [`crate::feeds::Feed`] shares its copy).
+    pub fn insert(&self, obj: Arc<K>) {
+        self.write().insert(obj, self.key);
+    }
+
+    /// Removes object `ns/name`.
+    pub fn remove(&self, ns: &str, name: &str) {
+        self.write().remove(ns, name);
+    }
+
+    /// Replaces everything with `objects` (a relist) and marks the cache listed.
+    pub fn replace(&self, objects: impl IntoIterator<Item = Arc<K>>) {
+        let mut g = self.write();
+        g.relist = None;
+        g.by_owner.clear();
+        g.owner_of.clear();
+        for obj in objects {
+            g.insert(obj, self.key);
+        }
+        self.listed.store(true, Ordering::Release);
+    }
+}
+
 impl<K: ResourceExt + Clone> Owned<K> {
     /// Applies one watch event, as `reflector::store::Writer` does.
     pub fn apply(&self, event: &watcher::Event<K>) {
-        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
         match event {
-            watcher::Event::Init => g.relist = Some(Vec::new()),
+            watcher::Event::Init => self.write().relist = Some(Vec::new()),
             watcher::Event::InitApply(obj) => {
-                g.relist
+                self.write()
+                    .relist
                     .get_or_insert_with(Vec::new)
                     .push(Arc::new(obj.clone()));
             }
             watcher::Event::InitDone => {
-                let objects = g.relist.take().unwrap_or_default();
-                g.by_owner.clear();
-                g.owner_of.clear();
-                for obj in objects {
-                    g.insert(obj, self.key);
-                }
-                self.listed.store(true, Ordering::Release);
+                let objects = self.write().relist.take().unwrap_or_default();
+                self.replace(objects);
             }
-            watcher::Event::Apply(obj) => g.insert(Arc::new(obj.clone()), self.key),
+            watcher::Event::Apply(obj) => self.insert(Arc::new(obj.clone())),
             watcher::Event::Delete(obj) => {
-                g.remove(&obj.namespace().unwrap_or_default(), &obj.name_any());
+                self.remove(&obj.namespace().unwrap_or_default(), &obj.name_any());
             }
         }
     }

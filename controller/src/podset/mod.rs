@@ -6,20 +6,21 @@ pub mod plan;
 
 use crate::context::{Context, MANAGER};
 use crate::error::{Backoff, Error};
+use crate::feeds::{self, Feeds};
 use crate::owned::Owned;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
+
 use kube::{Api, Resource, ResourceExt};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storm_shared::keys::AIBRIX_LABEL_PODSET_NAME;
+
 use storm_shared::status::Reason;
 use storm_shared::types::podset::PodSet;
 use tracing::{debug, info, warn};
@@ -35,21 +36,35 @@ const CACHE_RETRY: Duration = Duration::from_millis(500);
 
 struct State {
     ctx: Arc<Context>,
-    /// Pods carrying the `podset-name` label, by controller.
+    /// Pods by controller (the feed's Pods carry `roleset-name`, the members of a PodSet too).
     pods: Owned<Pod>,
     backoff: Backoff<PodSet>,
 }
 
-/// Runs the PodSet controller until `shutdown` completes.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let pods = Owned::<Pod>::by_controller();
-    let pod_events = crate::cache::watch(
-        ctx.api::<Pod>(),
-        watcher::Config::default().labels(AIBRIX_LABEL_PODSET_NAME),
-    )
-    .modify(crate::cache::slim_pod)
-    .inspect_ok(pods.writer())
-    .touched_objects();
+/// Sets up the PodSet controller on the shared `feeds` and returns it, to run until `shutdown`
+/// completes. The feeds start after every controller has set up.
+pub fn run(
+    ctx: Arc<Context>,
+    feeds: &mut Feeds,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let pods = feeds.pods_by_controller();
+    let store = feeds.podsets.store();
+    // A PodSet's own changes, and those of the Pods it owns, trigger it.
+    let triggers = futures::stream::select(
+        feeds::triggers(feeds.podsets.subscribe(), feeds::itself),
+        feeds::triggers(feeds.pods.subscribe(), feeds::owners::<PodSet, _>),
+    );
+    run_on(ctx, pods, store, triggers, shutdown)
+}
+
+async fn run_on(
+    ctx: Arc<Context>,
+    pods: Owned<Pod>,
+    store: reflector::Store<PodSet>,
+    triggers: impl futures::Stream<Item = reflector::ObjectRef<PodSet>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
@@ -61,14 +76,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         backoff: Backoff::default(),
     });
     info!("PodSet controller starting");
-    let (store, writer) = reflector::store::<PodSet>();
-    let primary = crate::cache::watch(ctx.api::<PodSet>(), watcher::Config::default())
-        .modify(|p| p.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects();
-    crate::cache::controller(primary, store)
+    crate::cache::controller(futures::stream::pending(), store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
-        .owns_stream(pod_events)
+        .reconcile_on(triggers)
         .graceful_shutdown_on(async move {
             let _ = stop_rx.await;
         })

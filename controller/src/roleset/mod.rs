@@ -9,21 +9,22 @@ pub mod update;
 
 use crate::context::{Context, MANAGER};
 use crate::error::{Backoff, Error};
+use crate::feeds::{self, Feeds};
 use crate::owned::Owned;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
+
 use kube::{Api, Resource, ResourceExt};
 use plan::{DeleteReason, PlanError};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use storm_shared::keys::{AIBRIX_LABEL_ROLE_TEMPLATE_HASH, AIBRIX_LABEL_ROLESET_NAME};
+use storm_shared::keys::AIBRIX_LABEL_ROLE_TEMPLATE_HASH;
 use storm_shared::status::Reason;
 use storm_shared::types::podset::PodSet;
 use storm_shared::types::roleset::RoleSet;
@@ -49,28 +50,34 @@ struct State {
     backoff: Backoff<RoleSet>,
 }
 
-/// Runs the RoleSet controller over the context's namespace (all namespaces when it has none)
-/// until `shutdown` completes; reconciles in flight then finish before this returns.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    let rolesets = ctx.api::<RoleSet>();
-    // Every Pod we create carries `roleset-name`. The selector is on that AIBrix label rather than
-    // our `stormservice.aibrix.ai/name`: a RoleSet applied on its own (as AIBrix allows) has no
-    // StormService, and its Pods must still be seen.
-    let pod_config = watcher::Config::default().labels(AIBRIX_LABEL_ROLESET_NAME);
-    let pods = Owned::<Pod>::by_controller();
-    // One Pod watch feeds both the cache the reconciles read and the owner-triggers of the
-    // controller (`owns_stream`), instead of `owns()` opening a second identical watch.
-    let pod_events = crate::cache::watch(ctx.api::<Pod>(), pod_config)
-        .modify(crate::cache::slim_pod)
-        .inspect_ok(pods.writer())
-        .touched_objects();
+/// Sets up the RoleSet controller on the shared `feeds` and returns it, to run over the context's
+/// namespace (all namespaces when it has none) until `shutdown` completes; reconciles in flight
+/// then finish before it returns. The feeds start after every controller has set up.
+pub fn run(
+    ctx: Arc<Context>,
+    feeds: &mut Feeds,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    let pods = feeds.pods_by_controller();
+    let podsets = feeds.podsets_by_controller();
+    let store = feeds.rolesets.store();
+    // A RoleSet's own changes, and those of the Pods and PodSets it owns, trigger it.
+    let triggers = futures::stream::select_all([
+        feeds::triggers(feeds.rolesets.subscribe(), feeds::itself).boxed(),
+        feeds::triggers(feeds.pods.subscribe(), feeds::owners::<RoleSet, _>).boxed(),
+        feeds::triggers(feeds.podsets.subscribe(), feeds::owners::<RoleSet, _>).boxed(),
+    ]);
+    run_on(ctx, pods, podsets, store, triggers, shutdown)
+}
 
-    let podsets = Owned::<PodSet>::by_controller();
-    let podset_events = crate::cache::watch(ctx.api::<PodSet>(), watcher::Config::default())
-        .modify(|p| p.managed_fields_mut().clear())
-        .inspect_ok(podsets.writer())
-        .touched_objects();
-
+async fn run_on(
+    ctx: Arc<Context>,
+    pods: Owned<Pod>,
+    podsets: Owned<PodSet>,
+    store: reflector::Store<RoleSet>,
+    triggers: impl futures::Stream<Item = reflector::ObjectRef<RoleSet>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     // `graceful_shutdown_on` wants a `Sync` future; the caller's need not be. A oneshot bridges.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -85,16 +92,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         backoff: Backoff::default(),
     });
     info!("RoleSet controller starting");
-    let (store, writer) = reflector::store::<RoleSet>();
-    // Managed fields are read by no reconcile, and they are often the bulk of an object.
-    let primary = crate::cache::watch(rolesets, watcher::Config::default())
-        .modify(|r| r.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects();
-    crate::cache::controller(primary, store)
+    crate::cache::controller(futures::stream::pending(), store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
-        .owns_stream(pod_events)
-        .owns_stream(podset_events)
+        .reconcile_on(triggers)
         .graceful_shutdown_on(async move {
             let _ = stop_rx.await;
         })

@@ -13,6 +13,7 @@
 
 use crate::context::Context;
 use crate::error::{Backoff, Error};
+use crate::feeds::{self, Feeds};
 use crate::finalizers;
 use crate::lanes::Locks;
 use crate::owned::Owned;
@@ -69,21 +70,35 @@ pub struct State {
     pub urgent: crate::lanes::Pending<ObjectRef<StormService>>,
 }
 
-/// Runs the StormService controller over all namespaces until `shutdown` completes.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 'static) {
-    // AIBrix's `storm-service-name`: ours carry it too, and RoleSets and Pods AIBrix's controllers
-    // made are seen (to be adopted) instead of ignored.
-    let labelled = watcher::Config::default().labels(AIBRIX_LABEL_STORM_SERVICE_NAME);
-    let rolesets = Owned::<RoleSet>::default();
-    let roleset_events = crate::cache::watch(ctx.api::<RoleSet>(), labelled.clone())
-        .modify(|r| r.managed_fields_mut().clear())
-        .inspect_ok(rolesets.writer())
-        .touched_objects();
-    let pods = Owned::<Pod>::default();
-    let pod_events = crate::cache::watch(ctx.api::<Pod>(), labelled)
-        .modify(crate::cache::slim_pod)
-        .inspect_ok(pods.writer())
-        .touched_objects();
+/// Sets up the StormService controller on the shared `feeds` and returns it, to run over all
+/// namespaces until `shutdown` completes. The feeds start after every controller has set up.
+pub fn run(
+    ctx: Arc<Context>,
+    feeds: &mut Feeds,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
+    // Grouped by the StormService they belong to: our name label, else AIBrix's
+    // `storm-service-name` (RoleSets and Pods AIBrix's controllers made are seen, to be adopted).
+    let rolesets = feeds.rolesets.view(Owned::default());
+    let pods = feeds.pods.view(Owned::default());
+    // A RoleSet triggers the StormService that owns it; a Pod the one its label names.
+    let triggers = futures::stream::select(
+        feeds::triggers(feeds.rolesets.subscribe(), feeds::owners::<StormService, _>),
+        feeds::triggers(feeds.pods.subscribe(), |pod: &Pod| {
+            let name = pod.labels().get(AIBRIX_LABEL_STORM_SERVICE_NAME)?;
+            Some(ObjectRef::<StormService>::new(name).within(pod.namespace().as_deref()?))
+        }),
+    );
+    run_on(ctx, rolesets, pods, triggers, shutdown)
+}
+
+async fn run_on(
+    ctx: Arc<Context>,
+    rolesets: Owned<RoleSet>,
+    pods: Owned<Pod>,
+    triggers: impl futures::Stream<Item = ObjectRef<StormService>> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (services, svc_writer) = reflector::store::<Service>();
     let svc_reflector = crate::cache::watch(ctx.api::<Service>(), watcher::Config::default())
         .modify(crate::cache::slim_service)
@@ -97,7 +112,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         ctx.api::<ControllerRevision>(),
         watcher::Config::default().labels(LABEL_NAME),
     )
-    .modify(|r| r.managed_fields_mut().clear())
+    .modify(crate::cache::slim_revision)
     .inspect_ok(revisions.writer())
     .applied_objects()
     .for_each(|_| async {});
@@ -184,12 +199,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .for_each(|_| async {});
     let ordinary = crate::cache::controller(primary, stormservices)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
-        .owns_stream(roleset_events)
-        .reconcile_on(wakes)
-        .watches_stream(pod_events, |pod: Pod| {
-            let name = pod.labels().get(AIBRIX_LABEL_STORM_SERVICE_NAME)?.clone();
-            Some(ObjectRef::<StormService>::new(&name).within(&pod.namespace()?))
-        })
+        .reconcile_on(futures::stream::select(wakes, triggers))
         .graceful_shutdown_on(stop.map(|_| ()))
         .run(reconcile, error_policy, state)
         .for_each(|result| async move {

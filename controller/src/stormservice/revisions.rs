@@ -61,8 +61,7 @@ pub fn update_revision(caches: &Caches, obj: &StormService) -> String {
         let stored = caches
             .revisions
             .get(&ns, &revision_name(&name, rev))
-            .and_then(|cr| cr.data.clone())
-            .and_then(|d| serde_json::from_value::<RoleSetTemplateSpec>(d.0).ok());
+            .and_then(|cr| stored_template(&cr));
         if stored.is_some_and(|t| rollout::revision::of_template(&t) == id) {
             return rev.to_string();
         }
@@ -198,6 +197,15 @@ pub async fn prune(
     Ok(())
 }
 
+/// The template a ControllerRevision stores: its `data`, as the API serves it or as the cache
+/// keeps it ([`crate::cache::slim_revision`]: the same JSON as one string).
+pub fn stored_template(cr: &ControllerRevision) -> Option<RoleSetTemplateSpec> {
+    match &cr.data.as_ref()?.0 {
+        serde_json::Value::String(json) => serde_json::from_str(json).ok(),
+        data => serde::Deserialize::deserialize(data).ok(),
+    }
+}
+
 /// The index of a RoleSet named `<service>-<revision>-<index>`.
 pub fn index_of(roleset: &str, prefix: &str) -> Option<i32> {
     roleset.strip_prefix(prefix)?.parse().ok()
@@ -216,10 +224,7 @@ pub fn template_of(
         return Ok(obj.spec.template.clone());
     }
     if let Some(cr) = caches.revisions.get(&ns, &revision_name(&name, rev))
-        && let Some(Ok(t)) = cr
-            .data
-            .as_ref()
-            .map(|d| serde_json::from_value::<RoleSetTemplateSpec>(d.0.clone()))
+        && let Some(t) = stored_template(&cr)
     {
         return Ok(with_current_replicas(t, &obj.spec.template));
     }
@@ -307,7 +312,7 @@ pub fn role_revisions(
         .owned_by(&ns, &name)
         .iter()
         .filter_map(|r| {
-            let t = serde_json::from_value(r.data.as_ref()?.0.clone()).ok()?;
+            let t = stored_template(r)?;
             Some((r.revision, r.name_any(), t))
         })
         .collect();
@@ -485,7 +490,13 @@ mod tests {
             .expect("pod spec")
             .containers[0]
             .image = Some("d:2".into());
-        let revisions = Owned::of([cr(1, "a", &first), cr(2, "b", &second)]);
+        // One revision as the API serves it, one as the cache keeps it: both read the same.
+        let mut slimmed = cr(2, "b", &second);
+        crate::cache::slim_revision(&mut slimmed);
+        assert!(slimmed.data.as_ref().is_some_and(|d| d.0.is_string()));
+        assert_eq!(stored_template(&slimmed), Some(second.clone()));
+        assert_eq!(stored_template(&cr(2, "b", &second)), Some(second.clone()));
+        let revisions = Owned::of([cr(1, "a", &first), slimmed]);
         let caches = Caches {
             rolesets: Owned::default(),
             pods: Owned::default(),
