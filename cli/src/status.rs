@@ -12,7 +12,9 @@ use std::fmt::Write;
 use std::time::Duration;
 use storm_shared::keys::LABEL_REVISION;
 use storm_shared::status::ConditionType;
-use storm_shared::types::stormservice::{CanaryStep, RolloutPhase, RolloutStrategyType};
+use storm_shared::types::stormservice::{
+    CanaryStep, RolloutPhase, RolloutStrategyType, ScaleDownReason,
+};
 use storm_shared::{RoleSet, StormService};
 
 /// RoleSets of one revision.
@@ -119,6 +121,17 @@ pub fn render(view: &View) -> String {
             "Active:     {}   Preview: {}",
             bg.active_selector.as_deref().unwrap_or("-"),
             bg.preview_selector.as_deref().unwrap_or("-")
+        );
+    }
+    for d in &rs.scale_downs {
+        let why = match d.reason {
+            ScaleDownReason::Promoted => "replaced by a promotion: scaleDownDelaySeconds",
+            ScaleDownReason::Aborted => "left by an abort: abortScaleDownDelaySeconds",
+        };
+        let _ = writeln!(
+            out,
+            "Draining:   {} until {} ({why})",
+            d.revision, d.due_time.0
         );
     }
     if !rs.analysis_runs.is_empty() {
@@ -466,6 +479,7 @@ mod tests {
             json!({"observedGeneration": 2, "currentRevision": "aaa", "updateRevision": "bbb",
             "rolloutStatus": {"phase": "Progressing", "currentStepIndex": 1, "routerWeight": 25,
                 "canaryStatus": {"currentWeight": 25},
+                "scaleDowns": [{"revision": "zzz", "reason": "Promoted", "dueTime": "2026-11-26T09:31:00Z"}],
                 "analysisRuns": [{"name": "step-1", "revision": "bbb", "phase": "Running",
                     "message": "next measurement at 2026-11-26T09:30:00Z",
                     "metrics": [{"name": "success-rate/errors", "phase": "Running", "count": 2,
@@ -474,6 +488,10 @@ mod tests {
         let text = render(&v);
         assert!(
             text.contains("Router:     reports 25% on the canary"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Draining:   zzz until 2026-11-26T09:31:00Z (replaced by a promotion: scaleDownDelaySeconds)"),
             "{text}"
         );
         assert!(

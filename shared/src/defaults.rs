@@ -13,6 +13,11 @@ use serde_json::{Value, json};
 pub const DEFAULT_ON_TIMEOUT: &str = "30m";
 /// Default `blueGreen.scaleDownDelaySeconds`.
 pub const DEFAULT_SCALE_DOWN_DELAY_SECONDS: i64 = 30;
+/// Default `canary.scaleDownDelaySeconds` with a traffic router: the old stable served all the
+/// traffic until the last weight moved, so the longest streaming responses are still in flight.
+pub const DEFAULT_CANARY_SCALE_DOWN_DELAY_SECONDS: i64 = 60;
+/// Default `abortScaleDownDelaySeconds` (blue-green, and canary with a traffic router).
+pub const DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS: i64 = 30;
 
 /// The operations that default an object, and what the user should hear about them.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -134,6 +139,19 @@ pub fn default_storm_service(obj: &Value) -> Defaulted {
                 json!(DEFAULT_SCALE_DOWN_DELAY_SECONDS),
             );
         }
+        if unset(&bg, "abortScaleDownDelaySeconds") {
+            add(
+                &mut out,
+                &mut doc,
+                &[
+                    "spec",
+                    "rolloutStrategy",
+                    "blueGreen",
+                    "abortScaleDownDelaySeconds",
+                ],
+                json!(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS),
+            );
+        }
         if unset(&bg, "autoPromotionEnabled") {
             add(
                 &mut out,
@@ -146,6 +164,34 @@ pub fn default_storm_service(obj: &Value) -> Defaulted {
                 ],
                 json!(false),
             );
+        }
+    }
+    // The drain delays of a canary behind a traffic router (without one they are 0, and stay
+    // unset so that adding a router later gets these defaults).
+    let canary = doc
+        .pointer("/spec/rolloutStrategy/canary")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if canary.get("trafficRouting").is_some_and(|r| !r.is_null()) {
+        for (field, seconds) in [
+            (
+                "scaleDownDelaySeconds",
+                DEFAULT_CANARY_SCALE_DOWN_DELAY_SECONDS,
+            ),
+            (
+                "abortScaleDownDelaySeconds",
+                DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS,
+            ),
+        ] {
+            if unset(&canary, field) {
+                add(
+                    &mut out,
+                    &mut doc,
+                    &["spec", "rolloutStrategy", "canary", field],
+                    json!(seconds),
+                );
+            }
         }
     }
     out

@@ -45,7 +45,56 @@ fn explicit_false_is_not_overwritten() {
         json!({"enabled": true, "onFailure": {"analysisFailure": false, "healthCheckFailure": false}, "onTimeout": "1h"}),
     );
     let d = default_storm_service(&v);
-    assert!(d.patch.is_empty(), "{:?}", d.patch);
+    assert!(
+        d.patch
+            .iter()
+            .all(|op| !op.path().to_string().contains("autoRollback")),
+        "{:?}",
+        d.patch
+    );
+}
+
+#[test]
+fn drain_delays_default_with_a_router_and_stay_unset_without_one() {
+    let routed = canary();
+    assert!(
+        routed
+            .pointer("/spec/rolloutStrategy/canary/trafficRouting")
+            .is_some()
+    );
+    let mut v = routed.clone();
+    apply_defaults(&mut v).expect("patch applies");
+    let c = &v["spec"]["rolloutStrategy"]["canary"];
+    assert_eq!(
+        (
+            &c["scaleDownDelaySeconds"],
+            &c["abortScaleDownDelaySeconds"]
+        ),
+        (&json!(60), &json!(30))
+    );
+    // Given values are kept, 0 included.
+    let mut v = routed.clone();
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/canary/scaleDownDelaySeconds",
+        json!(0),
+    );
+    apply_defaults(&mut v).expect("patch applies");
+    assert_eq!(
+        v["spec"]["rolloutStrategy"]["canary"]["scaleDownDelaySeconds"],
+        json!(0)
+    );
+    // Without a router: nothing added (adding a router later gets the defaults).
+    let mut v = routed;
+    v["spec"]["rolloutStrategy"]["canary"]
+        .as_object_mut()
+        .expect("canary")
+        .remove("trafficRouting");
+    apply_defaults(&mut v).expect("patch applies");
+    let c = &v["spec"]["rolloutStrategy"]["canary"];
+    assert!(
+        c.get("scaleDownDelaySeconds").is_none() && c.get("abortScaleDownDelaySeconds").is_none()
+    );
 }
 
 #[test]

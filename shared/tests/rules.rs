@@ -1015,3 +1015,46 @@ fn a_grace_period_shorter_than_the_startup_window_warns_with_the_numbers() {
         assert!(!warning_paths(&validate(&v)).contains(&path.to_string()));
     }
 }
+
+#[test]
+fn drain_delays_are_between_zero_and_a_day_in_both_strategies() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/canary/scaleDownDelaySeconds",
+        json!(86401),
+    );
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/canary/abortScaleDownDelaySeconds",
+        json!(-1),
+    );
+    let r = rejects(
+        &v,
+        &[
+            "spec.rolloutStrategy.canary.scaleDownDelaySeconds",
+            "spec.rolloutStrategy.canary.abortScaleDownDelaySeconds",
+        ],
+    );
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.to_string().contains("between 0 and 86400"))
+    );
+    let mut v = blue_green();
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/blueGreen/abortScaleDownDelaySeconds",
+        json!(90000),
+    );
+    rejects(
+        &v,
+        &["spec.rolloutStrategy.blueGreen.abortScaleDownDelaySeconds"],
+    );
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/blueGreen/abortScaleDownDelaySeconds",
+        json!(600),
+    );
+    accepts(&v);
+}

@@ -8,6 +8,7 @@
 
 use super::Machine;
 use super::controls::{Controls, ignore};
+use super::drain;
 use super::gates::{self, Gate};
 use super::lifecycle::{
     self, Steer, analysis_failed, deadline, failure, halt, hold_on_stable, paused_by_user,
@@ -19,7 +20,9 @@ use k8s_openapi::jiff::SignedDuration;
 use std::time::Duration;
 use storm_shared::keys::ANNOTATION_APPROVAL;
 use storm_shared::status::{ConditionType as Cond, Reason};
-use storm_shared::types::stormservice::{BlueGreenStatus, BlueGreenStrategy, RolloutPhase};
+use storm_shared::types::stormservice::{
+    BlueGreenStatus, BlueGreenStrategy, RolloutPhase, ScaleDownReason,
+};
 
 pub(crate) fn run(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy, controls: Controls) {
     let ar = auto_rollback(m.input.spec);
@@ -50,7 +53,10 @@ pub(crate) fn run(m: &mut Machine, stable: &str, bg: &BlueGreenStrategy, control
             hold_on_stable(m, stable);
         }
         Steer::Halted => hold_in_place(m, stable, bg),
-        Steer::Run { approval } => progress(m, stable, bg, &ar, approval),
+        Steer::Run { approval } => {
+            drain::forget(m, &m.update.clone());
+            progress(m, stable, bg, &ar, approval)
+        }
     }
 }
 
@@ -313,6 +319,12 @@ fn complete(m: &mut Machine, bg: &BlueGreenStrategy) {
     m.services
         .push((bg.preview_service.clone(), update.clone()));
     keep_old_for_scale_down_delay(m, &update);
+    for rev in m.input.observed.revisions() {
+        if rev != update {
+            drain::schedule(m, &rev, ScaleDownReason::Promoted);
+        }
+    }
+    drain::keep_due(m, &update);
 }
 
 /// The revisions other than `stable` keep their RoleSets until `scaleDownDelaySeconds` after the

@@ -7,6 +7,7 @@
 
 use super::Machine;
 use super::controls::{Controls, ignore};
+use super::drain;
 use super::gates::{self, Gate};
 use super::lifecycle::{self, Steer};
 use super::revision;
@@ -16,7 +17,9 @@ use k8s_openapi::jiff::SignedDuration;
 use std::collections::BTreeMap;
 use storm_shared::keys::ANNOTATION_APPROVAL;
 use storm_shared::status::{ConditionType as Cond, Reason, condition_reason};
-use storm_shared::types::stormservice::{CanaryStep, CanaryStrategy, RolloutPhase};
+use storm_shared::types::stormservice::{
+    CanaryStep, CanaryStrategy, RolloutPhase, ScaleDownReason,
+};
 use storm_shared::units::parse_duration;
 
 /// Where a step wants the canary: RoleSets and traffic weight.
@@ -72,7 +75,10 @@ pub(crate) fn run(m: &mut Machine, stable: &str, canary: &CanaryStrategy, contro
     match lifecycle::steer(m, stable, controls) {
         Steer::RolledBack => lifecycle::hold_on_stable(m, stable),
         Steer::Halted => lifecycle::hold_in_place(m, stable),
-        Steer::Run { approval } => progress(m, stable, canary, &ar, approval),
+        Steer::Run { approval } => {
+            drain::forget(m, &m.update.clone());
+            progress(m, stable, canary, &ar, approval)
+        }
     }
 }
 
@@ -225,10 +231,13 @@ impl Position {
     fn in_place(&self, m: &Machine, stable_target: i32, weight: i32) -> InPlace {
         let t = self.target;
         let stable_wanted = if self.promoting { 0 } else { stable_target };
+        // With a drain delay, a promotion completes with stable still there: it drains after.
+        let drains = self.promoting
+            && drain::delay(m, ScaleDownReason::Promoted) > k8s_openapi::jiff::SignedDuration::ZERO;
         InPlace {
             capacity: self.canary_ready >= t.canary
                 && self.canary_existing == t.canary
-                && self.stable_existing == stable_wanted,
+                && (self.stable_existing == stable_wanted || drains),
             routed: !self.router || m.input.observed.router_weight == Some(weight),
         }
     }
@@ -547,6 +556,12 @@ fn advance(m: &mut Machine, idx: usize) {
 fn complete(m: &mut Machine) {
     lifecycle::complete(m);
     let update = m.update.clone();
+    for rev in m.input.observed.revisions() {
+        if rev != update {
+            drain::schedule(m, &rev, ScaleDownReason::Promoted);
+        }
+    }
+    drain::keep_due(m, &update);
     m.pin_services(&update, &update);
     m.weight = 100;
     m.status_weight = Some(100);

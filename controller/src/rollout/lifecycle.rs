@@ -7,6 +7,7 @@
 
 use super::Machine;
 use super::controls::{Controls, ignore};
+use super::drain;
 use super::gates::{self, Gate};
 use super::health;
 use super::settings::AutoRollback;
@@ -19,7 +20,7 @@ use storm_shared::keys::{
 use storm_shared::status::{
     ConditionType as Cond, Reason, condition, condition_true, is_true_because,
 };
-use storm_shared::types::stormservice::RolloutPhase;
+use storm_shared::types::stormservice::{RolloutPhase, ScaleDownReason};
 
 /// Whether the rollout is held by the pause annotation.
 pub(crate) fn paused_by_user(m: &Machine) -> bool {
@@ -262,11 +263,15 @@ pub(crate) fn hold_on_stable(m: &mut Machine, stable: &str) {
     let stable_whole = obs.ready(stable) >= m.replicas && traffic_off;
     m.scale.insert(stable.to_string(), m.replicas);
     let canary_now = if stable_whole {
+        // No traffic left on it: it drains for `abortScaleDownDelaySeconds`, then goes.
+        let update = m.update.clone();
+        drain::schedule(m, &update, ScaleDownReason::Aborted);
         0
     } else {
         obs.existing(&m.update)
     };
     m.scale.insert(m.update.clone(), canary_now);
+    drain::keep_due(m, stable);
     m.pin_services(stable, stable);
     m.weight = weight;
     m.status_weight = Some(weight);

@@ -100,7 +100,7 @@ impl<'a> Machine<'a> {
     }
 
     /// The canary strategy, when the rollout strategy is a canary.
-    fn canary(&self) -> Option<&'a storm_shared::types::stormservice::CanaryStrategy> {
+    pub fn canary(&self) -> Option<&'a storm_shared::types::stormservice::CanaryStrategy> {
         self.input
             .spec
             .rollout_strategy
@@ -156,6 +156,8 @@ impl<'a> Machine<'a> {
         self.rs.pause_start_time = None;
         self.rs.approved_step = None;
         self.rs.promote_full = None;
+        // A new rollout ends every drain: its plan decides what stays.
+        self.rs.scale_downs.clear();
         self.rs.step_start_time = Some(Time(self.now));
         let update = self.update.clone();
         gates::keep_revision(self, &update);

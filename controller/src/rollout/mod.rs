@@ -7,6 +7,7 @@
 mod bluegreen;
 mod canary;
 mod controls;
+mod drain;
 pub mod gates;
 pub mod health;
 mod lifecycle;
@@ -93,6 +94,7 @@ fn first_deployment(m: &mut Machine, controls: controls::Controls) {
 fn at_rest(m: &mut Machine, stable: &str, controls: controls::Controls) {
     m.scale.insert(stable.to_string(), m.replicas);
     bluegreen::keep_old_for_scale_down_delay(m, stable);
+    drain::keep_due(m, stable);
     // A router still sending traffic away from stable (a template reverted mid-rollout): the
     // other revisions keep their RoleSets until it reports 0.
     if m.has_router() && m.input.observed.router_weight.is_some_and(|w| w != 0) {

@@ -4,8 +4,22 @@ use super::{check_analysis_ref, names};
 use crate::errors::{FieldError, FieldPath, Report};
 use crate::types::stormservice::BlueGreenStrategy;
 
-/// Longest `scaleDownDelaySeconds`: one day. Longer keeps a full second copy of an LLM fleet for no reason.
+/// Longest drain delay (`scaleDownDelaySeconds`, `abortScaleDownDelaySeconds`): one day. Longer
+/// keeps a full second copy of an LLM fleet for no reason.
 const MAX_SCALE_DOWN_DELAY: i32 = 24 * 3600;
+
+/// A drain delay between 0 and [`MAX_SCALE_DOWN_DELAY`] (both strategies).
+pub(super) fn check_delay(value: Option<i32>, path: FieldPath, report: &mut Report) {
+    if let Some(d) = value
+        && !(0..=MAX_SCALE_DOWN_DELAY).contains(&d)
+    {
+        report.error(FieldError::invalid(
+            path,
+            d,
+            "must be between 0 and 86400 (one day)",
+        ));
+    }
+}
 
 pub(super) fn check(bg: &BlueGreenStrategy, path: &FieldPath, report: &mut Report) {
     for (field, value) in [
@@ -28,15 +42,16 @@ pub(super) fn check(bg: &BlueGreenStrategy, path: &FieldPath, report: &mut Repor
             "must differ from activeService: the preview must not receive production traffic",
         ));
     }
-    if let Some(d) = bg.scale_down_delay_seconds
-        && !(0..=MAX_SCALE_DOWN_DELAY).contains(&d)
-    {
-        report.error(FieldError::invalid(
-            path.child("scaleDownDelaySeconds"),
-            d,
-            "must be between 0 and 86400 (one day)",
-        ));
-    }
+    check_delay(
+        bg.scale_down_delay_seconds,
+        path.child("scaleDownDelaySeconds"),
+        report,
+    );
+    check_delay(
+        bg.abort_scale_down_delay_seconds,
+        path.child("abortScaleDownDelaySeconds"),
+        report,
+    );
     if let Some(a) = &bg.pre_promotion_analysis {
         check_analysis_ref(a, &path.child("prePromotionAnalysis"), report);
     }

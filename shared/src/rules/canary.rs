@@ -101,6 +101,16 @@ pub(super) fn check(canary: &CanaryStrategy, replicas: i32, path: &FieldPath, re
     if let Some(v) = &canary.max_unavailable {
         check_budget(v, path.child("maxUnavailable"), report);
     }
+    super::bluegreen::check_delay(
+        canary.scale_down_delay_seconds,
+        path.child("scaleDownDelaySeconds"),
+        report,
+    );
+    super::bluegreen::check_delay(
+        canary.abort_scale_down_delay_seconds,
+        path.child("abortScaleDownDelaySeconds"),
+        report,
+    );
 }
 
 fn check_services(canary: &CanaryStrategy, path: &FieldPath, report: &mut Report) {

@@ -244,6 +244,18 @@ pub struct CanaryStrategy {
     /// `spec.rolloutStrategy.autoRollback` and warns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_rollback: Option<AutoRollback>,
+    /// Seconds the old stable RoleSets stay after a promotion, so that requests still streaming
+    /// from them finish and every router and proxy has let go of them. Defaults to 60 with a
+    /// traffic router and 0 without (without one, stable shrinks a RoleSet at a time through the
+    /// steps, and each Pod drains in its own termination grace period).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub scale_down_delay_seconds: Option<i32>,
+    /// Seconds the canary RoleSets stay after an abort or a rollback, once no traffic goes to
+    /// them. Defaults to 30 with a traffic router and 0 without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub abort_scale_down_delay_seconds: Option<i32>,
 }
 
 /// One canary step. Set `weight` or `replicas` (or neither, for a step that only pauses or analyses).
@@ -390,6 +402,11 @@ pub struct BlueGreenStrategy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub scale_down_delay_seconds: Option<i32>,
+    /// Seconds the new revision's RoleSets stay after an abort or a rollback, once the active
+    /// Service is back on stable. Defaults to 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub abort_scale_down_delay_seconds: Option<i32>,
     /// Analysis that must succeed before promotion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_promotion_analysis: Option<AnalysisRef>,
@@ -534,10 +551,37 @@ pub struct RolloutStatus {
     /// the error-rate metric), with their latest measurements. Bounded: the newest runs only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis_runs: Vec<AnalysisRunStatus>,
+    /// RoleSets kept after a promotion or an abort while requests to them drain: which revision,
+    /// why, and when it is scaled down. Kept in the status, so a restarted controller keeps the
+    /// times.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scale_downs: Vec<ScaleDown>,
     /// The traffic weight of the canary as the traffic routers last reported it (absent without a
     /// router, or when the routers disagree or could not be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router_weight: Option<i32>,
+}
+
+/// A revision whose RoleSets are kept for a drain delay.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDown {
+    /// The revision kept.
+    pub revision: String,
+    /// `Promoted` (it was stable until a promotion: `scaleDownDelaySeconds`) or `Aborted` (it was
+    /// being rolled out: `abortScaleDownDelaySeconds`).
+    pub reason: ScaleDownReason,
+    /// When its RoleSets are scaled down.
+    pub due_time: Time,
+}
+
+/// Why a revision is kept for a drain delay.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ScaleDownReason {
+    /// Replaced by a promotion.
+    Promoted,
+    /// Left by an abort or a rollback.
+    Aborted,
 }
 
 /// One analysis: the metrics of its templates, measured for one revision.

@@ -122,6 +122,9 @@ fn a_failed_post_promotion_analysis_switches_back() {
     assert_eq!(bg_status(&sim).active_selector, Some(v1.clone()));
     assert_eq!(sim.phase(), Some(RolloutPhase::Degraded));
     sim.settle(2);
+    assert_eq!(sim.count(&v2), 2, "drains for abortScaleDownDelaySeconds");
+    sim.advance(31);
+    sim.settle(2);
     assert_eq!(sim.count(&v2), 0);
     assert_eq!(sim.count(&v1), 2);
 }
@@ -137,6 +140,9 @@ fn failing_preview_pods_roll_back_before_promotion() {
     sim.settle(3);
     assert_eq!(sim.degraded_reason().as_deref(), Some("HealthCheckFailed"));
     assert_eq!(sim.service("active"), Some(v1.clone()));
+    sim.settle(2);
+    assert!(sim.count(&v2) > 0, "drains for abortScaleDownDelaySeconds");
+    sim.advance(31);
     sim.settle(2);
     assert_eq!(sim.count(&v2), 0);
 }
@@ -160,7 +166,8 @@ fn pre_promotion_analysis_gates_the_approval() {
 #[test]
 fn abort_and_retry() {
     let (mut sim, v1) = deployed_bg(serde_json::json!({
-        "activeService": "active", "previewService": "preview", "autoPromotionEnabled": false
+        "activeService": "active", "previewService": "preview", "autoPromotionEnabled": false,
+        "abortScaleDownDelaySeconds": 10
     }));
     sim.set_image("app:v2");
     let v2 = sim.revision();
@@ -168,6 +175,10 @@ fn abort_and_retry() {
     sim.annotate(ABORT);
     sim.settle(3);
     assert_eq!(sim.phase(), Some(RolloutPhase::Aborted));
+    assert_eq!(sim.count(&v2), 2, "the preview drains for 10 s");
+    assert_eq!(sim.service("preview"), Some(v1.clone()), "no Service on it");
+    sim.advance(11);
+    sim.settle(2);
     assert_eq!(sim.count(&v2), 0);
     assert_eq!(sim.service("active"), Some(v1.clone()));
     sim.annotate(RETRY);

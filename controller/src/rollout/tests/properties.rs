@@ -148,6 +148,14 @@ proptest! {
             if router && !promoting && rs.phase != Some(RolloutPhase::Completed) && sim.stable() == Some(v1.clone()) {
                 prop_assert_eq!(plan.scale.get(&v1).copied().unwrap_or(0), replicas, "with a router stable keeps full size");
             }
+            // A draining revision gets no traffic: no Service selects it, and after an abort the
+            // router sends it nothing.
+            for d in &rs.scale_downs {
+                prop_assert!(plan.services.iter().all(|(_, r)| *r != d.revision), "a Service on draining {}", d.revision);
+                if router && d.revision == v2 {
+                    prop_assert_eq!(plan.weight, 0, "traffic to the draining canary");
+                }
+            }
             // Every approval acts at most once.
             let approved = sim.notes.iter().filter(|n| n.reason == Reason::Approved).count();
             prop_assert!(approved <= approvals_given);
@@ -157,6 +165,9 @@ proptest! {
         sim.router_frozen = false;
         sim.annotate(ABORT);
         sim.settle(6);
+        // Past any drain delay (30 s after an abort with a router).
+        sim.advance(31);
+        sim.settle(2);
         if sim.stable() == Some(v1.clone()) {
             prop_assert_eq!(sim.count(&v1), usize::try_from(replicas).expect("r"));
             prop_assert_eq!(sim.count(&v2), 0);

@@ -2,6 +2,8 @@
 //! reports its weight, promotion moves traffic before capacity, abort moves traffic before capacity.
 
 use super::*;
+use k8s_openapi::jiff::SignedDuration;
+use storm_shared::types::stormservice::{ScaleDown, ScaleDownReason};
 
 fn routed(replicas: i32) -> (Sim, String) {
     let mut s = spec(seed_steps(), replicas, "app:v1");
@@ -82,8 +84,51 @@ fn promotion_moves_traffic_before_stable_goes() {
     sim.router_frozen = false;
     sim.settle(4);
     assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
+    assert_eq!(sim.stable(), Some(v2.clone()));
+    // All traffic is on the new revision; the old one drains for scaleDownDelaySeconds (60 by
+    // default with a router), its due time in the status.
+    assert_eq!(sim.count(&v1), 2, "the old stable drains");
+    let drains = scale_downs(&sim);
+    assert_eq!(drains.len(), 1);
+    assert_eq!(
+        (drains[0].revision.as_str(), drains[0].reason),
+        (v1.as_str(), ScaleDownReason::Promoted)
+    );
+    let left = drains[0].due_time.0.duration_since(sim.now);
+    assert!(left > SignedDuration::ZERO && left <= SignedDuration::from_secs(60));
+    let plan = sim.last.as_ref().expect("plan");
+    assert!(
+        plan.services.iter().all(|(_, rev)| *rev == v2),
+        "no Service on it"
+    );
+    sim.advance(59);
+    sim.settle(2);
+    assert_eq!(sim.count(&v1), 2, "still draining");
+    sim.advance(2);
+    sim.settle(2);
+    assert_eq!(sim.count(&v1), 0, "gone once due");
+    assert!(scale_downs(&sim).is_empty());
+}
+
+fn scale_downs(sim: &Sim) -> Vec<ScaleDown> {
+    sim.status
+        .as_ref()
+        .and_then(|s| s.rollout_status.as_ref())
+        .map(|r| r.scale_downs.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn an_explicit_delay_overrides_the_default_and_zero_removes_stable_before_completion() {
+    let (mut sim, v1) = routed(2);
+    canary_of(&mut sim.spec).steps =
+        serde_json::from_value(serde_json::json!([{"weight": 50}])).expect("steps");
+    canary_of(&mut sim.spec).scale_down_delay_seconds = Some(0);
+    sim.set_image("app:v2");
+    sim.settle(8);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
     assert_eq!(sim.count(&v1), 0);
-    assert_eq!(sim.stable(), Some(v2));
+    assert!(scale_downs(&sim).is_empty());
 }
 
 #[test]
@@ -110,8 +155,37 @@ fn abort_takes_traffic_before_capacity() {
     sim.router_frozen = false;
     sim.settle(2);
     assert_eq!(sim.router, Some(0));
+    // No traffic on it any more: it drains for abortScaleDownDelaySeconds (30 by default).
+    assert_eq!(sim.count(&v2), 1, "the canary drains");
+    let drains = scale_downs(&sim);
+    assert_eq!(
+        (drains[0].revision.as_str(), drains[0].reason),
+        (v2.as_str(), ScaleDownReason::Aborted)
+    );
+    sim.advance(31);
+    sim.settle(2);
     assert_eq!(sim.count(&v2), 0);
     assert_eq!(sim.count(&v1), 4);
+    assert!(scale_downs(&sim).is_empty());
+}
+
+#[test]
+fn a_retry_during_the_abort_drain_ends_it() {
+    let (mut sim, _) = routed(4);
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(3);
+    sim.annotate(ABORT);
+    sim.settle(3);
+    assert_eq!(scale_downs(&sim).len(), 1);
+    assert_eq!(sim.count(&v2), 1);
+    sim.annotate(RETRY);
+    sim.settle(3);
+    assert!(scale_downs(&sim).is_empty(), "the revision is wanted again");
+    assert_eq!(sim.step(), Some(0));
+    sim.advance(31);
+    sim.settle(2);
+    assert_eq!(sim.count(&v2), 1, "kept by the rollout, not the drain");
 }
 
 #[test]
@@ -157,6 +231,10 @@ fn a_lost_router_reading_after_a_long_pause_is_not_a_deadline() {
 #[test]
 fn after_promotion_removed_stable_traffic_never_goes_back_to_it() {
     let (mut sim, v1) = routed(2);
+    // Without a drain, stable goes before the promotion completes.
+    let c = canary_of(&mut sim.spec);
+    c.scale_down_delay_seconds = Some(0);
+    c.abort_scale_down_delay_seconds = Some(0);
     canary_of(&mut sim.spec).steps =
         serde_json::from_value(serde_json::json!([{"weight": 50}])).expect("steps");
     sim.set_image("app:v2");
@@ -195,6 +273,7 @@ fn after_promotion_removed_stable_traffic_never_goes_back_to_it() {
 #[test]
 fn an_abort_with_a_silent_router_releases_the_canary_after_a_grace() {
     let (mut sim, v1) = routed(4);
+    canary_of(&mut sim.spec).abort_scale_down_delay_seconds = Some(0);
     sim.set_image("app:v2");
     let v2 = sim.revision();
     sim.settle(3);
