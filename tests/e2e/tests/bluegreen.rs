@@ -194,7 +194,8 @@ async fn failing_preview_pods_roll_back_and_the_active_service_never_moves() -> 
         seed_blue_green(json!({
             "prePromotionAnalysis": null,
             "postPromotionAnalysis": null,
-            "activeService": ACTIVE, "previewService": PREVIEW, "autoPromotionEnabled": true
+            "activeService": ACTIVE, "previewService": PREVIEW, "autoPromotionEnabled": true,
+            "abortScaleDownDelaySeconds": 4
         }))?,
     )
     .await?;
@@ -219,6 +220,8 @@ async fn failing_preview_pods_roll_back_and_the_active_service_never_moves() -> 
         .and_then(|c| c.reason.clone());
     ensure!(reason.as_deref() == Some("HealthCheckFailed"), "{reason:?}");
     wait_service(&env, ACTIVE, &v1).await?;
+    // Rolled back: the new revision drains for abortScaleDownDelaySeconds, then goes.
+    wait_drained(&env, &v2, "Aborted", 4).await?;
     wait_rolesets(&env, &v1, 2, &v2, 0).await?;
     wait_for("the status to say active is v1", TIMEOUT, || async {
         let obj = env.api.get("app").await?;

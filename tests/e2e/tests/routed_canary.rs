@@ -261,8 +261,14 @@ fn routed_service(routing: &Value) -> Value {
         None,
     );
     obj["spec"]["rolloutStrategy"]["canary"]["trafficRouting"] = routing.clone();
+    // Drain delays short enough for a test (the defaults with a router are 60 s and 30 s).
+    obj["spec"]["rolloutStrategy"]["canary"]["scaleDownDelaySeconds"] = json!(DRAIN);
+    obj["spec"]["rolloutStrategy"]["canary"]["abortScaleDownDelaySeconds"] = json!(DRAIN);
     obj
 }
+
+/// The drain delays of [`routed_service`], in seconds.
+const DRAIN: i64 = 4;
 
 async fn wait_weights(env: &Env, r: &Router, want: (i64, i64)) -> Result<Value> {
     wait_for(
@@ -332,6 +338,8 @@ async fn walk(prefix: &str, r: Router) -> Result<()> {
     annotate(&env, "stormservice.aibrix.ai/rollout-abort").await?;
     wait_phase(&env, RolloutPhase::Aborted, None).await?;
     wait_weights(&env, &r, (100, 0)).await?;
+    // Traffic is off the canary; it drains for abortScaleDownDelaySeconds, then goes.
+    wait_drained(&env, &v2, "Aborted", DRAIN).await?;
     wait_rolesets(&env, &v1, 2, &v2, 0).await?;
     // Everything the user wrote is still there, unchanged.
     let after = (r.user_fields)(kubectl_get(&env, users.0, users.1)?);
@@ -384,8 +392,10 @@ async fn a_routed_canary_completes() -> Result<()> {
         annotate(&env, "stormservice.aibrix.ai/rollout-approval").await?;
     }
     wait_phase(&env, RolloutPhase::Completed, None).await?;
-    wait_rolesets(&env, &v1, 0, &v2, 2).await?;
+    // All traffic is on v2 once completed; the old stable drains for scaleDownDelaySeconds.
     wait_service(&env, "app-stable", &v2).await?;
+    wait_drained(&env, &v1, "Promoted", DRAIN).await?;
+    wait_rolesets(&env, &v1, 0, &v2, 2).await?;
     wait_weights(&env, &r, (100, 0)).await?;
     env.ns.cleanup().await
 }

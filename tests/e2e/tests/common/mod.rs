@@ -269,3 +269,50 @@ pub async fn create_template(env: &Env, name: &str, spec: Value) -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// Waits for `revision` to drain for `delay` seconds: listed in `status.rolloutStatus.scaleDowns`
+/// for `reason` (`Promoted` or `Aborted`), its RoleSets kept until the due time, then removed.
+#[allow(dead_code)]
+pub async fn wait_drained(env: &Env, revision: &str, reason: &str, delay: i64) -> Result<()> {
+    let due = wait_for(
+        &format!("{revision} listed as draining ({reason})"),
+        TIMEOUT,
+        || async {
+            let obj = env.api.get("app").await?;
+            let due = obj
+                .status
+                .and_then(|s| s.rollout_status)
+                .into_iter()
+                .flat_map(|r| r.scale_downs)
+                .find(|d| d.revision == revision)
+                .map(|d| (format!("{:?}", d.reason), d.due_time.0));
+            Ok(due)
+        },
+    )
+    .await?;
+    ensure!(due.0 == reason, "drains for {}, not {reason}", due.0);
+    let due = due.1;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let left = due.duration_since(now);
+    ensure!(
+        left.as_secs() <= delay + 2,
+        "due {due}, {left:?} from now: more than the {delay} s asked for"
+    );
+    // Kept until the due time (a second of slack for the clocks' and the poll's granularity).
+    while k8s_openapi::jiff::Timestamp::now() < due - k8s_openapi::jiff::SignedDuration::from_secs(1)
+    {
+        let kept = rolesets(env).await?.get(revision).copied().unwrap_or(0);
+        ensure!(kept > 0, "{revision}'s RoleSets removed before {due}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_for(&format!("{revision}'s RoleSets removed after the drain"), TIMEOUT, || async {
+        Ok((!rolesets(env).await?.contains_key(revision)).then_some(()))
+    })
+    .await?;
+    let removed = k8s_openapi::jiff::Timestamp::now();
+    ensure!(
+        removed >= due - k8s_openapi::jiff::SignedDuration::from_secs(1),
+        "removed at {removed}, before {due}"
+    );
+    Ok(())
+}
