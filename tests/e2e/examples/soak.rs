@@ -34,7 +34,7 @@
 //!   while a canary moves (twice `replicas` for blue-green and a routed canary, and while an abort or rollback grows
 //!   stable back);
 //! - `abort`: 60 s after `Aborted`, weight 0 (in the status and the HTTPRoute) and no RoleSet of
-//!   the aborted revision;
+//!   the aborted revision (its 5 s drain delay included);
 //! - `router_weight`: the HTTPRoute never sends the canary more than the step the rollout is on
 //!   (for longer than the 3 s between reading the route and the StormService);
 //! - `stable_share`: with a route, Ready stable RoleSets never fall below what the route's
@@ -128,7 +128,8 @@ fn manifest(name: &str, kind: Kind, image: &str) -> Value {
     let strategy = match kind {
         Kind::BlueGreen => json!({"type": "BlueGreen", "blueGreen": {
             "activeService": stable, "previewService": canary,
-            "autoPromotionEnabled": false, "scaleDownDelaySeconds": 5}}),
+            "autoPromotionEnabled": false, "scaleDownDelaySeconds": 5,
+            "abortScaleDownDelaySeconds": 5}}),
         Kind::Analysed => json!({"type": "Canary", "canary": {
             "stableService": stable, "canaryService": canary,
             "steps": [{"weight": 34, "analysis": {"templates": [{"name": "flaky"}]}},
@@ -136,6 +137,8 @@ fn manifest(name: &str, kind: Kind, image: &str) -> Value {
         Kind::Routed => json!({"type": "Canary", "canary": {
             "stableService": stable, "canaryService": canary,
             "trafficRouting": {"gatewayAPI": {"httpRoute": format!("{name}-route")}},
+            // Drains shorter than the defaults (60 s, 30 s): the soak's time goes to faults.
+            "scaleDownDelaySeconds": 5, "abortScaleDownDelaySeconds": 5,
             "steps": ROUTED_STEPS.iter().map(|w| match w {
                     34 => json!({"weight": 34, "analysis": {"templates": [{"name": "prometheus"}]}}),
                     67 => json!({"weight": 67, "pause": {"untilApproval": true}}),
