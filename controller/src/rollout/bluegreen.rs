@@ -73,6 +73,20 @@ fn unpromote(m: &mut Machine, stable: &str) {
     let status = m.rs.blue_green_status.get_or_insert_with(Default::default);
     status.active_selector = Some(stable.to_string());
     status.scale_down_delay_start_time = None;
+    status.promoting = None;
+}
+
+/// Whether the promotion is decided (a smaller preview then grows to full size first).
+fn promotion_decided(m: &Machine) -> bool {
+    m.rs.blue_green_status
+        .as_ref()
+        .is_some_and(|b| b.promoting == Some(true))
+}
+
+/// The RoleSets of the preview before the promotion: `previewReplicaCount`, at most `replicas`.
+fn preview_size(bg: &BlueGreenStrategy, replicas: i32) -> i32 {
+    bg.preview_replica_count
+        .map_or(replicas, |n| n.clamp(1.min(replicas), replicas))
 }
 
 /// Pins the active Service to `active` and the preview Service to the new revision.
@@ -123,10 +137,17 @@ fn progress(
         return;
     }
 
-    // Both revisions at full size; the old one keeps serving until promotion.
-    m.scale.insert(stable.to_string(), replicas);
-    m.scale.insert(update.clone(), replicas);
+    // The old revision at full size, serving until the promotion; the preview at
+    // `previewReplicaCount` until the promotion is decided, then at full size before the switch.
     let is_promoted = promoted(m);
+    let growing = is_promoted || promotion_decided(m);
+    let preview_target = if growing {
+        replicas
+    } else {
+        preview_size(bg, replicas)
+    };
+    m.scale.insert(stable.to_string(), replicas);
+    m.scale.insert(update.clone(), preview_target);
     let active = if is_promoted {
         update.clone()
     } else {
@@ -142,7 +163,25 @@ fn progress(
         return;
     }
     let ready = obs.ready(&update);
-    let preview_ready = ready >= replicas && obs.existing(&update) == replicas;
+    let preview_ready = ready >= preview_target && obs.existing(&update) == preview_target;
+    if !preview_ready && growing && !is_promoted {
+        // Promotion decided: the preview grows to full size; the switch waits for all of it.
+        let msg = format!(
+            "promoting revision {update}: the preview grows to {replicas} RoleSets before Service {} switches ({ready} ready)",
+            bg.active_service
+        );
+        m.set_phase(RolloutPhase::Progressing, msg.clone());
+        m.cond(Cond::Progressing, true, Reason::Promoting, &msg);
+        m.cond(Cond::Paused, false, Reason::NotPaused, "not paused");
+        if approval_left {
+            ignore(m, ANNOTATION_APPROVAL, "the promotion is already under way");
+        }
+        deadline(m, stable, ar);
+        if m.phase() == Some(RolloutPhase::Degraded) {
+            fail_cleanup(m, stable, bg);
+        }
+        return;
+    }
     if !preview_ready {
         let was_ready =
             m.rs.blue_green_status
@@ -154,7 +193,7 @@ fn progress(
             // "no progress").
             m.rs.step_start_time = Some(Time(m.now));
         }
-        let msg = format!("preview revision {update}: {ready} of {replicas} RoleSets ready");
+        let msg = format!("preview revision {update}: {ready} of {preview_target} RoleSets ready");
         m.set_phase(RolloutPhase::Progressing, msg.clone());
         m.cond(Cond::Progressing, true, Reason::PreviewProgressing, &msg);
         m.cond(Cond::Paused, false, Reason::NotPaused, "not paused");
@@ -173,7 +212,7 @@ fn progress(
             Cond::Progressing,
             true,
             Reason::PreviewReady,
-            &format!("preview revision {update} is ready with {replicas} RoleSets"),
+            &format!("preview revision {update} is ready with {preview_target} RoleSets"),
         );
     }
     let status = m.rs.blue_green_status.get_or_insert_with(Default::default);
@@ -193,7 +232,8 @@ fn progress(
     // still brought to full readiness above.
     let full = m.rs.promote_full == Some(true);
     if !is_promoted {
-        if bg.pre_promotion_analysis.is_some() && !full {
+        // Decided already (the preview now grows): the analysis passed at the preview's size.
+        if bg.pre_promotion_analysis.is_some() && !full && !growing {
             match gates::gate(m, gates::PRE_PROMOTION) {
                 Gate::Passed => {}
                 Gate::Failed(detail) => {
@@ -211,19 +251,58 @@ fn progress(
                 }
             }
         }
-        if bg.auto_promotion_enabled != Some(true) && !full {
+        if bg.auto_promotion_enabled != Some(true) && !full && !growing {
+            // `autoPromotionSeconds`: promote on our own that long after the preview was ready.
+            let auto_at = bg.auto_promotion_seconds.and_then(|s| {
+                let exposed = m.rs.blue_green_status.as_ref()?.preview_expose_time.clone()?;
+                exposed
+                    .0
+                    .checked_add(SignedDuration::from_secs(i64::from(s.max(0))))
+                    .ok()
+            });
             if approval_left && was_waiting_for_approval(m) {
                 approval_left = false;
                 m.cond(Cond::Paused, false, Reason::Approved, "promotion approved");
                 m.note(false, Reason::Approved, "promotion approved");
-            } else {
+            } else if auto_at.is_some_and(|at| at <= now) {
                 let msg = format!(
-                    "preview revision {update} is ready: waiting for approval to promote (annotate {ANNOTATION_APPROVAL}=true)"
+                    "promoting automatically: the preview has been ready for {} s (autoPromotionSeconds)",
+                    bg.auto_promotion_seconds.unwrap_or(0)
+                );
+                m.cond(Cond::Paused, false, Reason::NotPaused, &msg);
+                m.note(false, Reason::Promoting, msg);
+            } else {
+                let by_then = auto_at
+                    .map(|at| format!(", or it promotes automatically at {at}"))
+                    .unwrap_or_default();
+                let msg = format!(
+                    "preview revision {update} is ready: waiting for approval to promote (annotate {ANNOTATION_APPROVAL}=true){by_then}"
                 );
                 m.set_phase(RolloutPhase::Paused, msg.clone());
                 m.cond(Cond::Paused, true, Reason::WaitingForApproval, &msg);
+                if let Some(at) = auto_at {
+                    m.requeue_in(Duration::try_from(at.duration_since(now)).unwrap_or_default());
+                }
                 return;
             }
+        }
+        // The promotion is decided. A smaller preview grows to full size first; the switch
+        // follows once it is all ready (a later decision).
+        if preview_target < replicas {
+            let status = m.rs.blue_green_status.get_or_insert_with(Default::default);
+            status.promoting = Some(true);
+            m.scale.insert(update.clone(), replicas);
+            let msg = format!(
+                "promoting revision {update}: the preview grows from {preview_target} to {replicas} RoleSets before Service {} switches",
+                bg.active_service
+            );
+            m.set_phase(RolloutPhase::Progressing, msg.clone());
+            m.cond(Cond::Progressing, true, Reason::Promoting, &msg);
+            m.cond(Cond::Paused, false, Reason::NotPaused, "not paused");
+            m.note(false, Reason::Promoting, msg);
+            // The deadline counts from the decision: growing is progress.
+            m.rs.step_start_time = Some(Time(now));
+            return;
         }
         // Promote: the active Service switches now, in this decision.
         let status = m.rs.blue_green_status.get_or_insert_with(Default::default);

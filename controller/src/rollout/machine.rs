@@ -168,6 +168,7 @@ impl<'a> Machine<'a> {
                 preview_selector: Some(update),
                 scale_down_delay_start_time: None,
                 preview_expose_time: None,
+                promoting: None,
             });
         }
         let msg = format!("rolling out revision {} (stable {stable})", self.update);

@@ -21,7 +21,7 @@ pub(super) fn check_delay(value: Option<i32>, path: FieldPath, report: &mut Repo
     }
 }
 
-pub(super) fn check(bg: &BlueGreenStrategy, path: &FieldPath, report: &mut Report) {
+pub(super) fn check(bg: &BlueGreenStrategy, replicas: i32, path: &FieldPath, report: &mut Report) {
     for (field, value) in [
         ("activeService", &bg.active_service),
         ("previewService", &bg.preview_service),
@@ -52,6 +52,28 @@ pub(super) fn check(bg: &BlueGreenStrategy, path: &FieldPath, report: &mut Repor
         path.child("abortScaleDownDelaySeconds"),
         report,
     );
+    if let Some(n) = bg.preview_replica_count
+        && !(1..=replicas.max(1)).contains(&n)
+    {
+        report.error(FieldError::invalid(
+            path.child("previewReplicaCount"),
+            n,
+            format!(
+                "must be between 1 and spec.replicas ({replicas}): the preview runs with that many RoleSets until the promotion grows it to {replicas}"
+            ),
+        ));
+    }
+    check_delay(
+        bg.auto_promotion_seconds,
+        path.child("autoPromotionSeconds"),
+        report,
+    );
+    if bg.auto_promotion_enabled == Some(true) && bg.auto_promotion_seconds.is_some() {
+        report.warn(
+            path.child("autoPromotionSeconds"),
+            "has no effect with autoPromotionEnabled: true, which promotes as soon as the preview is ready; set autoPromotionEnabled: false to promote after the delay",
+        );
+    }
     if let Some(a) = &bg.pre_promotion_analysis {
         check_analysis_ref(a, &path.child("prePromotionAnalysis"), report);
     }

@@ -85,7 +85,7 @@ fn check_strategy(
                 ));
             }
             match &strategy.blue_green {
-                Some(bg) => bluegreen::check(bg, &path.child("blueGreen"), report),
+                Some(bg) => bluegreen::check(bg, replicas, &path.child("blueGreen"), report),
                 None => report.error(FieldError::required(
                     path.child("blueGreen"),
                     "type BlueGreen needs a blueGreen block with activeService and previewService",

@@ -398,6 +398,17 @@ pub struct BlueGreenStrategy {
     /// wait for the approval annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_promotion_enabled: Option<bool>,
+    /// Promote automatically this many seconds after the preview is ready (and its pre-promotion
+    /// analysis passed), unless it was approved before. For `autoPromotionEnabled: false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub auto_promotion_seconds: Option<i32>,
+    /// RoleSets the preview runs with until the promotion (1 to `replicas`): on promotion it
+    /// grows to `replicas`, and the active Service switches once they are all ready. Defaults to
+    /// `replicas` (a full-size preview).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub preview_replica_count: Option<i32>,
     /// Seconds to keep the old revision after promotion, for a quick switch back. Defaults to 30.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
@@ -721,4 +732,8 @@ pub struct BlueGreenStatus {
     /// When the preview was first exposed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preview_expose_time: Option<Time>,
+    /// The promotion is decided (approved, automatic or full): a preview smaller than `replicas`
+    /// (`previewReplicaCount`) grows to full size before the active Service switches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoting: Option<bool>,
 }

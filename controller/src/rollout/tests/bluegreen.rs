@@ -251,3 +251,98 @@ fn promote_full_skips_the_analyses_and_the_approval_once_the_preview_is_ready() 
     assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
     assert_eq!(sim.stable(), Some(v2));
 }
+
+#[test]
+fn a_smaller_preview_grows_to_full_size_before_the_switch() {
+    let mut sim = Sim::new(bg_spec(
+        serde_json::json!({
+            "activeService": "active", "previewService": "preview",
+            "autoPromotionEnabled": false, "previewReplicaCount": 1, "scaleDownDelaySeconds": 0
+        }),
+        3,
+    ));
+    sim.settle(3);
+    let v1 = sim.revision();
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(4);
+    assert_eq!(sim.count(&v2), 1, "the preview runs with previewReplicaCount");
+    assert_eq!(sim.count(&v1), 3);
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+    assert_eq!(sim.service("preview"), Some(v2.clone()));
+
+    sim.annotate(APPROVAL);
+    // The approval decides the promotion; the preview grows first, the active Service waits.
+    sim.stuck.insert(v2.clone());
+    sim.settle(3);
+    assert_eq!(sim.count(&v2), 3, "grown to replicas");
+    assert_eq!(sim.service("active"), Some(v1.clone()), "no switch before it is all ready");
+    assert_eq!(sim.progress_reason().as_deref(), Some("Promoting"));
+    assert!(bg_status(&sim).promoting == Some(true));
+    // It becomes ready: the switch follows without another approval.
+    sim.stuck.clear();
+    sim.settle(3);
+    assert_eq!(sim.service("active"), Some(v2.clone()));
+    assert_eq!(sim.phase(), Some(RolloutPhase::Completed));
+    assert_eq!((sim.count(&v1), sim.count(&v2)), (0, 3));
+}
+
+#[test]
+fn auto_promotion_seconds_promotes_after_the_preview_was_ready_that_long() {
+    let (mut sim, v1) = deployed_bg(serde_json::json!({
+        "activeService": "active", "previewService": "preview",
+        "autoPromotionEnabled": false, "autoPromotionSeconds": 120
+    }));
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(4);
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+    let plan = sim.last.as_ref().expect("plan");
+    assert!(
+        plan.requeue_after <= std::time::Duration::from_secs(120),
+        "looks again when the time is up: {:?}",
+        plan.requeue_after
+    );
+    sim.advance(100);
+    sim.settle(2);
+    assert_eq!(sim.service("active"), Some(v1.clone()), "not yet");
+    sim.advance(21);
+    sim.settle(2);
+    assert_eq!(sim.service("active"), Some(v2.clone()), "promoted on its own");
+    assert!(
+        sim.notes.iter().any(|n| n.message.contains("autoPromotionSeconds")),
+        "the Event says why"
+    );
+}
+
+#[test]
+fn an_abort_while_the_preview_grows_switches_nothing_and_a_retry_starts_small_again() {
+    let mut sim = Sim::new(bg_spec(
+        serde_json::json!({
+            "activeService": "active", "previewService": "preview",
+            "autoPromotionEnabled": false, "previewReplicaCount": 1,
+            "abortScaleDownDelaySeconds": 0
+        }),
+        2,
+    ));
+    sim.settle(3);
+    let v1 = sim.revision();
+    sim.set_image("app:v2");
+    let v2 = sim.revision();
+    sim.settle(4);
+    sim.stuck.insert(v2.clone());
+    sim.annotate(APPROVAL);
+    sim.settle(2);
+    assert!(bg_status(&sim).promoting == Some(true));
+    sim.annotate(ABORT);
+    sim.settle(3);
+    assert_eq!(sim.phase(), Some(RolloutPhase::Aborted));
+    assert_eq!(sim.service("active"), Some(v1.clone()));
+    assert_eq!(sim.count(&v2), 0);
+    assert_eq!(bg_status(&sim).promoting, None);
+    sim.stuck.clear();
+    sim.annotate(RETRY);
+    sim.settle(4);
+    assert_eq!(sim.count(&v2), 1, "small again, waiting for a new approval");
+    assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
+}
