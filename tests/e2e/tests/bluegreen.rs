@@ -230,3 +230,95 @@ async fn failing_preview_pods_roll_back_and_the_active_service_never_moves() -> 
     .await?;
     env.ns.cleanup().await
 }
+
+/// RoleSets of `rev` whose `Ready` condition is `True`.
+async fn ready_rolesets(env: &Env, rev: &str) -> Result<usize> {
+    let list = env
+        .ns
+        .api::<storm_shared::RoleSet>()
+        .list(&kube::api::ListParams::default().labels(&format!(
+            "{}=app,{}={rev}",
+            storm_shared::keys::LABEL_NAME,
+            storm_shared::keys::LABEL_REVISION
+        )))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|r| {
+            r.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .count())
+}
+
+/// `previewReplicaCount: 1` of 3 and `autoPromotionSeconds`: the preview waits small, promotes on
+/// its own, grows to 3, and the active Service switches only once all 3 are ready.
+#[tokio::test]
+async fn a_small_preview_promotes_itself_and_grows_before_the_switch() -> Result<()> {
+    let env = setup_with_services("bg-small", &[ACTIVE, PREVIEW]).await?;
+    let auto = 6;
+    let mut obj = seed_blue_green(json!({
+        "prePromotionAnalysis": null, "postPromotionAnalysis": null,
+        "activeService": ACTIVE, "previewService": PREVIEW,
+        "autoPromotionEnabled": false, "autoPromotionSeconds": auto,
+        "previewReplicaCount": 1, "scaleDownDelaySeconds": 0
+    }))?;
+    obj["spec"]["replicas"] = json!(3);
+    create(&env, obj).await?;
+    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    let v1 = stable_revision(&env).await?;
+    set_image(&env, "app:v2").await?;
+    let (_, v2) = revisions(&env).await?;
+    let paused = wait_phase(&env, RolloutPhase::Paused, None).await?;
+    ensure!(
+        progress(&paused).3.as_deref() == Some("WaitingForApproval"),
+        "{:?}",
+        progress(&paused)
+    );
+    let waiting_since = Instant::now();
+    wait_rolesets(&env, &v1, 3, &v2, 1).await?;
+    wait_service(&env, PREVIEW, &v2).await?;
+    // Until the switch: the preview never has more than 1 RoleSet before the promotion, and the
+    // active Service never selects v2 before 3 of its RoleSets are ready.
+    let mut grew_at = None;
+    let mut max_before_promotion = 0;
+    loop {
+        ensure!(
+            waiting_since.elapsed() < TIMEOUT,
+            "no switch within {TIMEOUT:?}"
+        );
+        let counts = rolesets(&env).await?;
+        let preview = counts.get(&v2).copied().unwrap_or(0);
+        let obj = env.api.get("app").await?;
+        let promoting = bg_status(&obj).promoting == Some(true);
+        if !promoting && bg_status(&obj).active_selector.as_deref() != Some(v2.as_str()) {
+            max_before_promotion = max_before_promotion.max(preview);
+        } else if grew_at.is_none() {
+            // How long after the preview was ready the promotion came.
+            let exposed = bg_status(&obj).preview_expose_time.context("previewExposeTime")?;
+            grew_at = Some(k8s_openapi::jiff::Timestamp::now().duration_since(exposed.0));
+        }
+        let ready = ready_rolesets(&env, &v2).await?;
+        if service_revision(&env, ACTIVE).await?.as_deref() == Some(v2.as_str()) {
+            ensure!(ready == 3, "active switched with {ready} of 3 preview RoleSets ready");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        max_before_promotion == 1,
+        "preview had {max_before_promotion} RoleSets before the promotion"
+    );
+    let grew_at = grew_at.context("promotion seen")?;
+    ensure!(
+        grew_at >= k8s_openapi::jiff::SignedDuration::from_secs(auto - 1),
+        "promoted {grew_at:?} after the preview was ready, before autoPromotionSeconds ({auto} s)"
+    );
+    wait_phase(&env, RolloutPhase::Completed, None).await?;
+    wait_rolesets(&env, &v1, 0, &v2, 3).await?;
+    env.ns.cleanup().await
+}
