@@ -1063,20 +1063,43 @@ fn drain_delays_are_between_zero_and_a_day_in_both_strategies() {
 fn preview_replica_count_is_between_one_and_replicas_and_auto_promotion_seconds_a_day() {
     let mut v = blue_green();
     let replicas = v["spec"]["replicas"].as_i64().unwrap_or(1);
-    set(&mut v, "/spec/rolloutStrategy/blueGreen/previewReplicaCount", json!(replicas + 1));
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/blueGreen/previewReplicaCount",
+        json!(replicas + 1),
+    );
     let r = rejects(&v, &["spec.rolloutStrategy.blueGreen.previewReplicaCount"]);
     assert!(
-        r.errors.iter().any(|e| e.to_string().contains(&format!("between 1 and spec.replicas ({replicas})"))),
+        r.errors.iter().any(|e| e
+            .to_string()
+            .contains(&format!("between 1 and spec.replicas ({replicas})"))),
         "{r:?}"
     );
-    set(&mut v, "/spec/rolloutStrategy/blueGreen/previewReplicaCount", json!(1));
-    set(&mut v, "/spec/rolloutStrategy/blueGreen/autoPromotionSeconds", json!(86401));
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/blueGreen/previewReplicaCount",
+        json!(1),
+    );
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/blueGreen/autoPromotionSeconds",
+        json!(86401),
+    );
     rejects(&v, &["spec.rolloutStrategy.blueGreen.autoPromotionSeconds"]);
-    set(&mut v, "/spec/rolloutStrategy/blueGreen/autoPromotionSeconds", json!(600));
-    set(&mut v, "/spec/rolloutStrategy/blueGreen/autoPromotionEnabled", json!(true));
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/blueGreen/autoPromotionSeconds",
+        json!(600),
+    );
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/blueGreen/autoPromotionEnabled",
+        json!(true),
+    );
     let r = accepts(&v);
     assert!(
-        warning_paths(&r).contains(&"spec.rolloutStrategy.blueGreen.autoPromotionSeconds".to_string()),
+        warning_paths(&r)
+            .contains(&"spec.rolloutStrategy.blueGreen.autoPromotionSeconds".to_string()),
         "{r:?}"
     );
 }

@@ -254,7 +254,11 @@ fn progress(
         if bg.auto_promotion_enabled != Some(true) && !full && !growing {
             // `autoPromotionSeconds`: promote on our own that long after the preview was ready.
             let auto_at = bg.auto_promotion_seconds.and_then(|s| {
-                let exposed = m.rs.blue_green_status.as_ref()?.preview_expose_time.clone()?;
+                let exposed =
+                    m.rs.blue_green_status
+                        .as_ref()?
+                        .preview_expose_time
+                        .clone()?;
                 exposed
                     .0
                     .checked_add(SignedDuration::from_secs(i64::from(s.max(0))))

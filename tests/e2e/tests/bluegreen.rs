@@ -299,12 +299,17 @@ async fn a_small_preview_promotes_itself_and_grows_before_the_switch() -> Result
             max_before_promotion = max_before_promotion.max(preview);
         } else if grew_at.is_none() {
             // How long after the preview was ready the promotion came.
-            let exposed = bg_status(&obj).preview_expose_time.context("previewExposeTime")?;
+            let exposed = bg_status(&obj)
+                .preview_expose_time
+                .context("previewExposeTime")?;
             grew_at = Some(k8s_openapi::jiff::Timestamp::now().duration_since(exposed.0));
         }
         let ready = ready_rolesets(&env, &v2).await?;
         if service_revision(&env, ACTIVE).await?.as_deref() == Some(v2.as_str()) {
-            ensure!(ready == 3, "active switched with {ready} of 3 preview RoleSets ready");
+            ensure!(
+                ready == 3,
+                "active switched with {ready} of 3 preview RoleSets ready"
+            );
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -266,7 +266,11 @@ fn a_smaller_preview_grows_to_full_size_before_the_switch() {
     sim.set_image("app:v2");
     let v2 = sim.revision();
     sim.settle(4);
-    assert_eq!(sim.count(&v2), 1, "the preview runs with previewReplicaCount");
+    assert_eq!(
+        sim.count(&v2),
+        1,
+        "the preview runs with previewReplicaCount"
+    );
     assert_eq!(sim.count(&v1), 3);
     assert_eq!(sim.paused_reason().as_deref(), Some("WaitingForApproval"));
     assert_eq!(sim.service("preview"), Some(v2.clone()));
@@ -276,7 +280,11 @@ fn a_smaller_preview_grows_to_full_size_before_the_switch() {
     sim.stuck.insert(v2.clone());
     sim.settle(3);
     assert_eq!(sim.count(&v2), 3, "grown to replicas");
-    assert_eq!(sim.service("active"), Some(v1.clone()), "no switch before it is all ready");
+    assert_eq!(
+        sim.service("active"),
+        Some(v1.clone()),
+        "no switch before it is all ready"
+    );
     assert_eq!(sim.progress_reason().as_deref(), Some("Promoting"));
     assert!(bg_status(&sim).promoting == Some(true));
     // It becomes ready: the switch follows without another approval.
@@ -308,9 +316,15 @@ fn auto_promotion_seconds_promotes_after_the_preview_was_ready_that_long() {
     assert_eq!(sim.service("active"), Some(v1.clone()), "not yet");
     sim.advance(21);
     sim.settle(2);
-    assert_eq!(sim.service("active"), Some(v2.clone()), "promoted on its own");
+    assert_eq!(
+        sim.service("active"),
+        Some(v2.clone()),
+        "promoted on its own"
+    );
     assert!(
-        sim.notes.iter().any(|n| n.message.contains("autoPromotionSeconds")),
+        sim.notes
+            .iter()
+            .any(|n| n.message.contains("autoPromotionSeconds")),
         "the Event says why"
     );
 }

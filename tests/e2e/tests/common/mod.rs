@@ -299,15 +299,18 @@ pub async fn wait_drained(env: &Env, revision: &str, reason: &str, delay: i64) -
         "due {due}, {left:?} from now: more than the {delay} s asked for"
     );
     // Kept until the due time (a second of slack for the clocks' and the poll's granularity).
-    while k8s_openapi::jiff::Timestamp::now() < due - k8s_openapi::jiff::SignedDuration::from_secs(1)
+    while k8s_openapi::jiff::Timestamp::now()
+        < due - k8s_openapi::jiff::SignedDuration::from_secs(1)
     {
         let kept = rolesets(env).await?.get(revision).copied().unwrap_or(0);
         ensure!(kept > 0, "{revision}'s RoleSets removed before {due}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    wait_for(&format!("{revision}'s RoleSets removed after the drain"), TIMEOUT, || async {
-        Ok((!rolesets(env).await?.contains_key(revision)).then_some(()))
-    })
+    wait_for(
+        &format!("{revision}'s RoleSets removed after the drain"),
+        TIMEOUT,
+        || async { Ok((!rolesets(env).await?.contains_key(revision)).then_some(())) },
+    )
     .await?;
     let removed = k8s_openapi::jiff::Timestamp::now();
     ensure!(
