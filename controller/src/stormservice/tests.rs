@@ -363,8 +363,8 @@ async fn a_completion_pins_services_then_removes_old_rolesets_then_records_event
     // decision before removed them); a RoleSet of an older revision is still there.
     let mut status = rollout_status(&update, 2, "Progressing", "Promoting", 100);
     status["rolloutStatus"]["approvedStep"] = json!(1);
-    let obj = stormservice(status, json!({}));
-    let world = World {
+    let mut obj = stormservice(status, json!({}));
+    let world = || World {
         services: vec![
             service("stable", Some("old")),
             service("canary", Some(&update)),
@@ -377,7 +377,30 @@ async fn a_completion_pins_services_then_removes_old_rolesets_then_records_event
         ],
         router_weight: Some(100),
     };
-    let (plan, seen) = reconcile_once(&obj, world, 100).await;
+    // With the default drain delay (60 s with a router) the older RoleSet stays, listed.
+    let (plan, seen) = reconcile_once(&obj, world(), 100).await;
+    assert_eq!(
+        plan.status.current_revision.as_deref(),
+        Some(update.as_str())
+    );
+    assert!(seen.iter().all(|s| s.method != Method::DELETE));
+    let drains = plan
+        .status
+        .rollout_status
+        .as_ref()
+        .map(|r| r.scale_downs.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        drains
+            .iter()
+            .map(|d| d.revision.as_str())
+            .collect::<Vec<_>>(),
+        ["older"]
+    );
+    // Without one, it goes in the same decision.
+    let rs = obj.spec.rollout_strategy.as_mut().expect("strategy");
+    rs.canary.as_mut().expect("canary").scale_down_delay_seconds = Some(0);
+    let (plan, seen) = reconcile_once(&obj, world(), 100).await;
     assert_eq!(
         plan.status.current_revision.as_deref(),
         Some(update.as_str())
