@@ -148,7 +148,12 @@ async fn main() -> Result<()> {
     if routed {
         cluster.install_thirdparty_crds()?;
     }
-    let program = release_binary("storm-controller", "storm-controller")?;
+    // STORM_CONTROLLER_BIN: a prebuilt controller instead of this tree's (to compare two builds
+    // on one control plane, alternating).
+    let program = match std::env::var_os("STORM_CONTROLLER_BIN") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => release_binary("storm-controller", "storm-controller")?,
+    };
     // The controller's log filter: warnings unless STORM_BENCH_LOG says otherwise (its log is kept
     // with STORM_KEEP_LOGS).
     let log = std::env::var("STORM_BENCH_LOG").unwrap_or_else(|_| "warn".into());
