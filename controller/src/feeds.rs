@@ -193,26 +193,18 @@ impl Feeds {
 
     /// Pods by the UID of their controller (a RoleSet or a PodSet): one view for both.
     pub fn pods_by_controller(&mut self) -> Owned<Pod> {
-        match &self.pods_by_controller {
-            Some(view) => view.clone(),
-            None => {
-                let view = self.pods.view(Owned::by_controller());
-                self.pods_by_controller = Some(view.clone());
-                view
-            }
-        }
+        let pods = &mut self.pods;
+        self.pods_by_controller
+            .get_or_insert_with(|| pods.view(Owned::by_controller()))
+            .clone()
     }
 
     /// PodSets by the UID of their controller (a RoleSet).
     pub fn podsets_by_controller(&mut self) -> Owned<PodSet> {
-        match &self.podsets_by_controller {
-            Some(view) => view.clone(),
-            None => {
-                let view = self.podsets.view(Owned::by_controller());
-                self.podsets_by_controller = Some(view.clone());
-                view
-            }
-        }
+        let podsets = &mut self.podsets;
+        self.podsets_by_controller
+            .get_or_insert_with(|| podsets.view(Owned::by_controller()))
+            .clone()
     }
 
     /// Starts the watches some controller reads.

@@ -126,45 +126,23 @@ pub fn default_storm_service(obj: &Value) -> Defaulted {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        if unset(&bg, "scaleDownDelaySeconds") {
-            add(
-                &mut out,
-                &mut doc,
-                &[
-                    "spec",
-                    "rolloutStrategy",
-                    "blueGreen",
+        default_fields(
+            &mut out,
+            &mut doc,
+            "blueGreen",
+            &bg,
+            &[
+                (
                     "scaleDownDelaySeconds",
-                ],
-                json!(DEFAULT_SCALE_DOWN_DELAY_SECONDS),
-            );
-        }
-        if unset(&bg, "abortScaleDownDelaySeconds") {
-            add(
-                &mut out,
-                &mut doc,
-                &[
-                    "spec",
-                    "rolloutStrategy",
-                    "blueGreen",
+                    json!(DEFAULT_SCALE_DOWN_DELAY_SECONDS),
+                ),
+                (
                     "abortScaleDownDelaySeconds",
-                ],
-                json!(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS),
-            );
-        }
-        if unset(&bg, "autoPromotionEnabled") {
-            add(
-                &mut out,
-                &mut doc,
-                &[
-                    "spec",
-                    "rolloutStrategy",
-                    "blueGreen",
-                    "autoPromotionEnabled",
-                ],
-                json!(false),
-            );
-        }
+                    json!(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS),
+                ),
+                ("autoPromotionEnabled", json!(false)),
+            ],
+        );
     }
     // The drain delays of a canary behind a traffic router (without one they are 0, and stay
     // unset so that adding a router later gets these defaults).
@@ -174,27 +152,44 @@ pub fn default_storm_service(obj: &Value) -> Defaulted {
         .cloned()
         .unwrap_or_default();
     if canary.get("trafficRouting").is_some_and(|r| !r.is_null()) {
-        for (field, seconds) in [
-            (
-                "scaleDownDelaySeconds",
-                DEFAULT_CANARY_SCALE_DOWN_DELAY_SECONDS,
-            ),
-            (
-                "abortScaleDownDelaySeconds",
-                DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS,
-            ),
-        ] {
-            if unset(&canary, field) {
-                add(
-                    &mut out,
-                    &mut doc,
-                    &["spec", "rolloutStrategy", "canary", field],
-                    json!(seconds),
-                );
-            }
-        }
+        default_fields(
+            &mut out,
+            &mut doc,
+            "canary",
+            &canary,
+            &[
+                (
+                    "scaleDownDelaySeconds",
+                    json!(DEFAULT_CANARY_SCALE_DOWN_DELAY_SECONDS),
+                ),
+                (
+                    "abortScaleDownDelaySeconds",
+                    json!(DEFAULT_ABORT_SCALE_DOWN_DELAY_SECONDS),
+                ),
+            ],
+        );
     }
     out
+}
+
+/// Adds each of `fields` that `block` (`spec.rolloutStrategy.<strategy>`) leaves unset.
+fn default_fields(
+    out: &mut Defaulted,
+    doc: &mut Value,
+    strategy: &str,
+    block: &serde_json::Map<String, Value>,
+    fields: &[(&str, Value)],
+) {
+    for (field, value) in fields {
+        if unset(block, field) {
+            add(
+                out,
+                doc,
+                &["spec", "rolloutStrategy", strategy, field],
+                value.clone(),
+            );
+        }
+    }
 }
 
 fn default_auto_rollback(out: &mut Defaulted, doc: &mut Value, rs: &[&str]) {

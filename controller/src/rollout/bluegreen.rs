@@ -164,41 +164,39 @@ fn progress(
     }
     let ready = obs.ready(&update);
     let preview_ready = ready >= preview_target && obs.existing(&update) == preview_target;
-    if !preview_ready && growing && !is_promoted {
-        // Promotion decided: the preview grows to full size; the switch waits for all of it.
-        let msg = format!(
-            "promoting revision {update}: the preview grows to {replicas} RoleSets before Service {} switches ({ready} ready)",
-            bg.active_service
-        );
-        m.set_phase(RolloutPhase::Progressing, msg.clone());
-        m.cond(Cond::Progressing, true, Reason::Promoting, &msg);
-        m.cond(Cond::Paused, false, Reason::NotPaused, "not paused");
-        if approval_left {
-            ignore(m, ANNOTATION_APPROVAL, "the promotion is already under way");
-        }
-        deadline(m, stable, ar);
-        if m.phase() == Some(RolloutPhase::Degraded) {
-            fail_cleanup(m, stable, bg);
-        }
-        return;
-    }
     if !preview_ready {
-        let was_ready =
-            m.rs.blue_green_status
-                .as_ref()
-                .is_some_and(|b| b.preview_expose_time.is_some())
-                && m.rs.progressing_reason() != Some(Reason::PreviewProgressing);
-        if was_ready {
-            // Ready before and lost again: the deadline counts from now (an approval wait is not
-            // "no progress").
-            m.rs.step_start_time = Some(Time(m.now));
-        }
-        let msg = format!("preview revision {update}: {ready} of {preview_target} RoleSets ready");
+        let (reason, msg, why_ignored) = if growing && !is_promoted {
+            // Promotion decided: the preview grows to full size; the switch waits for all of it.
+            (
+                Reason::Promoting,
+                format!(
+                    "promoting revision {update}: the preview grows to {replicas} RoleSets before Service {} switches ({ready} ready)",
+                    bg.active_service
+                ),
+                "the promotion is already under way",
+            )
+        } else {
+            let was_ready =
+                m.rs.blue_green_status
+                    .as_ref()
+                    .is_some_and(|b| b.preview_expose_time.is_some())
+                    && m.rs.progressing_reason() != Some(Reason::PreviewProgressing);
+            if was_ready {
+                // Ready before and lost again: the deadline counts from now (an approval wait is
+                // not "no progress").
+                m.rs.step_start_time = Some(Time(m.now));
+            }
+            (
+                Reason::PreviewProgressing,
+                format!("preview revision {update}: {ready} of {preview_target} RoleSets ready"),
+                "the preview is not ready yet",
+            )
+        };
         m.set_phase(RolloutPhase::Progressing, msg.clone());
-        m.cond(Cond::Progressing, true, Reason::PreviewProgressing, &msg);
+        m.cond(Cond::Progressing, true, reason, &msg);
         m.cond(Cond::Paused, false, Reason::NotPaused, "not paused");
         if approval_left {
-            ignore(m, ANNOTATION_APPROVAL, "the preview is not ready yet");
+            ignore(m, ANNOTATION_APPROVAL, why_ignored);
         }
         deadline(m, stable, ar);
         if m.phase() == Some(RolloutPhase::Degraded) {
@@ -401,17 +399,24 @@ fn complete(m: &mut Machine, bg: &BlueGreenStrategy) {
     m.services.push((bg.active_service.clone(), update.clone()));
     m.services
         .push((bg.preview_service.clone(), update.clone()));
-    keep_old_for_scale_down_delay(m, &update);
+    // The delay counts from the switch (`scaleDownDelayStartTime`), not from completion.
+    let switched =
+        m.rs.blue_green_status
+            .as_ref()
+            .and_then(|b| b.scale_down_delay_start_time.as_ref())
+            .map_or(m.now, |t| t.0);
     for rev in m.input.observed.revisions() {
         if rev != update {
-            drain::schedule(m, &rev, ScaleDownReason::Promoted);
+            drain::schedule_from(m, &rev, ScaleDownReason::Promoted, switched);
         }
     }
+    keep_old_for_scale_down_delay(m, &update);
     drain::keep_due(m, &update);
 }
 
 /// The revisions other than `stable` keep their RoleSets until `scaleDownDelaySeconds` after the
-/// promotion, for a quick switch back.
+/// promotion, for a quick switch back. The same as the `Promoted` entries of `scaleDowns`
+/// (`drain.rs`) since they exist; this also serves statuses written before them.
 pub(super) fn keep_old_for_scale_down_delay(m: &mut Machine, stable: &str) {
     let Some(bg) = m.blue_green() else {
         return;

@@ -50,6 +50,17 @@ pub(crate) fn delay(m: &Machine, reason: ScaleDownReason) -> SignedDuration {
 /// Keeps `revision`'s RoleSets for the drain delay of `reason`, from now (unless it is kept
 /// already, or has no RoleSets, or the delay is 0).
 pub(crate) fn schedule(m: &mut Machine, revision: &str, reason: ScaleDownReason) {
+    schedule_from(m, revision, reason, m.now);
+}
+
+/// As [`schedule`], the delay counted from `start` (a blue-green promotion's switch, which may
+/// come before the rollout completes).
+pub(crate) fn schedule_from(
+    m: &mut Machine,
+    revision: &str,
+    reason: ScaleDownReason,
+    start: k8s_openapi::jiff::Timestamp,
+) {
     let delay = delay(m, reason);
     if delay <= SignedDuration::ZERO
         || m.input.observed.existing(revision) == 0
@@ -57,7 +68,7 @@ pub(crate) fn schedule(m: &mut Machine, revision: &str, reason: ScaleDownReason)
     {
         return;
     }
-    let due = m.now.checked_add(delay).unwrap_or(m.now);
+    let due = start.checked_add(delay).unwrap_or(start);
     m.rs.scale_downs.push(ScaleDown {
         revision: revision.to_string(),
         reason,

@@ -345,13 +345,7 @@ async fn main() -> Result<()> {
                 .all(|r| r.labels().get(LABEL_REVISION) == Some(stable));
             let ready = mine
                 .iter()
-                .filter(|r| {
-                    r.status.as_ref().is_some_and(|s| {
-                        s.conditions
-                            .iter()
-                            .any(|c| c.type_ == "Ready" && c.status == "True")
-                    })
-                })
+                .filter(|r| storm_e2e::roleset_is_ready(r))
                 .count();
             let route_back = !routed
                 || routes

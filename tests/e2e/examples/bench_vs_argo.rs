@@ -951,13 +951,7 @@ async fn storm_side(
                     .all(|r| r.labels().get(LABEL_REVISION) == Some(stable));
                 let ready = mine
                     .iter()
-                    .filter(|r| {
-                        r.status.as_ref().is_some_and(|s| {
-                            s.conditions
-                                .iter()
-                                .any(|c| c.type_ == "Ready" && c.status == "True")
-                        })
-                    })
+                    .filter(|r| storm_e2e::roleset_is_ready(r))
                     .count();
                 (traffic, traffic && on_stable && ready == REPLICAS as usize)
             })

@@ -245,13 +245,7 @@ async fn ready_rolesets(env: &Env, rev: &str) -> Result<usize> {
     Ok(list
         .items
         .iter()
-        .filter(|r| {
-            r.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        })
+        .filter(|r| storm_e2e::roleset_is_ready(r))
         .count())
 }
 
