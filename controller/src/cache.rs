@@ -3,13 +3,15 @@
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{ContainerState, Pod, PodCondition, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::watcher::{self, ExponentialBackoff, watcher};
 use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -136,37 +138,100 @@ impl Backoff for Undelayed {
     fn reset(&mut self) {}
 }
 
-/// Keeps of a Pod only what the controllers read (labels, phase, readiness, restarts): the caches hold
-/// every Pod of every StormService, and Pod specs are most of a Pod's size.
-pub fn slim_pod(p: &mut Pod) {
+/// A Pod as the caches keep it: its metadata and the part of its status a reconcile reads.
+///
+/// The watch decodes Pods straight into this type, so a Pod's spec (most of its size) is never
+/// decoded at all, and the record has no room for it: a k8s-openapi `Pod` is 2.2 KB before any
+/// field is set, its `PodSpec` inline even when empty.
+#[derive(kube::Resource, Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[resource(inherit = Pod)]
+pub struct CachedPod {
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<CachedPodStatus>,
+}
+
+/// What the controllers read of a Pod's status: phase, readiness, and its containers' restarts
+/// and states.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedPodStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<PodCondition>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_statuses: Option<Vec<CachedContainerStatus>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+/// A container's status as the controllers read it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedContainerStatus {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub restart_count: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ContainerState>,
+}
+
+impl From<&Pod> for CachedPod {
+    /// The record of a whole Pod (as the watch would have decoded it), slimmed.
+    fn from(pod: &Pod) -> Self {
+        let mut cached = CachedPod {
+            metadata: pod.metadata.clone(),
+            status: pod.status.as_ref().map(|s| CachedPodStatus {
+                phase: s.phase.clone(),
+                conditions: s.conditions.clone(),
+                container_statuses: s.container_statuses.as_ref().map(|cs| {
+                    cs.iter()
+                        .map(|c| CachedContainerStatus {
+                            name: c.name.clone(),
+                            ready: c.ready,
+                            restart_count: c.restart_count,
+                            state: c.state.clone(),
+                        })
+                        .collect()
+                }),
+                start_time: s.start_time.clone(),
+            }),
+        };
+        slim_pod(&mut cached);
+        cached
+    }
+}
+
+/// Keeps of a cached Pod only what the controllers read: its labels, owner, phase, `Ready`
+/// condition, and its containers' restarts and states (without their messages).
+pub fn slim_pod(p: &mut CachedPod) {
     p.managed_fields_mut().clear();
     // Only what the RoleSet controller reads: whether an in-place update is possible.
     p.annotations_mut()
         .retain(|k, _| k == crate::roleset::update::ANNOTATION_SHAPE_HASH);
-    p.spec = None;
     if let Some(status) = p.status.as_mut() {
-        status.init_container_statuses = None;
-        status.ephemeral_container_statuses = None;
-        status.pod_ips = None;
-        status.host_ips = None;
-        status.pod_ip = None;
-        status.host_ip = None;
-        status.qos_class = None;
-        status.nominated_node_name = None;
         // Only `Ready` is read (readiness, and since when a Pod is not ready).
         if let Some(conditions) = status.conditions.as_mut() {
             conditions.retain(|c| c.type_ == "Ready");
             for c in conditions.iter_mut() {
                 c.last_probe_time = None;
+                c.message = None;
             }
         }
-        status.resource_claim_statuses = None;
         for c in status.container_statuses.iter_mut().flatten() {
-            c.last_state = None;
-            c.image_id = String::new();
-            c.volume_mounts = None;
-            c.allocated_resources = None;
-            c.resources = None;
+            if let Some(state) = c.state.as_mut() {
+                if let Some(w) = state.waiting.as_mut() {
+                    w.message = None;
+                }
+                if let Some(t) = state.terminated.as_mut() {
+                    t.message = None;
+                    t.container_id = None;
+                }
+            }
         }
     }
 }
@@ -334,5 +399,91 @@ mod trigger_tests {
             .expect("the reconcile was held back by another trigger's errors")
             .expect("reconciled");
         assert!(reconciled - started < Duration::from_secs(5));
+    }
+
+    /// A Pod as the API server sends it: spec, managed fields, every condition and status field.
+    fn full_pod() -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "llm-abc-0-decode-0", "namespace": "ns", "uid": "u1",
+                "labels": {"storm-service-name": "llm", "role-name": "decode"},
+                "annotations": {
+                    "kubectl.kubernetes.io/restartedAt": "x",
+                    crate::roleset::update::ANNOTATION_SHAPE_HASH: "abc"
+                },
+                "ownerReferences": [{"apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "RoleSet",
+                                     "name": "llm-abc-0", "uid": "rs1", "controller": true}],
+                "managedFields": [{"manager": "kubectl", "operation": "Update"}]
+            },
+            "spec": {"containers": [{"name": "engine", "image": "vllm:1",
+                                     "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+            "status": {
+                "phase": "Running",
+                "podIP": "10.0.0.1",
+                "startTime": "2026-01-01T00:00:00Z",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": "False", "message": "containers not ready",
+                     "lastTransitionTime": "2026-01-01T00:01:00Z"}
+                ],
+                "containerStatuses": [{
+                    "name": "engine", "ready": false, "restartCount": 3, "image": "vllm:1",
+                    "imageID": "sha256:x",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                    "lastState": {"terminated": {"exitCode": 1}}
+                }]
+            }
+        })
+    }
+
+    #[test]
+    fn the_pod_cache_decodes_only_what_reconciles_read() {
+        assert_eq!(CachedPod::kind(&()), "Pod");
+        assert_eq!(CachedPod::plural(&()), "pods");
+        assert_eq!(CachedPod::api_version(&()), "v1");
+
+        let mut cached: CachedPod = serde_json::from_value(full_pod()).expect("a Pod decodes");
+        slim_pod(&mut cached);
+        assert_eq!(
+            cached.labels().get("role-name").map(String::as_str),
+            Some("decode")
+        );
+        assert_eq!(
+            cached.annotations().keys().collect::<Vec<_>>(),
+            [crate::roleset::update::ANNOTATION_SHAPE_HASH]
+        );
+        assert!(
+            cached
+                .meta()
+                .managed_fields
+                .as_ref()
+                .is_none_or(Vec::is_empty)
+        );
+        assert_eq!(cached.owner_references()[0].uid, "rs1");
+        let status = cached.status.as_ref().expect("status");
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        let conditions = status.conditions.as_ref().expect("conditions");
+        assert_eq!(conditions.len(), 1, "only Ready is kept");
+        assert_eq!(conditions[0].status, "False");
+        assert_eq!(conditions[0].message, None);
+        assert!(conditions[0].last_transition_time.is_some());
+        let c = &status.container_statuses.as_ref().expect("containers")[0];
+        assert_eq!(
+            (c.name.as_str(), c.ready, c.restart_count),
+            ("engine", false, 3)
+        );
+        let waiting = c
+            .state
+            .as_ref()
+            .and_then(|s| s.waiting.as_ref())
+            .expect("waiting");
+        assert_eq!(waiting.reason.as_deref(), Some("CrashLoopBackOff"));
+        assert_eq!(waiting.message, None);
+        assert!(status.start_time.is_some());
+
+        // A whole Pod converted (as tests and a Pod read from the API do) gives the same record.
+        let pod: Pod = serde_json::from_value(full_pod()).expect("a Pod decodes");
+        assert_eq!(CachedPod::from(&pod), cached);
     }
 }

@@ -9,11 +9,12 @@
 //! A feed is set up before it starts: views and subscribers are registered on it, then
 //! [`Feed::spawn`] runs the watch for the rest of the process.
 
+use crate::cache::CachedPod;
 use crate::context::Context;
 use crate::owned::Owned;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+
 use kube::Resource;
 use kube::ResourceExt;
 use kube::runtime::WatchStreamExt;
@@ -159,12 +160,12 @@ where
 /// The feeds the controllers share: set up by each controller as it starts, then spawned.
 pub struct Feeds {
     /// Pods carrying AIBrix's `roleset-name` (every Pod a RoleSet or a PodSet makes).
-    pub pods: Feed<Pod>,
+    pub pods: Feed<CachedPod>,
     /// Every RoleSet.
     pub rolesets: Feed<RoleSet>,
     /// Every PodSet.
     pub podsets: Feed<PodSet>,
-    pods_by_controller: Option<Owned<Pod>>,
+    pods_by_controller: Option<Owned<CachedPod>>,
     podsets_by_controller: Option<Owned<PodSet>>,
 }
 
@@ -192,7 +193,7 @@ impl Feeds {
     }
 
     /// Pods by the UID of their controller (a RoleSet or a PodSet): one view for both.
-    pub fn pods_by_controller(&mut self) -> Owned<Pod> {
+    pub fn pods_by_controller(&mut self) -> Owned<CachedPod> {
         let pods = &mut self.pods;
         self.pods_by_controller
             .get_or_insert_with(|| pods.view(Owned::by_controller()))
@@ -268,7 +269,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::ResourceExt;
     use kube::core::ObjectMeta;
@@ -276,8 +276,8 @@ mod tests {
     use storm_shared::types::roleset::RoleSet;
     use storm_shared::types::stormservice::StormService;
 
-    fn pod(name: &str, svc: &str, uid: &str) -> Pod {
-        Pod {
+    fn pod(name: &str, svc: &str, uid: &str) -> CachedPod {
+        CachedPod {
             metadata: ObjectMeta {
                 namespace: Some("ns".into()),
                 name: Some(name.into()),
@@ -296,7 +296,7 @@ mod tests {
         }
     }
 
-    fn feed() -> Feed<Pod> {
+    fn feed() -> Feed<CachedPod> {
         // Never spawned: the tests apply events by hand. Building an `Api` needs a client, and
         // a client needs a runtime, but no server is called.
         let client = kube::Client::new(

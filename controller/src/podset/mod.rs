@@ -4,6 +4,7 @@
 
 pub mod plan;
 
+use crate::cache::CachedPod;
 use crate::context::{Context, MANAGER};
 use crate::error::{Backoff, Error};
 use crate::feeds::{self, Feeds};
@@ -37,7 +38,7 @@ const CACHE_RETRY: Duration = Duration::from_millis(500);
 struct State {
     ctx: Arc<Context>,
     /// Pods by controller (the feed's Pods carry `roleset-name`, the members of a PodSet too).
-    pods: Owned<Pod>,
+    pods: Owned<CachedPod>,
     backoff: Backoff<PodSet>,
 }
 
@@ -60,7 +61,7 @@ pub fn run(
 
 async fn run_on(
     ctx: Arc<Context>,
-    pods: Owned<Pod>,
+    pods: Owned<CachedPod>,
     store: reflector::Store<PodSet>,
     triggers: impl futures::Stream<Item = reflector::ObjectRef<PodSet>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -127,7 +128,7 @@ async fn reconcile_podset(podset: &PodSet, state: &State) -> Result<Action, Erro
         return Ok(Action::requeue(CACHE_RETRY));
     };
     let owned_arcs = state.pods.owned_by(&namespace, &uid);
-    let owned: Vec<&Pod> = owned_arcs.iter().map(Arc::as_ref).collect();
+    let owned: Vec<&CachedPod> = owned_arcs.iter().map(Arc::as_ref).collect();
     let mut owner = podset.controller_owner_ref(&()).ok_or(Error::NoNamespace)?;
     owner.block_owner_deletion = Some(true);
     let group = plan::plan(podset, &owned, &owner, Timestamp::now());

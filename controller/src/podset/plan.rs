@@ -8,6 +8,7 @@
 //! ended is replaced after the same grace as a RoleSet's (`recoveryPolicy: Recreate` replaces the
 //! whole group instead).
 
+use crate::cache::CachedPod;
 use crate::roleset::plan::{
     FAILED_POD_GRACE, is_ready, is_terminal, is_terminating, terminal_since,
 };
@@ -41,7 +42,12 @@ pub fn member_name(podset: &str, index: i32) -> String {
 }
 
 /// Plans the Pods of `podset` given the Pods it owns.
-pub fn plan(podset: &PodSet, owned: &[&Pod], owner: &OwnerReference, now: Timestamp) -> GroupPods {
+pub fn plan(
+    podset: &PodSet,
+    owned: &[&CachedPod],
+    owner: &OwnerReference,
+    now: Timestamp,
+) -> GroupPods {
     let name = podset.name_any();
     let size = podset.spec.pod_group_size.max(1);
     let desired: Vec<String> = (0..size).map(|i| member_name(&name, i)).collect();
@@ -143,8 +149,8 @@ fn build_member(podset: &PodSet, name: &str, index: i32, size: i32, owner: Owner
 }
 
 /// The PodSet's status from its Pods: `Ready` when every member is, `Running` when any runs.
-pub fn status(podset: &PodSet, owned: &[&Pod]) -> PodSetStatus {
-    let live: Vec<&&Pod> = owned.iter().filter(|p| !is_terminating(p)).collect();
+pub fn status(podset: &PodSet, owned: &[&CachedPod]) -> PodSetStatus {
+    let live: Vec<&&CachedPod> = owned.iter().filter(|p| !is_terminating(p)).collect();
     let ready = live.iter().filter(|p| is_ready(p)).count();
     let running = live
         .iter()

@@ -7,6 +7,7 @@ pub mod plan;
 pub mod status;
 pub mod update;
 
+use crate::cache::CachedPod;
 use crate::context::{Context, MANAGER};
 use crate::error::{Backoff, Error};
 use crate::feeds::{self, Feeds};
@@ -43,7 +44,7 @@ const POD_CACHE_RETRY: Duration = Duration::from_millis(500);
 struct State {
     ctx: Arc<Context>,
     /// Pods carrying the `roleset-name` label, from one watch for all RoleSets, by controller.
-    pods: Owned<Pod>,
+    pods: Owned<CachedPod>,
     /// PodSets (the replicas of pod-group roles), from one watch for all RoleSets, by controller.
     podsets: Owned<PodSet>,
     /// Consecutive failures per RoleSet, for the retry backoff; cleared on success.
@@ -72,7 +73,7 @@ pub fn run(
 
 async fn run_on(
     ctx: Arc<Context>,
-    pods: Owned<Pod>,
+    pods: Owned<CachedPod>,
     podsets: Owned<PodSet>,
     store: reflector::Store<RoleSet>,
     triggers: impl futures::Stream<Item = reflector::ObjectRef<RoleSet>> + Send + 'static,
@@ -147,7 +148,7 @@ async fn reconcile_roleset(roleset: &RoleSet, state: &State) -> Result<Action, E
         return Ok(Action::requeue(POD_CACHE_RETRY));
     }
     let owned_arcs = state.pods.owned_by(&namespace, &uid);
-    let owned: Vec<&Pod> = owned_arcs.iter().map(Arc::as_ref).collect();
+    let owned: Vec<&CachedPod> = owned_arcs.iter().map(Arc::as_ref).collect();
     let podset_arcs = state.podsets.owned_by(&namespace, &uid);
     let owned_podsets: Vec<&PodSet> = podset_arcs.iter().map(Arc::as_ref).collect();
     let now = Timestamp::now();

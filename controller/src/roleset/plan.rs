@@ -2,6 +2,7 @@
 //! (`now` is passed in), so every rule here is tested without a cluster.
 
 use super::update::{self, ANNOTATION_SHAPE_HASH, InPlace, role_template_hash};
+use crate::cache::CachedPod;
 use k8s_openapi::api::core::v1::{EnvVar, Pod, PodAffinityTerm, PodSpec, WeightedPodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -123,11 +124,11 @@ pub(crate) fn aibrix_slot_index(roleset: &str, role: &str, pod_name: &str) -> Op
 /// or AIBrix's `role-replica-index` label; Pods of a role with neither (AIBrix's stateless Pods,
 /// named `<roleset>-<role>-<random>`) take the free slots in name order. Of several Pods in one
 /// slot, the one with our name wins, then the first by name; the others get no slot (excess).
-pub fn assign_slots(roleset: &RoleSet, owned: &[&Pod]) -> BTreeMap<String, (String, i32)> {
+pub fn assign_slots(roleset: &RoleSet, owned: &[&CachedPod]) -> BTreeMap<String, (String, i32)> {
     let rs_name = roleset.name_any();
     let roles = unique_roles(roleset);
     let mut by_role: BTreeMap<String, Vec<(String, Option<i32>, bool)>> = BTreeMap::new();
-    let mut sorted: Vec<&&Pod> = owned.iter().collect();
+    let mut sorted: Vec<&&CachedPod> = owned.iter().collect();
     sorted.sort_by_key(|p| p.name_any());
     for pod in sorted {
         let name = pod.name_any();
@@ -197,17 +198,17 @@ pub fn unique_roles(roleset: &RoleSet) -> Vec<&RoleSpec> {
 }
 
 /// Whether `pod` is controlled by `roleset` (same namespace, controller owner reference with its UID).
-pub fn is_owned_by(pod: &Pod, roleset: &RoleSet) -> bool {
+pub fn is_owned_by(pod: &CachedPod, roleset: &RoleSet) -> bool {
     crate::cache::controlled_by(pod, roleset)
 }
 
 /// Whether the Pod is being deleted: it no longer counts, but is not deleted again.
-pub fn is_terminating(pod: &Pod) -> bool {
+pub fn is_terminating(pod: &CachedPod) -> bool {
     pod.meta().deletion_timestamp.is_some()
 }
 
 /// Whether the Pod ended for good (`Failed`, or `Succeeded`, which for a server is a failure too).
-pub fn is_terminal(pod: &Pod) -> bool {
+pub fn is_terminal(pod: &CachedPod) -> bool {
     matches!(
         pod.status.as_ref().and_then(|s| s.phase.as_deref()),
         Some("Failed" | "Succeeded")
@@ -215,7 +216,7 @@ pub fn is_terminal(pod: &Pod) -> bool {
 }
 
 /// Whether the Pod's `Ready` condition is `True`.
-pub fn is_ready(pod: &Pod) -> bool {
+pub fn is_ready(pod: &CachedPod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -225,7 +226,7 @@ pub fn is_ready(pod: &Pod) -> bool {
 /// When a terminal Pod ended: the latest of its containers' `finishedAt` and its `Ready=False`
 /// transition. Pods don't record the moment their phase changed, so this is the closest evidence;
 /// without any, the start or creation time (a Pod can't have failed before it existed).
-pub fn terminal_since(pod: &Pod) -> Option<Timestamp> {
+pub fn terminal_since(pod: &CachedPod) -> Option<Timestamp> {
     let status = pod.status.as_ref();
     let finished = status
         .and_then(|s| s.container_statuses.as_ref())
@@ -249,7 +250,11 @@ pub fn terminal_since(pod: &Pod) -> Option<Timestamp> {
 }
 
 /// Decides the Pods to create and delete for `roleset`, given the Pods it owns (see [`is_owned_by`]).
-pub fn plan_pods(roleset: &RoleSet, owned: &[&Pod], now: Timestamp) -> Result<PodPlan, PlanError> {
+pub fn plan_pods(
+    roleset: &RoleSet,
+    owned: &[&CachedPod],
+    now: Timestamp,
+) -> Result<PodPlan, PlanError> {
     let mut owner = roleset
         .controller_owner_ref(&())
         .ok_or(PlanError::BuildOwnerReference)?;

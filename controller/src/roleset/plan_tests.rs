@@ -1,7 +1,8 @@
 use super::*;
+use crate::cache::{CachedContainerStatus, CachedPod};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStateTerminated, ContainerStatus, EnvVar, PodCondition,
-    PodSpec, PodStatus, PodTemplateSpec,
+    Container, ContainerState, ContainerStateTerminated, EnvVar, PodCondition, PodSpec, PodStatus,
+    PodTemplateSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use storm_shared::keys::{LABEL_NAME, LABEL_REVISION};
@@ -61,7 +62,7 @@ pub(crate) fn roleset(roles: Vec<RoleSpec>) -> RoleSet {
 }
 
 /// The Pod the plan would create for `name`, with a status added.
-pub(crate) fn existing(rs: &RoleSet, name: &str, phase: &str, ready: bool) -> Pod {
+pub(crate) fn existing(rs: &RoleSet, name: &str, phase: &str, ready: bool) -> CachedPod {
     let mut pod = Pod {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -82,13 +83,13 @@ pub(crate) fn existing(rs: &RoleSet, name: &str, phase: &str, ready: bool) -> Po
         }]),
         ..PodStatus::default()
     });
-    pod
+    CachedPod::from(&pod)
 }
 
-fn failed_at(rs: &RoleSet, name: &str, at: &str) -> Pod {
+fn failed_at(rs: &RoleSet, name: &str, at: &str) -> CachedPod {
     let mut pod = existing(rs, name, "Failed", false);
     if let Some(status) = pod.status.as_mut() {
-        status.container_statuses = Some(vec![ContainerStatus {
+        status.container_statuses = Some(vec![CachedContainerStatus {
             name: "engine".to_string(),
             state: Some(ContainerState {
                 terminated: Some(ContainerStateTerminated {
@@ -98,7 +99,7 @@ fn failed_at(rs: &RoleSet, name: &str, at: &str) -> Pod {
                 }),
                 ..ContainerState::default()
             }),
-            ..ContainerStatus::default()
+            ..CachedContainerStatus::default()
         }]);
     }
     pod
@@ -179,7 +180,7 @@ fn created_pods_carry_labels_owner_namespace_and_template() {
         spec.hostname, None,
         "a stateless role's Pods have no stable hostname"
     );
-    assert!(is_owned_by(pod, &rs));
+    assert!(is_owned_by(&CachedPod::from(pod), &rs));
 }
 
 fn env_of(pod: &Pod) -> Vec<(String, String)> {
@@ -486,7 +487,7 @@ mod properties {
             })
     }
 
-    fn world(rs: &RoleSet, pods: &[Existing]) -> Vec<Pod> {
+    fn world(rs: &RoleSet, pods: &[Existing]) -> Vec<CachedPod> {
         let mut seen = BTreeSet::new();
         pods.iter()
             .filter_map(|e| {
@@ -505,13 +506,13 @@ mod properties {
     }
 
     /// Applies a plan the way the cluster would: deletions start terminating, creations appear.
-    fn apply(world: &mut Vec<Pod>, plan: &PodPlan) {
+    fn apply(world: &mut Vec<CachedPod>, plan: &PodPlan) {
         for d in &plan.delete {
             for p in world.iter_mut().filter(|p| p.name_any() == d.name) {
                 p.metadata.deletion_timestamp = Some(Time(ts(NOW)));
             }
         }
-        world.extend(plan.create.iter().cloned());
+        world.extend(plan.create.iter().map(CachedPod::from));
     }
 
     proptest! {
@@ -535,14 +536,14 @@ mod properties {
             let mut pods = world(&rs, &pods);
 
             for _round in 0..3 {
-                let refs: Vec<&Pod> = pods.iter().collect();
+                let refs: Vec<&CachedPod> = pods.iter().collect();
                 let plan = plan_pods(&rs, &refs, ts(NOW)).unwrap();
                 let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
                 for pod in &plan.create {
                     // Only desired slots, never over an existing name, always ours.
                     prop_assert!(desired.contains(&pod.name_any()));
                     prop_assert!(!names.contains(&pod.name_any()));
-                    prop_assert!(is_owned_by(pod, &rs));
+                    prop_assert!(is_owned_by(&CachedPod::from(pod), &rs));
                 }
                 for d in &plan.delete {
                     let pod = pods.iter().find(|p| p.name_any() == d.name).unwrap();
@@ -556,7 +557,7 @@ mod properties {
             }
 
             // At rest: exactly the desired Pods, healthy, and nothing left to do.
-            let refs: Vec<&Pod> = pods.iter().collect();
+            let refs: Vec<&CachedPod> = pods.iter().collect();
             let plan = plan_pods(&rs, &refs, ts(NOW)).unwrap();
             prop_assert_eq!(plan, PodPlan::default());
             let names: BTreeSet<String> = pods.iter().map(|p| p.name_any()).collect();
@@ -567,7 +568,7 @@ mod properties {
 
 /// A Pod as AIBrix's RoleSet controller names and labels it: stateful
 /// `<roleset>-<role>-<hash6>-<index>`, stateless `<roleset>-<role>-<random>`.
-fn aibrix_pod(rs: &RoleSet, name: &str, role: &str, replica_index: Option<&str>) -> Pod {
+fn aibrix_pod(rs: &RoleSet, name: &str, role: &str, replica_index: Option<&str>) -> CachedPod {
     let mut pod = existing(rs, name, "Running", true);
     let mut labels: BTreeMap<String, String> = [
         (AIBRIX_LABEL_ROLE_NAME.to_string(), role.to_string()),
@@ -595,7 +596,7 @@ fn pods_made_by_aibrix_keep_their_slots_and_are_not_replaced() {
         aibrix_pod(&rs, "llm-abc123-0-decode-x7k2p", "decode", None),
         aibrix_pod(&rs, "llm-abc123-0-decode-b9q4z", "decode", None),
     ];
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     let plan = plan_pods(&rs, &owned, ts(NOW)).unwrap();
     assert!(plan.create.is_empty(), "{:?}", names(&plan.create));
     assert!(plan.delete.is_empty(), "{:?}", plan.delete);

@@ -4,7 +4,7 @@
 
 use super::plan::{desired_replicas, is_ready, is_terminating, unique_roles};
 use super::update::{is_outdated, role_template_hash};
-use k8s_openapi::api::core::v1::Pod;
+use crate::cache::CachedPod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{Timestamp, Unit};
 use kube::ResourceExt;
@@ -17,13 +17,13 @@ use storm_shared::types::roleset::{RoleSet, RoleSetStatus, RoleStatus};
 /// from the stored status when nothing about the condition changed.
 pub fn compute_status(
     roleset: &RoleSet,
-    owned: &[&Pod],
+    owned: &[&CachedPod],
     podsets: &[&PodSet],
     now: Timestamp,
 ) -> RoleSetStatus {
     // Whole seconds: what the API server would keep anyway, so a stored time compares equal.
     let now = now.round(Unit::Second).unwrap_or(now);
-    let live: Vec<&Pod> = owned
+    let live: Vec<&CachedPod> = owned
         .iter()
         .copied()
         .filter(|p| !is_terminating(p))

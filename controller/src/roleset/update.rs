@@ -20,7 +20,8 @@
 //!   `k + 1` until every role still updating has `k` waves updated and Ready.
 
 use super::plan::{desired_replicas, is_ready, is_terminating, unique_roles};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use crate::cache::CachedPod;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -141,7 +142,7 @@ struct Wave {
     done: bool,
 }
 
-fn interleave_wave(role: &RoleSpec, slots: &[(i32, &Pod)]) -> Wave {
+fn interleave_wave(role: &RoleSpec, slots: &[(i32, &CachedPod)]) -> Wave {
     let hash = role_template_hash(role);
     let desired = usize::try_from(desired_replicas(role)).unwrap_or(0);
     let surge = role
@@ -153,7 +154,7 @@ fn interleave_wave(role: &RoleSpec, slots: &[(i32, &Pod)]) -> Wave {
     let step = usize::try_from(max_unavailable(role) + surge.max(0))
         .unwrap_or(1)
         .max(1);
-    let current: Vec<&Pod> = slots
+    let current: Vec<&CachedPod> = slots
         .iter()
         .map(|(_, p)| *p)
         .filter(|p| !is_terminating(p) && !is_outdated(*p, &hash))
@@ -168,7 +169,7 @@ fn interleave_wave(role: &RoleSpec, slots: &[(i32, &Pod)]) -> Wave {
 }
 
 /// Plans the update of `roleset`'s outdated Pods (those it owns, terminating ones included).
-pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
+pub fn plan_updates(roleset: &RoleSet, owned: &[&CachedPod]) -> Updates {
     let mut roles: Vec<(usize, &RoleSpec)> =
         unique_roles(roleset).into_iter().enumerate().collect();
     roles.sort_by_key(|(i, r)| (r.upgrade_order.unwrap_or(i32::MAX), *i));
@@ -185,9 +186,9 @@ pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
         // A grouped role's replicas are PodSets, updated by `groups`.
         .filter(|r| !super::groups::is_group(r))
         .collect();
-    let role_slots = |role: &RoleSpec| -> Vec<(i32, &Pod)> {
+    let role_slots = |role: &RoleSpec| -> Vec<(i32, &CachedPod)> {
         let desired = desired_replicas(role);
-        let mut slots: Vec<(i32, &Pod)> = owned
+        let mut slots: Vec<(i32, &CachedPod)> = owned
             .iter()
             .filter_map(|p| {
                 let (r, i) = assigned.get(&p.name_any())?;
@@ -221,7 +222,7 @@ pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
         let unavailable = usize::try_from(desired)
             .unwrap_or(0)
             .saturating_sub(available);
-        let outdated: Vec<&Pod> = slots
+        let outdated: Vec<&CachedPod> = slots
             .iter()
             .map(|(_, p)| *p)
             .filter(|p| !is_terminating(p) && is_outdated(*p, &hash))
@@ -237,7 +238,7 @@ pub fn plan_updates(roleset: &RoleSet, owned: &[&Pod]) -> Updates {
             budget = budget.min(end.saturating_sub(w.updated));
         }
         // Unready outdated Pods serve nobody: they go first and use no budget of their own.
-        let (unready, ready): (Vec<&Pod>, Vec<&Pod>) =
+        let (unready, ready): (Vec<&CachedPod>, Vec<&CachedPod>) =
             outdated.into_iter().partition(|p| !is_ready(p));
         let in_place_ok = role
             .update_strategy

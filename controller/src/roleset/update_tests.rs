@@ -1,4 +1,5 @@
 use super::*;
+use crate::cache::CachedPod;
 use crate::roleset::plan::plan_pods;
 use crate::roleset::plan::tests::{existing, role, roleset, ts};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -7,16 +8,15 @@ use storm_shared::types::roleset::RoleUpdateStrategy;
 const NOW: &str = "2026-01-01T00:00:00Z";
 
 /// A RoleSet at template 1 with every Pod Ready, then `change` applied to its spec.
-fn updated(roles: Vec<RoleSpec>, change: impl Fn(&mut RoleSet)) -> (RoleSet, Vec<Pod>) {
+fn updated(roles: Vec<RoleSpec>, change: impl Fn(&mut RoleSet)) -> (RoleSet, Vec<CachedPod>) {
     let rs = roleset(roles);
     let made = plan_pods(&rs, &[], ts(NOW)).unwrap().create;
-    let pods: Vec<Pod> = made
+    let pods: Vec<CachedPod> = made
         .iter()
         .map(|p| {
             let mut pod = existing(&rs, &p.name_any(), "Running", true);
             pod.metadata.labels = p.metadata.labels.clone();
             pod.metadata.annotations = p.metadata.annotations.clone();
-            pod.spec = p.spec.clone();
             pod
         })
         .collect();
@@ -50,14 +50,14 @@ fn names(v: &[(String, Option<String>)]) -> Vec<&str> {
 #[test]
 fn an_unchanged_template_updates_nothing() {
     let (rs, pods) = updated(vec![role("decode", Some(3))], |_| {});
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     assert_eq!(plan_updates(&rs, &owned), Updates::default());
 }
 
 #[test]
 fn outdated_pods_are_replaced_one_at_a_time_by_default() {
     let (rs, pods) = updated(vec![role("decode", Some(3))], |rs| set_image(rs, 0, "x:2"));
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     let u = plan_updates(&rs, &owned);
     assert_eq!(
         names(&u.replace),
@@ -68,10 +68,10 @@ fn outdated_pods_are_replaced_one_at_a_time_by_default() {
     // One Pod already down: nothing more goes until it is back.
     let mut down = pods.clone();
     down.retain(|p| p.name_any() != "llm-abc123-0-decode-2");
-    let owned: Vec<&Pod> = down.iter().collect();
+    let owned: Vec<&CachedPod> = down.iter().collect();
     assert!(plan_updates(&rs, &owned).replace.is_empty());
     // The plan deletes it with its reason.
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     let plan = plan_pods(&rs, &owned, ts(NOW)).unwrap();
     assert_eq!(plan.delete.len(), 1);
     assert_eq!(
@@ -85,7 +85,7 @@ fn max_unavailable_widens_the_budget() {
     let mut r = role("decode", Some(4));
     r.update_strategy = strategy("Recreate", Some(IntOrString::String("50%".into())));
     let (rs, pods) = updated(vec![r], |rs| set_image(rs, 0, "x:2"));
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     assert_eq!(plan_updates(&rs, &owned).replace.len(), 2);
 }
 
@@ -94,7 +94,7 @@ fn in_place_if_possible_patches_images_and_replaces_anything_else() {
     let mut r = role("decode", Some(2));
     r.update_strategy = strategy(IN_PLACE_IF_POSSIBLE, Some(IntOrString::Int(2)));
     let (rs, pods) = updated(vec![r.clone()], |rs| set_image(rs, 0, "x:2"));
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     let u = plan_updates(&rs, &owned);
     assert!(u.replace.is_empty());
     assert_eq!(u.in_place.len(), 2);
@@ -109,7 +109,7 @@ fn in_place_if_possible_patches_images_and_replaces_anything_else() {
         rs.spec.roles[0].template.spec.as_mut().unwrap().containers[0].args =
             Some(vec!["--x".into()]);
     });
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     let u = plan_updates(&rs, &owned);
     assert!(u.in_place.is_empty());
     assert_eq!(u.replace.len(), 2);
@@ -125,7 +125,7 @@ fn sequential_roles_go_one_after_another_by_upgrade_order() {
         set_image(rs, 0, "x:2");
         set_image(rs, 1, "x:2");
     });
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     assert_eq!(
         names(&plan_updates(&rs, &owned).replace),
         ["llm-abc123-0-decode-0"]
@@ -136,7 +136,7 @@ fn sequential_roles_go_one_after_another_by_upgrade_order() {
         set_image(rs, 1, "x:2");
     });
     rs.spec.update_strategy = Some(RoleSetUpdateStrategyType::Parallel);
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     assert_eq!(plan_updates(&rs, &owned).replace.len(), 2);
 }
 
@@ -150,7 +150,7 @@ fn pods_without_a_template_hash_count_as_current() {
             .unwrap()
             .remove(AIBRIX_LABEL_ROLE_TEMPLATE_HASH);
     }
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     assert_eq!(plan_updates(&rs, &owned), Updates::default());
 }
 
@@ -160,7 +160,7 @@ fn the_pod_cache_keeps_what_an_in_place_update_needs() {
     r.update_strategy = strategy(IN_PLACE_IF_POSSIBLE, None);
     let (rs, mut pods) = updated(vec![r], |rs| set_image(rs, 0, "x:2"));
     crate::cache::slim_pod(&mut pods[0]);
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     assert_eq!(
         plan_updates(&rs, &owned).in_place.len(),
         1,
@@ -178,7 +178,7 @@ fn interleave_moves_roles_in_lockstep_waves() {
         },
     );
     rs.spec.update_strategy = Some(RoleSetUpdateStrategyType::Interleave);
-    let owned: Vec<&Pod> = pods.iter().collect();
+    let owned: Vec<&CachedPod> = pods.iter().collect();
     let mut first = names(&plan_updates(&rs, &owned).replace)
         .into_iter()
         .map(String::from)
@@ -196,17 +196,16 @@ fn interleave_moves_roles_in_lockstep_waves() {
         let mut pod = existing(&rs, name, "Running", ready);
         pod.metadata.labels = made.metadata.labels.clone();
         pod.metadata.annotations = made.metadata.annotations.clone();
-        pod.spec = made.spec.clone();
         pod
     };
-    let mut now: Vec<Pod> = pods
+    let mut now: Vec<CachedPod> = pods
         .iter()
         .filter(|p| !p.name_any().ends_with("-2"))
         .cloned()
         .collect();
     now.push(fresh("llm-abc123-0-decode-2", true));
     now.push(fresh("llm-abc123-0-prefill-2", false));
-    let owned: Vec<&Pod> = now.iter().collect();
+    let owned: Vec<&CachedPod> = now.iter().collect();
     assert!(
         plan_updates(&rs, &owned).replace.is_empty(),
         "no role starts wave 2 before every role finished wave 1"
@@ -214,7 +213,7 @@ fn interleave_moves_roles_in_lockstep_waves() {
     // Both Ready: wave 2 starts for both.
     now.pop();
     now.push(fresh("llm-abc123-0-prefill-2", true));
-    let owned: Vec<&Pod> = now.iter().collect();
+    let owned: Vec<&CachedPod> = now.iter().collect();
     let mut second: Vec<String> = names(&plan_updates(&rs, &owned).replace)
         .into_iter()
         .map(String::from)
@@ -226,7 +225,7 @@ fn interleave_moves_roles_in_lockstep_waves() {
     par.spec.update_strategy = Some(RoleSetUpdateStrategyType::Parallel);
     now.pop();
     now.push(fresh("llm-abc123-0-prefill-2", false));
-    let owned: Vec<&Pod> = now.iter().collect();
+    let owned: Vec<&CachedPod> = now.iter().collect();
     assert_eq!(
         names(&plan_updates(&par, &owned).replace),
         ["llm-abc123-0-decode-1"]

@@ -11,6 +11,7 @@
 //! [`revisions`] keeps each revision's template (ControllerRevisions) so its RoleSets can be made
 //! again after the template moved on.
 
+use crate::cache::CachedPod;
 use crate::context::Context;
 use crate::error::{Backoff, Error};
 use crate::feeds::{self, Feeds};
@@ -20,7 +21,7 @@ use crate::owned::Owned;
 use crate::rollout::{self, Input};
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef};
@@ -84,7 +85,7 @@ pub fn run(
     // A RoleSet triggers the StormService that owns it; a Pod the one its label names.
     let triggers = futures::stream::select(
         feeds::triggers(feeds.rolesets.subscribe(), feeds::owners::<StormService, _>),
-        feeds::triggers(feeds.pods.subscribe(), |pod: &Pod| {
+        feeds::triggers(feeds.pods.subscribe(), |pod: &CachedPod| {
             let name = pod.labels().get(AIBRIX_LABEL_STORM_SERVICE_NAME)?;
             Some(ObjectRef::<StormService>::new(name).within(pod.namespace().as_deref()?))
         }),
@@ -95,7 +96,7 @@ pub fn run(
 async fn run_on(
     ctx: Arc<Context>,
     rolesets: Owned<RoleSet>,
-    pods: Owned<Pod>,
+    pods: Owned<CachedPod>,
     triggers: impl futures::Stream<Item = ObjectRef<StormService>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {

@@ -2,11 +2,12 @@
 //! the weight its traffic routers report.
 
 use super::routing::Routing;
+use crate::cache::CachedPod;
 use crate::owned::Owned;
 use crate::rollout::{Observed, ObservedPod, ObservedRoleSet};
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use kube::runtime::reflector::Store;
 use kube::runtime::reflector::store::WriterDropped;
 use kube::{Client, Resource, ResourceExt};
@@ -20,7 +21,7 @@ pub struct Caches {
     /// RoleSets carrying the StormService name label, by StormService.
     pub rolesets: Owned<RoleSet>,
     /// Pods carrying the StormService name label, by StormService.
-    pub pods: Owned<Pod>,
+    pub pods: Owned<CachedPod>,
     /// Every Service (slimmed to what pinning needs).
     pub services: Store<Service>,
     /// ControllerRevisions carrying the StormService name label, by StormService.
@@ -112,7 +113,7 @@ fn ready_and_current(r: &RoleSet) -> bool {
 }
 
 /// A Pod as the rollout sees it: facts only; `rollout::health` judges them.
-pub fn observe_pod(p: &Pod) -> ObservedPod {
+pub fn observe_pod(p: &CachedPod) -> ObservedPod {
     let status = p.status.as_ref();
     // The Pod's own `Ready` condition (Kubernetes' vocabulary, not ours).
     let ready_cond = status
@@ -186,7 +187,7 @@ mod tests {
 
     #[test]
     fn pod_facts_from_status() {
-        let pod: Pod = serde_json::from_value(json!({
+        let pod: CachedPod = serde_json::from_value(json!({
             "metadata": {"name": "p", "labels": {LABEL_REVISION: "r"}, "creationTimestamp": "2026-01-01T00:00:00Z"},
             "status": {"phase": "Running",
                        "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": "2026-01-01T00:01:00Z"}],
