@@ -1103,3 +1103,38 @@ fn preview_replica_count_is_between_one_and_replicas_and_auto_promotion_seconds_
         "{r:?}"
     );
 }
+
+#[test]
+fn dynamic_stable_scale_needs_a_traffic_router() {
+    let mut v = canary();
+    remove(&mut v, "/spec/rolloutStrategy/canary/trafficRouting");
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/canary/dynamicStableScale",
+        json!(true),
+    );
+    let r = rejects(&v, &["spec.rolloutStrategy.canary.dynamicStableScale"]);
+    assert!(
+        r.errors
+            .iter()
+            .any(|e| e.to_string().contains("needs trafficRouting")),
+        "{r:?}"
+    );
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/canary/dynamicStableScale",
+        json!(false),
+    );
+    accepts(&v);
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/canary/trafficRouting",
+        json!({"nginx": {"ingress": "my-app-ingress", "servicePort": 80}}),
+    );
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/canary/dynamicStableScale",
+        json!(true),
+    );
+    accepts(&v);
+}

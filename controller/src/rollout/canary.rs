@@ -8,6 +8,7 @@
 use super::Machine;
 use super::controls::{Controls, ignore};
 use super::drain;
+use super::dynamic;
 use super::gates::{self, Gate};
 use super::lifecycle::{self, Steer};
 use super::revision;
@@ -191,6 +192,8 @@ struct Position {
     /// Past the last step: the canary becomes the whole service.
     promoting: bool,
     router: bool,
+    /// `dynamicStableScale` with a router: stable shrinks as the canary's traffic grows.
+    dynamic: bool,
     replicas: i32,
     canary_existing: i32,
     canary_ready: i32,
@@ -210,6 +213,7 @@ impl Position {
             target: target(&canary.steps, idx, m.replicas, router),
             promoting: idx >= canary.steps.len(),
             router,
+            dynamic: router && canary.dynamic_stable_scale == Some(true),
             replicas: m.replicas,
             canary_existing: obs.existing(&m.update),
             canary_ready: obs.ready(&m.update),
@@ -224,6 +228,24 @@ impl Position {
                     (r, counts)
                 })
                 .collect(),
+        }
+    }
+
+    /// The position as `dynamicStableScale` reads it.
+    fn dynamic_now(&self, m: &Machine, canary: &CanaryStrategy) -> dynamic::Now {
+        let (surge, unavailable) = budgets(m.input.spec, Some(canary), self.replicas);
+        dynamic::Now {
+            replicas: self.replicas,
+            target_weight: self.target.weight,
+            target_canary: self.target.canary,
+            canary_existing: self.canary_existing,
+            canary_ready: self.canary_ready,
+            stable_existing: self.stable_existing,
+            stable_ready: self.stable_ready,
+            others_existing: self.others.values().map(|(existing, _)| existing).sum(),
+            reported: m.input.observed.router_weight,
+            surge,
+            unavailable,
         }
     }
 
@@ -259,12 +281,16 @@ impl InPlace {
 /// Capacity: the RoleSets each revision should have at this step. Returns stable's target.
 ///
 /// With a router, stable stays at full size until promotion, and goes only once the router reports
-/// all traffic on the canary. Without one, the canary grows within the surge budget and stable
+/// all traffic on the canary; with `dynamicStableScale` it shrinks as the canary's traffic grows
+/// ([`dynamic`]). Without one, the canary grows within the surge budget and stable
 /// shrinks as far as availability allows.
 fn capacity(m: &mut Machine, stable: &str, canary: &CanaryStrategy, at: &Position) -> i32 {
     let replicas = at.replicas;
     let t = at.target;
-    let (canary_now, stable_target) = if at.router {
+    let (canary_now, stable_target) = if at.dynamic {
+        let now = at.dynamic_now(m, canary);
+        dynamic::capacity(&now, dynamic::weight(&now))
+    } else if at.router {
         let stable_target = if at.promoting
             && at.canary_ready >= replicas
             && m.input.observed.router_weight == Some(100)
@@ -321,6 +347,8 @@ fn traffic(m: &mut Machine, canary: &CanaryStrategy, at: &Position) -> i32 {
     let reported = m.input.observed.router_weight;
     let weight = if !at.router {
         t.weight
+    } else if at.dynamic {
+        dynamic::weight(&at.dynamic_now(m, canary))
     } else if at.promoting {
         if at.canary_ready >= at.replicas || reported == Some(100) {
             100

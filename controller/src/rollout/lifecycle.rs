@@ -248,7 +248,18 @@ pub(crate) fn hold_on_stable(m: &mut Machine, stable: &str) {
     let router = m.has_router();
     // A router sends traffic to stable at once, unless stable has nothing ready to serve it (a
     // promotion had already removed it): then the canary keeps the traffic until stable is back.
-    let weight = if router && obs.ready(stable) == 0 {
+    let dynamic = router
+        && m.canary()
+            .is_some_and(|c| c.dynamic_stable_scale == Some(true));
+    let weight = if dynamic {
+        // Stable may have been shrunk to its share: it takes the traffic back as its RoleSets
+        // are ready again.
+        let current = obs
+            .router_weight
+            .or_else(|| m.rs.canary_status.as_ref().map(|c| c.current_weight))
+            .unwrap_or(0);
+        super::dynamic::abort_weight(current, obs.ready(stable), m.replicas)
+    } else if router && obs.ready(stable) == 0 {
         obs.router_weight
             .or_else(|| m.rs.canary_status.as_ref().map(|c| c.current_weight))
             .unwrap_or(0)

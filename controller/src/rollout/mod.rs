@@ -8,6 +8,7 @@ mod bluegreen;
 mod canary;
 mod controls;
 mod drain;
+mod dynamic;
 pub mod gates;
 pub mod health;
 mod lifecycle;
@@ -102,6 +103,13 @@ fn at_rest(m: &mut Machine, stable: &str, controls: controls::Controls) {
         for rev in obs.revisions().into_iter().filter(|r| r != stable) {
             m.scale.insert(rev.clone(), obs.existing(&rev));
         }
+        // A stable shrunk by `dynamicStableScale` takes the traffic back as its RoleSets are ready.
+        if m.canary()
+            .is_some_and(|c| c.dynamic_stable_scale == Some(true))
+        {
+            let current = obs.router_weight.unwrap_or(0);
+            m.weight = dynamic::abort_weight(current, obs.ready(stable), m.replicas);
+        }
         m.requeue_in(Duration::from_secs(1));
     }
     m.pin_services(stable, stable);
@@ -138,6 +146,9 @@ fn at_rest(m: &mut Machine, stable: &str, controls: controls::Controls) {
             format!("revision {stable} is serving"),
         ),
         _ => {}
+    }
+    if m.weight != 0 {
+        m.status_weight = Some(m.weight);
     }
 }
 

@@ -90,6 +90,14 @@ pub(super) fn check(canary: &CanaryStrategy, replicas: i32, path: &FieldPath, re
         }
     }
     check_services(canary, path, report);
+    if canary.dynamic_stable_scale == Some(true) && canary.traffic_routing.is_none() {
+        report.error(FieldError::invalid(
+            path.child("dynamicStableScale"),
+            true,
+            "needs trafficRouting: without a router the split is by RoleSet count, so stable \
+             already shrinks as the canary grows; remove dynamicStableScale or set trafficRouting",
+        ));
+    }
     if let Some(tr) = &canary.traffic_routing {
         routing::check(tr, &path.child("trafficRouting"), report);
     } else {

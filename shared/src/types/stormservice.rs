@@ -240,6 +240,13 @@ pub struct CanaryStrategy {
     /// Most unavailable RoleSets during the canary (number or percentage). Overrides `updateStrategy.maxUnavailable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<IntOrString>,
+    /// With a traffic router: stable shrinks as the canary's share of the traffic grows, so the
+    /// StormService holds about `replicas` plus `maxSurge` RoleSets through the rollout instead of
+    /// stable at full size plus the canary. Traffic always moves before capacity goes: stable
+    /// keeps the RoleSets its share of the traffic needs, and an abort grows stable back before
+    /// traffic returns to it. Without a router stable already shrinks as the canary grows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic_stable_scale: Option<bool>,
     /// Deprecated place for `autoRollback` (as in the migration guide). Accepted: admission moves it to
     /// `spec.rolloutStrategy.autoRollback` and warns.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -443,3 +443,161 @@ async fn deleting_a_routed_canary_mid_rollout_puts_traffic_back_on_stable() -> R
     );
     env.ns.cleanup().await
 }
+
+/// Ready RoleSets per revision (not terminating), and the total per revision.
+async fn ready_rolesets(env: &Env) -> Result<std::collections::BTreeMap<String, (usize, usize)>> {
+    use storm_shared::keys::{LABEL_NAME, LABEL_REVISION};
+    let list = env
+        .ns
+        .api::<storm_shared::RoleSet>()
+        .list(&kube::api::ListParams::default().labels(&format!("{LABEL_NAME}=app")))
+        .await?;
+    let mut out = std::collections::BTreeMap::new();
+    for r in list
+        .items
+        .iter()
+        .filter(|r| r.metadata.deletion_timestamp.is_none())
+    {
+        let rev = r
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_REVISION))
+            .cloned()
+            .unwrap_or_default();
+        let e: &mut (usize, usize) = out.entry(rev).or_default();
+        e.1 += 1;
+        if storm_e2e::roleset_is_ready(r) {
+            e.0 += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// What a sampler saw through a rollout: the most RoleSets at once before the abort, and every
+/// moment stable had fewer ready RoleSets than its share of the traffic needs.
+#[derive(Debug, Default)]
+struct Samples {
+    count: usize,
+    most_rolesets: usize,
+    short: Vec<String>,
+}
+
+/// Samples RoleSets and the router's weights until `stop`: RoleSets, then weights, then RoleSets
+/// again, so that a RoleSet going (or becoming ready) between the reads is not misread; stable's
+/// ready count is the larger of the two reads.
+async fn sample(
+    env: &Env,
+    r: &Router,
+    stable: &str,
+    replicas: usize,
+    aborted: &std::sync::atomic::AtomicBool,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Samples> {
+    let mut s = Samples::default();
+    while !*stop.borrow() {
+        let aborting = aborted.load(std::sync::atomic::Ordering::SeqCst);
+        let first = ready_rolesets(env).await?;
+        let weights = kubectl_get(env, r.resource, r.name).and_then(|o| (r.weights)(&o));
+        let second = ready_rolesets(env).await?;
+        if let Ok((on_stable, _)) = weights {
+            let ready = |m: &std::collections::BTreeMap<String, (usize, usize)>| {
+                m.get(stable).map_or(0, |e| e.0)
+            };
+            let stable_ready = ready(&first).max(ready(&second));
+            let on_stable = usize::try_from(on_stable).unwrap_or(100);
+            if stable_ready * 100 < replicas * on_stable {
+                s.short.push(format!(
+                    "{on_stable}% on stable with {stable_ready} of {replicas} RoleSets ready: {first:?} / {second:?}"
+                ));
+            }
+            s.count += 1;
+        }
+        // An abort grows stable back to full size at once, beside the canary.
+        if !aborting {
+            for m in [&first, &second] {
+                s.most_rolesets = s.most_rolesets.max(m.values().map(|e| e.1).sum());
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    Ok(s)
+}
+
+/// `dynamicStableScale`: stable shrinks as the canary's traffic grows, so 4 RoleSets never become
+/// more than 5 (replicas plus maxSurge 1) until the abort, where a routed canary without it holds
+/// stable's 4 plus the canary; traffic moves before capacity, and an abort grows stable back
+/// before traffic returns to it. A sampler reads RoleSets and the HTTPRoute throughout.
+#[tokio::test]
+async fn dynamic_stable_scale_shrinks_stable_as_traffic_moves() -> Result<()> {
+    let r = gateway();
+    let mut env = setup("routed-dynamic").await?;
+    env.ns.cluster().install_thirdparty_crds()?;
+    for obj in &r.objects {
+        kubectl_create(&env, obj)?;
+    }
+    let mut obj = storm_service(
+        4,
+        json!([
+            {"weight": 25, "pause": {"untilApproval": true}},
+            {"weight": 50, "pause": {"untilApproval": true}}
+        ]),
+        None,
+    );
+    let canary = &mut obj["spec"]["rolloutStrategy"]["canary"];
+    canary["trafficRouting"] = r.routing.clone();
+    canary["dynamicStableScale"] = json!(true);
+    canary["maxSurge"] = json!(1);
+    canary["abortScaleDownDelaySeconds"] = json!(DRAIN);
+    create(&env, obj).await?;
+    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    let v1 = stable_revision(&env).await?;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let aborted = std::sync::atomic::AtomicBool::new(false);
+    let sampling = sample(&env, &r, &v1, 4, &aborted, stopped);
+    let steps = async {
+        set_image(&env, "app:v2").await?;
+        let (_, v2) = revisions(&env).await?;
+        // 25%: one canary RoleSet, stable down to the three that carry 75%.
+        wait_phase(&env, RolloutPhase::Paused, Some(0)).await?;
+        wait_weights(&env, &r, (75, 25)).await?;
+        wait_rolesets(&env, &v1, 3, &v2, 1).await?;
+        annotate(&env, "stormservice.aibrix.ai/rollout-approval").await?;
+        // 50%: two and two.
+        wait_phase(&env, RolloutPhase::Paused, Some(1)).await?;
+        wait_weights(&env, &r, (50, 50)).await?;
+        wait_rolesets(&env, &v1, 2, &v2, 2).await?;
+        // Abort: stable grows back to four, the traffic follows its ready RoleSets, and the
+        // canary goes once it has none, after its drain delay.
+        aborted.store(true, std::sync::atomic::Ordering::SeqCst);
+        annotate(&env, "stormservice.aibrix.ai/rollout-abort").await?;
+        wait_phase(&env, RolloutPhase::Aborted, None).await?;
+        wait_weights(&env, &r, (100, 0)).await?;
+        wait_drained(&env, &v2, "Aborted", DRAIN).await?;
+        wait_rolesets(&env, &v1, 4, &v2, 0).await?;
+        anyhow::Ok(())
+    };
+    // The sampler stops however the steps end.
+    let walk = async {
+        let walked = steps.await;
+        let _ = stop.send(true);
+        walked
+    };
+    let (samples, walked) = tokio::join!(sampling, walk);
+    walked?;
+    let samples = samples?;
+    ensure!(samples.count > 10, "the sampler saw the route: {samples:?}");
+    ensure!(
+        samples.short.is_empty(),
+        "stable had fewer ready RoleSets than its traffic needs: {:#?}",
+        samples.short
+    );
+    ensure!(
+        samples.most_rolesets <= 5,
+        "at most replicas + maxSurge RoleSets at once before the abort, saw {}",
+        samples.most_rolesets
+    );
+    env.controller.process.ensure_running()?;
+    env.ns.cleanup().await
+}

@@ -42,11 +42,20 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn invariants_hold(events in prop::collection::vec(event(), 1..60), replicas in 1i32..7, router in any::<bool>()) {
+    fn invariants_hold(
+        events in prop::collection::vec(event(), 1..60),
+        replicas in 1i32..7,
+        router in any::<bool>(),
+        dynamic in any::<bool>(),
+    ) {
         let mut s = spec(seed_steps(), replicas, "app:v1");
+        let dynamic = router && dynamic;
         if router {
             canary_of(&mut s).traffic_routing =
                 Some(serde_json::from_value(serde_json::json!({"nginx": {"ingress": "i", "servicePort": 80}})).expect("tr"));
+        }
+        if dynamic {
+            canary_of(&mut s).dynamic_stable_scale = Some(true);
         }
         let mut sim = Sim::new(s);
         if router {
@@ -109,18 +118,28 @@ proptest! {
                 ready_before - ready_deleted >= floor,
                 "{ready_deleted} of {ready_before} ready RoleSets deleted (floor {floor})"
             );
-            // The weight never exceeds the current step's.
+            // The weight never exceeds the current step's. With dynamicStableScale a weight above
+            // it (a retry restarting at a lower step) comes down only as stable grows: it may stay
+            // where the router has it, never rise.
             if let Some(idx) = rs.current_step_index.and_then(|i| usize::try_from(i).ok()) {
                 let steps = &sim.spec.rollout_strategy.as_ref().expect("rs").canary.as_ref().expect("c").steps;
                 let t = canary::target(steps, idx, replicas, router);
-                prop_assert!(plan.weight <= t.weight.max(if rs.phase == Some(RolloutPhase::Completed) { 100 } else { 0 }),
+                let held = if dynamic { router_before.unwrap_or(0) } else { 0 };
+                prop_assert!(plan.weight <= t.weight.max(held).max(if rs.phase == Some(RolloutPhase::Completed) { 100 } else { 0 }),
                     "weight {} over step {idx}'s {}", plan.weight, t.weight);
             }
             // Aborted or rolled back: all traffic on stable, Services pinned to stable. With a
             // router, a stable that has nothing ready (a promotion had removed it) gets the
             // traffic back only once it has capacity again.
             if matches!(rs.phase, Some(RolloutPhase::Aborted)) || plan.rollback.is_some() {
-                if !(router && stable_ready_before == 0) {
+                let stable_ready_before = i32::try_from(stable_ready_before).unwrap_or(0);
+                if dynamic {
+                    // Shrunk with the canary's traffic: stable takes it back as its RoleSets are ready.
+                    prop_assert!(
+                        plan.weight <= 100 - dynamic::stable_share(stable_ready_before, replicas),
+                        "weight {} with {stable_ready_before} of {replicas} stable RoleSets ready", plan.weight
+                    );
+                } else if !(router && stable_ready_before == 0) {
                     prop_assert_eq!(plan.weight, 0);
                 }
                 prop_assert!(plan.services.iter().all(|(_, r)| *r == v1));
@@ -145,8 +164,29 @@ proptest! {
                 );
             }
             let promoting = rs.current_step_index.is_some_and(|i| i >= 4);
-            if router && !promoting && rs.phase != Some(RolloutPhase::Completed) && sim.stable() == Some(v1.clone()) {
+            if router && !dynamic && !promoting && rs.phase != Some(RolloutPhase::Completed) && sim.stable() == Some(v1.clone()) {
                 prop_assert_eq!(plan.scale.get(&v1).copied().unwrap_or(0), replicas, "with a router stable keeps full size");
+            }
+            // dynamicStableScale: stable's ready RoleSets are deleted only down to what the traffic
+            // the router reports on it, and the traffic the plan's weight puts on it, needs; and
+            // traffic goes back to stable only as far as its ready RoleSets carry it.
+            if dynamic && stable_before == Some(v1.clone()) && sim.stable() == Some(v1.clone()) {
+                let on_stable = 100 - router_before.unwrap_or(0).min(plan.weight);
+                let stable_ready_kept = before
+                    .iter()
+                    .filter(|(n, r, ok)| *ok && *r == v1 && !plan.delete.contains(n))
+                    .count();
+                let needed = usize::try_from(dynamic::needed(replicas, on_stable)).unwrap_or(0);
+                prop_assert!(
+                    stable_ready_kept >= needed.min(stable_ready_before),
+                    "{stable_ready_kept} ready stable RoleSets kept for {on_stable}% of the traffic"
+                );
+                if plan.weight < router_before.unwrap_or(0) {
+                    prop_assert!(
+                        i32::try_from(stable_ready_before).unwrap_or(0) * 100 >= replicas * (100 - plan.weight),
+                        "weight lowered to {} with {stable_ready_before} of {replicas} stable RoleSets ready", plan.weight
+                    );
+                }
             }
             // A draining revision gets no traffic: no Service selects it, and after an abort the
             // router sends it nothing.
@@ -202,9 +242,21 @@ proptest! {
             2 => (0usize..16).prop_map(Change::Lose),
         ], 1..60),
         replicas in 1i32..6,
+        dynamic in any::<bool>(),
     ) {
-        let mut sim = Sim::new(spec(seed_steps(), replicas, "app:v1"));
+        let mut s = spec(seed_steps(), replicas, "app:v1");
+        // With a router and dynamicStableScale, stable shrinks with the canary's traffic too.
+        if dynamic {
+            canary_of(&mut s).traffic_routing =
+                Some(serde_json::from_value(serde_json::json!({"nginx": {"ingress": "i", "servicePort": 80}})).expect("tr"));
+            canary_of(&mut s).dynamic_stable_scale = Some(true);
+        }
+        let mut sim = Sim::new(s);
+        if dynamic {
+            sim.router = Some(0);
+        }
         sim.settle(3);
+        let v1 = sim.revision();
         sim.set_image("app:v2");
         let (_, unavailable) = settings::budgets(&sim.spec, sim.spec.rollout_strategy.as_ref().and_then(|r| r.canary.as_ref()), replicas);
         for c in changes {
@@ -222,7 +274,24 @@ proptest! {
             }
             let before: Vec<(String, bool)> =
                 sim.rolesets.iter().map(|r| (r.name.clone(), r.ready)).collect();
+            let stable_ready: Vec<String> = sim
+                .rolesets
+                .iter()
+                .filter(|r| r.ready && r.revision == v1)
+                .map(|r| r.name.clone())
+                .collect();
+            let router_before = sim.router;
+            let stable_before = sim.stable();
             let plan = sim.tick();
+            if dynamic && stable_before == Some(v1.clone()) && sim.stable() == Some(v1.clone()) {
+                let on_stable = 100 - router_before.unwrap_or(0).min(plan.weight);
+                let kept = stable_ready.iter().filter(|n| !plan.delete.contains(n)).count();
+                let needed = usize::try_from(dynamic::needed(replicas, on_stable)).unwrap_or(0);
+                prop_assert!(
+                    kept >= needed.min(stable_ready.len()),
+                    "{kept} ready stable RoleSets kept for {on_stable}% of the traffic"
+                );
+            }
             let ready_before = before.iter().filter(|(_, ok)| *ok).count();
             let ready_deleted = before.iter().filter(|(n, ok)| *ok && plan.delete.contains(n)).count();
             let floor = ready_before.min(usize::try_from(replicas - unavailable).unwrap_or(0));
