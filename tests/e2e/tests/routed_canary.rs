@@ -480,6 +480,8 @@ async fn ready_rolesets(env: &Env) -> Result<std::collections::BTreeMap<String, 
 struct Samples {
     count: usize,
     most_rolesets: usize,
+    /// The read that saw the most, with the router's weights read between.
+    most_seen: String,
     short: Vec<String>,
 }
 
@@ -500,12 +502,12 @@ async fn sample(
         let first = ready_rolesets(env).await?;
         let weights = kubectl_get(env, r.resource, r.name).and_then(|o| (r.weights)(&o));
         let second = ready_rolesets(env).await?;
-        if let Ok((on_stable, _)) = weights {
+        if let Ok((on_stable, _)) = &weights {
             let ready = |m: &std::collections::BTreeMap<String, (usize, usize)>| {
                 m.get(stable).map_or(0, |e| e.0)
             };
             let stable_ready = ready(&first).max(ready(&second));
-            let on_stable = usize::try_from(on_stable).unwrap_or(100);
+            let on_stable = usize::try_from(*on_stable).unwrap_or(100);
             if stable_ready * 100 < replicas * on_stable {
                 s.short.push(format!(
                     "{on_stable}% on stable with {stable_ready} of {replicas} RoleSets ready: {first:?} / {second:?}"
@@ -513,10 +515,16 @@ async fn sample(
             }
             s.count += 1;
         }
-        // An abort grows stable back to full size at once, beside the canary.
+        // An abort grows stable back to full size at once, beside the canary: reads that may
+        // have come after it (the abort was sent before they ended) don't count.
+        let aborting = aborting || aborted.load(std::sync::atomic::Ordering::SeqCst);
         if !aborting {
             for m in [&first, &second] {
-                s.most_rolesets = s.most_rolesets.max(m.values().map(|e| e.1).sum());
+                let total = m.values().map(|e| e.1).sum();
+                if total > s.most_rolesets {
+                    s.most_rolesets = total;
+                    s.most_seen = format!("{m:?} (ready, existing) by revision; weights {weights:?}");
+                }
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -587,6 +595,12 @@ async fn dynamic_stable_scale_shrinks_stable_as_traffic_moves() -> Result<()> {
     let (samples, walked) = tokio::join!(sampling, walk);
     walked?;
     let samples = samples?;
+    eprintln!(
+        "dynamicStableScale: {} samples, at most {} RoleSets before the abort, {} short",
+        samples.count,
+        samples.most_rolesets,
+        samples.short.len()
+    );
     ensure!(samples.count > 10, "the sampler saw the route: {samples:?}");
     ensure!(
         samples.short.is_empty(),
@@ -595,8 +609,9 @@ async fn dynamic_stable_scale_shrinks_stable_as_traffic_moves() -> Result<()> {
     );
     ensure!(
         samples.most_rolesets <= 5,
-        "at most replicas + maxSurge RoleSets at once before the abort, saw {}",
-        samples.most_rolesets
+        "at most replicas + maxSurge RoleSets at once before the abort, saw {}: {}",
+        samples.most_rolesets,
+        samples.most_seen
     );
     env.controller.process.ensure_running()?;
     env.ns.cleanup().await
