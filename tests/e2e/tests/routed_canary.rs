@@ -523,7 +523,8 @@ async fn sample(
                 let total = m.values().map(|e| e.1).sum();
                 if total > s.most_rolesets {
                     s.most_rolesets = total;
-                    s.most_seen = format!("{m:?} (ready, existing) by revision; weights {weights:?}");
+                    s.most_seen =
+                        format!("{m:?} (ready, existing) by revision; weights {weights:?}");
                 }
             }
         }
