@@ -134,6 +134,28 @@ pub fn render(view: &View) -> String {
             d.revision, d.due_time.0
         );
     }
+    if let Some(c) = &rs.capacity {
+        let per_revision: Vec<String> = c
+            .revisions
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} ({} × {})",
+                    r.revision, r.in_use, r.role_sets, r.per_role_set
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "Capacity:   {} {} in use of {} (steady state {}, {} left): {}",
+            c.resource,
+            c.in_use,
+            c.in_use + c.left,
+            c.steady_state,
+            c.left,
+            per_revision.join(", ")
+        );
+    }
     if !rs.analysis_runs.is_empty() {
         let _ = writeln!(out, "Analysis:");
         for run in &rs.analysis_runs {
@@ -480,6 +502,9 @@ mod tests {
             "rolloutStatus": {"phase": "Progressing", "currentStepIndex": 1, "routerWeight": 25,
                 "canaryStatus": {"currentWeight": 25},
                 "scaleDowns": [{"revision": "zzz", "reason": "Promoted", "dueTime": "2026-11-26T09:31:00Z"}],
+                "capacity": {"resource": "nvidia.com/gpu", "steadyState": 8, "inUse": 10, "left": 0,
+                    "revisions": [{"revision": "aaa", "roleSets": 3, "perRoleSet": 2, "inUse": 6},
+                                  {"revision": "bbb", "roleSets": 2, "perRoleSet": 2, "inUse": 4}]},
                 "analysisRuns": [{"name": "step-1", "revision": "bbb", "phase": "Running",
                     "message": "next measurement at 2026-11-26T09:30:00Z",
                     "metrics": [{"name": "success-rate/errors", "phase": "Running", "count": 2,
@@ -492,6 +517,10 @@ mod tests {
         );
         assert!(
             text.contains("Draining:   zzz until 2026-11-26T09:31:00Z (replaced by a promotion: scaleDownDelaySeconds)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Capacity:   nvidia.com/gpu 10 in use of 10 (steady state 8, 0 left): aaa 6 (3 × 2), bbb 4 (2 × 2)"),
             "{text}"
         );
         assert!(

@@ -4,6 +4,7 @@
 //! the same functions, so a rule lives in one place.
 #![forbid(unsafe_code)]
 
+pub mod capacity;
 pub mod defaults;
 pub mod errors;
 pub mod keys;

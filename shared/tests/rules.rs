@@ -1138,3 +1138,108 @@ fn dynamic_stable_scale_needs_a_traffic_router() {
     );
     accepts(&v);
 }
+
+#[test]
+fn a_capacity_budget_a_rollout_cannot_fit_is_denied_with_the_arithmetic() {
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/template/spec/containers/0/resources",
+        json!({"limits": {"nvidia.com/gpu": "2"}}),
+    );
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/capacityBudget",
+        json!({"resource": "nvidia.com/gpu", "maxExtra": 2}),
+    );
+    // A routed canary keeps stable whole until the promotion: 4 RoleSets × 2 GPUs above steady state.
+    let r = rejects(&v, &["spec.rolloutStrategy.capacityBudget.maxExtra"]);
+    let msg = r.errors[0].to_string();
+    assert!(
+        msg.contains("one RoleSet holds 2 nvidia.com/gpu (server 1 Pods × 2)")
+            && msg.contains("4 RoleSets × 2 = 8 above steady state")
+            && msg.contains("set canary.dynamicStableScale: true"),
+        "{msg}"
+    );
+    // With dynamicStableScale one RoleSet (2) is enough.
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/canary/dynamicStableScale",
+        json!(true),
+    );
+    accepts(&v);
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/capacityBudget/maxExtra",
+        json!(1),
+    );
+    let r = rejects(&v, &["spec.rolloutStrategy.capacityBudget.maxExtra"]);
+    assert!(
+        r.errors[0].to_string().contains("1 RoleSet × 2 = 2"),
+        "{r:?}"
+    );
+
+    // Only extended resources, in whole units.
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/capacityBudget",
+        json!({"resource": "cpu", "maxExtra": 2}),
+    );
+    rejects(&v, &["spec.rolloutStrategy.capacityBudget.resource"]);
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/capacityBudget",
+        json!({"resource": "nvidia.com/gpu", "maxExtra": 2}),
+    );
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/template/spec/containers/0/resources",
+        json!({"limits": {"nvidia.com/gpu": "500m"}}),
+    );
+    let r = rejects(&v, &["spec.rolloutStrategy.capacityBudget.resource"]);
+    assert!(
+        r.errors[0]
+            .to_string()
+            .contains("containers[0].resources: nvidia.com/gpu is \"500m\", not a whole number"),
+        "{r:?}"
+    );
+    // A template that requests none of it: the budget limits nothing, and says so.
+    remove(
+        &mut v,
+        "/spec/template/spec/roles/0/template/spec/containers/0/resources",
+    );
+    let r = accepts(&v);
+    assert!(
+        warning_paths(&r).contains(&"spec.rolloutStrategy.capacityBudget".to_string()),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_blue_green_needs_a_whole_second_revision_in_its_budget() {
+    let mut v = blue_green();
+    let replicas = v["spec"]["replicas"].as_i64().unwrap_or(1);
+    set(
+        &mut v,
+        "/spec/template/spec/roles/0/template/spec/containers/0/resources",
+        json!({"limits": {"nvidia.com/gpu": "1"}}),
+    );
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/capacityBudget",
+        json!({"resource": "nvidia.com/gpu", "maxExtra": replicas - 1}),
+    );
+    let r = rejects(&v, &["spec.rolloutStrategy.capacityBudget.maxExtra"]);
+    assert!(
+        r.errors[0].to_string().contains(&format!(
+            "{replicas} RoleSets × 1 = {replicas} above steady state"
+        )),
+        "{r:?}"
+    );
+    set(
+        &mut v,
+        "/spec/rolloutStrategy/capacityBudget/maxExtra",
+        json!(replicas),
+    );
+    accepts(&v);
+}

@@ -21,6 +21,16 @@ pub fn needed(replicas: i32, percent: i32) -> i32 {
     i32::try_from((r * p + 99) / 100).unwrap_or(replicas)
 }
 
+/// The canary RoleSets (of `replicas`) that carry `percent` of the traffic: the fewest whose
+/// [`canary_share`] reaches it (so one RoleSet of three carries 34%, as it was given).
+pub fn canary_needed(replicas: i32, percent: i32) -> i32 {
+    let (r, p) = (i64::from(replicas.max(0)), i64::from(percent.clamp(0, 100)));
+    if p == 0 {
+        return 0;
+    }
+    i32::try_from((r * (p - 1) / 100 + 1).min(r)).unwrap_or(replicas)
+}
+
 /// The share of the traffic (percent) that `ready` RoleSets of `replicas` may take on as the
 /// canary: rounded up, so `needed(replicas, 100 - share)` never exceeds `replicas - ready`.
 pub fn canary_share(ready: i32, replicas: i32) -> i32 {
@@ -97,7 +107,7 @@ pub fn capacity(n: &Now, weight: i32) -> (i32, i32) {
     // The canary grows within the surge budget, and keeps what its traffic needs.
     let room = r + n.surge.max(1) - n.stable_existing - n.others_existing;
     let grow = n.target_canary.min(n.canary_existing.max(room));
-    let keep = needed(r, reported.max(weight)).min(n.canary_existing);
+    let keep = canary_needed(r, reported.max(weight)).min(n.canary_existing);
     let canary = grow.max(keep);
     // Availability first: a canary RoleSet that is not ready (lost, restarting) is made up for by
     // stable, whose traffic share then follows its ready RoleSets back ([`weight`]).
@@ -127,6 +137,17 @@ mod tests {
         assert_eq!(needed(3, 100 - 34), 2);
         assert_eq!(stable_share(2, 3), 66);
         assert_eq!(stable_share(0, 3), 0);
+        assert_eq!(canary_needed(3, 34), 1);
+        assert_eq!(canary_needed(3, 35), 2);
+        assert_eq!(canary_needed(4, 25), 1);
+        assert_eq!(canary_needed(4, 26), 2);
+        assert_eq!(canary_needed(4, 100), 4);
+        assert_eq!(canary_needed(4, 0), 0);
+        for r in 1..20 {
+            for n in 0..=r {
+                assert_eq!(canary_needed(r, canary_share(n, r)), n, "{n} of {r}");
+            }
+        }
     }
 
     #[test]
@@ -219,7 +240,7 @@ mod tests {
             }
             prop_assert!(stable + n.canary_ready.min(canary) >= replicas - n.unavailable, "availability");
             let on_canary = reported.unwrap_or(0).max(w);
-            prop_assert!(canary >= needed(replicas, on_canary).min(n.canary_existing), "canary {canary} for {on_canary}%");
+            prop_assert!(canary >= canary_needed(replicas, on_canary).min(n.canary_existing), "canary {canary} for {on_canary}%");
             // Settled at the previous decision's plan with everything ready and routed: the next
             // decision moves on (more canary, more weight or less stable), or the step is reached.
             let settled = Now {

@@ -273,10 +273,25 @@ pub(crate) fn hold_on_stable(m: &mut Machine, stable: &str) {
         || (obs.router_weight.is_none() && router_silent_too_long(m));
     let stable_whole = obs.ready(stable) >= m.replicas && traffic_off;
     m.scale.insert(stable.to_string(), m.replicas);
+    let budgeted = m
+        .input
+        .spec
+        .rollout_strategy
+        .as_ref()
+        .is_some_and(|s| s.capacity_budget.is_some());
     let canary_now = if stable_whole {
         // No traffic left on it: it drains for `abortScaleDownDelaySeconds`, then goes.
         let update = m.update.clone();
         drain::schedule(m, &update, ScaleDownReason::Aborted);
+        0
+    } else if dynamic {
+        // Stable grows back as the canary's traffic leaves it: the canary keeps what its traffic
+        // needs, so that within a capacity budget the room it frees lets stable grow.
+        let on_canary = obs.router_weight.unwrap_or(weight).max(weight);
+        super::dynamic::canary_needed(m.replicas, on_canary).min(obs.existing(&m.update))
+    } else if budgeted && !router {
+        // Within a capacity budget stable can only grow as the canary shrinks: the canary keeps
+        // only the ready RoleSets availability needs (`keep_availability`).
         0
     } else {
         obs.existing(&m.update)

@@ -218,8 +218,96 @@ impl<'a> Machine<'a> {
         }
     }
 
+    /// The budget's resource, with `rolloutStrategy.capacityBudget`.
+    fn budget(&self) -> Option<&'a storm_shared::types::stormservice::CapacityBudget> {
+        self.input
+            .spec
+            .rollout_strategy
+            .as_ref()
+            .and_then(|s| s.capacity_budget.as_ref())
+    }
+
+    /// The last word on growth, with a capacity budget: whatever the strategy planned, new
+    /// RoleSets are made only while what every RoleSet holds (those being deleted too: their Pods
+    /// hold the resource until they are gone) stays within steady state plus `maxExtra`. Stable
+    /// grows first (an abort, a rollback), then the others. Deletions are never held back, so a
+    /// plan that waits here frees room for the next decision. Writes `rolloutStatus.capacity`.
+    fn keep_within_budget(&mut self) {
+        let Some(budget) = self.budget() else {
+            self.rs.capacity = None;
+            return;
+        };
+        let obs = self.input.observed;
+        let template = self
+            .input
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .map(|s| s.roles.as_slice())
+            .unwrap_or_default();
+        let update_holds =
+            storm_shared::capacity::roleset_use(template, &budget.resource).unwrap_or(0);
+        let holds = |rev: &str| -> i64 {
+            obs.rolesets
+                .iter()
+                .find(|r| r.revision == rev)
+                .map_or(update_holds, |r| r.holds)
+        };
+        let stable = self.stable.clone().unwrap_or_else(|| self.update.clone());
+        let steady = i64::from(self.replicas).saturating_mul(holds(&stable));
+        let limit = steady.saturating_add(budget.max_extra);
+        let in_use: i64 =
+            obs.rolesets.iter().map(|r| r.holds).sum::<i64>() + obs.held_by_terminating;
+        let mut room = limit - in_use;
+        let mut growing: Vec<String> = self
+            .scale
+            .iter()
+            .filter(|(rev, want)| **want > obs.existing(rev))
+            .map(|(rev, _)| rev.clone())
+            .collect();
+        growing.sort_by_key(|rev| *rev != stable);
+        for rev in growing {
+            let existing = obs.existing(&rev);
+            let want = self.scale.get(&rev).copied().unwrap_or(0);
+            let each = holds(&rev);
+            let fits = if each <= 0 {
+                want - existing
+            } else {
+                i32::try_from((room.max(0) / each).min(i64::from(want - existing))).unwrap_or(0)
+            };
+            room -= i64::from(fits) * each.max(0);
+            if fits < want - existing {
+                self.scale.insert(rev.clone(), existing + fits);
+            }
+        }
+        let mut revisions: Vec<storm_shared::types::stormservice::RevisionCapacity> = obs
+            .revisions()
+            .into_iter()
+            .map(|rev| {
+                let n = obs.existing(&rev);
+                let each = holds(&rev);
+                storm_shared::types::stormservice::RevisionCapacity {
+                    in_use: i64::from(n) * each,
+                    per_role_set: each,
+                    role_sets: n,
+                    revision: rev,
+                }
+            })
+            .collect();
+        revisions.sort_by_key(|r| r.revision != stable);
+        self.rs.capacity = Some(storm_shared::types::stormservice::CapacityStatus {
+            resource: budget.resource.clone(),
+            steady_state: steady,
+            in_use,
+            left: limit - in_use,
+            revisions,
+        });
+    }
+
     pub(super) fn finish(mut self) -> Plan {
         self.keep_availability();
+        self.keep_within_budget();
         let obs = self.input.observed;
         let name = self.input.name;
         let has_router = self.has_router();

@@ -23,6 +23,8 @@ pub struct ObservedRoleSet {
     pub roles: BTreeMap<String, i32>,
     /// Its per-role Pod counts, as its status reports them.
     pub role_status: Vec<storm_shared::types::roleset::RoleStatus>,
+    /// What it holds of the capacity budget's resource (0 without a budget).
+    pub holds: i64,
 }
 
 /// A Pod of the StormService, as observed.
@@ -56,6 +58,8 @@ pub struct Observed {
     pub router_weight: Option<i32>,
     /// Why the traffic routers could not be read, when they could not.
     pub router_error: Option<String>,
+    /// What RoleSets being deleted still hold of the capacity budget's resource.
+    pub held_by_terminating: i64,
 }
 
 /// What the analysis runner did just before the decision.

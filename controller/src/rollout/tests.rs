@@ -86,6 +86,26 @@ impl Sim {
         }
     }
 
+    /// What a RoleSet of the current template holds of the capacity budget's resource.
+    pub fn holds(&self) -> i64 {
+        let Some(budget) = self
+            .spec
+            .rollout_strategy
+            .as_ref()
+            .and_then(|s| s.capacity_budget.as_ref())
+        else {
+            return 0;
+        };
+        let roles = self
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .map(|s| s.roles.as_slice())
+            .unwrap_or_default();
+        storm_shared::capacity::roleset_use(roles, &budget.resource).unwrap_or(0)
+    }
+
     pub fn observed(&self) -> Observed {
         let pods = self
             .rolesets
@@ -105,6 +125,7 @@ impl Sim {
             pods,
             router_weight: self.router,
             router_error: None,
+            held_by_terminating: 0,
         }
     }
 
@@ -179,6 +200,7 @@ impl Sim {
                 name: format!("svc-{rev}-{n}"),
                 revision: rev.clone(),
                 ready: false,
+                holds: self.holds(),
             });
         }
         // Roles resized in place.

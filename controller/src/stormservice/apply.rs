@@ -309,8 +309,20 @@ async fn scale(
             Err(e) => return Err(Error::CreateRoleSet(rs.name_any(), e)),
         }
     }
+    // With a capacity budget a RoleSet stays (being deleted, counted against the budget) until
+    // its Pods are gone: they hold the resource until then.
+    let budgeted = obj
+        .spec
+        .rollout_strategy
+        .as_ref()
+        .is_some_and(|s| s.capacity_budget.is_some());
+    let params = if budgeted {
+        DeleteParams::foreground()
+    } else {
+        DeleteParams::background()
+    };
     for d in &plan.delete {
-        match api.delete(d, &DeleteParams::background()).await {
+        match api.delete(d, &params).await {
             Ok(_) => info!(namespace = %ns, roleset = %d, "RoleSet deleted"),
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(Error::DeleteRoleSet(d.clone(), e)),

@@ -38,11 +38,21 @@ impl Caches {
             && self.revisions.listed()
     }
 
-    /// The RoleSets and Pods of StormService `ns/name` that are not being deleted.
-    pub fn observe(&self, ns: &str, name: &str) -> Observed {
-        let rolesets = self
-            .rolesets
-            .owned_by(ns, name)
+    /// The RoleSets and Pods of StormService `ns/name` that are not being deleted, and what its
+    /// RoleSets hold of `budget` (the capacity budget's resource), those being deleted too.
+    pub fn observe(&self, ns: &str, name: &str, budget: Option<&str>) -> Observed {
+        let owned = self.rolesets.owned_by(ns, name);
+        let holds = |r: &RoleSet| {
+            budget.map_or(0, |resource| {
+                storm_shared::capacity::roleset_use(&r.spec.roles, resource).unwrap_or(0)
+            })
+        };
+        let held_by_terminating = owned
+            .iter()
+            .filter(|r| r.meta().deletion_timestamp.is_some())
+            .map(|r| holds(r))
+            .sum();
+        let rolesets = owned
             .iter()
             // A RoleSet without our revision label was made by AIBrix and is not adopted yet
             // (`adopt`): it is not counted, and never deleted as excess.
@@ -65,6 +75,7 @@ impl Caches {
                     .iter()
                     .map(|role| (role.name.clone(), role.replicas.unwrap_or(1).max(0)))
                     .collect(),
+                holds: holds(r),
             })
             .collect();
         let pods = self
@@ -79,6 +90,7 @@ impl Caches {
             pods,
             router_weight: None,
             router_error: None,
+            held_by_terminating,
         }
     }
 }

@@ -215,11 +215,13 @@ async fn reconcile_once(obj: &StormService, world: World, reported: i32) -> (Pla
                     .map(|(r, _)| r.to_string())
                     .unwrap_or_default(),
                 ready: *ready,
+                holds: 0,
             })
             .collect(),
         pods: Vec::new(),
         router_weight: world.router_weight,
         router_error: None,
+        held_by_terminating: 0,
     };
     let annotations = obj.annotations().clone();
     let input = Input {

@@ -6,6 +6,7 @@
 pub mod analysis;
 mod autorollback;
 mod bluegreen;
+mod budget;
 mod canary;
 mod controls;
 mod egress_rules;
@@ -19,6 +20,7 @@ mod update;
 use crate::errors::{FieldError, FieldPath, Report};
 use crate::types::stormservice::{RolloutStrategy, RolloutStrategyType, StormService};
 
+pub use budget::{is_extended_resource, need as budget_need};
 pub use egress_rules::{
     AnalysisBounds, DATADOG_SITES, MAX_CONDITION_LEN, MAX_EXPRESSION_DEPTH, MAX_JSON_PATH_LEN,
     datadog_site, refused_header,
@@ -92,6 +94,9 @@ fn check_strategy(
                 )),
             }
         }
+    }
+    if let Some(budget) = &strategy.capacity_budget {
+        budget::check(obj, budget, strategy, &path.child("capacityBudget"), report);
     }
     autorollback::check_placement(strategy, path, bounds, report);
     if let Some(ar) = &strategy.auto_rollback {

@@ -201,10 +201,57 @@ pub struct RolloutStrategy {
     /// Blue-green settings; required when `type` is `BlueGreen`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blue_green: Option<BlueGreenStrategy>,
+    /// The most of an extended resource (such as `nvidia.com/gpu`) the rollout may hold above
+    /// steady state, for both strategies: the controller plans every step, abort and rollback
+    /// within it, and admission denies a rollout whose shape cannot fit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_budget: Option<CapacityBudget>,
     /// When the rollout rolls itself back. Defaulted on admission to
     /// `{enabled: true, onFailure: {analysisFailure: true, healthCheckFailure: true}, onTimeout: 30m}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_rollback: Option<AutoRollback>,
+}
+
+/// A rollout's budget of an extended resource above steady state.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityBudget {
+    /// An extended resource the Pods request, counted in whole units, e.g. `nvidia.com/gpu`.
+    pub resource: String,
+    /// The most of it the rollout may hold above steady state (`replicas` RoleSets of the stable
+    /// revision), summed over every Pod of every RoleSet of every revision.
+    #[schemars(range(min = 0))]
+    pub max_extra: i64,
+}
+
+/// What a StormService's RoleSets hold of the budget's resource.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacityStatus {
+    /// The budget's resource, e.g. `nvidia.com/gpu`.
+    pub resource: String,
+    /// What `replicas` RoleSets of the stable revision hold.
+    pub steady_state: i64,
+    /// What the RoleSets hold now (those being deleted not counted).
+    pub in_use: i64,
+    /// What the rollout may still add: steady state plus `maxExtra`, minus what is in use.
+    pub left: i64,
+    /// Per revision.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revisions: Vec<RevisionCapacity>,
+}
+
+/// What one revision's RoleSets hold.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionCapacity {
+    pub revision: String,
+    /// Its RoleSets.
+    pub role_sets: i32,
+    /// What one of them holds.
+    pub per_role_set: i64,
+    /// What they hold together.
+    pub in_use: i64,
 }
 
 /// Rollout strategy type.
@@ -574,6 +621,10 @@ pub struct RolloutStatus {
     /// times.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scale_downs: Vec<ScaleDown>,
+    /// With `rolloutStrategy.capacityBudget`: what the RoleSets hold of its resource, per
+    /// revision, and what is left of the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacityStatus>,
     /// The traffic weight of the canary as the traffic routers last reported it (absent without a
     /// router, or when the routers disagree or could not be read).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -617,3 +617,128 @@ async fn dynamic_stable_scale_shrinks_stable_as_traffic_moves() -> Result<()> {
     env.controller.process.ensure_running()?;
     env.ns.cleanup().await
 }
+
+/// GPUs requested by the Pods of `app` (those terminating too: they hold their GPUs until they are
+/// gone), and whether any Pod was left unscheduled.
+async fn gpus_held(env: &Env) -> Result<i64> {
+    let pods = env
+        .ns
+        .api::<k8s_openapi::api::core::v1::Pod>()
+        .list(&kube::api::ListParams::default().labels("app=app"))
+        .await?;
+    let mut total = 0;
+    for p in &pods.items {
+        for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
+            let limit = c
+                .resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .and_then(|l| l.get("nvidia.com/gpu"))
+                .map_or(Ok(0), |q| q.0.parse::<i64>())?;
+            total += limit;
+        }
+    }
+    Ok(total)
+}
+
+/// A capacity budget of 2 GPUs on 4 RoleSets of one 2-GPU Pod (8 at rest), with
+/// dynamicStableScale: a canary walked to completion, then another aborted mid-way, never hold
+/// more than 10 GPUs; the Pods are scheduled on kwok nodes that advertise `nvidia.com/gpu`, and a
+/// sampler adds up their requests throughout. The status reports the use per revision.
+#[tokio::test]
+async fn a_gpu_budget_holds_through_a_rollout_and_an_abort() -> Result<()> {
+    let r = gateway();
+    let mut env = setup("routed-budget").await?;
+    env.ns.cluster().install_thirdparty_crds()?;
+    for obj in &r.objects {
+        kubectl_create(&env, obj)?;
+    }
+    let mut obj = storm_service(
+        4,
+        json!([
+            {"weight": 25, "pause": {"untilApproval": true}},
+            {"weight": 50, "pause": {"untilApproval": true}}
+        ]),
+        None,
+    );
+    obj["spec"]["template"]["spec"]["roles"][0]["template"]["spec"]["containers"][0]["resources"] =
+        json!({"limits": {"nvidia.com/gpu": "2"}});
+    obj["spec"]["rolloutStrategy"]["capacityBudget"] =
+        json!({"resource": "nvidia.com/gpu", "maxExtra": 2});
+    let canary = &mut obj["spec"]["rolloutStrategy"]["canary"];
+    canary["trafficRouting"] = r.routing.clone();
+    canary["dynamicStableScale"] = json!(true);
+    canary["maxSurge"] = json!(1);
+    canary["scaleDownDelaySeconds"] = json!(DRAIN);
+    canary["abortScaleDownDelaySeconds"] = json!(DRAIN);
+    create(&env, obj).await?;
+    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    ensure!(gpus_held(&env).await? == 8, "4 RoleSets × 2 GPUs at rest");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sampling = async {
+        let mut stopped = stopped;
+        let (mut most, mut samples) = (0, 0);
+        while !*stopped.borrow_and_update() {
+            most = most.max(gpus_held(&env).await?);
+            samples += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        anyhow::Ok((most, samples))
+    };
+    let steps = async {
+        // A rollout to the end.
+        set_image(&env, "app:v2").await?;
+        let (v1, v2) = revisions(&env).await?;
+        wait_phase(&env, RolloutPhase::Paused, Some(0)).await?;
+        wait_rolesets(&env, &v1, 3, &v2, 1).await?;
+        let obj = env.api.get("app").await?;
+        let capacity = obj
+            .status
+            .and_then(|s| s.rollout_status)
+            .and_then(|r| r.capacity)
+            .context("status.rolloutStatus.capacity")?;
+        ensure!(
+            capacity.resource == "nvidia.com/gpu" && capacity.steady_state == 8,
+            "{capacity:?}"
+        );
+        annotate(&env, "stormservice.aibrix.ai/rollout-approval").await?;
+        wait_phase(&env, RolloutPhase::Paused, Some(1)).await?;
+        annotate(&env, "stormservice.aibrix.ai/rollout-approval").await?;
+        wait_phase(&env, RolloutPhase::Completed, None).await?;
+        wait_rolesets(&env, &v1, 0, &v2, 4).await?;
+        // Another, aborted at 50%: stable grows back only as the canary makes room.
+        set_image(&env, "app:v3").await?;
+        let (v2, v3) = revisions(&env).await?;
+        wait_phase(&env, RolloutPhase::Paused, Some(0)).await?;
+        annotate(&env, "stormservice.aibrix.ai/rollout-approval").await?;
+        wait_phase(&env, RolloutPhase::Paused, Some(1)).await?;
+        wait_rolesets(&env, &v2, 2, &v3, 2).await?;
+        annotate(&env, "stormservice.aibrix.ai/rollout-abort").await?;
+        wait_phase(&env, RolloutPhase::Aborted, None).await?;
+        wait_weights(&env, &r, (100, 0)).await?;
+        wait_rolesets(&env, &v2, 4, &v3, 0).await?;
+        wait_for("the aborted revision's Pods gone", TIMEOUT, || async {
+            Ok((gpus_held(&env).await? == 8).then_some(()))
+        })
+        .await?;
+        anyhow::Ok(())
+    };
+    let walk = async {
+        let walked = steps.await;
+        let _ = stop.send(true);
+        walked
+    };
+    let (sampled, walked) = tokio::join!(sampling, walk);
+    walked?;
+    let (most, samples) = sampled?;
+    eprintln!("capacityBudget: {samples} samples, at most {most} GPUs requested");
+    ensure!(samples > 20, "the sampler ran: {samples}");
+    ensure!(most <= 10, "at most 8 + 2 GPUs at once, saw {most}");
+    ensure!(
+        most == 10,
+        "the budget was used (a canary RoleSet beside stable): {most}"
+    );
+    env.controller.process.ensure_running()?;
+    env.ns.cleanup().await
+}

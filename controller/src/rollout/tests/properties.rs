@@ -147,12 +147,23 @@ proptest! {
             }
             // With a router, an abort or rollback takes the canary's capacity only once the router
             // reports all traffic on stable.
+            // With dynamicStableScale it shrinks as the traffic leaves it, keeping what the traffic
+            // the router reports on it needs.
             if router
                 && sim.stable() == Some(v1.clone())
                 && matches!(rs.phase, Some(RolloutPhase::Aborted | RolloutPhase::Degraded))
                 && plan.scale.get(&v2).copied().unwrap_or(0) < canary_before
             {
-                prop_assert_eq!(router_before, Some(0), "canary scaled down while the router still sent it traffic");
+                if dynamic {
+                    let planned = plan.scale.get(&v2).copied().unwrap_or(0);
+                    let on_canary = router_before.unwrap_or(100).max(plan.weight);
+                    prop_assert!(
+                        planned >= dynamic::canary_needed(replicas, on_canary).min(canary_before),
+                        "canary scaled to {planned} while the router sends it {on_canary}%"
+                    );
+                } else {
+                    prop_assert_eq!(router_before, Some(0), "canary scaled down while the router still sent it traffic");
+                }
             }
             // Capacity: stable is only scaled down as far as ready canary RoleSets make up for it,
             // so ready RoleSets never drop below replicas − maxUnavailable.
@@ -301,5 +312,133 @@ proptest! {
                 plan.delete
             );
         }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Budgeted {
+    Tick,
+    Wait(i64),
+    Approve,
+    Abort,
+    Retry,
+    Fail,
+    Heal,
+    RouterLag,
+    /// The template moves on mid-rollout: image `app:v<n>` (n = 1 reverts to stable).
+    Image(u8),
+    Lose(usize),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// With a capacity budget no decision makes RoleSets that would take what the StormService
+    /// holds above steady state plus `maxExtra`: through steps, aborts, retries, rollbacks and
+    /// template changes, with or without a router, with or without dynamicStableScale; and an
+    /// abort still brings everything back to stable.
+    #[test]
+    fn a_capacity_budget_is_never_exceeded(
+        events in prop::collection::vec(prop_oneof![
+            5 => Just(Budgeted::Tick),
+            2 => (1i64..400).prop_map(Budgeted::Wait),
+            3 => Just(Budgeted::Approve),
+            1 => Just(Budgeted::Abort),
+            1 => Just(Budgeted::Retry),
+            1 => Just(Budgeted::Fail),
+            1 => Just(Budgeted::Heal),
+            1 => Just(Budgeted::RouterLag),
+            1 => (1u8..4).prop_map(Budgeted::Image),
+            2 => (0usize..16).prop_map(Budgeted::Lose),
+        ], 1..60),
+        replicas in 1i32..6,
+        gpus in 1i64..4,
+        shape in 0u8..3,
+        extra_roles in 1i64..3,
+    ) {
+        let mut s = spec(seed_steps(), replicas, "app:v1");
+        if let Some(roles) = s.template.spec.as_mut() {
+            let c = &mut roles.roles[0].template.spec.as_mut().expect("pod spec").containers[0];
+            c.resources = Some(serde_json::from_value(serde_json::json!({"limits": {"nvidia.com/gpu": gpus.to_string()}})).expect("resources"));
+        }
+        // 0: no router (maxUnavailable 25% lets stable shrink first, where it is at least one);
+        // 1: a router with dynamicStableScale; 2: a router alone (stable stays whole: the
+        // budget must hold a whole second revision).
+        let router = shape > 0;
+        if router {
+            canary_of(&mut s).traffic_routing =
+                Some(serde_json::from_value(serde_json::json!({"nginx": {"ingress": "i", "servicePort": 80}})).expect("tr"));
+        }
+        if shape == 1 {
+            canary_of(&mut s).dynamic_stable_scale = Some(true);
+        }
+        let strategy = s.rollout_strategy.clone().expect("strategy");
+        let obj = storm_shared::StormService::new("svc", s.clone());
+        let (need, _) = storm_shared::rules::budget_need(&obj, &strategy, gpus);
+        // The smallest budget admission takes, or a little more.
+        let max_extra = need + (extra_roles - 1) * gpus;
+        s.rollout_strategy.as_mut().expect("strategy").capacity_budget =
+            Some(serde_json::from_value(serde_json::json!({"resource": "nvidia.com/gpu", "maxExtra": max_extra})).expect("budget"));
+        let mut sim = Sim::new(s);
+        if router {
+            sim.router = Some(0);
+        }
+        sim.settle(3);
+        let v1 = sim.revision();
+        sim.set_image("app:v2");
+        let limit = i64::from(replicas) * gpus + max_extra;
+        for e in events {
+            match e {
+                Budgeted::Tick => {}
+                Budgeted::Wait(s) => sim.advance(s),
+                Budgeted::Approve => sim.annotate(APPROVAL),
+                Budgeted::Abort => sim.annotate(ABORT),
+                Budgeted::Retry => sim.annotate(RETRY),
+                Budgeted::Fail => { let v = sim.revision(); sim.failing.insert(v); }
+                Budgeted::Heal => sim.failing.clear(),
+                Budgeted::RouterLag => sim.router_frozen = !sim.router_frozen,
+                Budgeted::Image(n) => sim.set_image(&format!("app:v{n}")),
+                Budgeted::Lose(k) => {
+                    let n = sim.rolesets.len();
+                    if n > 0 {
+                        sim.rolesets[k % n].ready = false;
+                    }
+                }
+            }
+            let held: i64 = sim.rolesets.iter().map(|r| r.holds).sum();
+            let plan = sim.tick();
+            let made = i64::try_from(plan.create.len()).unwrap_or(i64::MAX) * gpus;
+            prop_assert!(
+                held + made <= limit.max(held),
+                "{held} held + {made} made > {limit} ({} RoleSets of {gpus}, maxExtra {max_extra})",
+                replicas
+            );
+            let capacity = plan.status.rollout_status.as_ref().and_then(|r| r.capacity.clone()).expect("capacity status");
+            prop_assert_eq!(capacity.in_use, held);
+            prop_assert_eq!(capacity.left, limit - held);
+        }
+        // Whatever happened, an abort brings everything back to stable within the budget.
+        sim.failing.clear();
+        sim.router_frozen = false;
+        sim.set_image("app:v2");
+        // An abort that comes with a template change is addressed to the rollout it replaces.
+        let held: i64 = sim.rolesets.iter().map(|r| r.holds).sum();
+        let plan = sim.tick();
+        let made = i64::try_from(plan.create.len()).unwrap_or(i64::MAX) * gpus;
+        prop_assert!(held + made <= limit.max(held), "{held} + {made} > {limit} at the new rollout");
+        sim.annotate(ABORT);
+        for _ in 0..20 {
+            let held: i64 = sim.rolesets.iter().map(|r| r.holds).sum();
+            let plan = sim.tick();
+            let made = i64::try_from(plan.create.len()).unwrap_or(i64::MAX) * gpus;
+            prop_assert!(held + made <= limit.max(held), "{held} + {made} > {limit} after the abort");
+            sim.advance(31);
+        }
+        let stable = sim.stable().expect("a stable revision");
+        prop_assert_eq!(sim.count(&stable), usize::try_from(replicas).expect("r"), "stable whole again");
+        if stable != sim.revision() {
+            prop_assert_eq!(sim.count(&sim.revision()), 0, "the aborted revision gone");
+        }
+        let _ = v1;
     }
 }
