@@ -252,6 +252,16 @@ spec:
             "the fix is named: {:?}",
             text(&out)
         );
+        // A GPU budget the rollout cannot fit: kubectl apply answers with the arithmetic.
+        let out = apply(&ns, &fixture("invalid/gpu-budget-too-small.yaml")?, &[])?;
+        assert_denied_with_paths(&out, &["spec.rolloutStrategy.capacityBudget.maxExtra"])?;
+        ensure!(
+            text(&out).1.contains(
+                "4 RoleSets × 2 = 8 above steady state; set canary.dynamicStableScale: true"
+            ),
+            "the arithmetic and the fix: {:?}",
+            text(&out)
+        );
         // A name whose RoleSet names could not be valid label values.
         let long = bg.replace("name: broken", &format!("name: broken{}", "x".repeat(50)));
         let out = apply(&ns, &long, &[])?;
