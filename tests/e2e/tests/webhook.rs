@@ -254,13 +254,12 @@ spec:
         );
         // A GPU budget the rollout cannot fit: kubectl apply answers with the arithmetic.
         let out = apply(&ns, &fixture("invalid/gpu-budget-too-small.yaml")?, &[])?;
-        assert_denied_with_paths(&out, &["spec.rolloutStrategy.capacityBudget.maxExtra"])?;
+        let (_, stderr) = text(&out);
+        ensure!(!out.status.success(), "{stderr}");
         ensure!(
-            text(&out).1.contains(
-                "4 RoleSets × 2 = 8 above steady state; set canary.dynamicStableScale: true"
-            ),
-            "the arithmetic and the fix: {:?}",
-            text(&out)
+            stderr.contains("The StormService \"llama\" is invalid: spec.rolloutStrategy.capacityBudget.maxExtra: Invalid value: 2: too small for this rollout: one RoleSet holds 2 nvidia.com/gpu")
+                && stderr.contains("4 RoleSets × 2 = 8 above steady state; set canary.dynamicStableScale: true"),
+            "the arithmetic and the fix: {stderr}"
         );
         // A name whose RoleSet names could not be valid label values.
         let long = bg.replace("name: broken", &format!("name: broken{}", "x".repeat(50)));
