@@ -213,7 +213,7 @@ impl Position {
             target: target(&canary.steps, idx, m.replicas, router),
             promoting: idx >= canary.steps.len(),
             router,
-            dynamic: router && canary.dynamic_stable_scale == Some(true),
+            dynamic: canary.dynamic_stable_scale(),
             replicas: m.replicas,
             canary_existing: obs.existing(&m.update),
             canary_ready: obs.ready(&m.update),

@@ -248,9 +248,7 @@ pub(crate) fn hold_on_stable(m: &mut Machine, stable: &str) {
     let router = m.has_router();
     // A router sends traffic to stable at once, unless stable has nothing ready to serve it (a
     // promotion had already removed it): then the canary keeps the traffic until stable is back.
-    let dynamic = router
-        && m.canary()
-            .is_some_and(|c| c.dynamic_stable_scale == Some(true));
+    let dynamic = m.dynamic_stable_scale();
     let weight = if dynamic {
         // Stable may have been shrunk to its share: it takes the traffic back as its RoleSets
         // are ready again.
@@ -273,12 +271,7 @@ pub(crate) fn hold_on_stable(m: &mut Machine, stable: &str) {
         || (obs.router_weight.is_none() && router_silent_too_long(m));
     let stable_whole = obs.ready(stable) >= m.replicas && traffic_off;
     m.scale.insert(stable.to_string(), m.replicas);
-    let budgeted = m
-        .input
-        .spec
-        .rollout_strategy
-        .as_ref()
-        .is_some_and(|s| s.capacity_budget.is_some());
+    let budgeted = m.input.spec.capacity_budget().is_some();
     let canary_now = if stable_whole {
         // No traffic left on it: it drains for `abortScaleDownDelaySeconds`, then goes.
         let update = m.update.clone();

@@ -220,11 +220,13 @@ impl<'a> Machine<'a> {
 
     /// The budget's resource, with `rolloutStrategy.capacityBudget`.
     fn budget(&self) -> Option<&'a storm_shared::types::stormservice::CapacityBudget> {
-        self.input
-            .spec
-            .rollout_strategy
-            .as_ref()
-            .and_then(|s| s.capacity_budget.as_ref())
+        self.input.spec.capacity_budget()
+    }
+
+    /// `canary.dynamicStableScale` with a traffic router.
+    pub fn dynamic_stable_scale(&self) -> bool {
+        self.canary()
+            .is_some_and(storm_shared::types::stormservice::CanaryStrategy::dynamic_stable_scale)
     }
 
     /// The last word on growth, with a capacity budget: whatever the strategy planned, new
@@ -238,16 +240,9 @@ impl<'a> Machine<'a> {
             return;
         };
         let obs = self.input.observed;
-        let template = self
-            .input
-            .spec
-            .template
-            .spec
-            .as_ref()
-            .map(|s| s.roles.as_slice())
-            .unwrap_or_default();
         let update_holds =
-            storm_shared::capacity::roleset_use(template, &budget.resource).unwrap_or(0);
+            storm_shared::capacity::roleset_use(self.input.spec.template.roles(), &budget.resource)
+                .unwrap_or(0);
         let holds = |rev: &str| -> i64 {
             obs.rolesets
                 .iter()

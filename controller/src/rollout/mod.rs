@@ -104,9 +104,7 @@ fn at_rest(m: &mut Machine, stable: &str, controls: controls::Controls) {
             m.scale.insert(rev.clone(), obs.existing(&rev));
         }
         // A stable shrunk by `dynamicStableScale` takes the traffic back as its RoleSets are ready.
-        if m.canary()
-            .is_some_and(|c| c.dynamic_stable_scale == Some(true))
-        {
+        if m.dynamic_stable_scale() {
             let current = obs.router_weight.unwrap_or(0);
             m.weight = dynamic::abort_weight(current, obs.ready(stable), m.replicas);
         }

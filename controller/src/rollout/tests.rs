@@ -88,22 +88,10 @@ impl Sim {
 
     /// What a RoleSet of the current template holds of the capacity budget's resource.
     pub fn holds(&self) -> i64 {
-        let Some(budget) = self
-            .spec
-            .rollout_strategy
-            .as_ref()
-            .and_then(|s| s.capacity_budget.as_ref())
-        else {
-            return 0;
-        };
-        let roles = self
-            .spec
-            .template
-            .spec
-            .as_ref()
-            .map(|s| s.roles.as_slice())
-            .unwrap_or_default();
-        storm_shared::capacity::roleset_use(roles, &budget.resource).unwrap_or(0)
+        self.spec.capacity_budget().map_or(0, |budget| {
+            storm_shared::capacity::roleset_use(self.spec.template.roles(), &budget.resource)
+                .unwrap_or(0)
+        })
     }
 
     pub fn observed(&self) -> Observed {

@@ -311,12 +311,7 @@ async fn scale(
     }
     // With a capacity budget a RoleSet stays (being deleted, counted against the budget) until
     // its Pods are gone: they hold the resource until then.
-    let budgeted = obj
-        .spec
-        .rollout_strategy
-        .as_ref()
-        .is_some_and(|s| s.capacity_budget.is_some());
-    let params = if budgeted {
+    let params = if obj.spec.capacity_budget().is_some() {
         DeleteParams::foreground()
     } else {
         DeleteParams::background()

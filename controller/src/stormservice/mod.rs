@@ -395,12 +395,7 @@ async fn reconcile_stormservice(
     {
         return Ok(Action::requeue(CACHE_RETRY));
     }
-    let budget = obj
-        .spec
-        .rollout_strategy
-        .as_ref()
-        .and_then(|s| s.capacity_budget.as_ref())
-        .map(|b| b.resource.as_str());
+    let budget = obj.spec.capacity_budget().map(|b| b.resource.as_str());
     let mut observed = state.caches.observe(&ns, &name, budget);
     observe::read_routers(&state.ctx.client, obj, &ns, &update, &mut observed).await;
     // Analyses take their due measurements; the decision reads their verdicts.

@@ -95,13 +95,7 @@ pub(super) fn check(
         ));
         return;
     }
-    let roles = obj
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .map(|s| s.roles.as_slice())
-        .unwrap_or_default();
+    let roles = obj.spec.template.roles();
     let g = match roleset_use(roles, &budget.resource) {
         Ok(g) => g,
         Err(e) => {

@@ -130,6 +130,23 @@ pub struct RoleSetTemplateSpec {
     pub spec: Option<RoleSetSpec>,
 }
 
+impl StormServiceSpec {
+    /// `rolloutStrategy.capacityBudget`, when set.
+    pub fn capacity_budget(&self) -> Option<&CapacityBudget> {
+        self.rollout_strategy
+            .as_ref()
+            .and_then(|s| s.capacity_budget.as_ref())
+    }
+}
+
+impl CanaryStrategy {
+    /// Whether stable shrinks with the canary's traffic: `dynamicStableScale` with a router
+    /// (admission denies it without one).
+    pub fn dynamic_stable_scale(&self) -> bool {
+        self.traffic_routing.is_some() && self.dynamic_stable_scale == Some(true)
+    }
+}
+
 impl RoleSetTemplateSpec {
     /// The roles of the template (none when it has no spec).
     pub fn roles(&self) -> &[super::roleset::RoleSpec] {

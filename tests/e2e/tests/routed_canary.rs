@@ -287,15 +287,40 @@ async fn wait_weights(env: &Env, r: &Router, want: (i64, i64)) -> Result<Value> 
 
 /// A namespace with the third-party CRDs, the user's routing objects and a Healthy routed `app`.
 async fn deployed(prefix: &str, r: &Router) -> Result<Env> {
+    deployed_as(prefix, r, routed_service(&r.routing)).await
+}
+
+/// As [`deployed`], with `app` as `service` says.
+async fn deployed_as(prefix: &str, r: &Router, service: Value) -> Result<Env> {
     let env = setup(prefix).await?;
     env.ns.cluster().install_thirdparty_crds()?;
     for obj in &r.objects {
         let text = obj.to_string().replace("NS", env.ns.name());
         kubectl_create(&env, &serde_json::from_str(&text)?)?;
     }
-    create(&env, routed_service(&r.routing)).await?;
+    create(&env, service).await?;
     wait_phase(&env, RolloutPhase::Healthy, None).await?;
     Ok(env)
+}
+
+/// `app` with 4 RoleSets behind `routing`, `dynamicStableScale`, `maxSurge: 1`, approval steps at
+/// 25% and 50%, and short drain delays.
+fn dynamic_service(routing: &Value) -> Value {
+    let mut obj = storm_service(
+        4,
+        json!([
+            {"weight": 25, "pause": {"untilApproval": true}},
+            {"weight": 50, "pause": {"untilApproval": true}}
+        ]),
+        None,
+    );
+    let canary = &mut obj["spec"]["rolloutStrategy"]["canary"];
+    canary["trafficRouting"] = routing.clone();
+    canary["dynamicStableScale"] = json!(true);
+    canary["maxSurge"] = json!(1);
+    canary["scaleDownDelaySeconds"] = json!(DRAIN);
+    canary["abortScaleDownDelaySeconds"] = json!(DRAIN);
+    obj
 }
 
 async fn walk(prefix: &str, r: Router) -> Result<()> {
@@ -444,36 +469,6 @@ async fn deleting_a_routed_canary_mid_rollout_puts_traffic_back_on_stable() -> R
     env.ns.cleanup().await
 }
 
-/// Ready RoleSets per revision (not terminating), and the total per revision.
-async fn ready_rolesets(env: &Env) -> Result<std::collections::BTreeMap<String, (usize, usize)>> {
-    use storm_shared::keys::{LABEL_NAME, LABEL_REVISION};
-    let list = env
-        .ns
-        .api::<storm_shared::RoleSet>()
-        .list(&kube::api::ListParams::default().labels(&format!("{LABEL_NAME}=app")))
-        .await?;
-    let mut out = std::collections::BTreeMap::new();
-    for r in list
-        .items
-        .iter()
-        .filter(|r| r.metadata.deletion_timestamp.is_none())
-    {
-        let rev = r
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_REVISION))
-            .cloned()
-            .unwrap_or_default();
-        let e: &mut (usize, usize) = out.entry(rev).or_default();
-        e.1 += 1;
-        if storm_e2e::roleset_is_ready(r) {
-            e.0 += 1;
-        }
-    }
-    Ok(out)
-}
-
 /// What a sampler saw through a rollout: the most RoleSets at once before the abort, and every
 /// moment stable had fewer ready RoleSets than its share of the traffic needs.
 #[derive(Debug, Default)]
@@ -540,26 +535,7 @@ async fn sample(
 #[tokio::test]
 async fn dynamic_stable_scale_shrinks_stable_as_traffic_moves() -> Result<()> {
     let r = gateway();
-    let mut env = setup("routed-dynamic").await?;
-    env.ns.cluster().install_thirdparty_crds()?;
-    for obj in &r.objects {
-        kubectl_create(&env, obj)?;
-    }
-    let mut obj = storm_service(
-        4,
-        json!([
-            {"weight": 25, "pause": {"untilApproval": true}},
-            {"weight": 50, "pause": {"untilApproval": true}}
-        ]),
-        None,
-    );
-    let canary = &mut obj["spec"]["rolloutStrategy"]["canary"];
-    canary["trafficRouting"] = r.routing.clone();
-    canary["dynamicStableScale"] = json!(true);
-    canary["maxSurge"] = json!(1);
-    canary["abortScaleDownDelaySeconds"] = json!(DRAIN);
-    create(&env, obj).await?;
-    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    let mut env = deployed_as("routed-dynamic", &r, dynamic_service(&r.routing)).await?;
     let v1 = stable_revision(&env).await?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -648,31 +624,12 @@ async fn gpus_held(env: &Env) -> Result<i64> {
 #[tokio::test]
 async fn a_gpu_budget_holds_through_a_rollout_and_an_abort() -> Result<()> {
     let r = gateway();
-    let mut env = setup("routed-budget").await?;
-    env.ns.cluster().install_thirdparty_crds()?;
-    for obj in &r.objects {
-        kubectl_create(&env, obj)?;
-    }
-    let mut obj = storm_service(
-        4,
-        json!([
-            {"weight": 25, "pause": {"untilApproval": true}},
-            {"weight": 50, "pause": {"untilApproval": true}}
-        ]),
-        None,
-    );
+    let mut obj = dynamic_service(&r.routing);
     obj["spec"]["template"]["spec"]["roles"][0]["template"]["spec"]["containers"][0]["resources"] =
         json!({"limits": {"nvidia.com/gpu": "2"}});
     obj["spec"]["rolloutStrategy"]["capacityBudget"] =
         json!({"resource": "nvidia.com/gpu", "maxExtra": 2});
-    let canary = &mut obj["spec"]["rolloutStrategy"]["canary"];
-    canary["trafficRouting"] = r.routing.clone();
-    canary["dynamicStableScale"] = json!(true);
-    canary["maxSurge"] = json!(1);
-    canary["scaleDownDelaySeconds"] = json!(DRAIN);
-    canary["abortScaleDownDelaySeconds"] = json!(DRAIN);
-    create(&env, obj).await?;
-    wait_phase(&env, RolloutPhase::Healthy, None).await?;
+    let mut env = deployed_as("routed-budget", &r, obj).await?;
     ensure!(gpus_held(&env).await? == 8, "4 RoleSets × 2 GPUs at rest");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -4,6 +4,18 @@ use super::*;
 use proptest::prelude::*;
 use storm_shared::status::Reason;
 
+/// Puts the canary of `s` behind an nginx router, with `dynamicStableScale` when `dynamic`.
+fn route(s: &mut StormServiceSpec, dynamic: bool) {
+    let canary = canary_of(s);
+    canary.traffic_routing = Some(
+        serde_json::from_value(serde_json::json!({"nginx": {"ingress": "i", "servicePort": 80}}))
+            .expect("tr"),
+    );
+    if dynamic {
+        canary.dynamic_stable_scale = Some(true);
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Event {
     Tick,
@@ -51,11 +63,7 @@ proptest! {
         let mut s = spec(seed_steps(), replicas, "app:v1");
         let dynamic = router && dynamic;
         if router {
-            canary_of(&mut s).traffic_routing =
-                Some(serde_json::from_value(serde_json::json!({"nginx": {"ingress": "i", "servicePort": 80}})).expect("tr"));
-        }
-        if dynamic {
-            canary_of(&mut s).dynamic_stable_scale = Some(true);
+            route(&mut s, dynamic);
         }
         let mut sim = Sim::new(s);
         if router {
@@ -258,9 +266,7 @@ proptest! {
         let mut s = spec(seed_steps(), replicas, "app:v1");
         // With a router and dynamicStableScale, stable shrinks with the canary's traffic too.
         if dynamic {
-            canary_of(&mut s).traffic_routing =
-                Some(serde_json::from_value(serde_json::json!({"nginx": {"ingress": "i", "servicePort": 80}})).expect("tr"));
-            canary_of(&mut s).dynamic_stable_scale = Some(true);
+            route(&mut s, true);
         }
         let mut sim = Sim::new(s);
         if dynamic {
@@ -366,11 +372,7 @@ proptest! {
         // budget must hold a whole second revision).
         let router = shape > 0;
         if router {
-            canary_of(&mut s).traffic_routing =
-                Some(serde_json::from_value(serde_json::json!({"nginx": {"ingress": "i", "servicePort": 80}})).expect("tr"));
-        }
-        if shape == 1 {
-            canary_of(&mut s).dynamic_stable_scale = Some(true);
+            route(&mut s, shape == 1);
         }
         let strategy = s.rollout_strategy.clone().expect("strategy");
         let obj = storm_shared::StormService::new("svc", s.clone());

@@ -152,6 +152,17 @@ pub async fn wait_phase(env: &Env, phase: RolloutPhase, step: Option<i32>) -> Re
 
 /// RoleSets per revision.
 pub async fn rolesets(env: &Env) -> Result<std::collections::BTreeMap<String, usize>> {
+    Ok(ready_rolesets(env)
+        .await?
+        .into_iter()
+        .map(|(rev, (_, existing))| (rev, existing))
+        .collect())
+}
+
+/// RoleSets per revision that are not being deleted: (ready, existing).
+pub async fn ready_rolesets(
+    env: &Env,
+) -> Result<std::collections::BTreeMap<String, (usize, usize)>> {
     let list = env
         .ns
         .api::<RoleSet>()
@@ -170,7 +181,11 @@ pub async fn rolesets(env: &Env) -> Result<std::collections::BTreeMap<String, us
             .and_then(|l| l.get(LABEL_REVISION))
             .cloned()
             .unwrap_or_default();
-        *out.entry(rev).or_insert(0) += 1;
+        let e: &mut (usize, usize) = out.entry(rev).or_default();
+        e.1 += 1;
+        if storm_e2e::roleset_is_ready(r) {
+            e.0 += 1;
+        }
     }
     Ok(out)
 }
