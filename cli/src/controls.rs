@@ -55,6 +55,21 @@ impl Control {
         }
     }
 
+    /// Pending control annotations this one replaces: the last request wins, and the webhook denies
+    /// the pairs that contradict each other (abort with resume, approve or promote; pause with resume).
+    pub fn supersedes(self) -> &'static [&'static str] {
+        match self {
+            Control::Abort => &[
+                ANNOTATION_RESUME,
+                ANNOTATION_APPROVAL,
+                ANNOTATION_PROMOTE_FULL,
+            ],
+            Control::Pause => &[ANNOTATION_RESUME],
+            Control::Resume => &[ANNOTATION_PAUSE],
+            Control::Approve | Control::Retry | Control::PromoteFull => &[],
+        }
+    }
+
     fn verb(self) -> &'static str {
         match self {
             Control::Approve => "approved",
@@ -87,6 +102,23 @@ fn halted(obj: &StormService) -> bool {
 
 /// Why a control cannot act on the object as it stands, or `None` when it can.
 pub fn refusal(control: Control, obj: &StormService) -> Option<String> {
+    let abort_pending = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(ANNOTATION_ABORT));
+    if abort_pending
+        && matches!(
+            control,
+            Control::Resume | Control::Approve | Control::PromoteFull
+        )
+    {
+        return Some(format!(
+            "an abort is pending ({ANNOTATION_ABORT}); it wins over {}: wait for phase Aborted, then `kubectl storm retry {}`",
+            control.command(),
+            obj.name_any()
+        ));
+    }
     let phase = phase_of(obj);
     let in_rollout = matches!(
         phase,
@@ -127,6 +159,23 @@ pub fn refusal(control: Control, obj: &StormService) -> Option<String> {
     }
 }
 
+/// The merge patch of annotations a control sends: its own set, the pending ones it supersedes
+/// removed.
+fn annotation_patch(
+    control: Control,
+    obj: &StormService,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut annotations = serde_json::Map::new();
+    let pending = obj.metadata.annotations.as_ref();
+    for key in control.supersedes() {
+        if pending.is_some_and(|a| a.contains_key(*key)) {
+            annotations.insert((*key).into(), serde_json::Value::Null);
+        }
+    }
+    annotations.insert(control.annotation().into(), json!("true"));
+    annotations
+}
+
 /// Sets the control's annotation if it can act ([`Error::Refused`] otherwise); returns what to tell
 /// the user.
 pub async fn run(api: &Api<StormService>, name: &str, control: Control) -> Result<String, Error> {
@@ -144,7 +193,7 @@ pub async fn run(api: &Api<StormService>, name: &str, control: Control) -> Resul
             why,
         });
     }
-    let body = json!({"metadata": {"annotations": {control.annotation(): "true"}}});
+    let body = json!({"metadata": {"annotations": annotation_patch(control, &obj)}});
     api.patch(
         name,
         &PatchParams {
@@ -168,6 +217,92 @@ pub async fn run(api: &Api<StormService>, name: &str, control: Control) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_control_replaces_the_pending_ones_it_contradicts() {
+        // Any pending set of controls the webhook admits, then any control the command does not
+        // refuse: the annotations it leaves are admitted too (the last request wins).
+        let all = [
+            Control::Approve,
+            Control::Pause,
+            Control::Resume,
+            Control::Abort,
+            Control::Retry,
+            Control::PromoteFull,
+        ];
+        let paused = json!({"rolloutStatus": {"phase": "Paused", "currentStepIndex": 0,
+            "conditions": [{"type": "Paused", "status": "True", "reason": "PausedByUser"}]}});
+        let steps = json!([{"weight": 10}, {"pause": {"untilApproval": true}}]);
+        let valid = |status: &serde_json::Value| -> StormService {
+            serde_json::from_value(json!({
+                "apiVersion": "orchestration.aibrix.ai/v1alpha1", "kind": "StormService",
+                "metadata": {"name": "a"},
+                "spec": {
+                    "replicas": 2,
+                    "template": {"spec": {"roles": [{"name": "server", "replicas": 1,
+                        "template": {"spec": {"containers": [{"name": "server", "image": "app:v1"}]}}}]}},
+                    "rolloutStrategy": {"type": "Canary", "canary": {"steps": steps}}
+                },
+                "status": status
+            }))
+            .expect("object")
+        };
+        let admitted = |o: &StormService| {
+            storm_shared::rules::validate_storm_service(
+                o,
+                None,
+                &storm_shared::rules::AnalysisBounds::default(),
+            )
+            .is_valid()
+        };
+        let mut tried = 0;
+        for mask in 0..(1u32 << all.len()) {
+            let mut before = valid(&paused);
+            before.metadata.annotations = Some(
+                all.iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, c)| (c.annotation().to_string(), "true".to_string()))
+                    .collect(),
+            );
+            if mask == 0 {
+                let report = storm_shared::rules::validate_storm_service(
+                    &before,
+                    None,
+                    &storm_shared::rules::AnalysisBounds::default(),
+                );
+                assert!(report.is_valid(), "{:?}", report.errors);
+            }
+            if !admitted(&before) {
+                continue;
+            }
+            for control in all {
+                if refusal(control, &before).is_some() {
+                    continue;
+                }
+                let mut after = before.clone();
+                let annotations = after.metadata.annotations.get_or_insert_default();
+                for (key, value) in annotation_patch(control, &before) {
+                    match value {
+                        serde_json::Value::String(v) => {
+                            annotations.insert(key, v);
+                        }
+                        _ => {
+                            annotations.remove(&key);
+                        }
+                    }
+                }
+                assert!(
+                    admitted(&after),
+                    "{} after {:?} is denied",
+                    control.command(),
+                    before.metadata.annotations
+                );
+                tried += 1;
+            }
+        }
+        assert!(tried > 20, "only {tried} cases tried");
+    }
 
     fn obj(status: serde_json::Value, steps: serde_json::Value) -> StormService {
         serde_json::from_value(json!({
@@ -245,6 +380,17 @@ mod tests {
         );
         assert!(refusal(Control::Resume, &accepted).is_some());
         assert!(refusal(Control::Pause, &paused).is_some());
+        // A pending abort wins: resume, approve and promote are refused with the reason.
+        let mut aborting = paused.clone();
+        aborting.metadata.annotations =
+            Some([(ANNOTATION_ABORT.to_string(), "true".to_string())].into());
+        assert!(
+            refusal(Control::Resume, &aborting)
+                .expect("refused")
+                .contains("an abort is pending")
+        );
+        assert!(refusal(Control::PromoteFull, &aborting).is_some());
+        assert_eq!(refusal(Control::Abort, &aborting), None);
         let completed = obj(json!({"rolloutStatus": {"phase": "Completed"}}), steps);
         assert!(
             refusal(Control::Abort, &completed)
