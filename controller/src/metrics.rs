@@ -1,5 +1,6 @@
 //! Prometheus metrics of the controller: reconcile latency and errors, the phase, step and weight of
-//! every rollout, rollbacks and analysis measurements. Served as OpenMetrics text on `/metrics`.
+//! every rollout, why a rollout is degraded, rollbacks and analysis measurements. Served as
+//! OpenMetrics text on `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -7,7 +8,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use storm_shared::types::stormservice::RolloutPhase;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use storm_shared::status::{ConditionType, Reason, condition_true};
+use storm_shared::types::stormservice::{RolloutPhase, RolloutStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
@@ -31,6 +35,13 @@ struct PhaseLabels {
     namespace: String,
     name: String,
     phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DegradedLabels {
+    namespace: String,
+    name: String,
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +73,9 @@ pub struct Metrics {
     rollout_phase: Family<PhaseLabels, Gauge>,
     rollout_step: Family<RolloutLabels, Gauge>,
     rollout_weight: Family<RolloutLabels, Gauge>,
+    rollout_degraded: Family<DegradedLabels, Gauge>,
+    /// The reason each degraded StormService's series carries, so the series goes when it changes.
+    degraded_reasons: Mutex<HashMap<(String, String), &'static str>>,
     rollbacks: Family<ReasonLabels, Counter>,
     kube_requests: Family<VerbLabels, Counter>,
     analysis_measurements: Family<MeasurementLabels, Counter>,
@@ -113,6 +127,13 @@ impl Metrics {
             "Current canary traffic weight of a StormService, in percent",
             rollout_weight.clone(),
         );
+        let rollout_degraded = Family::<DegradedLabels, Gauge>::default();
+        registry.register(
+            "storm_rollout_degraded",
+            "1 while the rollout of a StormService is Degraded, labelled with the trigger \
+             (AnalysisFailed, HealthCheckFailed, ErrorThresholdExceeded, ProgressDeadlineExceeded)",
+            rollout_degraded.clone(),
+        );
         registry.register(
             "storm_rollbacks",
             "Rollbacks (automatic and manual aborts), by reason",
@@ -139,6 +160,8 @@ impl Metrics {
             rollout_phase,
             rollout_step,
             rollout_weight,
+            rollout_degraded,
+            degraded_reasons: Mutex::new(HashMap::new()),
             rollbacks,
         }
     }
@@ -221,6 +244,35 @@ impl Metrics {
         };
         self.rollout_step.remove(&labels);
         self.rollout_weight.remove(&labels);
+        self.set_degraded(namespace, name, None);
+    }
+
+    /// Publishes why the rollout of a StormService is Degraded (`Some(trigger)`: one series at 1,
+    /// labelled with it) or that it is not (`None`: no series), so an alert can name the
+    /// StormService and the trigger. [`degraded_reason`] reads the trigger from a status.
+    pub fn set_degraded(&self, namespace: &str, name: &str, reason: Option<Reason>) {
+        let reason = reason.map(Reason::as_str);
+        let key = (namespace.to_string(), name.to_string());
+        let labels = |reason| DegradedLabels {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            reason,
+        };
+        // The map only says which series to remove: a poisoned lock still holds a usable map.
+        let mut current = self
+            .degraded_reasons
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = match reason {
+            Some(r) => current.insert(key, r),
+            None => current.remove(&key),
+        };
+        if let Some(previous) = previous.filter(|p| Some(*p) != reason) {
+            self.rollout_degraded.remove(&labels(previous));
+        }
+        if let Some(reason) = reason {
+            self.rollout_degraded.get_or_create(&labels(reason)).set(1);
+        }
     }
 
     /// Counts one rollback; `reason` is one of the bounded reasons (`AnalysisFailed`, `Aborted`, ...).
@@ -250,6 +302,17 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The trigger a rollout is Degraded for: the reason of its True `Degraded` condition while the
+/// phase is `Degraded` (rolled back, or halted with autoRollback disabled).
+pub fn degraded_reason(status: &RolloutStatus) -> Option<Reason> {
+    if status.phase != Some(RolloutPhase::Degraded) {
+        return None;
+    }
+    condition_true(&status.conditions, ConditionType::Degraded)
+        .and_then(|c| c.reason.as_deref())
+        .and_then(Reason::parse)
 }
 
 #[cfg(test)]
@@ -339,6 +402,62 @@ mod tests {
         assert!(!text.contains("name=\"gone\""), "{text}");
         assert!(text.contains("storm_rollout_step{namespace=\"ns\",name=\"kept\"} 1"));
         assert!(text.contains("name=\"kept\",phase=\"Paused\"} 1"));
+    }
+
+    #[test]
+    fn degraded_rollouts_carry_their_trigger_until_they_recover() {
+        let m = Metrics::new();
+        m.set_degraded("ns", "llm", Some(Reason::AnalysisFailed));
+        m.set_degraded("ns", "other", None);
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "storm_rollout_degraded{namespace=\"ns\",name=\"llm\",reason=\"AnalysisFailed\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("name=\"other\""), "{text}");
+
+        // A new trigger replaces the old series instead of adding one.
+        m.set_degraded("ns", "llm", Some(Reason::ProgressDeadlineExceeded));
+        let text = m.encode();
+        assert!(!text.contains("reason=\"AnalysisFailed\""), "{text}");
+        assert!(
+            text.contains("reason=\"ProgressDeadlineExceeded\"} 1"),
+            "{text}"
+        );
+
+        // Recovered (or deleted): no series left.
+        m.set_degraded("ns", "llm", None);
+        assert_eq!(m.encode(), "# EOF\n");
+        m.set_degraded("ns", "llm", Some(Reason::HealthCheckFailed));
+        m.forget_rollout("ns", "llm");
+        assert_eq!(m.encode(), "# EOF\n");
+    }
+
+    #[test]
+    fn the_degraded_reason_is_the_degraded_conditions_while_the_phase_is_degraded() {
+        let condition = |type_: &str, status: &str, reason: &str| storm_shared::types::Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: Some(reason.into()),
+            ..Default::default()
+        };
+        let mut rs = RolloutStatus {
+            phase: Some(RolloutPhase::Degraded),
+            conditions: vec![
+                condition("Progressing", "False", "RolledBack"),
+                condition("Degraded", "True", "ProgressDeadlineExceeded"),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(degraded_reason(&rs), Some(Reason::ProgressDeadlineExceeded));
+        // Retried: the phase moved on before the condition was rewritten.
+        rs.phase = Some(RolloutPhase::Progressing);
+        assert_eq!(degraded_reason(&rs), None);
+        rs.phase = Some(RolloutPhase::Degraded);
+        rs.conditions[1] = condition("Degraded", "False", "NotDegraded");
+        assert_eq!(degraded_reason(&rs), None);
     }
 
     #[test]

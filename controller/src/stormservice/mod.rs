@@ -454,6 +454,10 @@ async fn reconcile_stormservice(
                 .map_or(0, |c| c.current_weight),
         ),
     );
+    state
+        .ctx
+        .metrics
+        .set_degraded(&ns, &name, rs.and_then(crate::metrics::degraded_reason));
     result?;
     let requeue = if wrote_status {
         plan.requeue_after.min(STATUS_RECHECK)
