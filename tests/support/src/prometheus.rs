@@ -14,6 +14,10 @@
 //! The exporter serves `storm_test_requests_total{revision="...",outcome="success"|"error"}`.
 //! Prometheus is `/usr/bin/prometheus` (Debian's `prometheus` package), `prometheus` on `PATH`, or
 //! `STORM_PROMETHEUS`; without one, [`Prometheus::start`] fails and says how to install it.
+//!
+//! [`Prometheus::start_with`] scrapes real components instead (over HTTPS too) and evaluates rule
+//! files; [`Prometheus::alerts`] and [`Prometheus::rules`] read what it made of them, and
+//! [`promtool`] finds the `promtool` of the same package.
 
 use crate::process::{Process, free_port};
 use anyhow::{Context, Result, bail};
@@ -178,6 +182,68 @@ fn serve(
     }
 }
 
+/// One scrape job of a [`Prometheus`]: its targets' `/metrics` every second.
+#[derive(Debug, Clone)]
+pub struct ScrapeJob {
+    /// The `job` label of what it scrapes.
+    pub name: String,
+    /// `host:port` of each target.
+    pub targets: Vec<String>,
+    /// Scrape over HTTPS, trusting server certificates that chain to this CA.
+    pub https_ca: Option<PathBuf>,
+}
+
+impl ScrapeJob {
+    /// Plain HTTP targets.
+    pub fn http(name: &str, targets: &[String]) -> Self {
+        Self {
+            name: name.to_string(),
+            targets: targets.to_vec(),
+            https_ca: None,
+        }
+    }
+
+    /// HTTPS targets whose certificates chain to `ca`.
+    pub fn https(name: &str, targets: &[String], ca: &std::path::Path) -> Self {
+        Self {
+            https_ca: Some(ca.to_path_buf()),
+            ..Self::http(name, targets)
+        }
+    }
+
+    fn config(&self) -> serde_json::Value {
+        let mut job = serde_json::json!({
+            "job_name": self.name,
+            "static_configs": [{"targets": self.targets}],
+        });
+        if let Some(ca) = &self.https_ca {
+            job["scheme"] = "https".into();
+            job["tls_config"] = serde_json::json!({"ca_file": ca.display().to_string()});
+        }
+        job
+    }
+}
+
+/// An alert as `/api/v1/alerts` lists it (pending or firing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    /// Its labels, `alertname` among them.
+    pub labels: BTreeMap<String, String>,
+    /// Its annotations, templates expanded.
+    pub annotations: BTreeMap<String, String>,
+    /// `pending` or `firing`.
+    pub state: String,
+    /// When its expression first held (RFC 3339).
+    pub active_at: String,
+}
+
+impl Alert {
+    /// The `alertname` label.
+    pub fn name(&self) -> &str {
+        self.labels.get("alertname").map_or("", String::as_str)
+    }
+}
+
 /// A Prometheus server on loopback with its own config and storage; killed when dropped.
 pub struct Prometheus {
     process: Process,
@@ -187,43 +253,60 @@ pub struct Prometheus {
 
 /// Where the Prometheus binary is: `STORM_PROMETHEUS`, `/usr/bin/prometheus`, or `prometheus` on `PATH`.
 pub fn binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("STORM_PROMETHEUS").filter(|p| !p.is_empty()) {
+    tool("prometheus", "STORM_PROMETHEUS")
+}
+
+/// Where promtool is (Debian's `prometheus` package has both): `STORM_PROMTOOL`,
+/// `/usr/bin/promtool`, or `promtool` on `PATH`.
+pub fn promtool() -> Result<PathBuf> {
+    tool("promtool", "STORM_PROMTOOL")
+}
+
+fn tool(name: &str, variable: &str) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os(variable).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
         if p.is_file() {
             return Ok(p);
         }
         bail!(
-            "STORM_PROMETHEUS={} is not a file: point it at a prometheus binary, or unset it and \
+            "{variable}={} is not a file: point it at a {name} binary, or unset it and \
              install Prometheus with `sudo apt-get install -y prometheus`",
             p.display()
         );
     }
-    let mut candidates = vec![PathBuf::from("/usr/bin/prometheus")];
+    let mut candidates = vec![PathBuf::from("/usr/bin").join(name)];
     if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("prometheus")));
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join(name)));
     }
-    candidates.into_iter().find(|p| p.is_file()).context(
-        "the prometheus binary is missing: install it with `sudo apt-get install -y prometheus` \
-         (Debian/Ubuntu; .ci/run does this in CI), or point STORM_PROMETHEUS at a prometheus binary",
-    )
+    candidates.into_iter().find(|p| p.is_file()).with_context(|| {
+        format!(
+            "the {name} binary is missing: install it with `sudo apt-get install -y prometheus` \
+             (Debian/Ubuntu; `make tools` and .ci/run do this), or point {variable} at a {name} binary"
+        )
+    })
 }
 
 impl Prometheus {
     /// Starts Prometheus scraping `targets` (`host:port`, path `/metrics`) every second and waits
     /// until every target has been scraped successfully (`up == 1`).
     pub fn start(targets: &[String]) -> Result<Self> {
+        Self::start_with(&[ScrapeJob::http("storm-test", targets)], &[])
+    }
+
+    /// Starts Prometheus scraping `jobs` every second and evaluating the rules in `rule_files`
+    /// every second, and waits until every target has been scraped successfully.
+    pub fn start_with(jobs: &[ScrapeJob], rule_files: &[PathBuf]) -> Result<Self> {
         let program = binary()?;
         let dir = std::env::temp_dir().join(crate::unique_name("prometheus"));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let list = targets
-            .iter()
-            .map(|t| format!("'{t}'"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: storm-test\n    static_configs:\n      - targets: [{list}]\n"
-        );
+        // JSON is YAML: no quoting of paths and targets by hand.
+        let config = serde_json::json!({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "rule_files": rule_files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "scrape_configs": jobs.iter().map(ScrapeJob::config).collect::<Vec<_>>(),
+        })
+        .to_string();
+        let targets = jobs.iter().map(|j| j.targets.len()).sum();
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
@@ -236,8 +319,48 @@ impl Prometheus {
         ];
         let process = Process::start("prometheus", program, args, Vec::new())?;
         let mut this = Self { process, port, dir };
-        this.wait_until_up(targets.len(), Duration::from_secs(60))?;
+        this.wait_until_up(targets, Duration::from_secs(60))?;
         Ok(this)
+    }
+
+    /// The alerts pending or firing now (`/api/v1/alerts`).
+    pub fn alerts(&self) -> Result<Vec<Alert>> {
+        let data = self.api("/api/v1/alerts")?;
+        let strings = |v: &serde_json::Value| -> BTreeMap<String, String> {
+            v.as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        };
+        Ok(data["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|a| Alert {
+                labels: strings(&a["labels"]),
+                annotations: strings(&a["annotations"]),
+                state: a["state"].as_str().unwrap_or_default().to_string(),
+                active_at: a["activeAt"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect())
+    }
+
+    /// The rule groups as evaluated (`/api/v1/rules`: `data.groups[].rules[]`, each with its
+    /// `name`, `query`, `health` and `lastError`).
+    pub fn rules(&self) -> Result<serde_json::Value> {
+        self.api("/api/v1/rules")
+    }
+
+    /// `data` of a successful answer of the HTTP API at `path`.
+    fn api(&self, path: &str) -> Result<serde_json::Value> {
+        let (code, body) = get(self.port, path)?;
+        let mut doc: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("{path}: Prometheus answered HTTP {code}: {body:.300}"))?;
+        if doc["status"] != "success" {
+            bail!("{path} failed: {}", doc["error"]);
+        }
+        Ok(doc["data"].take())
     }
 
     /// `http://127.0.0.1:PORT`: the `address` of a Prometheus metric.
@@ -386,6 +509,19 @@ mod tests {
         assert!(body.contains("storm_test_requests_total{revision=\"def\",outcome=\"error\"} 0\n"));
         drop(e);
         assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+
+    #[test]
+    fn scrape_jobs_say_how_to_reach_their_targets() {
+        let plain = ScrapeJob::http("c", &["127.0.0.1:1".to_string()]).config();
+        assert_eq!(
+            plain,
+            serde_json::json!({"job_name": "c", "static_configs": [{"targets": ["127.0.0.1:1"]}]})
+        );
+        let tls = ScrapeJob::https("w", &["127.0.0.1:2".to_string()], "/x/ca.crt".as_ref());
+        let tls = tls.config();
+        assert_eq!(tls["scheme"], "https");
+        assert_eq!(tls["tls_config"]["ca_file"], "/x/ca.crt");
     }
 
     #[test]
