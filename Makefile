@@ -107,5 +107,9 @@ demo-aibrix-check: ## Run demo-aibrix non-interactively (it fails on anything un
 		|| { tail -n 60 target/demo-aibrix-check.log; $(MAKE) --no-print-directory dev-down; exit 1; }
 	@$(MAKE) --no-print-directory dev-down >/dev/null 2>&1; echo "demo-aibrix-check: 1 passed, 0 failed"
 
+.PHONY: images
+images: ## OCI images of the webhook and controller without Docker (umoci), each run to print its version; sizes -> target/images/sizes.json
+	@tests/images/build.sh
+
 .PHONY: test
-test: lint unit e2e soak-short demo-check demo-aibrix-check ## Everything CI runs
+test: lint unit e2e soak-short demo-check demo-aibrix-check images ## Everything CI runs
