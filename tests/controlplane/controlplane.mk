@@ -3,7 +3,7 @@
 # State, kubeconfig and logs: ${STORM_CLUSTER_DIR:-.storm/cluster}. See tests/controlplane/README.md.
 CONTROLPLANE_DIR := $(dir $(lastword $(MAKEFILE_LIST)))
 
-.PHONY: cluster-bins cluster-up cluster-down cluster-env cluster-status cluster-logs thirdparty-crds argo-rollouts
+.PHONY: cluster-bins cluster-up cluster-down cluster-env cluster-status cluster-logs thirdparty-crds argo-rollouts cert-manager
 cluster-bins: ## Build the control-plane binaries into the per-version cache (no-op when cached)
 	@$(CONTROLPLANE_DIR)build.sh
 cluster-up: ## Start the local control plane (built once per machine); reuses a running one
@@ -20,3 +20,5 @@ thirdparty-crds: ## Fetch the pinned Istio, Gateway API, SMI and coscheduling Po
 	@$(CONTROLPLANE_DIR)thirdparty-crds.sh
 argo-rollouts: ## Build the Argo Rollouts controller and its CRDs into the per-version cache (no-op when cached)
 	@$(CONTROLPLANE_DIR)argo-rollouts.sh
+cert-manager: ## Build cert-manager's controller and CA injector and its CRDs into the per-version cache (no-op when cached)
+	@$(CONTROLPLANE_DIR)cert-manager.sh
