@@ -510,7 +510,7 @@ async fn the_dashboard_and_the_alerts_read_what_the_binaries_export_and_fire() -
             "provider": {"web": {"url": refused, "jsonPath": "{$.rate}", "timeout": "2s"}},
             "successCondition": "double(result) < 5.0",
             "interval": "1s",
-            "consecutiveErrorLimit": 2
+            "consecutiveErrorLimit": 5
         }]}
     }))?;
     ns.api::<AnalysisTemplate>()
