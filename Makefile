@@ -23,8 +23,9 @@ build: ## Build every binary (release)
 	$(CARGO) build --release --workspace
 
 .PHONY: manifests
-manifests: ## Regenerate manifests/crds from the Rust types
+manifests: ## Regenerate the CRDs (manifests/crds, and the Helm chart's crds/) from the Rust types
 	$(CARGO) run --quiet -p storm-cli --bin kubectl-storm -- crds --out-dir manifests/crds
+	$(CARGO) run --quiet -p storm-cli --bin kubectl-storm -- crds --out-dir charts/storm-rollouts/crds
 
 # cargo-deny, built once per version into the cache (as the control-plane binaries are).
 CARGO_DENY_VERSION := 0.20.2
