@@ -106,7 +106,7 @@ fn in_place_if_possible_patches_images_and_replaces_anything_else() {
     // Args changed as well: not an image-only change, so replaced.
     let (rs, pods) = updated(vec![r], |rs| {
         set_image(rs, 0, "x:2");
-        rs.spec.roles[0].template.spec.as_mut().unwrap().containers[0].args =
+        std::sync::Arc::make_mut(&mut rs.spec.roles[0].template).spec.as_mut().unwrap().containers[0].args =
             Some(vec!["--x".into()]);
     });
     let owned: Vec<&CachedPod> = pods.iter().collect();
