@@ -538,6 +538,7 @@ impl Templates {
         template
     }
 
+    #[cfg(test)]
     fn len(&self) -> usize {
         self.by_hash.values().map(Vec::len).sum()
     }

@@ -138,8 +138,9 @@ pub struct RoleSpec {
     /// `ROLE_REPLICA_INDEX` and the `role-replica-index` label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stateful: Option<bool>,
-    /// Template of the role's Pods. Shared, not copied: the controller's caches keep one
-    /// template for every RoleSet (and the StormService) of a revision.
+    // Shared, not copied: the controller's caches keep one template for every RoleSet (and the
+    // StormService) of a revision (`cache::share_templates`).
+    /// Template of the role's Pods.
     #[serde(default, deserialize_with = "super::lean::pod_template")]
     pub template: Arc<PodTemplateSpec>,
     /// How many of the role's Pods may be disrupted by eviction or preemption (AIBrix; accepted and kept).
