@@ -3,7 +3,7 @@
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{ContainerState, Pod, PodCondition, Service};
+use k8s_openapi::api::core::v1::{ContainerState, Pod, PodCondition, PodTemplateSpec, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::runtime::utils::{Backoff, ResetTimerBackoff};
@@ -485,5 +485,98 @@ mod trigger_tests {
         // A whole Pod converted (as tests and a Pod read from the API do) gives the same record.
         let pod: Pod = serde_json::from_value(full_pod()).expect("a Pod decodes");
         assert_eq!(CachedPod::from(&pod), cached);
+    }
+}
+
+/// One copy of each distinct role Pod template across the caches: the RoleSets of a revision,
+/// and the StormService whose template they were made from, hold equal templates, and a decoded
+/// k8s-openapi template is the largest part of either. Each template a watch event brings is
+/// replaced by an equal one already held, if any; what no cached object holds any more is
+/// forgotten.
+pub fn share_templates(roles: &mut [storm_shared::types::roleset::RoleSpec]) {
+    static HELD: std::sync::Mutex<Option<Templates>> = std::sync::Mutex::new(None);
+    let mut held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let held = held.get_or_insert_with(Templates::default);
+    for role in roles {
+        role.template = held.share(std::mem::take(&mut role.template));
+    }
+}
+
+/// Templates by a hash of their JSON; equal hashes are compared in full before sharing.
+#[derive(Default)]
+struct Templates {
+    by_hash: std::collections::HashMap<u64, Vec<std::sync::Weak<PodTemplateSpec>>>,
+    added: usize,
+}
+
+impl Templates {
+    fn share(&mut self, template: Arc<PodTemplateSpec>) -> Arc<PodTemplateSpec> {
+        use std::hash::{BuildHasher, RandomState};
+        static KEYS: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+        let json = serde_json::to_vec(&*template).unwrap_or_default();
+        let key = KEYS.get_or_init(RandomState::new).hash_one(&json);
+        let bucket = self.by_hash.entry(key).or_default();
+        if let Some(same) = bucket
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|t| **t == *template)
+        {
+            return same;
+        }
+        bucket.retain(|t| t.strong_count() > 0);
+        bucket.push(Arc::downgrade(&template));
+        self.added += 1;
+        // Forget the templates no object holds any more, now and then: O(1) per event on average.
+        if self.added.is_multiple_of(1024) {
+            self.by_hash.retain(|_, b| {
+                b.retain(|t| t.strong_count() > 0);
+                !b.is_empty()
+            });
+        }
+        template
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_hash.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    fn template(image: &str) -> Arc<PodTemplateSpec> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"labels": {"app": "a"}},
+                "spec": {"containers": [{"name": "server", "image": image}]}
+            }))
+            .expect("template"),
+        )
+    }
+
+    #[test]
+    fn equal_templates_are_held_once_and_forgotten_when_unused() {
+        let mut held = Templates::default();
+        let a = held.share(template("app:v1"));
+        let b = held.share(template("app:v1"));
+        assert!(Arc::ptr_eq(&a, &b), "equal templates share one allocation");
+        let c = held.share(template("app:v2"));
+        assert!(!Arc::ptr_eq(&a, &c), "different templates stay apart");
+        assert_eq!(*c, *template("app:v2"));
+        assert_eq!(held.len(), 2);
+        drop((a, b));
+        // An unheld template is not handed out again: a new one takes its place.
+        let d = held.share(template("app:v1"));
+        assert_eq!(Arc::strong_count(&d), 1);
+        for _ in 0..2048 {
+            held.share(template("app:v3"));
+        }
+        // v1 (d) and v2 (c) are still held; the many v3 copies were shared or forgotten.
+        assert!(held.len() <= 3, "{} entries", held.len());
+        drop((c, d));
     }
 }

@@ -181,8 +181,10 @@ impl Feeds {
                 crate::cache::slim_pod,
             ),
             // Managed fields are read by no reconcile, and they are often the bulk of an object.
+            // A revision's RoleSets hold one copy of each role's Pod template.
             rolesets: Feed::new(ctx.api(), watcher::Config::default(), |r| {
-                r.managed_fields_mut().clear()
+                r.managed_fields_mut().clear();
+                crate::cache::share_templates(&mut r.spec.roles);
             }),
             podsets: Feed::new(ctx.api(), watcher::Config::default(), |p| {
                 p.managed_fields_mut().clear()

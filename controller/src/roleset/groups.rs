@@ -300,8 +300,7 @@ mod tests {
             GroupPlan::default()
         );
         let mut changed = rs.clone();
-        changed.spec.roles[0]
-            .template
+        std::sync::Arc::make_mut(&mut changed.spec.roles[0].template)
             .spec
             .as_mut()
             .expect("spec")

@@ -18,7 +18,7 @@ pub(crate) fn role(name: &str, replicas: Option<i32>) -> RoleSpec {
     RoleSpec {
         name: name.to_string(),
         replicas,
-        template: PodTemplateSpec {
+        template: std::sync::Arc::new(PodTemplateSpec {
             metadata: Some(ObjectMeta {
                 labels: Some([("app".to_string(), format!("llm-{name}"))].into()),
                 annotations: Some([("note".to_string(), name.to_string())].into()),
@@ -32,7 +32,7 @@ pub(crate) fn role(name: &str, replicas: Option<i32>) -> RoleSpec {
                 }],
                 ..PodSpec::default()
             }),
-        },
+        }),
         ..RoleSpec::default()
     }
 }
@@ -196,7 +196,12 @@ fn env_of(pod: &Pod) -> Vec<(String, String)> {
 fn pods_get_aibrix_env_first_and_the_users_own_of_those_names_is_dropped() {
     let mut r = role("prefill", Some(2));
     r.stateful = Some(true);
-    r.template.spec.as_mut().unwrap().containers[0].env = Some(vec![
+    std::sync::Arc::make_mut(&mut r.template)
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .env = Some(vec![
         EnvVar {
             name: "ROLE_NAME".into(),
             value: Some("mine".into()),
@@ -614,8 +619,7 @@ fn pods_made_by_aibrix_keep_their_slots_and_are_not_replaced() {
     assert_eq!(names(&plan.create), ["llm-abc123-0-decode-2"]);
     // The template changed: Pods we did not make cannot be told apart, so none is replaced.
     let mut changed = rs.clone();
-    changed.spec.roles[0]
-        .template
+    std::sync::Arc::make_mut(&mut changed.spec.roles[0].template)
         .spec
         .as_mut()
         .unwrap()

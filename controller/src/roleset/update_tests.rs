@@ -26,8 +26,7 @@ fn updated(roles: Vec<RoleSpec>, change: impl Fn(&mut RoleSet)) -> (RoleSet, Vec
 }
 
 fn set_image(rs: &mut RoleSet, role: usize, image: &str) {
-    rs.spec.roles[role]
-        .template
+    std::sync::Arc::make_mut(&mut rs.spec.roles[role].template)
         .spec
         .as_mut()
         .unwrap()
@@ -106,8 +105,12 @@ fn in_place_if_possible_patches_images_and_replaces_anything_else() {
     // Args changed as well: not an image-only change, so replaced.
     let (rs, pods) = updated(vec![r], |rs| {
         set_image(rs, 0, "x:2");
-        rs.spec.roles[0].template.spec.as_mut().unwrap().containers[0].args =
-            Some(vec!["--x".into()]);
+        std::sync::Arc::make_mut(&mut rs.spec.roles[0].template)
+            .spec
+            .as_mut()
+            .unwrap()
+            .containers[0]
+            .args = Some(vec!["--x".into()]);
     });
     let owned: Vec<&CachedPod> = pods.iter().collect();
     let u = plan_updates(&rs, &owned);

@@ -61,8 +61,7 @@ mod tests {
         let mut b = a.clone();
         assert_eq!(of_template(&a), of_template(&b));
         assert_eq!(of_template(&a).len(), 10);
-        b.spec.as_mut().expect("spec").roles[0]
-            .template
+        std::sync::Arc::make_mut(&mut b.spec.as_mut().expect("spec").roles[0].template)
             .spec
             .as_mut()
             .expect("pod")

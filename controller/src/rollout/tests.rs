@@ -290,7 +290,12 @@ impl Sim {
 
     pub fn set_image(&mut self, image: &str) {
         let role = &mut self.spec.template.spec.as_mut().expect("spec").roles[0];
-        role.template.spec.as_mut().expect("pod").containers[0].image = Some(image.into());
+        std::sync::Arc::make_mut(&mut role.template)
+            .spec
+            .as_mut()
+            .expect("pod")
+            .containers[0]
+            .image = Some(image.into());
     }
 
     pub fn revision(&self) -> String {

@@ -172,9 +172,15 @@ async fn run_on(
     let (urgent_tx, urgent_rx) = futures::channel::mpsc::unbounded::<ObjectRef<StormService>>();
     let urgent_abort = urgent_tx.clone();
     let aborts = state.urgent.clone();
-    // Managed fields are read by no reconcile, and they are often the bulk of an object.
+    // Managed fields are read by no reconcile, and they are often the bulk of an object. The
+    // template's Pod templates are the ones its update revision's RoleSets hold: one copy.
     let primary = crate::cache::watch(state.ctx.api::<StormService>(), watcher::Config::default())
-        .modify(|s| s.managed_fields_mut().clear())
+        .modify(|s| {
+            s.managed_fields_mut().clear();
+            if let Some(spec) = s.spec.template.spec.as_mut() {
+                crate::cache::share_templates(&mut spec.roles);
+            }
+        })
         .reflect(ss_writer)
         .applied_objects()
         .predicate_filter(user_change, Default::default())

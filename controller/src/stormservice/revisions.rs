@@ -483,8 +483,7 @@ mod tests {
         };
         let first = obj.spec.template.clone();
         let mut second = first.clone();
-        second.spec.as_mut().expect("spec").roles[1]
-            .template
+        std::sync::Arc::make_mut(&mut second.spec.as_mut().expect("spec").roles[1].template)
             .spec
             .as_mut()
             .expect("pod spec")

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use std::cell::Cell;
+use std::sync::Arc;
 
 thread_local! {
     static LEAN: Cell<bool> = const { Cell::new(false) };
@@ -36,11 +37,13 @@ pub fn from_str_lean<T: DeserializeOwned>(json: &str) -> serde_json::Result<T> {
 }
 
 /// `deserialize_with` of a role's Pod template: in full, or lean inside [`from_str_lean`].
-pub(crate) fn pod_template<'de, D: Deserializer<'de>>(d: D) -> Result<PodTemplateSpec, D::Error> {
+pub(crate) fn pod_template<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Arc<PodTemplateSpec>, D::Error> {
     if LEAN.with(Cell::get) {
-        LeanTemplate::deserialize(d).map(Into::into)
+        LeanTemplate::deserialize(d).map(|t| Arc::new(t.into()))
     } else {
-        PodTemplateSpec::deserialize(d)
+        PodTemplateSpec::deserialize(d).map(Arc::new)
     }
 }
 

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// RoleSet runs the roles of one StormService replica. It is owned by its StormService and owns its Pods.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -137,9 +138,11 @@ pub struct RoleSpec {
     /// `ROLE_REPLICA_INDEX` and the `role-replica-index` label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stateful: Option<bool>,
+    // Shared, not copied: the controller's caches keep one template for every RoleSet (and the
+    // StormService) of a revision (`cache::share_templates`).
     /// Template of the role's Pods.
     #[serde(default, deserialize_with = "super::lean::pod_template")]
-    pub template: PodTemplateSpec,
+    pub template: Arc<PodTemplateSpec>,
     /// How many of the role's Pods may be disrupted by eviction or preemption (AIBrix; accepted and kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption_tolerance: Option<DisruptionTolerance>,

@@ -145,7 +145,7 @@ fn role(name: &str, replicas: i32) -> RoleSpec {
     RoleSpec {
         name: name.to_string(),
         replicas: Some(replicas),
-        template: PodTemplateSpec {
+        template: std::sync::Arc::new(PodTemplateSpec {
             metadata: Some(ObjectMeta {
                 labels: Some([("app".to_string(), format!("llm-{name}"))].into()),
                 ..ObjectMeta::default()
@@ -158,7 +158,7 @@ fn role(name: &str, replicas: i32) -> RoleSpec {
                 }],
                 ..PodSpec::default()
             }),
-        },
+        }),
         ..RoleSpec::default()
     }
 }

@@ -46,7 +46,7 @@ fn role(name: &str, replicas: i32, extra_labels: &[(&str, &str)]) -> RoleSpec {
     RoleSpec {
         name: name.to_string(),
         replicas: Some(replicas),
-        template: PodTemplateSpec {
+        template: std::sync::Arc::new(PodTemplateSpec {
             metadata: Some(ObjectMeta {
                 labels: Some(labels),
                 ..ObjectMeta::default()
@@ -59,7 +59,7 @@ fn role(name: &str, replicas: i32, extra_labels: &[(&str, &str)]) -> RoleSpec {
                 }],
                 ..PodSpec::default()
             }),
-        },
+        }),
         ..RoleSpec::default()
     }
 }

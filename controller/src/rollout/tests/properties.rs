@@ -364,7 +364,7 @@ proptest! {
     ) {
         let mut s = spec(seed_steps(), replicas, "app:v1");
         if let Some(roles) = s.template.spec.as_mut() {
-            let c = &mut roles.roles[0].template.spec.as_mut().expect("pod spec").containers[0];
+            let c = &mut std::sync::Arc::make_mut(&mut roles.roles[0].template).spec.as_mut().expect("pod spec").containers[0];
             c.resources = Some(serde_json::from_value(serde_json::json!({"limits": {"nvidia.com/gpu": gpus.to_string()}})).expect("resources"));
         }
         // 0: no router (maxUnavailable 25% lets stable shrink first, where it is at least one);
