@@ -13,21 +13,23 @@ use crate::cache::CachedPod;
 use crate::context::Context;
 use crate::owned::Owned;
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryFuture};
 
 use kube::Resource;
 use kube::ResourceExt;
-use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
+use kube::runtime::{Controller, WatchStreamExt};
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 use storm_shared::keys::AIBRIX_LABEL_ROLESET_NAME;
 use storm_shared::types::podset::PodSet;
 use storm_shared::types::roleset::RoleSet;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 /// Trims an object before it is kept (fields no reconcile reads).
 pub type Slim<K> = fn(&mut K);
@@ -266,6 +268,49 @@ where
             }
         })
         .collect()
+}
+
+/// Runs `controller` (a controller on a feed's store, its triggers added) until `shutdown`
+/// completes; reconciles in flight then finish before it returns. `kind` names it in the logs.
+pub async fn run_until<K, Ctx, Fut>(
+    kind: &'static str,
+    controller: Controller<K>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    reconcile: impl FnMut(Arc<K>, Arc<Ctx>) -> Fut,
+    error_policy: impl Fn(Arc<K>, &Fut::Error, Arc<Ctx>) -> Action,
+    state: Arc<Ctx>,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Debug + Unpin + Eq + Hash + Clone,
+    Fut: TryFuture<Ok = Action> + Send + 'static,
+    Fut::Error: std::error::Error + Send + 'static,
+{
+    // `graceful_shutdown_on` wants a `Sync` future; the caller's need not be. A oneshot bridges.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+    info!("{kind} controller starting");
+    controller
+        .graceful_shutdown_on(async move {
+            let _ = stop_rx.await;
+        })
+        .run(reconcile, error_policy, state)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
+                // Reconcile errors were logged by error_policy already.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                // A trigger for an object that was just deleted: nothing left to do.
+                Err(controller::Error::ObjectNotFound(obj)) => {
+                    debug!(namespace = ?obj.namespace, name = %obj.name, "{kind} gone")
+                }
+                Err(e) => warn!(error = %e, "{kind} controller"),
+            }
+        })
+        .await;
+    info!("{kind} controller stopped");
 }
 
 #[cfg(test)]

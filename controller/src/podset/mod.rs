@@ -9,7 +9,6 @@ use crate::context::{Context, MANAGER};
 use crate::error::{Backoff, Error};
 use crate::feeds::{self, Feeds};
 use crate::owned::Owned;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -24,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use storm_shared::status::Reason;
 use storm_shared::types::podset::PodSet;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// Kind label of this controller's metrics.
 pub const KIND: &str = "PodSet";
@@ -66,36 +65,15 @@ async fn run_on(
     triggers: impl futures::Stream<Item = reflector::ObjectRef<PodSet>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(());
-    });
     let state = Arc::new(State {
         ctx: ctx.clone(),
         pods,
         backoff: Backoff::default(),
     });
-    info!("PodSet controller starting");
-    crate::cache::controller(futures::stream::pending(), store)
+    let controller = crate::cache::controller(futures::stream::pending(), store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
-        .reconcile_on(triggers)
-        .graceful_shutdown_on(async move {
-            let _ = stop_rx.await;
-        })
-        .run(reconcile, error_policy, state)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
-                Err(controller::Error::ReconcilerFailed(..)) => {}
-                Err(controller::Error::ObjectNotFound(obj)) => {
-                    debug!(namespace = ?obj.namespace, name = %obj.name, "PodSet gone")
-                }
-                Err(e) => warn!(error = %e, "PodSet controller"),
-            }
-        })
-        .await;
-    info!("PodSet controller stopped");
+        .reconcile_on(triggers);
+    feeds::run_until(KIND, controller, shutdown, reconcile, error_policy, state).await;
 }
 
 fn error_policy(podset: Arc<PodSet>, error: &Error, state: Arc<State>) -> Action {

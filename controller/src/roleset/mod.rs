@@ -79,41 +79,16 @@ async fn run_on(
     triggers: impl futures::Stream<Item = reflector::ObjectRef<RoleSet>> + Send + 'static,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    // `graceful_shutdown_on` wants a `Sync` future; the caller's need not be. A oneshot bridges.
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(());
-    });
-
     let state = Arc::new(State {
         ctx,
         pods,
         podsets,
         backoff: Backoff::default(),
     });
-    info!("RoleSet controller starting");
-    crate::cache::controller(futures::stream::pending(), store)
+    let controller = crate::cache::controller(futures::stream::pending(), store)
         .with_config(controller::Config::default().concurrency(CONCURRENCY))
-        .reconcile_on(triggers)
-        .graceful_shutdown_on(async move {
-            let _ = stop_rx.await;
-        })
-        .run(reconcile, error_policy, state)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
-                // Reconcile errors were logged by error_policy already.
-                Err(controller::Error::ReconcilerFailed(..)) => {}
-                // A Pod event for a RoleSet that was just deleted: nothing left to do.
-                Err(controller::Error::ObjectNotFound(obj)) => {
-                    debug!(namespace = ?obj.namespace, name = %obj.name, "RoleSet gone")
-                }
-                Err(e) => warn!(error = %e, "RoleSet controller"),
-            }
-        })
-        .await;
-    info!("RoleSet controller stopped");
+        .reconcile_on(triggers);
+    feeds::run_until(KIND, controller, shutdown, reconcile, error_policy, state).await;
 }
 
 async fn reconcile(roleset: Arc<RoleSet>, state: Arc<State>) -> Result<Action, Error> {
