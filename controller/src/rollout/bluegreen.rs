@@ -231,23 +231,12 @@ fn progress(
     let full = m.rs.promote_full == Some(true);
     if !is_promoted {
         // Decided already (the preview now grows): the analysis passed at the preview's size.
-        if bg.pre_promotion_analysis.is_some() && !full && !growing {
-            match gates::gate(m, gates::PRE_PROMOTION) {
-                Gate::Passed => {}
-                Gate::Failed(detail) => {
-                    analysis_failed(m, stable, ar, detail);
-                    fail_cleanup(m, stable, bg);
-                    return;
-                }
-                Gate::Inconclusive(msg) => {
-                    wait(m, Reason::AnalysisInconclusive, msg, &mut approval_left);
-                    return;
-                }
-                Gate::Running(msg) => {
-                    wait(m, Reason::AnalysisRunning, msg, &mut approval_left);
-                    return;
-                }
-            }
+        if bg.pre_promotion_analysis.is_some()
+            && !full
+            && !growing
+            && !gate_passed(m, gates::PRE_PROMOTION, stable, bg, ar, &mut approval_left)
+        {
+            return;
         }
         if bg.auto_promotion_enabled != Some(true) && !full && !growing {
             // `autoPromotionSeconds`: promote on our own that long after the preview was ready.
@@ -324,25 +313,41 @@ fn progress(
         ignore(m, ANNOTATION_APPROVAL, "nothing was waiting for approval");
         approval_left = false;
     }
-    if bg.post_promotion_analysis.is_some() && !full {
-        match gates::gate(m, gates::POST_PROMOTION) {
-            Gate::Passed => {}
-            Gate::Failed(detail) => {
-                analysis_failed(m, stable, ar, detail);
-                fail_cleanup(m, stable, bg);
-                return;
-            }
-            Gate::Inconclusive(msg) => {
-                wait(m, Reason::AnalysisInconclusive, msg, &mut approval_left);
-                return;
-            }
-            Gate::Running(msg) => {
-                wait(m, Reason::AnalysisRunning, msg, &mut approval_left);
-                return;
-            }
-        }
+    if bg.post_promotion_analysis.is_some()
+        && !full
+        && !gate_passed(m, gates::POST_PROMOTION, stable, bg, ar, &mut approval_left)
+    {
+        return;
     }
     complete(m, bg);
+}
+
+/// Applies the verdict of the analysis `gate`: true when it passed and the rollout goes on.
+/// Otherwise the rollout fails (the analysis failed) or waits at the gate, and this round is done.
+fn gate_passed(
+    m: &mut Machine,
+    gate: &str,
+    stable: &str,
+    bg: &BlueGreenStrategy,
+    ar: &AutoRollback,
+    approval_left: &mut bool,
+) -> bool {
+    match gates::gate(m, gate) {
+        Gate::Passed => true,
+        Gate::Failed(detail) => {
+            analysis_failed(m, stable, ar, detail);
+            fail_cleanup(m, stable, bg);
+            false
+        }
+        Gate::Inconclusive(msg) => {
+            wait(m, Reason::AnalysisInconclusive, msg, approval_left);
+            false
+        }
+        Gate::Running(msg) => {
+            wait(m, Reason::AnalysisRunning, msg, approval_left);
+            false
+        }
+    }
 }
 
 /// Waits at a gate; an approval that arrived meanwhile is dropped (an analysis decides here).
