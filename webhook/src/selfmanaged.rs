@@ -6,7 +6,7 @@ use crate::certs::{self, CertError};
 use base64::Engine;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -256,29 +256,29 @@ pub async fn sync_ca_bundles(
         Api::<MutatingWebhookConfiguration>::all(client.clone()),
         name,
         ca_pem,
-        |c| {
-            c.webhooks
-                .iter()
-                .flatten()
-                .map(|w| w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()))
-                .collect()
-        },
+        |c| ca_bundles(&c.webhooks, |w| &w.client_config),
     )
     .await?;
     let validating = sync_one(
         Api::<ValidatingWebhookConfiguration>::all(client.clone()),
         name,
         ca_pem,
-        |c| {
-            c.webhooks
-                .iter()
-                .flatten()
-                .map(|w| w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()))
-                .collect()
-        },
+        |c| ca_bundles(&c.webhooks, |w| &w.client_config),
     )
     .await?;
     Ok(usize::from(mutating) + usize::from(validating))
+}
+
+/// The `caBundle` of each of a configuration's `webhooks`, in order.
+fn ca_bundles<W>(
+    webhooks: &Option<Vec<W>>,
+    config: impl Fn(&W) -> &WebhookClientConfig,
+) -> Vec<Option<Vec<u8>>> {
+    webhooks
+        .iter()
+        .flatten()
+        .map(|w| config(w).ca_bundle.as_ref().map(|b| b.0.clone()))
+        .collect()
 }
 
 /// Patches one configuration whose `bundles` (one per webhook) are not all the CA. Returns whether
