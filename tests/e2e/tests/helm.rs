@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
-use storm_test_support::{cluster, repo_root, unique_name};
+use storm_test_support::{cluster, repo_root, unique_name, yaml_documents};
 
 const CHART: &str = "charts/storm-rollouts";
 /// What `helm template` assumes of the cluster (the chart needs 1.30 or later).
@@ -98,18 +98,6 @@ fn cluster_if_needed(args: &[&str]) -> Result<PathBuf> {
     Ok(cluster()?.kubeconfig().to_path_buf())
 }
 
-/// YAML documents as JSON values, empty ones dropped.
-fn documents(yaml: &str) -> Result<Vec<Value>> {
-    let mut docs = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
-        let value: Value = serde::Deserialize::deserialize(doc).context("parsing YAML")?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
 fn kustomize(dir: &str) -> Result<Vec<Value>> {
     let out = Command::new("kubectl")
         .args(["kustomize", dir])
@@ -121,7 +109,7 @@ fn kustomize(dir: &str) -> Result<Vec<Value>> {
         "kubectl kustomize {dir}: {}",
         text(&out)
     );
-    documents(&String::from_utf8_lossy(&out.stdout))
+    yaml_documents(&String::from_utf8_lossy(&out.stdout))
 }
 
 type Key = (String, String, String);
@@ -244,7 +232,7 @@ fn the_chart_lints_and_renders_what_kustomize_renders() -> Result<()> {
     );
 
     // The defaults: everything of the kustomize base with self-managed certificates.
-    let chart = by_key(documents(&render(&[])?)?)?;
+    let chart = by_key(yaml_documents(&render(&[])?)?)?;
     let base = by_key(kustomize("certs/self-managed")?)?;
     let diff = differences(&chart, &base);
     ensure!(
@@ -259,7 +247,7 @@ fn the_chart_lints_and_renders_what_kustomize_renders() -> Result<()> {
         chart.keys()
     );
     // cert-manager: the base with the certs/cert-manager overlay over its webhook part.
-    let chart = by_key(documents(&render(&[
+    let chart = by_key(yaml_documents(&render(&[
         "--set",
         "certificates.mode=certManager",
     ])?)?)?;
@@ -280,7 +268,7 @@ fn the_chart_lints_and_renders_what_kustomize_renders() -> Result<()> {
         "--set-string",
         &format!("certificates.caBundle={ca}"),
     ])?;
-    let manual = by_key(documents(&manual)?)?;
+    let manual = by_key(yaml_documents(&manual)?)?;
     let bundle = json!(BASE64.encode(ca));
     for kind in [
         "MutatingWebhookConfiguration",
@@ -330,7 +318,7 @@ fn the_chart_lints_and_renders_what_kustomize_renders() -> Result<()> {
         );
     }
     // What that expectation says, checked here so a wrong expectation cannot be approved blindly.
-    let objects = documents(&rendered)?;
+    let objects = yaml_documents(&rendered)?;
     let find = |kind: &str, name: &str| {
         objects
             .iter()

@@ -523,6 +523,20 @@ pub fn pod_phase(pod: &Pod) -> &str {
         .unwrap_or("")
 }
 
+/// YAML documents (a multi-document stream, as `kubectl kustomize` or `helm template` print it)
+/// as JSON values, empty ones dropped.
+pub fn yaml_documents(yaml: &str) -> Result<Vec<serde_json::Value>> {
+    let mut docs = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
+        let value: serde_json::Value =
+            serde::Deserialize::deserialize(doc).context("parsing YAML")?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
 /// A namespace of its own for one test, deleted when dropped (or by [`TestNamespace::cleanup`]).
 pub struct TestNamespace {
     name: String,

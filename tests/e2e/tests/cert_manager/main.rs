@@ -36,7 +36,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use storm_test_support::process::{binary, rbac_denials};
-use storm_test_support::{Cluster, TestNamespace, dump_logs_on_error, unique_name, wait_for};
+use storm_test_support::{
+    Cluster, TestNamespace, dump_logs_on_error, unique_name, wait_for, yaml_documents,
+};
 
 /// The Secrets of `certs/cert-manager/issuers.yaml`: the serving pair's and the CA's.
 const SERVING_SECRET: &str = "storm-webhook-tls";
@@ -437,7 +439,7 @@ async fn renew_under_load(
         )),
     );
     let demo = std::fs::read_to_string(ns.cluster().repo_root().join("tests/fixtures/demo.yaml"))?;
-    let mut probe = overlay::documents(&demo)?
+    let mut probe = yaml_documents(&demo)?
         .into_iter()
         .find(|d| d["kind"] == "StormService")
         .context("no StormService in tests/fixtures/demo.yaml")?;

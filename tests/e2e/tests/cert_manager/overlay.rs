@@ -3,25 +3,13 @@
 
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
-use storm_test_support::Cluster;
+use storm_test_support::{Cluster, yaml_documents};
 
 /// The serving Certificate of `certs/cert-manager/issuers.yaml`.
 pub const SERVING: &str = "storm-webhook-serving";
 /// Where the overlay points the CA injector (`inject-ca-from` on both configurations).
 const OVERLAY_INJECT_FROM: &str = "storm-system/storm-webhook-serving";
 const INJECT_CA_FROM: &str = "cert-manager.io/inject-ca-from";
-
-/// YAML documents as JSON values, empty ones dropped.
-pub fn documents(yaml: &str) -> Result<Vec<Value>> {
-    let mut docs = Vec::new();
-    for doc in serde_yaml_ng::Deserializer::from_str(yaml) {
-        let value: Value = serde::Deserialize::deserialize(doc).context("parsing YAML")?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
 
 /// The overlay as `kubectl apply -k certs/cert-manager` would apply it.
 pub struct Overlay {
@@ -34,7 +22,7 @@ pub struct Overlay {
 impl Overlay {
     /// Renders `certs/cert-manager`.
     pub fn render(cluster: &Cluster) -> Result<Self> {
-        let docs = documents(&cluster.kubectl_run(["kustomize", "certs/cert-manager"])?)?;
+        let docs = yaml_documents(&cluster.kubectl_run(["kustomize", "certs/cert-manager"])?)?;
         let (cert_manager, rest): (Vec<Value>, Vec<Value>) = docs.into_iter().partition(|d| {
             d["apiVersion"]
                 .as_str()
