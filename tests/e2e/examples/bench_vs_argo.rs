@@ -56,6 +56,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use storm_e2e::canary_storm_service;
 use storm_shared::keys::{LABEL_NAME, LABEL_REVISION};
 use storm_shared::types::stormservice::RolloutPhase;
 use storm_shared::{RoleSet, StormService};
@@ -739,31 +740,15 @@ async fn argo_side(
 // ---------------------------------------------------------------------------------------------
 
 fn storm_service(name: &str) -> Value {
-    json!({
-        "apiVersion": "orchestration.aibrix.ai/v1alpha1",
-        "kind": "StormService",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": REPLICAS,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"roles": [{"name": "server", "replicas": 1, "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "server", "image": "app:v1"}]}
-                }}]}
-            },
-            "rolloutStrategy": {"type": "Canary", "canary": {
-                "stableService": format!("{name}-stable"),
-                "canaryService": format!("{name}-canary"),
-                "steps": [
-                    {"weight": 25, "pause": {"duration": "1s"}},
-                    {"weight": 50, "pause": {"duration": "1s"}},
-                    {"weight": 100}
-                ]
-            }}
-        }
-    })
+    canary_storm_service(
+        name,
+        REPLICAS,
+        json!([
+            {"weight": 25, "pause": {"duration": "1s"}},
+            {"weight": 50, "pause": {"duration": "1s"}},
+            {"weight": 100}
+        ]),
+    )
 }
 
 fn phase(obj: &StormService) -> Option<RolloutPhase> {

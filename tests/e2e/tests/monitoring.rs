@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use storm_e2e::canary_storm_service;
 use storm_shared::StormService;
 use storm_shared::types::analysis::AnalysisTemplate;
 use storm_shared::types::stormservice::RolloutPhase;
@@ -326,31 +327,11 @@ fn the_check_fails_on_what_is_not_exported() -> Result<()> {
 
 /// A StormService `name` with one role of `replicas` RoleSets, its Services and a canary.
 fn storm_service(name: &str, replicas: i32, steps: Value, auto_rollback: Option<Value>) -> Value {
-    let mut canary = json!({
-        "stableService": format!("{name}-stable"),
-        "canaryService": format!("{name}-canary"),
-        "steps": steps,
-    });
+    let mut obj = canary_storm_service(name, i64::from(replicas), steps);
     if let Some(ar) = auto_rollback {
-        canary["autoRollback"] = ar;
+        obj["spec"]["rolloutStrategy"]["canary"]["autoRollback"] = ar;
     }
-    json!({
-        "apiVersion": "orchestration.aibrix.ai/v1alpha1",
-        "kind": "StormService",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"roles": [{"name": "server", "replicas": 1, "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "server", "image": "app:v1"}]}
-                }}]}
-            },
-            "rolloutStrategy": {"type": "Canary", "canary": canary}
-        }
-    })
+    obj
 }
 
 async fn create(ns: &TestNamespace, obj: Value) -> Result<()> {

@@ -18,6 +18,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use storm_e2e::canary_storm_service;
 use storm_shared::StormService;
 use storm_shared::types::analysis::AnalysisTemplate;
 use storm_shared::types::stormservice::RolloutPhase;
@@ -85,27 +86,7 @@ fn template(name: &str, url: &str) -> Result<AnalysisTemplate> {
 
 /// StormService `name` with one RoleSet of one Pod, its own Services, and `steps`.
 fn storm_service(name: &str, steps: Value) -> Value {
-    json!({
-        "apiVersion": "orchestration.aibrix.ai/v1alpha1",
-        "kind": "StormService",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"roles": [{"name": "server", "replicas": 1, "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "server", "image": "app:v1"}]}
-                }}]}
-            },
-            "rolloutStrategy": {"type": "Canary", "canary": {
-                "stableService": format!("{name}-stable"),
-                "canaryService": format!("{name}-canary"),
-                "steps": steps
-            }}
-        }
-    })
+    canary_storm_service(name, 1, steps)
 }
 
 async fn create(ns: &TestNamespace, name: &str, steps: Value) -> Result<()> {
