@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Webhook benchmark: AdmissionReviews of a realistic StormService (webhook/bench/review.json) to
-# /validate over HTTPS with keep-alive on loopback, then the same load against /noop (a fixed answer
-# from the same server: the ceiling). Load generator: wrk (Debian package, installed if missing).
+# /validate over HTTPS with keep-alive on loopback, alternating with the same load against /noop (a
+# fixed answer from the same server: the ceiling). Load generator: wrk (Debian package, installed if missing).
 # Writes target/bench/webhook.json. Then the same process gets the valid reviews again, alone and mixed
 # with hostile clients at full rate (webhook/examples/hostile.rs): target/bench/webhook-hostile.json. The webhook runs --offline (no cluster): reference lookups answer
 # "unknown" and there are no RolloutPolicies, which costs the same map lookups as a synced cache.
 #
 #   STORM_BENCH_SECONDS (10)   length of each measured run
+#   STORM_BENCH_ROUNDS (3)     rounds of /validate and /noop, alternating
 #   STORM_BENCH_CONNECTIONS (16), STORM_BENCH_THREADS (1)   wrk settings
 #   STORM_BENCH_WORKERS        webhook --worker-threads (default: one per core)
 #   STORM_BENCH_BIN            benchmark this binary instead of building target/release/storm-webhook
@@ -16,6 +17,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 OUT=$REPO/target/bench
 SECONDS_RUN=${STORM_BENCH_SECONDS:-10}
+ROUNDS=${STORM_BENCH_ROUNDS:-3}
 CONNS=${STORM_BENCH_CONNECTIONS:-16}
 THREADS=${STORM_BENCH_THREADS:-1}
 BIN=${STORM_BENCH_BIN:-$REPO/target/release/storm-webhook}
@@ -66,34 +68,48 @@ run() { # run <path> <seconds>
 : >"$OUT/wrk.log"
 log "warm-up"
 run /validate 2 >/dev/null
-log "measuring /validate for ${SECONDS_RUN}s ($CONNS connections)"
-validate=$(run /validate "$SECONDS_RUN")
-log "measuring /noop for ${SECONDS_RUN}s"
-noop=$(run /noop "$SECONDS_RUN")
+# The ceiling moves with whatever else the machine does, so /validate and /noop alternate, a pair
+# per round (the order swapped each round), and the ratio is the median of the rounds' ratios.
+rounds=()
+for ((r = 1; r <= ROUNDS; r++)); do
+	if ((r % 2)); then order=(/validate /noop); else order=(/noop /validate); fi
+	for path in "${order[@]}"; do
+		log "round $r/$ROUNDS: $path for ${SECONDS_RUN}s ($CONNS connections)"
+		rounds+=("{\"round\":$r,\"path\":\"$path\",\"result\":$(run "$path" "$SECONDS_RUN")}")
+	done
+done
 rss_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$PID/status")
 
-field() { sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p" <<<"$1"; }
-rps=$(field "$validate" rps)
-noop_rps=$(field "$noop" rps)
-errors=$(($(field "$validate" errors) + $(field "$noop" errors)))
-cat >"$OUT/webhook.json" <<JSON
-{
-  "endpoint": "/validate",
-  "connections": $CONNS,
-  "seconds": $SECONDS_RUN,
-  "reviews_per_sec": $rps,
-  "p50_ms": $(field "$validate" p50_ms),
-  "p90_ms": $(field "$validate" p90_ms),
-  "p99_ms": $(field "$validate" p99_ms),
-  "max_ms": $(field "$validate" max_ms),
-  "noop_reviews_per_sec": $noop_rps,
-  "noop_p99_ms": $(field "$noop" p99_ms),
-  "ratio_to_noop": $(awk -v a="$rps" -v b="$noop_rps" 'BEGIN {printf "%.3f", a / b}'),
-  "rss_mib": $(awk -v k="$rss_kib" 'BEGIN {printf "%.1f", k / 1024}'),
-  "errors": $errors
+summarize='import json, statistics, sys
+runs = [json.loads(line) for line in sys.argv[5:]]
+def of(path):
+    return [r["result"] for r in sorted(runs, key=lambda r: r["round"]) if r["path"] == path]
+v, n = of("/validate"), of("/noop")
+med = lambda xs: round(statistics.median(xs), 4)
+out = {
+    "endpoint": "/validate",
+    "connections": int(sys.argv[1]),
+    "seconds": int(sys.argv[2]),
+    "rounds": len(v),
+    "reviews_per_sec": med([r["rps"] for r in v]),
+    "p50_ms": med([r["p50_ms"] for r in v]),
+    "p90_ms": med([r["p90_ms"] for r in v]),
+    "p99_ms": med([r["p99_ms"] for r in v]),
+    "max_ms": max(r["max_ms"] for r in v),
+    "noop_reviews_per_sec": med([r["rps"] for r in n]),
+    "noop_p99_ms": med([r["p99_ms"] for r in n]),
+    "ratio_to_noop": round(statistics.median(a["rps"] / b["rps"] for a, b in zip(v, n)), 3),
+    "ratio_to_noop_per_round": [round(a["rps"] / b["rps"], 3) for a, b in zip(v, n)],
+    "rss_mib": round(int(sys.argv[3]) / 1024, 1),
+    "errors": sum(r["errors"] for r in v + n),
+    "runs": runs,
 }
-JSON
-cat "$OUT/webhook.json"
+json.dump(out, open(sys.argv[4], "w"), indent=2)
+print(out["errors"])'
+errors=$(python3 -c "$summarize" "$CONNS" "$SECONDS_RUN" "$rss_kib" "$OUT/webhook.json" "${rounds[@]}")
+python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+print({k: v for k, v in r.items() if k != "runs"})' "$OUT/webhook.json"
 ((errors == 0)) || {
 	log "$errors requests failed"
 	exit 1
