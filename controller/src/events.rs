@@ -16,7 +16,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Reporter};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// How long a repeat joins the series of the Event first written (as kube-runtime and client-go).
 const SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
@@ -24,31 +24,29 @@ const SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
 /// Event, which is all that is lost).
 const MAX_SERIES: usize = 20_000;
 
-/// What makes two events the same series.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
-    warning: bool,
-    reason: String,
-    action: String,
-    api_version: Option<String>,
-    kind: Option<String>,
-    namespace: Option<String>,
-    name: Option<String>,
-    uid: Option<String>,
-}
+/// What makes two events the same series (type, reason, action and the object), as a 128-bit
+/// digest: a series costs 16 bytes of key, not eight strings. Two digests are computed with
+/// different seeds; a collision (two series sharing an Event) needs both to collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key(u128);
 
 impl Key {
     fn of(ev: &Event, regarding: &ObjectReference) -> Self {
-        Key {
-            warning: matches!(ev.type_, EventType::Warning),
-            reason: ev.reason.clone(),
-            action: ev.action.clone(),
-            api_version: regarding.api_version.clone(),
-            kind: regarding.kind.clone(),
-            namespace: regarding.namespace.clone(),
-            name: regarding.name.clone(),
-            uid: regarding.uid.clone(),
-        }
+        use std::hash::{Hash, Hasher};
+        let half = |seed: u8| {
+            let mut h = std::hash::DefaultHasher::new();
+            seed.hash(&mut h);
+            matches!(ev.type_, EventType::Warning).hash(&mut h);
+            ev.reason.hash(&mut h);
+            ev.action.hash(&mut h);
+            regarding.api_version.hash(&mut h);
+            regarding.kind.hash(&mut h);
+            regarding.namespace.hash(&mut h);
+            regarding.name.hash(&mut h);
+            regarding.uid.hash(&mut h);
+            h.finish()
+        };
+        Key(u128::from(half(0)) << 64 | u128::from(half(1)))
     }
 }
 
@@ -63,8 +61,8 @@ struct Series {
 /// Series by key, and their keys in the order they were last seen (for expiry).
 #[derive(Default)]
 struct Cache {
-    series: HashMap<Arc<Key>, Series>,
-    seen: VecDeque<(Timestamp, Arc<Key>)>,
+    series: HashMap<Key, Series>,
+    seen: VecDeque<(Timestamp, Key)>,
 }
 
 impl Cache {
@@ -88,12 +86,7 @@ impl Cache {
     }
 
     fn put(&mut self, key: Key, series: Series) {
-        // One allocation per series, shared by its records in `seen`.
-        let key = match self.series.get_key_value(&key) {
-            Some((shared, _)) => shared.clone(),
-            None => Arc::new(key),
-        };
-        self.seen.push_back((series.last, key.clone()));
+        self.seen.push_back((series.last, key));
         self.series.insert(key, series);
         self.expire(Timestamp::MIN);
     }
@@ -218,20 +211,25 @@ impl Publisher {
 mod tests {
     use super::*;
 
+    fn event(type_: EventType, reason: &str, action: &str) -> Event {
+        Event {
+            type_,
+            reason: reason.into(),
+            note: None,
+            action: action.into(),
+            secondary: None,
+        }
+    }
+
+    fn object(name: &str) -> ObjectReference {
+        ObjectReference {
+            name: Some(name.into()),
+            ..ObjectReference::default()
+        }
+    }
+
     fn key(name: &str) -> Key {
-        Key::of(
-            &Event {
-                type_: EventType::Normal,
-                reason: "R".into(),
-                note: None,
-                action: "A".into(),
-                secondary: None,
-            },
-            &ObjectReference {
-                name: Some(name.into()),
-                ..ObjectReference::default()
-            },
-        )
+        Key::of(&event(EventType::Normal, "R", "A"), &object(name))
     }
 
     fn at(secs: i64) -> Timestamp {
@@ -266,12 +264,24 @@ mod tests {
         let mut c = Cache::default();
         c.put(key("a"), series("a.1", 1, at(0)));
         assert_eq!(c.get(&key("b"), at(1)), None);
-        let mut other = key("a");
-        other.reason = "Other".into();
-        assert_eq!(c.get(&other, at(1)), None);
-        let mut warning = key("a");
-        warning.warning = true;
-        assert_eq!(c.get(&warning, at(1)), None);
+        let a = object("a");
+        for other in [
+            Key::of(&event(EventType::Normal, "Other", "A"), &a),
+            Key::of(&event(EventType::Normal, "R", "Other"), &a),
+            Key::of(&event(EventType::Warning, "R", "A"), &a),
+            Key::of(
+                &event(EventType::Normal, "R", "A"),
+                &ObjectReference {
+                    uid: Some("u".into()),
+                    ..a.clone()
+                },
+            ),
+            // A field's text moved into the next field is another series too.
+            Key::of(&event(EventType::Normal, "RA", ""), &a),
+        ] {
+            assert_eq!(c.get(&other, at(1)), None, "{other:?}");
+        }
+        assert!(c.get(&key("a"), at(1)).is_some());
     }
 
     #[test]
