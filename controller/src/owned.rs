@@ -11,8 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME};
 
-/// An owner: the namespace and the group key (a StormService's name, or a controller's UID).
-type Owner = (String, String);
+/// `namespace/name` as one shared string: an owner (the group key is a StormService's name or a
+/// controller's UID), or an object. Neither part can contain `/`. Each object's key is held once,
+/// by its group and by the index of owners; each owner's once, by its group and its members.
+type Path = Arc<str>;
+
+fn path(ns: &str, name: &str) -> String {
+    let mut p = String::with_capacity(ns.len() + 1 + name.len());
+    p.push_str(ns);
+    p.push('/');
+    p.push_str(name);
+    p
+}
 
 /// What an object is grouped by, `None` for an object of no group (not cached).
 type Key<K> = fn(&K) -> Option<String>;
@@ -71,9 +81,10 @@ fn controller_uid<K: kube::Resource>(obj: &K) -> Option<String> {
 }
 
 struct Groups<K> {
-    by_owner: HashMap<Owner, BTreeMap<String, Arc<K>>>,
-    /// Each object's owner, by namespace and object name.
-    owner_of: HashMap<(String, String), Owner>,
+    /// Each owner's objects, by object path (one namespace per group: in name order).
+    by_owner: HashMap<Path, BTreeMap<Path, Arc<K>>>,
+    /// Each object's owner, by object path.
+    owner_of: HashMap<Path, Path>,
     /// A relist in progress: it replaces everything at `InitDone`, as a `Store` does.
     relist: Option<Vec<Arc<K>>>,
 }
@@ -99,11 +110,11 @@ pub fn stormservice_of<K: ResourceExt>(obj: &K) -> Option<&String> {
 
 impl<K: ResourceExt> Groups<K> {
     fn remove(&mut self, ns: &str, name: &str) {
-        let key = (ns.to_string(), name.to_string());
-        if let Some(owner) = self.owner_of.remove(&key)
+        let object = path(ns, name);
+        if let Some(owner) = self.owner_of.remove(object.as_str())
             && let Some(group) = self.by_owner.get_mut(&owner)
         {
-            group.remove(name);
+            group.remove(object.as_str());
             if group.is_empty() {
                 self.by_owner.remove(&owner);
             }
@@ -114,9 +125,14 @@ impl<K: ResourceExt> Groups<K> {
         let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
         self.remove(&ns, &name);
         if let Some(group) = key(obj.as_ref()) {
-            let owner = (ns.clone(), group);
-            self.owner_of.insert((ns, name.clone()), owner.clone());
-            self.by_owner.entry(owner).or_default().insert(name, obj);
+            let owner = path(&ns, &group);
+            let owner: Path = match self.by_owner.get_key_value(owner.as_str()) {
+                Some((held, _)) => held.clone(),
+                None => owner.into(),
+            };
+            let object: Path = path(&ns, &name).into();
+            self.owner_of.insert(object.clone(), owner.clone());
+            self.by_owner.entry(owner).or_default().insert(object, obj);
         }
     }
 }
@@ -185,7 +201,7 @@ impl<K: ResourceExt + Clone> Owned<K> {
     pub fn owned_by(&self, ns: &str, name: &str) -> Vec<Arc<K>> {
         let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
         g.by_owner
-            .get(&(ns.to_string(), name.to_string()))
+            .get(path(ns, name).as_str())
             .map(|group| group.values().cloned().collect())
             .unwrap_or_default()
     }
@@ -193,8 +209,9 @@ impl<K: ResourceExt + Clone> Owned<K> {
     /// Object `ns/name`.
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<K>> {
         let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        let owner = g.owner_of.get(&(ns.to_string(), name.to_string()))?;
-        g.by_owner.get(owner)?.get(name).cloned()
+        let object = path(ns, name);
+        let owner = g.owner_of.get(object.as_str())?;
+        g.by_owner.get(owner)?.get(object.as_str()).cloned()
     }
 
     /// Whether the first list has arrived.
