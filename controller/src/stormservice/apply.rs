@@ -209,6 +209,7 @@ async fn pin_services(
     notes: &mut Vec<Note>,
 ) -> Result<(), Error> {
     let api: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let mut unpinned = Vec::new();
     for (svc, rev) in &plan.services {
         let Some(current) = caches.services.get(&ObjectRef::new(svc).within(ns)) else {
             // A missing Service is the user's to create; admission already warned about it.
@@ -230,22 +231,30 @@ async fn pin_services(
             .and_then(|s| s.selector.as_ref())
             .and_then(|s| s.get(LABEL_REVISION))
             .map(String::as_str);
-        if pinned == Some(rev.as_str()) {
-            continue;
+        if pinned != Some(rev.as_str()) {
+            unpinned.push((svc, rev));
         }
-        // A Service's selector is an atomic map: server-side apply would replace the user's keys.
-        // A merge patch adds or updates our one key and leaves theirs alone.
-        let body = json!({"spec": {"selector": {LABEL_REVISION: rev}}});
-        let params = PatchParams {
-            field_manager: Some(ROUTING_MANAGER.into()),
-            ..Default::default()
-        };
-        api.patch(svc, &params, &Patch::Merge(&body))
-            .await
-            .map_err(|e| Error::PinService(svc.clone(), e))?;
-        info!(namespace = ns, service = %svc, revision = %rev, "Service pinned");
     }
-    Ok(())
+    // The Services are independent: pinned together, one round trip for all (an abort's stable
+    // and canary Services move at once), and the first failure is returned after all were tried.
+    let params = PatchParams {
+        field_manager: Some(ROUTING_MANAGER.into()),
+        ..Default::default()
+    };
+    let pins = unpinned.into_iter().map(|(svc, rev)| {
+        let (api, params) = (&api, &params);
+        async move {
+            // A Service's selector is an atomic map: server-side apply would replace the user's
+            // keys. A merge patch adds or updates our one key and leaves theirs alone.
+            let body = json!({"spec": {"selector": {LABEL_REVISION: rev}}});
+            api.patch(svc, params, &Patch::Merge(&body))
+                .await
+                .map_err(|e| Error::PinService(svc.clone(), e))?;
+            info!(namespace = ns, service = %svc, revision = %rev, "Service pinned");
+            Ok(())
+        }
+    });
+    futures::future::join_all(pins).await.into_iter().collect()
 }
 
 /// Sets the routers to the plan's weight. A failure is an event and an error only when the plan

@@ -48,8 +48,10 @@ pub use observe::{Caches, observe_pod};
 pub const KIND: &str = "StormService";
 /// Reconciles at most this many StormServices at once in the ordinary lane.
 const CONCURRENCY: u16 = 16;
-/// And in the urgent lane (aborts and analysis verdicts), beside the ordinary one.
-const URGENT_CONCURRENCY: u16 = 8;
+/// And in the urgent lane (aborts and analysis verdicts), beside the ordinary one. Aborts come in
+/// bursts (an incident aborts many rollouts at once) and each is a few writes: a burst of up to
+/// this many moves its traffic in one round, none waiting for a slot.
+const URGENT_CONCURRENCY: u16 = 32;
 /// How soon to look again while the caches are still loading.
 const CACHE_RETRY: Duration = Duration::from_millis(500);
 
