@@ -25,8 +25,18 @@ use tokio_rustls::TlsAcceptor;
 /// Largest request body accepted. An object is at most ~1.5 MiB in etcd and a review of an update
 /// carries two of them; anything bigger is not from the API server.
 pub const BODY_LIMIT: usize = 3 * 1024 * 1024;
-/// A client gets this long to finish the TLS handshake, and to send request headers.
+/// A client gets this long to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A kept-alive connection may wait this long for its next request's headers (hyper bounds the
+/// idle wait and the headers together). The API server keeps idle connections to a webhook for
+/// 90 s (Go's transport default) and does not send a review (a POST) again when the connection
+/// it picked was closed under it: closing idle connections sooner made admissions fail now and
+/// then with `broken pipe` under load (seen at 1,000 StormServices with 10 s). So the client
+/// closes first.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the API server keeps an idle connection to a webhook.
+pub const API_SERVER_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const _: () = assert!(IDLE_TIMEOUT.as_secs() > API_SERVER_IDLE_TIMEOUT.as_secs());
 /// An oversized body declared up to this size is read and discarded before the 413, so a client
 /// that doesn't wait for `100 Continue` reads the answer instead of a broken pipe.
 pub const DRAIN_LIMIT: u64 = 4 * BODY_LIMIT as u64;
@@ -370,7 +380,7 @@ pub async fn serve(
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .header_read_timeout(IDLE_TIMEOUT)
                 .keep_alive(true);
             let conn = builder.serve_connection(TokioIo::new(tls), service);
             if let Err(e) = watcher.watch(conn).await {

@@ -471,3 +471,46 @@ async fn certificate_rotation_under_load_fails_no_request() {
     );
     server.stop().await;
 }
+
+/// One request on a raw TLS connection; the status line of the answer, or what went wrong.
+async fn request_on(tls: &mut tokio_rustls::client::TlsStream<TcpStream>, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "POST /validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    if let Err(e) = tls.write_all(&[head.as_bytes(), body].concat()).await {
+        return format!("write failed: {e}");
+    }
+    let mut answer = vec![0u8; 64 * 1024];
+    match tls.read(&mut answer).await {
+        Ok(0) => "closed by the server".to_string(),
+        Ok(n) => String::from_utf8_lossy(&answer[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        Err(e) => format!("read failed: {e}"),
+    }
+}
+
+/// The API server keeps an idle connection to a webhook for 90 s and sends its next review on
+/// it; a webhook that closed it after 10 s (as it once did) failed that review with a broken
+/// pipe. A connection idle for longer than that is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_is_still_served_after_an_idle_wait() {
+    assert!(server::IDLE_TIMEOUT > server::API_SERVER_IDLE_TIMEOUT);
+    let server = start("idle", Duration::from_secs(30)).await;
+    let ca = server.dir.join("ca.crt");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(&ca)));
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let body = review("idle-1", Some(storm_service()), "StormService");
+    assert_eq!(request_on(&mut tls, &body).await, "HTTP/1.1 200 OK");
+    // Longer than the handshake timeout, which used to bound this wait too.
+    tokio::time::sleep(server::HANDSHAKE_TIMEOUT + Duration::from_secs(2)).await;
+    let body = review("idle-2", Some(storm_service()), "StormService");
+    assert_eq!(request_on(&mut tls, &body).await, "HTTP/1.1 200 OK");
+    server.stop().await;
+}
