@@ -304,20 +304,7 @@ async fn scale(
 ) -> Result<(), Error> {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<RoleSet> = Api::namespaced(ctx.client.clone(), &ns);
-    let mut templates: BTreeMap<&str, RoleSetTemplateSpec> = BTreeMap::new();
-    for (rev, i) in &plan.create {
-        if !templates.contains_key(rev.as_str()) {
-            templates.insert(rev, template_of(caches, obj, update, rev)?);
-        }
-        let template = templates.get(rev.as_str()).unwrap_or(&obj.spec.template);
-        let mut rs = roleset_for(obj, template, rev, *i);
-        annotate_role_revisions(&mut rs, &role_revisions(caches, obj, template, rev));
-        match api.create(&PostParams::default(), &rs).await {
-            Ok(_) => info!(namespace = %ns, roleset = %rs.name_any(), "RoleSet created"),
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(Error::CreateRoleSet(rs.name_any(), e)),
-        }
-    }
+    create(ctx, caches, obj, update, plan.create.iter()).await?;
     // With a capacity budget a RoleSet stays (being deleted, counted against the budget) until
     // its Pods are gone: they hold the resource until then.
     let params = if obj.spec.capacity_budget().is_some() {
@@ -333,6 +320,47 @@ async fn scale(
         }
     }
     Ok(())
+}
+
+/// Creates the RoleSets `create` names (revision and slot); one that exists already is left.
+async fn create<'a>(
+    ctx: &Context,
+    caches: &Caches,
+    obj: &StormService,
+    update: &str,
+    create: impl Iterator<Item = &'a (String, i32)>,
+) -> Result<(), Error> {
+    let ns = obj.namespace().unwrap_or_default();
+    let api: Api<RoleSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let mut templates: BTreeMap<&str, RoleSetTemplateSpec> = BTreeMap::new();
+    for (rev, i) in create {
+        if !templates.contains_key(rev.as_str()) {
+            templates.insert(rev, template_of(caches, obj, update, rev)?);
+        }
+        let template = templates.get(rev.as_str()).unwrap_or(&obj.spec.template);
+        let mut rs = roleset_for(obj, template, rev, *i);
+        annotate_role_revisions(&mut rs, &role_revisions(caches, obj, template, rev));
+        match api.create(&PostParams::default(), &rs).await {
+            Ok(_) => info!(namespace = %ns, roleset = %rs.name_any(), "RoleSet created"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(Error::CreateRoleSet(rs.name_any(), e)),
+        }
+    }
+    Ok(())
+}
+
+/// After an abort's traffic, the urgent lane's other writes: the stable RoleSets the plan
+/// makes again (the rolled-out revision's are not made here). Deletions, resizes, the status
+/// and events stay the ordinary lane's, which decides again and finds these made.
+pub async fn restore_stable(
+    ctx: &Context,
+    caches: &Caches,
+    obj: &StormService,
+    update: &str,
+    plan: &Plan,
+) -> Result<(), Error> {
+    let stable = plan.create.iter().filter(|(rev, _)| rev != update);
+    create(ctx, caches, obj, update, stable).await
 }
 
 /// Gives each RoleSet the plan retemplates the update revision's template, in place: its spec,

@@ -261,18 +261,19 @@ async fn reconcile(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, 
 }
 
 /// The urgent lane. An abort: only the writes that put traffic back on stable (Services, routers),
-/// before anything else; the ordinary lane then records it and restores capacity. An analysis
+/// before anything else, then the stable RoleSets it lacks; the ordinary lane then records it and
+/// takes the canary's capacity away. An analysis
 /// verdict: the whole reconcile, at once. What comes next (requeues, retries after an error) is
 /// the ordinary lane's, which was triggered by the same change.
 async fn reconcile_urgent(obj: Arc<StormService>, state: Arc<State>) -> Result<Action, Error> {
     let (_lock, obj) = lock_latest(obj, &state).await;
     let key = ObjectRef::from_obj(obj.as_ref());
     let scope = if state.urgent.remove(&key) {
-        Scope::Traffic
+        Scope::Stable
     } else {
         Scope::All
     };
-    debug!(namespace = ?obj.namespace(), name = %obj.name_any(), traffic_only = scope == Scope::Traffic, "urgent reconcile");
+    debug!(namespace = ?obj.namespace(), name = %obj.name_any(), stable_only = scope == Scope::Stable, "urgent reconcile");
     let started = Instant::now();
     let result = reconcile_stormservice(&obj, &state, scope).await;
     state
@@ -335,12 +336,12 @@ fn pending(obj: &StormService, keys: &[&str]) -> bool {
     })
 }
 
-/// What a reconcile does: everything, or (an abort in the urgent lane) only the writes that put
-/// traffic back on stable.
+/// What a reconcile does: everything, or (an abort in the urgent lane) only the writes that
+/// restore stable: traffic back on it, then the RoleSets it lacks.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Scope {
     All,
-    Traffic,
+    Stable,
 }
 
 async fn reconcile_stormservice(
@@ -443,10 +444,11 @@ async fn reconcile_stormservice(
     // look again shortly with it, as a decision may follow from it (a completed rollout resets
     // the routers once its status says Completed). One look per change: no loop.
     let wrote_status = obj.status.as_ref() != Some(&plan.status);
-    if scope == Scope::Traffic {
-        // The rest (status, capacity, events) is the ordinary lane's, which decides again.
+    if scope == Scope::Stable {
+        // The rest (status, deletions, events) is the ordinary lane's, which decides again.
         if plan.rollback.is_some() {
             apply::traffic(&state.ctx, &state.caches, obj, &observed, &plan).await?;
+            apply::restore_stable(&state.ctx, &state.caches, obj, &update, &plan).await?;
         }
         return Ok(Action::await_change());
     }
