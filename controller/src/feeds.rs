@@ -297,20 +297,30 @@ pub async fn run_until<K, Ctx, Fut>(
             let _ = stop_rx.await;
         })
         .run(reconcile, error_policy, state)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
-                // Reconcile errors were logged by error_policy already.
-                Err(controller::Error::ReconcilerFailed(..)) => {}
-                // A trigger for an object that was just deleted: nothing left to do.
-                Err(controller::Error::ObjectNotFound(obj)) => {
-                    debug!(namespace = ?obj.namespace, name = %obj.name, "{kind} gone")
-                }
-                Err(e) => warn!(error = %e, "{kind} controller"),
-            }
-        })
+        .for_each(|result| async move { log_outcome(kind, result) })
         .await;
     info!("{kind} controller stopped");
+}
+
+/// Logs what a controller's run stream yields for one reconcile. Reconcile errors are not logged
+/// here: the error policy logged them.
+pub fn log_outcome<K, E>(
+    kind: &str,
+    result: Result<(ObjectRef<K>, Action), controller::Error<E, watcher::Error>>,
+) where
+    K: Resource,
+    K::DynamicType: Debug,
+    E: std::error::Error,
+{
+    match result {
+        Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
+        Err(controller::Error::ReconcilerFailed(..)) => {}
+        // A trigger for an object deleted before its reconcile: nothing left to do.
+        Err(controller::Error::ObjectNotFound(obj)) => {
+            debug!(namespace = ?obj.namespace, name = %obj.name, "{kind} gone before reconcile")
+        }
+        Err(e) => warn!(error = %e, "{kind} controller"),
+    }
 }
 
 #[cfg(test)]

@@ -211,18 +211,7 @@ async fn run_on(
         .reconcile_on(futures::stream::select(wakes, triggers))
         .graceful_shutdown_on(stop.map(|_| ()))
         .run(reconcile, error_policy, state)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => debug!(namespace = ?obj.namespace, name = %obj.name, "reconciled"),
-                // Reconcile errors were logged by error_policy already.
-                Err(controller::Error::ReconcilerFailed(..)) => {}
-                // Deleted between the trigger and the reconcile: nothing to do.
-                Err(controller::Error::ObjectNotFound(obj)) => {
-                    debug!(%obj, "gone before reconcile")
-                }
-                Err(e) => warn!(error = %e, "StormService controller"),
-            }
-        });
+        .for_each(|result| async move { crate::feeds::log_outcome(KIND, result) });
     futures::join!(ordinary, urgent);
     info!("StormService controller stopped");
 }
