@@ -34,31 +34,12 @@ const APPROVAL: &str = "stormservice.aibrix.ai/rollout-approval";
 const ABORT: &str = "stormservice.aibrix.ai/rollout-abort";
 
 fn service(name: &str, routed: bool) -> Value {
-    let mut obj = json!({
-        "apiVersion": "orchestration.aibrix.ai/v1alpha1",
-        "kind": "StormService",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"roles": [{"name": "server", "replicas": 2, "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": "server", "image": "app:v1"}]}
-                }}]}
-            },
-            "rolloutStrategy": {"type": "Canary", "canary": {
-                "stableService": format!("{name}-stable"),
-                "canaryService": format!("{name}-canary"),
-                "steps": [
-                    {"weight": 50, "pause": {"duration": "1s"}},
-                    {"weight": 50, "pause": {"untilApproval": true}},
-                    {"weight": 100}
-                ]
-            }}
-        }
-    });
+    let steps = json!([
+        {"weight": 50, "pause": {"duration": "1s"}},
+        {"weight": 50, "pause": {"untilApproval": true}},
+        {"weight": 100}
+    ]);
+    let mut obj = storm_e2e::canary_storm_service(name, 2, 2, steps);
     if routed {
         obj["spec"]["rolloutStrategy"]["canary"]["trafficRouting"] =
             json!({"gatewayAPI": {"httpRoute": format!("{name}-route")}});

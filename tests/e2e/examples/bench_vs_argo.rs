@@ -743,6 +743,7 @@ fn storm_service(name: &str) -> Value {
     canary_storm_service(
         name,
         REPLICAS,
+        1,
         json!([
             {"weight": 25, "pause": {"duration": "1s"}},
             {"weight": 50, "pause": {"duration": "1s"}},

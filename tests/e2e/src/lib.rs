@@ -12,10 +12,10 @@ pub fn roleset_is_ready(r: &RoleSet) -> bool {
     })
 }
 
-/// A StormService `name` with `replicas` RoleSets of one role `server` (one Pod of `app:v1`, all
-/// labelled `app: <name>`) and a canary with `steps` over the Services `<name>-stable` and
+/// A StormService `name` with `replicas` RoleSets of one role `server` (`pods` Pods of `app:v1`,
+/// all labelled `app: <name>`) and a canary with `steps` over the Services `<name>-stable` and
 /// `<name>-canary`.
-pub fn canary_storm_service(name: &str, replicas: i64, steps: Value) -> Value {
+pub fn canary_storm_service(name: &str, replicas: i64, pods: i64, steps: Value) -> Value {
     json!({
         "apiVersion": "orchestration.aibrix.ai/v1alpha1",
         "kind": "StormService",
@@ -25,7 +25,7 @@ pub fn canary_storm_service(name: &str, replicas: i64, steps: Value) -> Value {
             "selector": {"matchLabels": {"app": name}},
             "template": {
                 "metadata": {"labels": {"app": name}},
-                "spec": {"roles": [{"name": "server", "replicas": 1, "template": {
+                "spec": {"roles": [{"name": "server", "replicas": pods, "template": {
                     "metadata": {"labels": {"app": name}},
                     "spec": {"containers": [{"name": "server", "image": "app:v1"}]}
                 }}]}

@@ -327,7 +327,7 @@ fn the_check_fails_on_what_is_not_exported() -> Result<()> {
 
 /// A StormService `name` with one role of `replicas` RoleSets, its Services and a canary.
 fn storm_service(name: &str, replicas: i32, steps: Value, auto_rollback: Option<Value>) -> Value {
-    let mut obj = canary_storm_service(name, i64::from(replicas), steps);
+    let mut obj = canary_storm_service(name, i64::from(replicas), 1, steps);
     if let Some(ar) = auto_rollback {
         obj["spec"]["rolloutStrategy"]["canary"]["autoRollback"] = ar;
     }

@@ -86,7 +86,7 @@ fn template(name: &str, url: &str) -> Result<AnalysisTemplate> {
 
 /// StormService `name` with one RoleSet of one Pod, its own Services, and `steps`.
 fn storm_service(name: &str, steps: Value) -> Value {
-    canary_storm_service(name, 1, steps)
+    canary_storm_service(name, 1, 1, steps)
 }
 
 async fn create(ns: &TestNamespace, name: &str, steps: Value) -> Result<()> {
