@@ -8,6 +8,7 @@
 use crate::access::{AccessRequest, Decision, Decisions, Unasked, UserInfo};
 use crate::metrics::{KindLabel, OperationLabel, Outcome, ResultLabel};
 use base64::Engine;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -100,40 +101,288 @@ pub enum BadReview {
     NoUid,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// An AdmissionReview as read: its type, and the request.
+#[derive(Default)]
 struct ReviewIn<'a> {
-    #[serde(default)]
     api_version: Option<String>,
-    #[serde(default)]
     kind: Option<String>,
-    #[serde(default, borrow)]
     request: Option<RequestIn<'a>>,
 }
 
-/// The request; `object` and `oldObject` stay raw JSON until a kind needs them, so each is parsed
-/// once, straight into the type the rules want.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The request. `object` and `oldObject` are read as [`Pass`] says: raw JSON parsed later, once,
+/// straight into the type the rules want, or on the validating webhook's hot path parsed in the
+/// envelope's own pass.
+#[derive(Default)]
 struct RequestIn<'a> {
-    #[serde(default)]
     uid: String,
-    #[serde(default)]
     kind: Gvk,
-    #[serde(default)]
     sub_resource: Option<String>,
-    #[serde(default)]
     namespace: Option<String>,
-    #[serde(default)]
     name: Option<String>,
-    #[serde(default)]
     operation: String,
-    #[serde(default, borrow)]
-    object: Option<&'a RawValue>,
-    #[serde(default, borrow)]
-    old_object: Option<&'a RawValue>,
-    #[serde(default)]
+    object: ObjectIn<'a>,
+    old_object: ObjectIn<'a>,
     user_info: UserInfo,
+}
+
+/// How a review's `object` and `oldObject` are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Kept as raw JSON, to be parsed by what the kind needs. Every review reads so.
+    Raw,
+    /// A StormService (named as such by `request.kind`, which the API server writes before the
+    /// objects) is parsed lean straight into its type in the envelope's pass, instead of scanned
+    /// once raw and parsed again; anything else stays raw. If that pass fails (a type error, whose
+    /// answer names its field), the review is read again [`Pass::Raw`] and answered from that.
+    StormService,
+}
+
+/// `request.object` or `request.oldObject`.
+enum ObjectIn<'a> {
+    /// Raw JSON; `None` when absent or `null`.
+    Raw(Option<&'a RawValue>),
+    /// A StormService parsed (lean) in the envelope's pass; `None` for `null`.
+    Storm(Option<Box<StormService>>),
+}
+
+impl Default for ObjectIn<'_> {
+    fn default() -> Self {
+        Self::Raw(None)
+    }
+}
+
+impl<'a> ObjectIn<'a> {
+    /// The raw JSON of a present, non-`null` object read raw. Only the validating StormService
+    /// path reads objects parsed in the envelope's pass; every other path reads them raw.
+    fn raw(&self) -> Option<&'a RawValue> {
+        match self {
+            Self::Raw(raw) => present(*raw),
+            Self::Storm(_) => None,
+        }
+    }
+
+    /// Whether the object is absent or `null`.
+    fn missing(&self) -> bool {
+        match self {
+            Self::Raw(raw) => present(*raw).is_none(),
+            Self::Storm(parsed) => parsed.is_none(),
+        }
+    }
+}
+
+/// Reads a review (the body is UTF-8), its objects as `pass` says.
+fn read_review(body: &str, pass: Pass) -> serde_json::Result<ReviewIn<'_>> {
+    let mut de = serde_json::Deserializer::from_str(body);
+    let review = ReviewSeed(pass).deserialize(&mut de)?;
+    de.end()?;
+    Ok(review)
+}
+
+/// `apiVersion`, `kind` and `request` of an AdmissionReview; other fields are skipped.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum ReviewField {
+    ApiVersion,
+    Kind,
+    Request,
+    #[serde(other)]
+    Other,
+}
+
+/// The request fields read; other fields are skipped.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum RequestField {
+    Uid,
+    Kind,
+    SubResource,
+    Namespace,
+    Name,
+    Operation,
+    Object,
+    OldObject,
+    UserInfo,
+    #[serde(other)]
+    Other,
+}
+
+/// Fails on a field given twice, as a derived `Deserialize` does.
+fn first<E: serde::de::Error>(seen: &mut bool, field: &'static str) -> Result<(), E> {
+    if std::mem::replace(seen, true) {
+        return Err(E::duplicate_field(field));
+    }
+    Ok(())
+}
+
+struct ReviewSeed(Pass);
+
+impl<'de> DeserializeSeed<'de> for ReviewSeed {
+    type Value = ReviewIn<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ReviewSeed {
+    type Value = ReviewIn<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an AdmissionReview object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut review = ReviewIn::default();
+        let mut seen = [false; 3];
+        while let Some(field) = map.next_key()? {
+            match field {
+                ReviewField::ApiVersion => {
+                    first(&mut seen[0], "apiVersion")?;
+                    review.api_version = map.next_value()?;
+                }
+                ReviewField::Kind => {
+                    first(&mut seen[1], "kind")?;
+                    review.kind = map.next_value()?;
+                }
+                ReviewField::Request => {
+                    first(&mut seen[2], "request")?;
+                    review.request = map.next_value_seed(Nullable(RequestSeed(self.0)))?;
+                }
+                ReviewField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(review)
+    }
+}
+
+struct RequestSeed(Pass);
+
+impl<'de> DeserializeSeed<'de> for RequestSeed {
+    type Value = RequestIn<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RequestSeed {
+    type Value = RequestIn<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an AdmissionRequest object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut request = RequestIn::default();
+        let mut seen = [false; 9];
+        while let Some(field) = map.next_key()? {
+            match field {
+                RequestField::Uid => {
+                    first(&mut seen[0], "uid")?;
+                    request.uid = map.next_value()?;
+                }
+                RequestField::Kind => {
+                    first(&mut seen[1], "kind")?;
+                    request.kind = map.next_value()?;
+                }
+                RequestField::SubResource => {
+                    first(&mut seen[2], "subResource")?;
+                    request.sub_resource = map.next_value()?;
+                }
+                RequestField::Namespace => {
+                    first(&mut seen[3], "namespace")?;
+                    request.namespace = map.next_value()?;
+                }
+                RequestField::Name => {
+                    first(&mut seen[4], "name")?;
+                    request.name = map.next_value()?;
+                }
+                RequestField::Operation => {
+                    first(&mut seen[5], "operation")?;
+                    request.operation = map.next_value()?;
+                }
+                RequestField::Object | RequestField::OldObject => {
+                    let (slot, at, name) = match field {
+                        RequestField::Object => (&mut request.object, 6, "object"),
+                        _ => (&mut request.old_object, 7, "oldObject"),
+                    };
+                    first(&mut seen[at], name)?;
+                    let typed = self.0 == Pass::StormService
+                        && request.kind.group == GROUP
+                        && request.kind.kind == "StormService";
+                    *slot = if typed {
+                        ObjectIn::Storm(map.next_value_seed(Nullable(StormSeed))?)
+                    } else {
+                        ObjectIn::Raw(map.next_value()?)
+                    };
+                }
+                RequestField::UserInfo => {
+                    first(&mut seen[8], "userInfo")?;
+                    request.user_info = map.next_value()?;
+                }
+                RequestField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// `null` as `None`, anything else through the inner seed.
+struct Nullable<S>(S);
+
+impl<'de, S: DeserializeSeed<'de>> DeserializeSeed<'de> for Nullable<S> {
+    type Value = Option<S::Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de, S: DeserializeSeed<'de>> Visitor<'de> for Nullable<S> {
+    type Value = Option<S::Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object or null")
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        self.0.deserialize(d).map(Some)
+    }
+}
+
+/// A StormService, parsed lean ([`storm_shared::types::lean`]), from a JSON object only.
+struct StormSeed;
+
+impl<'de> DeserializeSeed<'de> for StormSeed {
+    type Value = Box<StormService>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        storm_shared::types::lean::lean(|| d.deserialize_map(self)).map(Box::new)
+    }
+}
+
+impl<'de> Visitor<'de> for StormSeed {
+    type Value = StormService;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a StormService object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        StormService::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+    }
 }
 
 /// A raw JSON value that is present and not `null`.
@@ -360,14 +609,37 @@ pub fn handle_with(
     settings: &Settings,
     decisions: &dyn Decisions,
 ) -> Answer {
-    let request = match parse_review(body) {
+    // Only the validating webhook reads StormServices straight into their type: defaulting
+    // patches the JSON as sent.
+    let pass = match endpoint {
+        Endpoint::Validate => Pass::StormService,
+        Endpoint::Mutate => Pass::Raw,
+    };
+    handle_read(endpoint, body, pass, cluster, settings, decisions)
+}
+
+fn handle_read(
+    endpoint: Endpoint,
+    body: &[u8],
+    pass: Pass,
+    cluster: &dyn ClusterView,
+    settings: &Settings,
+    decisions: &dyn Decisions,
+) -> Answer {
+    let mut request = match parse_review(body, pass) {
         Ok(r) => r,
         Err(e) => return bad_review(&e),
     };
     let kind = kind_label(&request.kind);
     let operation = OperationLabel::from_operation(&request.operation);
     let verdict = decide(
-        endpoint, &request, kind, operation, cluster, settings, decisions,
+        endpoint,
+        &mut request,
+        kind,
+        operation,
+        cluster,
+        settings,
+        decisions,
     );
     let authorize = verdict.authorize;
     let result = match (&verdict.denial, &verdict.patch) {
@@ -429,10 +701,16 @@ pub fn noop_answer() -> Answer {
     }
 }
 
-fn parse_review(body: &[u8]) -> Result<RequestIn<'_>, BadReview> {
+fn parse_review(body: &[u8], pass: Pass) -> Result<RequestIn<'_>, BadReview> {
     // Checked up front: serde_json skips unknown fields without looking inside their strings.
     let body = std::str::from_utf8(body).map_err(BadReview::NotUtf8)?;
-    let review: ReviewIn<'_> = serde_json::from_str(body).map_err(|e| {
+    let review = match read_review(body, pass) {
+        Ok(review) => Ok(review),
+        // What the failure was is answered from the raw pass, which every review goes through.
+        Err(_) if pass != Pass::Raw => read_review(body, Pass::Raw),
+        Err(e) => Err(e),
+    }
+    .map_err(|e| {
         if e.is_data() {
             BadReview::NotAReview(e)
         } else {
@@ -487,7 +765,7 @@ fn kind_label(gvk: &Gvk) -> KindLabel {
 
 fn decide(
     endpoint: Endpoint,
-    req: &RequestIn<'_>,
+    req: &mut RequestIn<'_>,
     kind: KindLabel,
     operation: OperationLabel,
     cluster: &dyn ClusterView,
@@ -524,18 +802,26 @@ fn decide(
             "storm-webhook is starting: {why}; it refuses to judge against caches that have not listed (they would read as no RolloutPolicies and no objects). Retry in a few seconds; if this persists, check the webhook's logs and its RBAC (get/list/watch)"
         ));
     }
-    let Some(object) = present(req.object) else {
+    if req.object.missing() {
         return Verdict::refuse(format!(
             "request.object is missing: a {} review must carry the object",
             req.operation
         ));
-    };
-    if !object.get().starts_with('{') {
+    }
+    if let ObjectIn::Raw(Some(raw)) = req.object
+        && !raw.get().starts_with('{')
+    {
         return Verdict::refuse("request.object is not a JSON object".into());
     }
-    match (endpoint, kind) {
-        (Endpoint::Mutate, KindLabel::StormService) => {
-            let old = present(req.old_object);
+    // Raw unless the envelope's pass parsed a StormService for validation (see [`Pass`]).
+    let object = req.object.raw();
+    match (endpoint, kind, object) {
+        (Endpoint::Validate, KindLabel::StormService, _) => {
+            validate_storm_review(req, operation, cluster, settings, decisions)
+        }
+        (_, _, None) => Verdict::refuse("request.object could not be read".into()),
+        (Endpoint::Mutate, KindLabel::StormService, Some(object)) => {
+            let old = req.old_object.raw();
             let verdict = mutate_storm_service(&tree(object), old.map(tree).as_ref());
             // The API server checks the CRD schema after mutating webhooks and before validating
             // ones: an object with one out-of-range weight would get only the schema's complaint and
@@ -547,43 +833,65 @@ fn decide(
             }
         }
         // Nothing to default on the other kinds.
-        (Endpoint::Mutate, _) => Verdict::allow(Vec::new()),
-        (Endpoint::Validate, KindLabel::StormService) => {
-            let old = match (operation, present(req.old_object)) {
-                (OperationLabel::Update, None) => {
-                    return Verdict::refuse(
-                        "request.oldObject is missing: an UPDATE review must carry the stored object"
-                            .into(),
-                    );
-                }
-                (OperationLabel::Update, Some(old)) => Some(old),
-                _ => None,
-            };
-            let access = Access {
-                user: &req.user_info,
-                decisions,
-            };
-            let namespace = req.namespace.as_deref();
-            validate_storm_service(object, old, namespace, cluster, settings, Some(access))
-        }
-        (Endpoint::Validate, KindLabel::AnalysisTemplate) => {
+        (Endpoint::Mutate, _, _) => Verdict::allow(Vec::new()),
+        (Endpoint::Validate, KindLabel::AnalysisTemplate, Some(object)) => {
             let old = match operation {
-                OperationLabel::Update => present(req.old_object),
+                OperationLabel::Update => req.old_object.raw(),
                 _ => None,
             };
             let namespace = req.namespace.as_deref();
             validate_analysis_template(object, old, namespace, cluster, settings)
         }
-        (Endpoint::Validate, KindLabel::RolloutPolicy) => match typed::<RolloutPolicy>(object) {
-            Ok(p) => Verdict::from_report(
-                policy_spec::validate_rollout_policy(&p),
-                "RolloutPolicy",
-                p.metadata.name.as_deref().unwrap_or_default(),
-            ),
-            Err(e) => parse_denial(e, "RolloutPolicy", &tree(object)),
-        },
-        (Endpoint::Validate, KindLabel::Other | KindLabel::None) => Verdict::allow(Vec::new()),
+        (Endpoint::Validate, KindLabel::RolloutPolicy, Some(object)) => {
+            match typed::<RolloutPolicy>(object) {
+                Ok(p) => Verdict::from_report(
+                    policy_spec::validate_rollout_policy(&p),
+                    "RolloutPolicy",
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                ),
+                Err(e) => parse_denial(e, "RolloutPolicy", &tree(object)),
+            }
+        }
+        (Endpoint::Validate, KindLabel::Other | KindLabel::None, _) => Verdict::allow(Vec::new()),
     }
+}
+
+/// The validating webhook's StormService review: the object (and on update the stored one)
+/// parsed in the envelope's pass or, when read raw, here.
+fn validate_storm_review(
+    req: &mut RequestIn<'_>,
+    operation: OperationLabel,
+    cluster: &dyn ClusterView,
+    settings: &Settings,
+    decisions: &dyn Decisions,
+) -> Verdict {
+    if operation == OperationLabel::Update && req.old_object.missing() {
+        return Verdict::refuse(
+            "request.oldObject is missing: an UPDATE review must carry the stored object".into(),
+        );
+    }
+    let object = match std::mem::take(&mut req.object) {
+        ObjectIn::Storm(Some(parsed)) => *parsed,
+        read => match read.raw().map(|raw| (raw, typed::<StormService>(raw))) {
+            Some((_, Ok(parsed))) => parsed,
+            Some((raw, Err(e))) => return parse_denial(e, "StormService", &tree(raw)),
+            None => return Verdict::refuse("request.object could not be read".into()),
+        },
+    };
+    // The stored object was admitted once; if it no longer parses, judge the update as a create.
+    let old = match (operation, std::mem::take(&mut req.old_object)) {
+        (OperationLabel::Update, ObjectIn::Storm(parsed)) => parsed.map(|o| *o),
+        (OperationLabel::Update, read) => read
+            .raw()
+            .and_then(|o| storm_shared::types::lean::from_str_lean(o.get()).ok()),
+        _ => None,
+    };
+    let access = Access {
+        user: &req.user_info,
+        decisions,
+    };
+    let namespace = req.namespace.as_deref();
+    validate_parsed_storm_service(object, old, namespace, cluster, settings, Some(access))
 }
 
 fn object_name(object: &Value) -> String {
@@ -709,10 +1017,24 @@ fn validate_storm_service(
     settings: &Settings,
     access: Option<Access<'_>>,
 ) -> Verdict {
-    let mut obj = match typed::<StormService>(object) {
+    let obj = match typed::<StormService>(object) {
         Ok(o) => o,
         Err(e) => return parse_denial(e, "StormService", &tree(object)),
     };
+    // The stored object was admitted once; if it no longer parses, judge the update as a create.
+    let old = old_object.and_then(|o| storm_shared::types::lean::from_str_lean(o.get()).ok());
+    validate_parsed_storm_service(obj, old, request_namespace, cluster, settings, access)
+}
+
+/// [`validate_storm_service`] of objects already parsed.
+fn validate_parsed_storm_service(
+    mut obj: StormService,
+    old: Option<StormService>,
+    request_namespace: Option<&str>,
+    cluster: &dyn ClusterView,
+    settings: &Settings,
+    access: Option<Access<'_>>,
+) -> Verdict {
     let name = obj.metadata.name.clone().unwrap_or_default();
     if obj.metadata.namespace.is_none() {
         obj.metadata.namespace = request_namespace.map(str::to_string);
@@ -721,15 +1043,12 @@ fn validate_storm_service(
     if obj.metadata.deletion_timestamp.is_some() {
         return Verdict::allow(Vec::new());
     }
-    // The stored object was admitted once; if it no longer parses, judge the update as a create.
-    let old = old_object
-        .and_then(|o| storm_shared::types::lean::from_str_lean::<StormService>(o.get()).ok())
-        .map(|mut o| {
-            if o.metadata.namespace.is_none() {
-                o.metadata.namespace = obj.metadata.namespace.clone();
-            }
-            o
-        });
+    let old = old.map(|mut o| {
+        if o.metadata.namespace.is_none() {
+            o.metadata.namespace = obj.metadata.namespace.clone();
+        }
+        o
+    });
     let mut report = evaluate(&obj, old.as_ref(), cluster, settings);
     if let Some(old) = &old
         && !report.errors.is_empty()

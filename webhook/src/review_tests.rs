@@ -429,6 +429,132 @@ fn lean_pod_templates_judge_like_whole_ones() {
     assert!(compared > 40, "only {compared} comparisons");
 }
 
+/// The validating webhook reads a StormService in the envelope's pass (see [`Pass`]): on every
+/// sample, on variants the rules deny, on type errors (answered from the raw read), on updates
+/// whose stored object no longer parses or is `null`, and with `request.kind` after the object,
+/// the answer must be byte for byte the raw read's.
+#[test]
+fn the_one_pass_read_answers_like_the_raw_read() {
+    let mut objects: Vec<Value> = sample_objects()
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["kind"] == "StormService")
+        .collect();
+    objects.push(fixture("invalid/many-faults.yaml"));
+    let mut wrong_type = nginx_service();
+    wrong_type["spec"]["rolloutStrategy"]["canary"]["steps"][0]["weight"] = json!("ten");
+    objects.push(wrong_type.clone());
+    let wrong_type_create = wrong_type.clone();
+    let mut deleting = fixture("invalid/many-faults.yaml");
+    deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    objects.push(deleting);
+    let mut with_policy = FakeCluster {
+        known: true,
+        ..FakeCluster::default()
+    };
+    with_policy.policies.push(policy(
+        "strict",
+        json!({"maxFirstStepWeight": 5, "requireAnalysisAboveWeight": 10, "requireAutoRollback": true}),
+    ));
+    let mut bodies = Vec::new();
+    for v in &objects {
+        bodies.push(review_of("CREATE", "StormService", Some(v.clone()), None));
+        bodies.push(review_of(
+            "UPDATE",
+            "StormService",
+            Some(v.clone()),
+            Some(nginx_service()),
+        ));
+        bodies.push(review_of(
+            "UPDATE",
+            "StormService",
+            Some(nginx_service()),
+            Some(v.clone()),
+        ));
+    }
+    bodies.push(review_of(
+        "UPDATE",
+        "StormService",
+        Some(nginx_service()),
+        Some(wrong_type),
+    ));
+    let mut null_old: Value = serde_json::from_slice(&bodies[0]).unwrap();
+    null_old["request"]["operation"] = json!("UPDATE");
+    null_old["request"]["oldObject"] = Value::Null;
+    bodies.push(serde_json::to_vec(&null_old).unwrap());
+    // The API server writes `kind` before the objects; a client that does not is read raw.
+    let mut review: Value = serde_json::from_slice(&review_of(
+        "CREATE",
+        "StormService",
+        Some(nginx_service()),
+        None,
+    ))
+    .unwrap();
+    let kind = review["request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("kind")
+        .unwrap();
+    let late_kind = review.to_string().replacen(
+        r#""uid":"0000-1111""#,
+        &format!(r#""uid":"0000-1111","kind":{kind}"#),
+        1,
+    );
+    let at = |what: &str| late_kind.find(what).unwrap();
+    assert!(at(r#""kind":{"group""#) > at(r#""object""#), "{late_kind}");
+    bodies.push(late_kind.clone().into_bytes());
+
+    let read = |body: &[u8]| {
+        let request = parse_review(body, Pass::StormService).unwrap();
+        matches!(request.object, ObjectIn::Storm(Some(_)))
+    };
+    assert!(read(&bodies[0]), "the sample was not read in one pass");
+    assert!(
+        !read(late_kind.as_bytes()),
+        "an object before its kind was read typed"
+    );
+    let mut compared = 0;
+    for body in &bodies {
+        for cluster in [&FakeCluster::default(), &with_policy] {
+            let one = handle_read(
+                Endpoint::Validate,
+                body,
+                Pass::StormService,
+                cluster,
+                &Settings::default(),
+                &Unasked,
+            );
+            let raw = handle_read(
+                Endpoint::Validate,
+                body,
+                Pass::Raw,
+                cluster,
+                &Settings::default(),
+                &Unasked,
+            );
+            let text = String::from_utf8_lossy(body);
+            assert_eq!(one.http_status, raw.http_status, "{text}");
+            assert_eq!(
+                String::from_utf8_lossy(&one.body),
+                String::from_utf8_lossy(&raw.body),
+                "{text}"
+            );
+            assert_eq!(one.outcome, raw.outcome, "{text}");
+            assert_eq!(one.authorize, raw.authorize, "{text}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 60, "only {compared} comparisons");
+    // A type error read in one pass is answered with its field, not as a bad review.
+    let resp = validate(&FakeCluster::default(), wrong_type_create);
+    assert_eq!(resp["allowed"], false, "{resp}");
+    assert_eq!(
+        resp["status"]["details"]["causes"][0]["field"],
+        "spec.rolloutStrategy.canary.steps[0].weight",
+        "{resp}"
+    );
+}
+
 fn service(selector: &[(&str, &str)], ports: &[i32]) -> ServiceInfo {
     ServiceInfo {
         selector: selector

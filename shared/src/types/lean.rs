@@ -26,6 +26,12 @@ thread_local! {
 /// Parses `json` like `serde_json::from_str`, keeping of each role's Pod template only what the
 /// admission rules read (see [`LeanTemplate`]). Not for objects that are written back.
 pub fn from_str_lean<T: DeserializeOwned>(json: &str) -> serde_json::Result<T> {
+    lean(|| serde_json::from_str(json))
+}
+
+/// Runs `parse` with each role's Pod template parsed lean, for a parser that meets a
+/// StormService inside a larger document (an AdmissionReview) and parses it in the same pass.
+pub fn lean<R>(parse: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -33,7 +39,7 @@ pub fn from_str_lean<T: DeserializeOwned>(json: &str) -> serde_json::Result<T> {
         }
     }
     let _restore = Restore(LEAN.with(|l| l.replace(true)));
-    serde_json::from_str(json)
+    parse()
 }
 
 /// `deserialize_with` of a role's Pod template: in full, or lean inside [`from_str_lean`].

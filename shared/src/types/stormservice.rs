@@ -535,7 +535,7 @@ pub struct RollbackTriggers {
     /// The metric that measures the canary's error rate in percent, for `errorThreshold`. Without it,
     /// the error rate is the share of canary Pods failing health checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error_rate: Option<Metric>,
+    pub error_rate: Option<Box<Metric>>,
 }
 
 /// Observed state of a StormService.
