@@ -74,23 +74,25 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
     let Some(strategy) = &obj.spec.rollout_strategy else {
         return out;
     };
-    let rs_path = FieldPath::new("spec").child("rolloutStrategy");
-    let pod_labels = pod_label_sets(obj);
-    let service = |out: &mut Vec<Warning>, path: FieldPath, name: &str| match lookup
+    // Paths and Pod labels are made only for a warning: most references check out.
+    let rs_path = || FieldPath::new("spec").child("rolloutStrategy");
+    let pod_labels = std::cell::OnceCell::new();
+    let service = |out: &mut Vec<Warning>, path: &dyn Fn() -> FieldPath, name: &str| match lookup
         .service(ns, name)
     {
         Presence::Missing => out.push(Warning::new(
-            path,
+            path(),
             format!("Service \"{name}\" does not exist in namespace \"{ns}\" yet"),
         )),
         Presence::Found(info) => {
             if !info.selector.is_empty()
                 && !pod_labels
+                    .get_or_init(|| pod_label_sets(obj))
                     .iter()
                     .any(|labels| selects(&info.selector, labels))
             {
                 out.push(Warning::new(
-                    path,
+                    path(),
                     format!(
                         "Service \"{name}\" selects {} but no role's Pods carry those labels; it will never route to this StormService",
                         render(&info.selector)
@@ -101,12 +103,12 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
         Presence::Unknown => {}
     };
     if let Some(canary) = &strategy.canary {
-        let cp = rs_path.child("canary");
+        let cp = || rs_path().child("canary");
         if let Some(s) = &canary.stable_service {
-            service(&mut out, cp.child("stableService"), s);
+            service(&mut out, &|| cp().child("stableService"), s);
         }
         if let Some(c) = &canary.canary_service {
-            service(&mut out, cp.child("canaryService"), c);
+            service(&mut out, &|| cp().child("canaryService"), c);
         }
         for (i, step) in canary.steps.iter().enumerate() {
             if let Some(a) = &step.analysis {
@@ -114,13 +116,13 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                     lookup,
                     ns,
                     a,
-                    &cp.child("steps").index(i).child("analysis"),
+                    &|| cp().child("steps").index(i).child("analysis"),
                     &mut out,
                 );
             }
         }
         if let Some(tr) = &canary.traffic_routing {
-            let tp = cp.child("trafficRouting");
+            let tp = || cp().child("trafficRouting");
             let wanted: Vec<&str> = [
                 canary.stable_service.as_deref(),
                 canary.canary_service.as_deref(),
@@ -129,7 +131,7 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
             .flatten()
             .collect();
             if let Some(n) = &tr.nginx {
-                let p = tp.child("nginx").child("ingress");
+                let p = || tp().child("nginx").child("ingress");
                 route(
                     lookup.ingress(ns, &n.ingress),
                     "Ingress",
@@ -137,7 +139,7 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                     ns,
                     &wanted[..wanted.len().min(1)],
                     same_name,
-                    p,
+                    &p,
                     &mut out,
                 );
                 if let Some(c) = &canary.canary_service
@@ -145,13 +147,13 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                     && !info.ports.contains(&n.service_port)
                 {
                     out.push(Warning::new(
-                        tp.child("nginx").child("servicePort"),
+                        tp().child("nginx").child("servicePort"),
                         format!("canary Service \"{c}\" has no port {}", n.service_port),
                     ));
                 }
             }
             if let Some(i) = &tr.istio {
-                let p = tp.child("istio").child("virtualService");
+                let p = || tp().child("istio").child("virtualService");
                 route(
                     lookup.virtual_service(ns, &i.virtual_service),
                     "VirtualService",
@@ -159,14 +161,14 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                     ns,
                     &wanted,
                     crate::routing_refs::istio_host_is,
-                    p,
+                    &p,
                     &mut out,
                 );
                 if let Some(dr) = &i.destination_rule
                     && lookup.destination_rule(ns, dr) == Presence::Missing
                 {
                     out.push(Warning::new(
-                        tp.child("istio").child("destinationRule"),
+                        tp().child("istio").child("destinationRule"),
                         format!(
                             "DestinationRule \"{dr}\" does not exist in namespace \"{ns}\" yet"
                         ),
@@ -174,7 +176,7 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                 }
             }
             if let Some(s) = &tr.smi {
-                let p = tp.child("smi").child("trafficSplit");
+                let p = || tp().child("smi").child("trafficSplit");
                 route(
                     lookup.traffic_split(ns, &s.traffic_split),
                     "TrafficSplit",
@@ -182,12 +184,12 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                     ns,
                     &wanted,
                     same_name,
-                    p,
+                    &p,
                     &mut out,
                 );
             }
             if let Some(g) = &tr.gateway_api {
-                let p = tp.child("gatewayAPI").child("httpRoute");
+                let p = || tp().child("gatewayAPI").child("httpRoute");
                 route(
                     lookup.http_route(ns, &g.http_route),
                     "HTTPRoute",
@@ -195,21 +197,41 @@ pub fn check_references(obj: &StormService, lookup: &dyn ClusterLookup) -> Vec<W
                     ns,
                     &wanted,
                     same_name,
-                    p,
+                    &p,
                     &mut out,
                 );
             }
         }
     }
     if let Some(bg) = &strategy.blue_green {
-        let bp = rs_path.child("blueGreen");
-        service(&mut out, bp.child("activeService"), &bg.active_service);
-        service(&mut out, bp.child("previewService"), &bg.preview_service);
+        let bp = || rs_path().child("blueGreen");
+        service(
+            &mut out,
+            &|| bp().child("activeService"),
+            &bg.active_service,
+        );
+        service(
+            &mut out,
+            &|| bp().child("previewService"),
+            &bg.preview_service,
+        );
         if let Some(a) = &bg.pre_promotion_analysis {
-            templates(lookup, ns, a, &bp.child("prePromotionAnalysis"), &mut out);
+            templates(
+                lookup,
+                ns,
+                a,
+                &|| bp().child("prePromotionAnalysis"),
+                &mut out,
+            );
         }
         if let Some(a) = &bg.post_promotion_analysis {
-            templates(lookup, ns, a, &bp.child("postPromotionAnalysis"), &mut out);
+            templates(
+                lookup,
+                ns,
+                a,
+                &|| bp().child("postPromotionAnalysis"),
+                &mut out,
+            );
         }
     }
     out
@@ -219,14 +241,14 @@ fn templates(
     lookup: &dyn ClusterLookup,
     ns: &str,
     a: &AnalysisRef,
-    path: &FieldPath,
+    path: &dyn Fn() -> FieldPath,
     out: &mut Vec<Warning>,
 ) {
     for (i, t) in a.templates.iter().enumerate() {
         let tns = t.namespace.as_deref().unwrap_or(ns);
         if lookup.analysis_template(tns, &t.name) == Presence::Missing {
             out.push(Warning::new(
-                path.child("templates").index(i).child("name"),
+                path().child("templates").index(i).child("name"),
                 // The controller does not wait for a missing template: the run ends `Error`.
                 format!(
                     "AnalysisTemplate \"{}\" does not exist in namespace \"{tns}\" yet; create it before the rollout reaches this analysis: a run whose template is missing ends Error, which rolls back with AnalysisFailed (or stops the rollout when autoRollback is off)",
@@ -252,12 +274,12 @@ fn route(
     ns: &str,
     wanted: &[&str],
     matches: fn(&str, &str, &str) -> bool,
-    path: FieldPath,
+    path: &dyn Fn() -> FieldPath,
     out: &mut Vec<Warning>,
 ) {
     match found {
         Presence::Missing => out.push(Warning::new(
-            path,
+            path(),
             format!("{kind} \"{name}\" does not exist in namespace \"{ns}\" yet"),
         )),
         Presence::Found(info) => {
@@ -265,7 +287,7 @@ fn route(
                 let hit = info.backends.iter().any(|b| matches(b, w, ns));
                 if !hit {
                     out.push(Warning::new(
-                        path.clone(),
+                        path(),
                         format!("{kind} \"{name}\" has no route to Service \"{w}\"; add one so the controller can set its weight"),
                     ));
                 }

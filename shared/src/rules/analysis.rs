@@ -128,7 +128,7 @@ fn check_metric_with(
         check_url(&p.address, p_path.child("address"), report);
         non_empty(&p.query, p_path.child("query"), "a PromQL query", report);
         if let Some(t) = &p.timeout
-            && let Some(d) = check_wait(t, p_path.child("timeout"), report)
+            && let Some(d) = check_wait(t, || p_path.child("timeout"), report)
         {
             metric_limits::check_timeout(t, d, bounds, p_path.child("timeout"), report);
         }
@@ -138,7 +138,7 @@ fn check_metric_with(
         let w_path = pp.child("web");
         check_url(&w.url, w_path.child("url"), report);
         if let Some(t) = &w.timeout
-            && let Some(d) = check_wait(t, w_path.child("timeout"), report)
+            && let Some(d) = check_wait(t, || w_path.child("timeout"), report)
         {
             metric_limits::check_timeout(t, d, bounds, w_path.child("timeout"), report);
         }
@@ -175,7 +175,7 @@ fn check_metric_with(
             metric_limits::check_datadog_address(a, d_path.child("address"), report);
         }
         if let Some(i) = &d.interval {
-            check_wait(i, d_path.child("interval"), report);
+            check_wait(i, || d_path.child("interval"), report);
         }
         let sp = d_path.child("secretRef").child("name");
         if d.secret_ref.name.is_empty() {
@@ -246,7 +246,7 @@ fn check_conditions(m: &Metric, path: &FieldPath, report: &mut Report, required:
 
 fn check_limits(m: &Metric, path: &FieldPath, bounds: &AnalysisBounds, report: &mut Report) {
     if let Some(i) = &m.interval
-        && let Some(d) = check_wait(i, path.child("interval"), report)
+        && let Some(d) = check_wait(i, || path.child("interval"), report)
     {
         metric_limits::check_interval(i, d, bounds, path.child("interval"), report);
     }

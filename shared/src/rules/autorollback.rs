@@ -12,7 +12,7 @@ pub(super) fn check(
     report: &mut Report,
 ) {
     if let Some(t) = &ar.on_timeout {
-        check_wait(t, path.child("onTimeout"), report);
+        check_wait(t, || path.child("onTimeout"), report);
     }
     let Some(of) = &ar.on_failure else { return };
     let fp = path.child("onFailure");
@@ -29,7 +29,7 @@ pub(super) fn check(
         }
     }
     if let Some(g) = &of.health_check_grace_period {
-        check_wait(g, fp.child("healthCheckGracePeriod"), report);
+        check_wait(g, || fp.child("healthCheckGracePeriod"), report);
     }
     if let Some(metric) = &of.error_rate {
         super::analysis::check_error_rate_metric(

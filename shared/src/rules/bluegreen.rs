@@ -75,9 +75,9 @@ pub(super) fn check(bg: &BlueGreenStrategy, replicas: i32, path: &FieldPath, rep
         );
     }
     if let Some(a) = &bg.pre_promotion_analysis {
-        check_analysis_ref(a, &path.child("prePromotionAnalysis"), report);
+        check_analysis_ref(a, &|| path.child("prePromotionAnalysis"), report);
     }
     if let Some(a) = &bg.post_promotion_analysis {
-        check_analysis_ref(a, &path.child("postPromotionAnalysis"), report);
+        check_analysis_ref(a, &|| path.child("postPromotionAnalysis"), report);
     }
 }

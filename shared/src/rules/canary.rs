@@ -15,27 +15,28 @@ pub(super) fn check(canary: &CanaryStrategy, replicas: i32, path: &FieldPath, re
     // The last weight seen, with the index of its step, to keep weights from going down.
     let mut previous: Option<(usize, i32)> = None;
     for (i, step) in canary.steps.iter().enumerate() {
-        let sp = steps_path.index(i);
+        // Paths are made only for a problem: most steps are fine.
+        let sp = || steps_path.index(i);
         if step.weight.is_none()
             && step.replicas.is_none()
             && step.pause.is_none()
             && step.analysis.is_none()
         {
             report.error(FieldError::required(
-                sp.clone(),
+                sp(),
                 "a step needs at least one of weight, replicas, pause or analysis",
             ));
         }
         if step.weight.is_some() && step.replicas.is_some() {
             report.error(FieldError::forbidden(
-                sp.child("replicas"),
+                sp().child("replicas"),
                 "set either weight or replicas in a step, not both",
             ));
         }
         if let Some(w) = step.weight {
             if !(0..=MAX_WEIGHT).contains(&w) {
                 report.error(FieldError::invalid(
-                    sp.child("weight"),
+                    sp().child("weight"),
                     w,
                     "must be between 0 and 100",
                 ));
@@ -44,7 +45,7 @@ pub(super) fn check(canary: &CanaryStrategy, replicas: i32, path: &FieldPath, re
                     && w < pw
                 {
                     report.error(FieldError::invalid(
-                        sp.child("weight"),
+                        sp().child("weight"),
                         w,
                         format!("must not be less than the weight of steps[{pi}] ({pw}); weights only go up, use abort to go back"),
                     ));
@@ -55,38 +56,38 @@ pub(super) fn check(canary: &CanaryStrategy, replicas: i32, path: &FieldPath, re
         if let Some(r) = step.replicas {
             if r < 0 {
                 report.error(FieldError::invalid(
-                    sp.child("replicas"),
+                    sp().child("replicas"),
                     r,
                     "must be greater than or equal to 0",
                 ));
             } else if r > replicas {
                 report.error(FieldError::invalid(
-                    sp.child("replicas"),
+                    sp().child("replicas"),
                     r,
                     format!("must not exceed spec.replicas ({replicas})"),
                 ));
             }
         }
         if let Some(pause) = &step.pause {
-            let pp = sp.child("pause");
+            let pp = || sp().child("pause");
             let approval = pause.until_approval.unwrap_or(false);
             match (&pause.duration, approval) {
                 (Some(_), true) => report.error(FieldError::forbidden(
-                    pp.clone(),
+                    pp(),
                     "set either duration or untilApproval: true, not both",
                 )),
                 (None, false) => report.error(FieldError::required(
-                    pp.clone(),
+                    pp(),
                     "a pause needs a duration (e.g. 5m) or untilApproval: true",
                 )),
                 _ => {}
             }
             if let Some(d) = &pause.duration {
-                check_wait(d, pp.child("duration"), report);
+                check_wait(d, || pp().child("duration"), report);
             }
         }
         if let Some(analysis) = &step.analysis {
-            check_analysis_ref(analysis, &sp.child("analysis"), report);
+            check_analysis_ref(analysis, &|| sp().child("analysis"), report);
         }
     }
     check_services(canary, path, report);

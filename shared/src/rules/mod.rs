@@ -202,30 +202,31 @@ pub fn parse<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Resul
 /// Checks an analysis reference (`templates` and `args`) used by a step or a blue-green promotion.
 pub(crate) fn check_analysis_ref(
     analysis: &crate::types::stormservice::AnalysisRef,
-    path: &FieldPath,
+    path: &dyn Fn() -> FieldPath,
     report: &mut Report,
 ) {
     if analysis.templates.is_empty() {
         report.error(FieldError::required(
-            path.child("templates"),
+            path().child("templates"),
             "name at least one AnalysisTemplate, or remove the analysis block",
         ));
     }
+    // Paths are made only for a problem: most references are fine.
     let mut seen = std::collections::BTreeSet::new();
     for (i, t) in analysis.templates.iter().enumerate() {
-        let p = path.child("templates").index(i).child("name");
+        let p = || path().child("templates").index(i).child("name");
         if t.name.trim().is_empty() {
-            report.error(FieldError::required(p, "the name of an AnalysisTemplate"));
+            report.error(FieldError::required(p(), "the name of an AnalysisTemplate"));
             continue;
         }
         if let Some(why) = names::dns1123_subdomain(&t.name) {
-            report.error(FieldError::invalid(p.clone(), &t.name, why));
+            report.error(FieldError::invalid(p(), &t.name, why));
         }
         // Every template is read from the StormService's namespace (see FOREIGN_TEMPLATE): the
         // name alone says which.
-        if !seen.insert(t.name.clone()) {
+        if !seen.insert(t.name.as_str()) {
             report.error(FieldError::duplicate(
-                p,
+                p(),
                 &t.name,
                 "each template may be named once",
             ));
@@ -233,12 +234,12 @@ pub(crate) fn check_analysis_ref(
     }
     let mut args = std::collections::BTreeSet::new();
     for (i, a) in analysis.args.iter().enumerate() {
-        let p = path.child("args").index(i).child("name");
+        let p = || path().child("args").index(i).child("name");
         if a.name.trim().is_empty() {
-            report.error(FieldError::required(p, "an argument needs a name"));
-        } else if !args.insert(a.name.clone()) {
+            report.error(FieldError::required(p(), "an argument needs a name"));
+        } else if !args.insert(a.name.as_str()) {
             report.error(FieldError::duplicate(
-                p,
+                p(),
                 &a.name,
                 "each argument may be given once",
             ));
@@ -249,13 +250,13 @@ pub(crate) fn check_analysis_ref(
 /// Checks a Go-style wait duration at `path` and reports why it is refused.
 pub(crate) fn check_wait(
     text: &str,
-    path: FieldPath,
+    path: impl FnOnce() -> FieldPath,
     report: &mut Report,
 ) -> Option<std::time::Duration> {
     match crate::units::parse_wait(text) {
         Ok(d) => Some(d),
         Err(e) => {
-            report.error(FieldError::invalid(path, text, e.to_string()));
+            report.error(FieldError::invalid(path(), text, e.to_string()));
             None
         }
     }

@@ -23,11 +23,11 @@ pub fn validate_rollout_policy(p: &RolloutPolicy) -> Report {
     let min = s
         .min_on_timeout
         .as_ref()
-        .and_then(|t| check_wait(t, path.child("minOnTimeout"), &mut report));
+        .and_then(|t| check_wait(t, || path.child("minOnTimeout"), &mut report));
     let max = s
         .max_on_timeout
         .as_ref()
-        .and_then(|t| check_wait(t, path.child("maxOnTimeout"), &mut report));
+        .and_then(|t| check_wait(t, || path.child("maxOnTimeout"), &mut report));
     if let (Some(lo), Some(hi)) = (min, max)
         && lo > hi
     {

@@ -2,7 +2,7 @@
 //!
 //! A StormService is mostly Pod templates (containers, args, env, probes, volumes), and the
 //! admission rules read little of them: labels, and the containers' names, images, resource
-//! requests and startup and readiness probes. Decoding every Pod template field into k8s-openapi structs was about half of a
+//! requests and the timing of their startup and readiness probes. Decoding every Pod template field into k8s-openapi structs was about half of a
 //! review's CPU. [`from_str_lean`] parses the same types with each role's `template` cut down to
 //! [`LeanTemplate`]; the fields it skips are still checked for syntax, and for type errors by the
 //! API server's schema (validating webhooks see only objects the schema admitted).
@@ -83,9 +83,35 @@ struct LeanContainer {
     #[serde(default)]
     resources: Option<ResourceRequirements>,
     #[serde(default)]
-    startup_probe: Option<Probe>,
+    startup_probe: Option<LeanProbe>,
     #[serde(default)]
-    readiness_probe: Option<Probe>,
+    readiness_probe: Option<LeanProbe>,
+}
+
+/// A probe's timing (the startup window, [`crate::startup`]); its handler is not read.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanProbe {
+    #[serde(default)]
+    initial_delay_seconds: Option<i32>,
+    #[serde(default)]
+    period_seconds: Option<i32>,
+    #[serde(default)]
+    failure_threshold: Option<i32>,
+    #[serde(default)]
+    success_threshold: Option<i32>,
+}
+
+impl From<LeanProbe> for Probe {
+    fn from(p: LeanProbe) -> Self {
+        Probe {
+            initial_delay_seconds: p.initial_delay_seconds,
+            period_seconds: p.period_seconds,
+            failure_threshold: p.failure_threshold,
+            success_threshold: p.success_threshold,
+            ..Probe::default()
+        }
+    }
 }
 
 impl From<LeanContainer> for Container {
@@ -94,8 +120,8 @@ impl From<LeanContainer> for Container {
             name: c.name,
             image: c.image,
             resources: c.resources,
-            startup_probe: c.startup_probe,
-            readiness_probe: c.readiness_probe,
+            startup_probe: c.startup_probe.map(Into::into),
+            readiness_probe: c.readiness_probe.map(Into::into),
             ..Container::default()
         }
     }
@@ -147,7 +173,10 @@ mod tests {
                 "containers": [{
                     "name": "vllm", "image": "vllm:1", "args": ["--model", "m"],
                     "env": [{"name": "A", "value": "1"}],
-                    "resources": {"limits": {"nvidia.com/gpu": "2"}}
+                    "resources": {"limits": {"nvidia.com/gpu": "2"}},
+                    "startupProbe": {"httpGet": {"path": "/health", "port": 8000},
+                                     "initialDelaySeconds": 30, "periodSeconds": 10, "failureThreshold": 60},
+                    "readinessProbe": {"tcpSocket": {"port": 8000}, "successThreshold": 2}
                 }],
                 "volumes": [{"name": "v", "emptyDir": {}}]
             }
@@ -162,6 +191,29 @@ mod tests {
         assert_eq!(ls.containers[0].image, fs.containers[0].image);
         assert_eq!(ls.containers[0].resources, fs.containers[0].resources);
         assert_eq!(ls.init_containers.as_ref().unwrap()[0].name, "fetch");
+        let timing = |p: &Probe| {
+            let t = (
+                p.initial_delay_seconds,
+                p.period_seconds,
+                p.failure_threshold,
+            );
+            (t, p.success_threshold)
+        };
+        for probe in [
+            |c: &Container| c.startup_probe.clone(),
+            |c: &Container| c.readiness_probe.clone(),
+        ] {
+            let (l, f) = (
+                probe(&ls.containers[0]).unwrap(),
+                probe(&fs.containers[0]).unwrap(),
+            );
+            assert_eq!(timing(&l), timing(&f));
+            assert!(l.http_get.is_none() && l.tcp_socket.is_none());
+        }
+        assert_eq!(
+            timing(ls.containers[0].startup_probe.as_ref().unwrap()),
+            ((Some(30), Some(10), Some(60)), None)
+        );
         assert!(ls.containers[0].args.is_none() && ls.volumes.is_none());
         assert!(fs.containers[0].args.is_some() && fs.volumes.is_some());
         // Outside from_str_lean, parsing is whole again.
