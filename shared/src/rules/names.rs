@@ -100,10 +100,12 @@ pub(super) fn check_derived(
             ),
         );
     }
-    let roles = FieldPath::new("spec")
-        .child("template")
-        .child("spec")
-        .child("roles");
+    let roles = || {
+        FieldPath::new("spec")
+            .child("template")
+            .child("spec")
+            .child("roles")
+    };
     for (i, role) in obj
         .spec
         .template
@@ -116,7 +118,7 @@ pub(super) fn check_derived(
         let max_role = 63 - ROLESET_SUFFIX - POD_SUFFIX - name.len();
         if role.name.len() > max_role {
             report.error(FieldError::invalid(
-                roles.index(i).child("name"),
+                roles().index(i).child("name"),
                 &role.name,
                 format!(
                     "must be no more than {max_role} characters with a StormService named \"{name}\": a stateful role's Pods are named <name>-<revision>-<index>-<role>-<index> and use that name as their hostname (at most 63); shorten the role name or the StormService's"

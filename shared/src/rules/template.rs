@@ -45,28 +45,33 @@ fn check_scheduling(
 }
 
 pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Report) {
-    let tpl_path = path.child("template");
+    // Paths are made only for a problem: most fields are fine.
+    let tpl_path = || path.child("template");
+    let rs_path = || tpl_path().child("spec");
     if let Some(rs) = &spec.template.spec {
-        let rs_path = tpl_path.child("spec");
         if let Some(s) = &rs.scheduling_strategy {
-            check_scheduling(s, &rs_path.child("schedulingStrategy"), report);
+            check_scheduling(s, &rs_path().child("schedulingStrategy"), report);
         }
         for (i, role) in rs.roles.iter().enumerate() {
             if let Some(s) = &role.scheduling_strategy {
                 check_scheduling(
                     s,
-                    &rs_path.child("roles").index(i).child("schedulingStrategy"),
+                    &rs_path()
+                        .child("roles")
+                        .index(i)
+                        .child("schedulingStrategy"),
                     report,
                 );
             }
         }
     }
-    let labels: BTreeMap<String, String> = spec
+    let no_labels = BTreeMap::new();
+    let labels: &BTreeMap<String, String> = spec
         .template
         .metadata
         .as_ref()
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+        .and_then(|m| m.labels.as_ref())
+        .unwrap_or(&no_labels);
     if let Some(selector) = &spec.selector {
         match Selector::try_from(selector.clone()) {
             Err(e) => report.error(FieldError::invalid(
@@ -79,9 +84,9 @@ pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Repo
                 selector_text(selector),
                 "empty selector is invalid for a StormService; select the template's labels",
             )),
-            Ok(sel) if !sel.matches(&labels) => report.error(FieldError::invalid(
-                tpl_path.child("metadata").child("labels"),
-                &labels,
+            Ok(sel) if !sel.matches(labels) => report.error(FieldError::invalid(
+                tpl_path().child("metadata").child("labels"),
+                labels,
                 "`selector` does not match template `labels`",
             )),
             Ok(_) => {}
@@ -96,27 +101,27 @@ pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Repo
             check_budget(v, us_path.child("maxUnavailable"), report);
         }
     }
-    let roles_path = tpl_path.child("spec").child("roles");
+    let roles_path = || rs_path().child("roles");
     let roles = spec.template.roles();
     if roles.is_empty() {
         report.error(FieldError::required(
-            roles_path.clone(),
+            roles_path(),
             "a StormService needs at least one role, each with a name and a Pod template",
         ));
     }
     let mut seen = BTreeSet::new();
     for (i, role) in roles.iter().enumerate() {
-        let rp = roles_path.index(i);
+        let rp = || roles_path().index(i);
         if role.name.is_empty() {
             report.error(FieldError::required(
-                rp.child("name"),
+                rp().child("name"),
                 "every role needs a name, e.g. prefill",
             ));
         } else if let Some(why) = names::dns1123_label(&role.name) {
-            report.error(FieldError::invalid(rp.child("name"), &role.name, why));
+            report.error(FieldError::invalid(rp().child("name"), &role.name, why));
         } else if !seen.insert(role.name.as_str()) {
             report.error(FieldError::duplicate(
-                rp.child("name"),
+                rp().child("name"),
                 &role.name,
                 "role names must be unique",
             ));
@@ -129,13 +134,13 @@ pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Repo
             .unwrap_or(0);
         if containers == 0 {
             report.error(FieldError::required(
-                rp.child("template").child("spec").child("containers"),
+                rp().child("template").child("spec").child("containers"),
                 "the role's Pod template needs at least one container",
             ));
         }
         check_group(spec, role, &rp, report);
         if let Some(us) = &role.update_strategy {
-            let up = rp.child("updateStrategy");
+            let up = rp().child("updateStrategy");
             if let Some(t) = &us.type_
                 && !ROLE_UPDATE_TYPES.contains(&t.as_str())
             {
@@ -161,7 +166,7 @@ pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Repo
 fn check_group(
     spec: &StormServiceSpec,
     role: &crate::types::roleset::RoleSpec,
-    rp: &FieldPath,
+    rp: &dyn Fn() -> FieldPath,
     report: &mut Report,
 ) {
     let group = role.pod_group_size.is_some_and(|n| n > 1);
@@ -173,16 +178,16 @@ fn check_group(
     match (&role.scheduling_strategy, group) {
         (Some(own), true) if roleset_gang.is_some_and(|rs| rs.keys().any(|k| own.contains_key(k))) => {
             report.error(FieldError::forbidden(
-                rp.child("schedulingStrategy"),
+                rp().child("schedulingStrategy"),
                 "a Pod can be in one PodGroup of a scheduler only, and spec.template.spec.schedulingStrategy names the same scheduler for every Pod of the RoleSet (the Pod's PodGroup label would name one, and the other PodGroup would wait for members that never come); keep this one (a PodGroup per group of podGroupSize Pods) or the RoleSet's, not both",
             ))
         }
         (Some(_), true) if roleset_gang.is_some() => report.warn(
-            rp.child("schedulingStrategy"),
+            rp().child("schedulingStrategy"),
             "names another scheduler than spec.template.spec.schedulingStrategy: each Pod is marked for both PodGroups, and only the scheduler in the Pod's schedulerName acts on its own",
         ),
         (Some(_), false) => report.warn(
-            rp.child("schedulingStrategy"),
+            rp().child("schedulingStrategy"),
             "has no effect on a role without podGroupSize > 1 (only groups get a PodGroup of their own); to gang-schedule the whole RoleSet, set spec.template.spec.schedulingStrategy",
         ),
         _ => {}
@@ -194,7 +199,7 @@ fn check_group(
         == Some("InPlaceIfPossible");
     if group && in_place {
         report.warn(
-            rp.child("updateStrategy").child("type"),
+            rp().child("updateStrategy").child("type"),
             "InPlaceIfPossible does not apply to a role with podGroupSize > 1: a changed group is replaced whole (its PodSet and Pods made again), as AIBrix does",
         );
     }
