@@ -9,12 +9,16 @@ use crate::types::stormservice::BlueGreenStrategy;
 const MAX_SCALE_DOWN_DELAY: i32 = 24 * 3600;
 
 /// A drain delay between 0 and [`MAX_SCALE_DOWN_DELAY`] (both strategies).
-pub(super) fn check_delay(value: Option<i32>, path: FieldPath, report: &mut Report) {
+pub(super) fn check_delay(
+    value: Option<i32>,
+    path: impl FnOnce() -> FieldPath,
+    report: &mut Report,
+) {
     if let Some(d) = value
         && !(0..=MAX_SCALE_DOWN_DELAY).contains(&d)
     {
         report.error(FieldError::invalid(
-            path,
+            path(),
             d,
             "must be between 0 and 86400 (one day)",
         ));
@@ -44,12 +48,12 @@ pub(super) fn check(bg: &BlueGreenStrategy, replicas: i32, path: &FieldPath, rep
     }
     check_delay(
         bg.scale_down_delay_seconds,
-        path.child("scaleDownDelaySeconds"),
+        || path.child("scaleDownDelaySeconds"),
         report,
     );
     check_delay(
         bg.abort_scale_down_delay_seconds,
-        path.child("abortScaleDownDelaySeconds"),
+        || path.child("abortScaleDownDelaySeconds"),
         report,
     );
     if let Some(n) = bg.preview_replica_count
@@ -65,7 +69,7 @@ pub(super) fn check(bg: &BlueGreenStrategy, replicas: i32, path: &FieldPath, rep
     }
     check_delay(
         bg.auto_promotion_seconds,
-        path.child("autoPromotionSeconds"),
+        || path.child("autoPromotionSeconds"),
         report,
     );
     if bg.auto_promotion_enabled == Some(true) && bg.auto_promotion_seconds.is_some() {

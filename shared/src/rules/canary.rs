@@ -5,10 +5,10 @@ use crate::errors::{FieldError, FieldPath, Report};
 use crate::types::stormservice::{CanaryStrategy, MAX_WEIGHT};
 
 pub(super) fn check(canary: &CanaryStrategy, replicas: i32, path: &FieldPath, report: &mut Report) {
-    let steps_path = path.child("steps");
+    let steps_path = || path.child("steps");
     if canary.steps.is_empty() {
         report.error(FieldError::required(
-            steps_path.clone(),
+            steps_path(),
             "a canary needs at least one step, e.g. `- weight: 10` followed by a pause",
         ));
     }
@@ -16,7 +16,7 @@ pub(super) fn check(canary: &CanaryStrategy, replicas: i32, path: &FieldPath, re
     let mut previous: Option<(usize, i32)> = None;
     for (i, step) in canary.steps.iter().enumerate() {
         // Paths are made only for a problem: most steps are fine.
-        let sp = || steps_path.index(i);
+        let sp = || steps_path().index(i);
         if step.weight.is_none()
             && step.replicas.is_none()
             && step.pause.is_none()
@@ -105,19 +105,19 @@ pub(super) fn check(canary: &CanaryStrategy, replicas: i32, path: &FieldPath, re
         warn_coarse_split(canary, replicas, &steps_path, report);
     }
     if let Some(v) = &canary.max_surge {
-        check_budget(v, path.child("maxSurge"), report);
+        check_budget(v, || path.child("maxSurge"), report);
     }
     if let Some(v) = &canary.max_unavailable {
-        check_budget(v, path.child("maxUnavailable"), report);
+        check_budget(v, || path.child("maxUnavailable"), report);
     }
     super::bluegreen::check_delay(
         canary.scale_down_delay_seconds,
-        path.child("scaleDownDelaySeconds"),
+        || path.child("scaleDownDelaySeconds"),
         report,
     );
     super::bluegreen::check_delay(
         canary.abort_scale_down_delay_seconds,
-        path.child("abortScaleDownDelaySeconds"),
+        || path.child("abortScaleDownDelaySeconds"),
         report,
     );
 }
@@ -162,7 +162,7 @@ fn check_services(canary: &CanaryStrategy, path: &FieldPath, report: &mut Report
 fn warn_coarse_split(
     canary: &CanaryStrategy,
     replicas: i32,
-    steps_path: &FieldPath,
+    steps_path: &dyn Fn() -> FieldPath,
     report: &mut Report,
 ) {
     if replicas <= 0 {
@@ -177,7 +177,7 @@ fn warn_coarse_split(
         let actual = canary_sets * 100 / i64::from(replicas);
         if actual != i64::from(w) {
             report.warn(
-                steps_path.index(i).child("weight"),
+                steps_path().index(i).child("weight"),
                 format!(
                     "without trafficRouting the split is by RoleSets: weight {w} with {replicas} replica(s) gives the canary {canary_sets} RoleSet(s), about {actual}% of capacity"
                 ),

@@ -265,13 +265,13 @@ pub(crate) fn check_wait(
 /// Checks an int-or-string budget (`maxSurge`, `maxUnavailable`): a non-negative integer or a percentage.
 pub(crate) fn check_budget(
     v: &k8s_openapi::apimachinery::pkg::util::intstr::IntOrString,
-    path: FieldPath,
+    path: impl FnOnce() -> FieldPath,
     report: &mut Report,
 ) {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     match v {
         IntOrString::Int(i) if *i < 0 => report.error(FieldError::invalid(
-            path,
+            path(),
             i,
             "must be greater than or equal to 0",
         )),
@@ -281,7 +281,7 @@ pub(crate) fn check_budget(
                 && crate::units::parse_percent(s).is_ok_and(|p| (0.0..=100.0).contains(&p));
             if !ok {
                 report.error(FieldError::invalid(
-                    path,
+                    path(),
                     s,
                     "must be an integer or a percentage between 0% and 100% (e.g. 1 or \"25%\")",
                 ));

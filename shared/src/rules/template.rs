@@ -95,10 +95,10 @@ pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Repo
     if let Some(us) = &spec.update_strategy {
         let us_path = path.child("updateStrategy");
         if let Some(v) = &us.max_surge {
-            check_budget(v, us_path.child("maxSurge"), report);
+            check_budget(v, || us_path.child("maxSurge"), report);
         }
         if let Some(v) = &us.max_unavailable {
-            check_budget(v, us_path.child("maxUnavailable"), report);
+            check_budget(v, || us_path.child("maxUnavailable"), report);
         }
     }
     let roles_path = || rs_path().child("roles");
@@ -150,10 +150,10 @@ pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Repo
                 );
             }
             if let Some(v) = &us.max_surge {
-                check_budget(v, up.child("maxSurge"), report);
+                check_budget(v, || up.child("maxSurge"), report);
             }
             if let Some(v) = &us.max_unavailable {
-                check_budget(v, up.child("maxUnavailable"), report);
+                check_budget(v, || up.child("maxUnavailable"), report);
             }
         }
     }
