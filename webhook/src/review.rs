@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use storm_shared::errors::{ErrorKind, FieldError, Report, Warning};
 use storm_shared::references::ClusterLookup;
 use storm_shared::rules::{self, AnalysisBounds, analysis, policy_spec};
@@ -102,7 +103,6 @@ pub enum BadReview {
 }
 
 /// An AdmissionReview as read: its type, and the request.
-#[derive(Default)]
 struct ReviewIn<'a> {
     api_version: Option<String>,
     kind: Option<String>,
@@ -112,7 +112,6 @@ struct ReviewIn<'a> {
 /// The request. `object` and `oldObject` are read as [`Pass`] says: raw JSON parsed later, once,
 /// straight into the type the rules want, or on the validating webhook's hot path parsed in the
 /// envelope's own pass.
-#[derive(Default)]
 struct RequestIn<'a> {
     uid: String,
     kind: Gvk,
@@ -206,11 +205,18 @@ enum RequestField {
     Other,
 }
 
-/// Fails on a field given twice, as a derived `Deserialize` does.
-fn first<E: serde::de::Error>(seen: &mut bool, field: &'static str) -> Result<(), E> {
-    if std::mem::replace(seen, true) {
-        return Err(E::duplicate_field(field));
+/// Reads the value of `field` through `seed` into `slot`; a field given twice fails, as with a
+/// derived `Deserialize`.
+fn set<'de, A: MapAccess<'de>, S: DeserializeSeed<'de>>(
+    map: &mut A,
+    slot: &mut Option<S::Value>,
+    seed: S,
+    field: &'static str,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(serde::de::Error::duplicate_field(field));
     }
+    *slot = Some(map.next_value_seed(seed)?);
     Ok(())
 }
 
@@ -232,28 +238,29 @@ impl<'de> Visitor<'de> for ReviewSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut review = ReviewIn::default();
-        let mut seen = [false; 3];
+        let (mut api_version, mut kind, mut request) = (None, None, None);
         while let Some(field) = map.next_key()? {
             match field {
                 ReviewField::ApiVersion => {
-                    first(&mut seen[0], "apiVersion")?;
-                    review.api_version = map.next_value()?;
+                    set(&mut map, &mut api_version, PhantomData, "apiVersion")?
                 }
-                ReviewField::Kind => {
-                    first(&mut seen[1], "kind")?;
-                    review.kind = map.next_value()?;
-                }
-                ReviewField::Request => {
-                    first(&mut seen[2], "request")?;
-                    review.request = map.next_value_seed(Nullable(RequestSeed(self.0)))?;
-                }
+                ReviewField::Kind => set(&mut map, &mut kind, PhantomData, "kind")?,
+                ReviewField::Request => set(
+                    &mut map,
+                    &mut request,
+                    Nullable(RequestSeed(self.0)),
+                    "request",
+                )?,
                 ReviewField::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(review)
+        Ok(ReviewIn {
+            api_version: api_version.flatten(),
+            kind: kind.flatten(),
+            request: request.flatten(),
+        })
     }
 }
 
@@ -275,59 +282,66 @@ impl<'de> Visitor<'de> for RequestSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut request = RequestIn::default();
-        let mut seen = [false; 9];
+        let (mut uid, mut kind, mut sub_resource, mut namespace, mut name) =
+            (None, None, None, None, None);
+        let (mut operation, mut object, mut old_object, mut user_info) = (None, None, None, None);
         while let Some(field) = map.next_key()? {
             match field {
-                RequestField::Uid => {
-                    first(&mut seen[0], "uid")?;
-                    request.uid = map.next_value()?;
-                }
-                RequestField::Kind => {
-                    first(&mut seen[1], "kind")?;
-                    request.kind = map.next_value()?;
-                }
+                RequestField::Uid => set(&mut map, &mut uid, PhantomData, "uid")?,
+                RequestField::Kind => set(&mut map, &mut kind, PhantomData, "kind")?,
                 RequestField::SubResource => {
-                    first(&mut seen[2], "subResource")?;
-                    request.sub_resource = map.next_value()?;
+                    set(&mut map, &mut sub_resource, PhantomData, "subResource")?
                 }
-                RequestField::Namespace => {
-                    first(&mut seen[3], "namespace")?;
-                    request.namespace = map.next_value()?;
-                }
-                RequestField::Name => {
-                    first(&mut seen[4], "name")?;
-                    request.name = map.next_value()?;
-                }
-                RequestField::Operation => {
-                    first(&mut seen[5], "operation")?;
-                    request.operation = map.next_value()?;
-                }
+                RequestField::Namespace => set(&mut map, &mut namespace, PhantomData, "namespace")?,
+                RequestField::Name => set(&mut map, &mut name, PhantomData, "name")?,
+                RequestField::Operation => set(&mut map, &mut operation, PhantomData, "operation")?,
                 RequestField::Object | RequestField::OldObject => {
-                    let (slot, at, name) = match field {
-                        RequestField::Object => (&mut request.object, 6, "object"),
-                        _ => (&mut request.old_object, 7, "oldObject"),
+                    let seed = ObjectSeed {
+                        storm: self.0 == Pass::StormService
+                            && kind.as_ref().is_some_and(|k: &Gvk| {
+                                k.group == GROUP && k.kind == "StormService"
+                            }),
                     };
-                    first(&mut seen[at], name)?;
-                    let typed = self.0 == Pass::StormService
-                        && request.kind.group == GROUP
-                        && request.kind.kind == "StormService";
-                    *slot = if typed {
-                        ObjectIn::Storm(map.next_value_seed(Nullable(StormSeed))?)
-                    } else {
-                        ObjectIn::Raw(map.next_value()?)
-                    };
+                    match field {
+                        RequestField::Object => set(&mut map, &mut object, seed, "object")?,
+                        _ => set(&mut map, &mut old_object, seed, "oldObject")?,
+                    }
                 }
-                RequestField::UserInfo => {
-                    first(&mut seen[8], "userInfo")?;
-                    request.user_info = map.next_value()?;
-                }
+                RequestField::UserInfo => set(&mut map, &mut user_info, PhantomData, "userInfo")?,
                 RequestField::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
-        Ok(request)
+        Ok(RequestIn {
+            uid: uid.unwrap_or_default(),
+            kind: kind.unwrap_or_default(),
+            sub_resource: sub_resource.flatten(),
+            namespace: namespace.flatten(),
+            name: name.flatten(),
+            operation: operation.unwrap_or_default(),
+            object: object.unwrap_or_default(),
+            old_object: old_object.unwrap_or_default(),
+            user_info: user_info.unwrap_or_default(),
+        })
+    }
+}
+
+/// `request.object` or `request.oldObject`: a StormService parsed in the envelope's pass when
+/// `storm` (see [`Pass`]), raw JSON otherwise.
+struct ObjectSeed {
+    storm: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for ObjectSeed {
+    type Value = ObjectIn<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self.storm {
+            Nullable(StormSeed).deserialize(d).map(ObjectIn::Storm)
+        } else {
+            Option::<&RawValue>::deserialize(d).map(ObjectIn::Raw)
+        }
     }
 }
 

@@ -350,6 +350,28 @@ fn sample_objects() -> Vec<(std::path::PathBuf, Value)> {
     objects
 }
 
+/// The StormServices among [`sample_objects`].
+fn sample_storm_services() -> Vec<Value> {
+    sample_objects()
+        .into_iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["kind"] == "StormService")
+        .collect()
+}
+
+/// A cluster that knows every object, with one enforcing RolloutPolicy that most samples break.
+fn strict_policy_cluster() -> FakeCluster {
+    let mut cluster = FakeCluster {
+        known: true,
+        ..FakeCluster::default()
+    };
+    cluster.policies.push(policy(
+        "strict",
+        json!({"maxFirstStepWeight": 5, "requireAnalysisAboveWeight": 10, "requireAutoRollback": true}),
+    ));
+    cluster
+}
+
 #[test]
 fn every_seed_and_aibrix_fixture_passes() {
     let mut seen = 0;
@@ -380,11 +402,7 @@ fn every_seed_and_aibrix_fixture_passes() {
 fn lean_pod_templates_judge_like_whole_ones() {
     let bench: Value =
         serde_json::from_str(include_str!("../bench/review.json")).expect("bench review");
-    let mut objects: Vec<Value> = sample_objects()
-        .into_iter()
-        .map(|(_, v)| v)
-        .filter(|v| v["kind"] == "StormService")
-        .collect();
+    let mut objects = sample_storm_services();
     objects.push(bench["request"]["object"].clone());
     let mut variants = Vec::new();
     for v in &objects {
@@ -405,14 +423,7 @@ fn lean_pod_templates_judge_like_whole_ones() {
         variants.extend([no_containers, relabelled, no_spec]);
     }
     objects.extend(variants);
-    let mut with_policy = FakeCluster {
-        known: true,
-        ..FakeCluster::default()
-    };
-    with_policy.policies.push(policy(
-        "strict",
-        json!({"maxFirstStepWeight": 5, "requireAnalysisAboveWeight": 10, "requireAutoRollback": true}),
-    ));
+    let with_policy = strict_policy_cluster();
     let mut compared = 0;
     for v in &objects {
         let text = v.to_string();
@@ -435,27 +446,15 @@ fn lean_pod_templates_judge_like_whole_ones() {
 /// the answer must be byte for byte the raw read's.
 #[test]
 fn the_one_pass_read_answers_like_the_raw_read() {
-    let mut objects: Vec<Value> = sample_objects()
-        .into_iter()
-        .map(|(_, v)| v)
-        .filter(|v| v["kind"] == "StormService")
-        .collect();
+    let mut objects = sample_storm_services();
     objects.push(fixture("invalid/many-faults.yaml"));
     let mut wrong_type = nginx_service();
     wrong_type["spec"]["rolloutStrategy"]["canary"]["steps"][0]["weight"] = json!("ten");
     objects.push(wrong_type.clone());
-    let wrong_type_create = wrong_type.clone();
     let mut deleting = fixture("invalid/many-faults.yaml");
     deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
     objects.push(deleting);
-    let mut with_policy = FakeCluster {
-        known: true,
-        ..FakeCluster::default()
-    };
-    with_policy.policies.push(policy(
-        "strict",
-        json!({"maxFirstStepWeight": 5, "requireAnalysisAboveWeight": 10, "requireAutoRollback": true}),
-    ));
+    let with_policy = strict_policy_cluster();
     let mut bodies = Vec::new();
     for v in &objects {
         bodies.push(review_of("CREATE", "StormService", Some(v.clone()), None));
@@ -476,7 +475,7 @@ fn the_one_pass_read_answers_like_the_raw_read() {
         "UPDATE",
         "StormService",
         Some(nginx_service()),
-        Some(wrong_type),
+        Some(wrong_type.clone()),
     ));
     let mut null_old: Value = serde_json::from_slice(&bodies[0]).unwrap();
     null_old["request"]["operation"] = json!("UPDATE");
@@ -546,7 +545,7 @@ fn the_one_pass_read_answers_like_the_raw_read() {
     }
     assert!(compared > 60, "only {compared} comparisons");
     // A type error read in one pass is answered with its field, not as a bad review.
-    let resp = validate(&FakeCluster::default(), wrong_type_create);
+    let resp = validate(&FakeCluster::default(), wrong_type);
     assert_eq!(resp["allowed"], false, "{resp}");
     assert_eq!(
         resp["status"]["details"]["causes"][0]["field"],
