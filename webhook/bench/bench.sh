@@ -4,7 +4,8 @@
 # fixed answer from the same server: the ceiling). Load generator: wrk (Debian package, installed if missing).
 # Writes target/bench/webhook.json. Then the same process gets the valid reviews again, alone and mixed
 # with hostile clients at full rate (webhook/examples/hostile.rs): target/bench/webhook-hostile.json. The webhook runs --offline (no cluster): reference lookups answer
-# "unknown" and there are no RolloutPolicies, which costs the same map lookups as a synced cache.
+# "unknown" and there are no RolloutPolicies, which costs the same map lookups as a synced cache
+# but skips the work a found Service adds (the Pods' label sets, made once per review).
 #
 #   STORM_BENCH_SECONDS (10)   length of each measured run
 #   STORM_BENCH_ROUNDS (3)     rounds of /validate and /noop, alternating
