@@ -200,6 +200,27 @@ impl Metrics {
         }
     }
 
+    /// Publishes what a recorded rollout status says: phase, step and weight
+    /// ([`Metrics::set_rollout`]) and the Degraded trigger ([`Metrics::set_degraded`]). Called once
+    /// the status is stored, so the series never run ahead of, nor lag behind, what
+    /// `kubectl get` shows for longer than the status write takes.
+    pub fn publish_rollout(&self, namespace: &str, name: &str, status: Option<&RolloutStatus>) {
+        self.set_rollout(
+            namespace,
+            name,
+            status
+                .and_then(|r| r.phase)
+                .unwrap_or(RolloutPhase::Healthy),
+            i64::from(status.and_then(|r| r.current_step_index).unwrap_or(0)),
+            i64::from(
+                status
+                    .and_then(|r| r.canary_status.as_ref())
+                    .map_or(0, |c| c.current_weight),
+            ),
+        );
+        self.set_degraded(namespace, name, status.and_then(degraded_reason));
+    }
+
     /// Publishes the rollout state of one StormService. Every phase has a series (1 for the
     /// current, 0 for the others), so queries like `storm_rollout_phase{phase="Degraded"} == 1`
     /// work without `absent()`.
@@ -458,6 +479,36 @@ mod tests {
         rs.phase = Some(RolloutPhase::Degraded);
         rs.conditions[1] = condition("Degraded", "False", "NotDegraded");
         assert_eq!(degraded_reason(&rs), None);
+    }
+
+    #[test]
+    fn a_recorded_status_publishes_its_phase_and_trigger_together() {
+        let m = Metrics::new();
+        let rs = RolloutStatus {
+            phase: Some(RolloutPhase::Degraded),
+            current_step_index: Some(1),
+            conditions: vec![storm_shared::types::Condition {
+                type_: "Degraded".into(),
+                status: "True".into(),
+                reason: Some("AnalysisFailed".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        m.publish_rollout("ns", "llm", Some(&rs));
+        let text = m.encode();
+        for series in [
+            "storm_rollout_phase{namespace=\"ns\",name=\"llm\",phase=\"Degraded\"} 1",
+            "storm_rollout_step{namespace=\"ns\",name=\"llm\"} 1",
+            "storm_rollout_degraded{namespace=\"ns\",name=\"llm\",reason=\"AnalysisFailed\"} 1",
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
+        }
+        // No rollout status yet: Healthy, and no trigger.
+        m.publish_rollout("ns", "llm", None);
+        let text = m.encode();
+        assert!(text.contains("phase=\"Healthy\"} 1"), "{text}");
+        assert!(!text.contains("storm_rollout_degraded{"), "{text}");
     }
 
     #[test]

@@ -72,6 +72,10 @@ pub async fn apply(
         .await
         .map_err(Error::WriteStatus)?;
     }
+    // The status is what is recorded now: the metrics say the same from this moment, not after
+    // the writes below (a rollback's capacity changes can take a while).
+    ctx.metrics
+        .publish_rollout(&ns, &name, plan.status.rollout_status.as_ref());
     // 2. Revisions.
     let update = plan.status.update_revision.clone().unwrap_or_default();
     revisions::record(client, caches, obj, &update).await?;

@@ -31,7 +31,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storm_shared::keys::{AIBRIX_LABEL_STORM_SERVICE_NAME, LABEL_NAME};
-use storm_shared::types::stormservice::RolloutPhase;
 use storm_shared::{RoleSet, StormService};
 use tracing::{debug, info, warn};
 
@@ -441,23 +440,7 @@ async fn reconcile_stormservice(
         }
         return Ok(Action::await_change());
     }
-    let result = apply::apply(&state.ctx, &state.caches, obj, &observed, &plan).await;
-    let rs = plan.status.rollout_status.as_ref();
-    state.ctx.metrics.set_rollout(
-        &ns,
-        &name,
-        rs.and_then(|r| r.phase).unwrap_or(RolloutPhase::Healthy),
-        i64::from(rs.and_then(|r| r.current_step_index).unwrap_or(0)),
-        i64::from(
-            rs.and_then(|r| r.canary_status.as_ref())
-                .map_or(0, |c| c.current_weight),
-        ),
-    );
-    state
-        .ctx
-        .metrics
-        .set_degraded(&ns, &name, rs.and_then(crate::metrics::degraded_reason));
-    result?;
+    apply::apply(&state.ctx, &state.caches, obj, &observed, &plan).await?;
     let requeue = if wrote_status {
         plan.requeue_after.min(STATUS_RECHECK)
     } else {

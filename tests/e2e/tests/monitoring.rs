@@ -554,12 +554,31 @@ async fn the_dashboard_and_the_alerts_read_what_the_binaries_export_and_fire() -
         analysis_reason,
     )
     .await?;
-    wait_for("the quota's reconcile errors counted", TIMEOUT, || async {
-        let (_, page) = controller.http_get("/metrics")?;
-        Ok(page
-            .contains("storm_reconcile_errors_total{kind=\"RoleSet\",error=\"create_pod\"}")
-            .then_some(()))
-    })
+    // The page is read once everything it is checked for has happened: the quota's errors, and
+    // both Degraded triggers (published when their status is stored, an instant after the watch
+    // above may see it).
+    let degraded = |name: &str, reason: &str| {
+        format!(
+            "storm_rollout_degraded{{namespace=\"{}\",name=\"{name}\",reason=\"{reason}\"}} 1",
+            ns.name()
+        )
+    };
+    let awaited = [
+        "storm_reconcile_errors_total{kind=\"RoleSet\",error=\"create_pod\"}".to_string(),
+        degraded("deadline", "ProgressDeadlineExceeded"),
+        degraded("analysis", "AnalysisFailed"),
+    ];
+    wait_for(
+        "the quota's reconcile errors and both Degraded triggers on the page",
+        TIMEOUT,
+        || async {
+            let (_, page) = controller.http_get("/metrics")?;
+            Ok(awaited
+                .iter()
+                .all(|s| page.contains(s.as_str()))
+                .then_some(()))
+        },
+    )
     .await?;
 
     // Both pages, as the binaries serve them now.
