@@ -583,6 +583,39 @@ fn selector_must_match_template_labels() {
     let mut v = canary();
     set(&mut v, "/spec/selector", json!({}));
     rejects(&v, &["spec.selector"]);
+    // Labels alone: every one must be on the template, with its value; the template may have more.
+    let mut v = canary();
+    set(&mut v, "/spec/template/metadata/labels/tier", json!("gpu"));
+    set(
+        &mut v,
+        "/spec/selector",
+        json!({"matchLabels": {"app": "my-app"}}),
+    );
+    accepts(&v);
+    set(
+        &mut v,
+        "/spec/selector",
+        json!({"matchLabels": {"app": "my-app", "zone": "a"}}),
+    );
+    rejects(&v, &["spec.template.metadata.labels"]);
+    // Labels and expressions together: both must hold.
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/selector",
+        json!({"matchLabels": {"app": "my-app"},
+               "matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["my-app"]}]}),
+    );
+    rejects(&v, &["spec.template.metadata.labels"]);
+    // An operator kube does not know is a broken selector, even beside labels that match.
+    let mut v = canary();
+    set(
+        &mut v,
+        "/spec/selector",
+        json!({"matchLabels": {"app": "my-app"},
+               "matchExpressions": [{"key": "app", "operator": "Near", "values": ["x"]}]}),
+    );
+    rejects(&v, &["spec.selector"]);
 }
 
 #[test]

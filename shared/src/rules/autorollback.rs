@@ -7,41 +7,42 @@ use crate::types::stormservice::{AutoRollback, RolloutStrategy};
 
 pub(super) fn check(
     ar: &AutoRollback,
-    path: &FieldPath,
+    path: &dyn Fn() -> FieldPath,
     bounds: &AnalysisBounds,
     report: &mut Report,
 ) {
     if let Some(t) = &ar.on_timeout {
-        check_wait(t, || path.child("onTimeout"), report);
+        check_wait(t, || path().child("onTimeout"), report);
     }
     let Some(of) = &ar.on_failure else { return };
-    let fp = path.child("onFailure");
+    // Paths are made only for a problem.
+    let fp = || path().child("onFailure");
     if let Some(th) = &of.error_threshold {
-        let p = fp.child("errorThreshold");
+        let p = || fp().child("errorThreshold");
         match crate::units::int_or_string_percent(th) {
             Ok(v) if v > 0.0 && v <= 100.0 => {}
             Ok(v) => report.error(FieldError::invalid(
-                p,
+                p(),
                 th,
                 format!("must be a percentage in (0, 100], got {v}"),
             )),
-            Err(e) => report.error(FieldError::invalid(p, th, e.to_string())),
+            Err(e) => report.error(FieldError::invalid(p(), th, e.to_string())),
         }
     }
     if let Some(g) = &of.health_check_grace_period {
-        check_wait(g, || fp.child("healthCheckGracePeriod"), report);
+        check_wait(g, || fp().child("healthCheckGracePeriod"), report);
     }
     if let Some(metric) = &of.error_rate {
         super::analysis::check_error_rate_metric(
             metric,
-            &fp.child("errorRate"),
+            &fp().child("errorRate"),
             of.error_threshold.is_some(),
             bounds,
             report,
         );
         if of.error_threshold.is_none() {
             report.warn(
-                fp.child("errorRate"),
+                fp().child("errorRate"),
                 "errorRate has no effect without errorThreshold; set errorThreshold (e.g. \"5%\")",
             );
         }
@@ -75,7 +76,7 @@ pub(super) fn check_placement(
                 legacy_path.clone(),
                 "autoRollback belongs at spec.rolloutStrategy.autoRollback; admission moves it there",
             );
-            check(legacy, &legacy_path, bounds, report);
+            check(legacy, &|| legacy_path.clone(), bounds, report);
         }
     }
 }
@@ -86,7 +87,7 @@ pub(super) fn check_placement(
 pub(super) fn check_grace_against_startup(
     spec: &crate::types::stormservice::StormServiceSpec,
     ar: &AutoRollback,
-    path: &FieldPath,
+    path: &dyn Fn() -> FieldPath,
     report: &mut Report,
 ) {
     let Some(text) = ar
@@ -105,7 +106,7 @@ pub(super) fn check_grace_against_startup(
     let needed = std::time::Duration::from_secs(u64::try_from(window.seconds).unwrap_or(0));
     if grace < needed {
         report.warn(
-            path.child("onFailure").child("healthCheckGracePeriod"),
+            path().child("onFailure").child("healthCheckGracePeriod"),
             format!(
                 "{text} is shorter than the startup window of role {} container {} ({}: its startupProbe's initialDelaySeconds + periodSeconds x failureThreshold, plus its first readiness check): a Pod still loading its model would count as failing and roll the rollout back; set at least {} or leave it out (it then defaults to the startup window)",
                 window.role,

@@ -4,8 +4,13 @@ use super::{check_analysis_ref, check_budget, check_wait, names, routing};
 use crate::errors::{FieldError, FieldPath, Report};
 use crate::types::stormservice::{CanaryStrategy, MAX_WEIGHT};
 
-pub(super) fn check(canary: &CanaryStrategy, replicas: i32, path: &FieldPath, report: &mut Report) {
-    let steps_path = || path.child("steps");
+pub(super) fn check(
+    canary: &CanaryStrategy,
+    replicas: i32,
+    path: &dyn Fn() -> FieldPath,
+    report: &mut Report,
+) {
+    let steps_path = || path().child("steps");
     if canary.steps.is_empty() {
         report.error(FieldError::required(
             steps_path(),
@@ -93,36 +98,36 @@ pub(super) fn check(canary: &CanaryStrategy, replicas: i32, path: &FieldPath, re
     check_services(canary, path, report);
     if canary.dynamic_stable_scale == Some(true) && canary.traffic_routing.is_none() {
         report.error(FieldError::invalid(
-            path.child("dynamicStableScale"),
+            path().child("dynamicStableScale"),
             true,
             "needs trafficRouting: without a router the split is by RoleSet count, so stable \
              already shrinks as the canary grows; remove dynamicStableScale or set trafficRouting",
         ));
     }
     if let Some(tr) = &canary.traffic_routing {
-        routing::check(tr, &path.child("trafficRouting"), report);
+        routing::check(tr, &|| path().child("trafficRouting"), report);
     } else {
         warn_coarse_split(canary, replicas, &steps_path, report);
     }
     if let Some(v) = &canary.max_surge {
-        check_budget(v, || path.child("maxSurge"), report);
+        check_budget(v, || path().child("maxSurge"), report);
     }
     if let Some(v) = &canary.max_unavailable {
-        check_budget(v, || path.child("maxUnavailable"), report);
+        check_budget(v, || path().child("maxUnavailable"), report);
     }
     super::bluegreen::check_delay(
         canary.scale_down_delay_seconds,
-        || path.child("scaleDownDelaySeconds"),
+        || path().child("scaleDownDelaySeconds"),
         report,
     );
     super::bluegreen::check_delay(
         canary.abort_scale_down_delay_seconds,
-        || path.child("abortScaleDownDelaySeconds"),
+        || path().child("abortScaleDownDelaySeconds"),
         report,
     );
 }
 
-fn check_services(canary: &CanaryStrategy, path: &FieldPath, report: &mut Report) {
+fn check_services(canary: &CanaryStrategy, path: &dyn Fn() -> FieldPath, report: &mut Report) {
     for (field, value) in [
         ("stableService", &canary.stable_service),
         ("canaryService", &canary.canary_service),
@@ -130,7 +135,7 @@ fn check_services(canary: &CanaryStrategy, path: &FieldPath, report: &mut Report
         if let Some(name) = value
             && let Some(why) = names::dns1035_label(name)
         {
-            report.error(FieldError::invalid(path.child(field), name, why));
+            report.error(FieldError::invalid(path().child(field), name, why));
         }
     }
     if canary.traffic_routing.is_some() {
@@ -140,7 +145,7 @@ fn check_services(canary: &CanaryStrategy, path: &FieldPath, report: &mut Report
         ] {
             if value.is_none() {
                 report.error(FieldError::required(
-                    path.child(field),
+                    path().child(field),
                     "traffic routing needs both stableService and canaryService",
                 ));
             }
@@ -151,7 +156,7 @@ fn check_services(canary: &CanaryStrategy, path: &FieldPath, report: &mut Report
         && !s.is_empty()
     {
         report.error(FieldError::invalid(
-            path.child("canaryService"),
+            path().child("canaryService"),
             c,
             "must differ from stableService: each Service selects one revision",
         ));

@@ -72,7 +72,7 @@ fn check_strategy(
                 ));
             }
             match &strategy.canary {
-                Some(canary) => canary::check(canary, replicas, &path.child("canary"), report),
+                Some(canary) => canary::check(canary, replicas, &|| path.child("canary"), report),
                 None => report.error(FieldError::required(
                     path.child("canary"),
                     "type Canary needs a canary block with steps",
@@ -100,13 +100,9 @@ fn check_strategy(
     }
     autorollback::check_placement(strategy, path, bounds, report);
     if let Some(ar) = &strategy.auto_rollback {
-        autorollback::check(ar, &path.child("autoRollback"), bounds, report);
-        autorollback::check_grace_against_startup(
-            &obj.spec,
-            ar,
-            &path.child("autoRollback"),
-            report,
-        );
+        let ar_path = || path.child("autoRollback");
+        autorollback::check(ar, &ar_path, bounds, report);
+        autorollback::check_grace_against_startup(&obj.spec, ar, &ar_path, report);
     }
     check_template_namespaces(obj, strategy, path, report);
 }

@@ -73,32 +73,32 @@ pub(super) fn check(spec: &StormServiceSpec, path: &FieldPath, report: &mut Repo
         .and_then(|m| m.labels.as_ref())
         .unwrap_or(&no_labels);
     if let Some(selector) = &spec.selector {
-        match Selector::try_from(selector.clone()) {
-            Err(e) => report.error(FieldError::invalid(
-                path.child("selector"),
-                selector_text(selector),
-                format!("not a valid label selector: {e}"),
-            )),
-            Ok(sel) if sel.selects_all() => report.error(FieldError::invalid(
-                path.child("selector"),
-                selector_text(selector),
-                "empty selector is invalid for a StormService; select the template's labels",
-            )),
-            Ok(sel) if !sel.matches(labels) => report.error(FieldError::invalid(
-                tpl_path().child("metadata").child("labels"),
-                labels,
-                "`selector` does not match template `labels`",
-            )),
-            Ok(_) => {}
+        // Labels alone (the usual selector) are matched in place; expressions go through
+        // kube's Selector, which parses their operators.
+        let equality_only = selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(Vec::is_empty);
+        let match_labels = selector.match_labels.as_ref().filter(|m| !m.is_empty());
+        if equality_only && let Some(wanted) = match_labels {
+            if !wanted.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+                report.error(FieldError::invalid(
+                    tpl_path().child("metadata").child("labels"),
+                    labels,
+                    "`selector` does not match template `labels`",
+                ));
+            }
+        } else {
+            check_selector(selector, labels, path, &tpl_path, report);
         }
     }
     if let Some(us) = &spec.update_strategy {
-        let us_path = path.child("updateStrategy");
+        let us_path = || path.child("updateStrategy");
         if let Some(v) = &us.max_surge {
-            check_budget(v, || us_path.child("maxSurge"), report);
+            check_budget(v, || us_path().child("maxSurge"), report);
         }
         if let Some(v) = &us.max_unavailable {
-            check_budget(v, || us_path.child("maxUnavailable"), report);
+            check_budget(v, || us_path().child("maxUnavailable"), report);
         }
     }
     let roles_path = || rs_path().child("roles");
@@ -209,4 +209,32 @@ fn selector_text(
     s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
 ) -> serde_json::Value {
     serde_json::to_value(s).unwrap_or_default()
+}
+
+/// A selector with expressions: parsed by kube's Selector, then matched against the labels.
+fn check_selector(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &BTreeMap<String, String>,
+    path: &FieldPath,
+    tpl_path: &dyn Fn() -> FieldPath,
+    report: &mut Report,
+) {
+    match Selector::try_from(selector.clone()) {
+        Err(e) => report.error(FieldError::invalid(
+            path.child("selector"),
+            selector_text(selector),
+            format!("not a valid label selector: {e}"),
+        )),
+        Ok(sel) if sel.selects_all() => report.error(FieldError::invalid(
+            path.child("selector"),
+            selector_text(selector),
+            "empty selector is invalid for a StormService; select the template's labels",
+        )),
+        Ok(sel) if !sel.matches(labels) => report.error(FieldError::invalid(
+            tpl_path().child("metadata").child("labels"),
+            labels,
+            "`selector` does not match template `labels`",
+        )),
+        Ok(_) => {}
+    }
 }
