@@ -12,6 +12,13 @@
 #   STORM_BENCH_CONNECTIONS (16), STORM_BENCH_THREADS (1)   wrk settings
 #   STORM_BENCH_WORKERS        webhook --worker-threads (default: one per core)
 #   STORM_BENCH_BIN            benchmark this binary instead of building target/release/storm-webhook
+#   STORM_BENCH_PINNED (1)     also measure with the webhook (one worker) and wrk each pinned to a core
+#
+# Sharing two cores among wrk and two webhook workers, the kernel's time slices decide much of the
+# tail (a worker descheduled mid-request holds its reply for a slice) and of the ceiling. The pinned
+# run (machines with 2+ cores) leaves the webhook one core of its own and wrk another: its ratio is
+# what a review costs beside the HTTP and TLS work every request pays, and its p99 the webhook's own.
+# It is written under "pinned" in the same file.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,9 +48,10 @@ rm -f "$OUT/webhook.port"
 "$BIN" --offline ${STORM_BENCH_WORKERS:+--worker-threads "$STORM_BENCH_WORKERS"} --listen 127.0.0.1:0 --port-file "$OUT/webhook.port" \
 	--tls-cert "$OUT/certs/tls.crt" --tls-key "$OUT/certs/tls.key" >"$OUT/webhook.log" 2>&1 &
 PID=$!
+PINNED=
 cleanup() {
-	kill "$PID" 2>/dev/null || true
-	wait "$PID" 2>/dev/null || true
+	kill "$PID" ${PINNED:+"$PINNED"} 2>/dev/null || true
+	wait "$PID" ${PINNED:+"$PINNED"} 2>/dev/null || true
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do
@@ -62,8 +70,9 @@ grep -q '"allowed":true' <<<"$answer" || {
 	exit 1
 }
 
+WRK=(wrk)
 run() { # run <path> <seconds>
-	STORM_BENCH_BODY=$HERE/review.json wrk -t"$THREADS" -c"$CONNS" -d"$2"s --latency \
+	STORM_BENCH_BODY=$HERE/review.json "${WRK[@]}" -t"$THREADS" -c"$CONNS" -d"$2"s --latency \
 		-s "$HERE/post.lua" "$BASE$1" | tee -a "$OUT/wrk.log" | sed -n 's/^STORM_BENCH //p'
 }
 : >"$OUT/wrk.log"
@@ -71,46 +80,82 @@ log "warm-up"
 run /validate 2 >/dev/null
 # The ceiling moves with whatever else the machine does, so /validate and /noop alternate, a pair
 # per round (the order swapped each round), and the ratio is the median of the rounds' ratios.
-rounds=()
-for ((r = 1; r <= ROUNDS; r++)); do
-	if ((r % 2)); then order=(/validate /noop); else order=(/noop /validate); fi
-	for path in "${order[@]}"; do
-		log "round $r/$ROUNDS: $path for ${SECONDS_RUN}s ($CONNS connections)"
-		rounds+=("{\"round\":$r,\"path\":\"$path\",\"result\":$(run "$path" "$SECONDS_RUN")}")
+measure() { # measure <label>: the alternating rounds, one JSON object per run, into rounds[]
+	rounds=()
+	for ((r = 1; r <= ROUNDS; r++)); do
+		if ((r % 2)); then order=(/validate /noop); else order=(/noop /validate); fi
+		for path in "${order[@]}"; do
+			log "$1 round $r/$ROUNDS: $path for ${SECONDS_RUN}s ($CONNS connections)"
+			rounds+=("{\"round\":$r,\"path\":\"$path\",\"result\":$(run "$path" "$SECONDS_RUN")}")
+		done
 	done
-done
+}
+measure shared
+shared_rounds=("${rounds[@]}")
 rss_kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$PID/status")
 
+pinned_rounds=()
+if [[ ${STORM_BENCH_PINNED:-1} == 1 ]] && command -v taskset >/dev/null && (($(nproc) >= 2)); then
+	rm -f "$OUT/webhook-pinned.port"
+	taskset -c 0 "$BIN" --offline --worker-threads 1 --listen 127.0.0.1:0 --port-file "$OUT/webhook-pinned.port" \
+		--tls-cert "$OUT/certs/tls.crt" --tls-key "$OUT/certs/tls.key" >"$OUT/webhook-pinned.log" 2>&1 &
+	PINNED=$!
+	for _ in $(seq 1 100); do
+		[[ -s $OUT/webhook-pinned.port ]] && break
+		sleep 0.1
+	done
+	SHARED_BASE=$BASE
+	BASE=https://127.0.0.1:$(cat "$OUT/webhook-pinned.port")
+	WRK=(taskset -c 1 wrk)
+	run /validate 2 >/dev/null
+	measure "pinned (webhook on core 0, one worker; wrk on core 1):"
+	pinned_rounds=("${rounds[@]}")
+	kill "$PINNED" 2>/dev/null || true
+	wait "$PINNED" 2>/dev/null || true
+	PINNED=
+	BASE=$SHARED_BASE
+	WRK=(wrk)
+fi
+
 summarize='import json, statistics, sys
-runs = [json.loads(line) for line in sys.argv[5:]]
-def of(path):
-    return [r["result"] for r in sorted(runs, key=lambda r: r["round"]) if r["path"] == path]
-v, n = of("/validate"), of("/noop")
-med = lambda xs: round(statistics.median(xs), 4)
-out = {
-    "endpoint": "/validate",
-    "connections": int(sys.argv[1]),
-    "seconds": int(sys.argv[2]),
-    "rounds": len(v),
-    "reviews_per_sec": med([r["rps"] for r in v]),
-    "p50_ms": med([r["p50_ms"] for r in v]),
-    "p90_ms": med([r["p90_ms"] for r in v]),
-    "p99_ms": med([r["p99_ms"] for r in v]),
-    "max_ms": max(r["max_ms"] for r in v),
-    "noop_reviews_per_sec": med([r["rps"] for r in n]),
-    "noop_p99_ms": med([r["p99_ms"] for r in n]),
-    "ratio_to_noop": round(statistics.median(a["rps"] / b["rps"] for a, b in zip(v, n)), 3),
-    "ratio_to_noop_per_round": [round(a["rps"] / b["rps"], 3) for a, b in zip(v, n)],
-    "rss_mib": round(int(sys.argv[3]) / 1024, 1),
-    "errors": sum(r["errors"] for r in v + n),
-    "runs": runs,
-}
+args = sys.argv[5:]
+split = args.index("--pinned")
+def summary(lines):
+    runs = [json.loads(line) for line in lines]
+    def of(path):
+        return [r["result"] for r in sorted(runs, key=lambda r: r["round"]) if r["path"] == path]
+    v, n = of("/validate"), of("/noop")
+    med = lambda xs: round(statistics.median(xs), 4)
+    return {
+        "endpoint": "/validate",
+        "connections": int(sys.argv[1]),
+        "seconds": int(sys.argv[2]),
+        "rounds": len(v),
+        "reviews_per_sec": med([r["rps"] for r in v]),
+        "p50_ms": med([r["p50_ms"] for r in v]),
+        "p90_ms": med([r["p90_ms"] for r in v]),
+        "p99_ms": med([r["p99_ms"] for r in v]),
+        "max_ms": max(r["max_ms"] for r in v),
+        "noop_reviews_per_sec": med([r["rps"] for r in n]),
+        "noop_p99_ms": med([r["p99_ms"] for r in n]),
+        "ratio_to_noop": round(statistics.median(a["rps"] / b["rps"] for a, b in zip(v, n)), 3),
+        "ratio_to_noop_per_round": [round(a["rps"] / b["rps"], 3) for a, b in zip(v, n)],
+        "errors": sum(r["errors"] for r in v + n),
+        "runs": runs,
+    }
+out = summary(args[:split])
+out["rss_mib"] = round(int(sys.argv[3]) / 1024, 1)
+pinned = args[split + 1:]
+out["pinned"] = summary(pinned) if pinned else None
 json.dump(out, open(sys.argv[4], "w"), indent=2)
-print(out["errors"])'
-errors=$(python3 -c "$summarize" "$CONNS" "$SECONDS_RUN" "$rss_kib" "$OUT/webhook.json" "${rounds[@]}")
+print(out["errors"] + (out["pinned"] or {}).get("errors", 0))'
+errors=$(python3 -c "$summarize" "$CONNS" "$SECONDS_RUN" "$rss_kib" "$OUT/webhook.json" \
+	"${shared_rounds[@]}" --pinned "${pinned_rounds[@]}")
 python3 -c 'import json, sys
 r = json.load(open(sys.argv[1]))
-print({k: v for k, v in r.items() if k != "runs"})' "$OUT/webhook.json"
+print("shared:", {k: v for k, v in r.items() if k not in ("runs", "pinned")})
+if r["pinned"]:
+    print("pinned:", {k: v for k, v in r["pinned"].items() if k != "runs"})' "$OUT/webhook.json"
 ((errors == 0)) || {
 	log "$errors requests failed"
 	exit 1
