@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use storm_shared::StormService;
 use storm_shared::rules::{AnalysisBounds, parse, validate_storm_service};
 
@@ -566,31 +566,23 @@ fn retry_warns_unless_aborted_or_degraded() {
 
 #[test]
 fn selector_must_match_template_labels() {
-    let mut v = canary();
-    set(
-        &mut v,
-        "/spec/selector",
-        json!({"matchLabels": {"app": "other"}}),
+    // The canary sample with `selector` replaced; its template is labelled app: my-app.
+    let with_selector = |selector: Value| {
+        let mut v = canary();
+        set(&mut v, "/spec/selector", selector);
+        v
+    };
+    rejects(
+        &with_selector(json!({"matchLabels": {"app": "other"}})),
+        &["spec.template.metadata.labels"],
     );
-    rejects(&v, &["spec.template.metadata.labels"]);
-    let mut v = canary();
-    set(
-        &mut v,
-        "/spec/selector",
+    accepts(&with_selector(
         json!({"matchExpressions": [{"key": "app", "operator": "In", "values": ["my-app"]}]}),
-    );
-    accepts(&v);
-    let mut v = canary();
-    set(&mut v, "/spec/selector", json!({}));
-    rejects(&v, &["spec.selector"]);
+    ));
+    rejects(&with_selector(json!({})), &["spec.selector"]);
     // Labels alone: every one must be on the template, with its value; the template may have more.
-    let mut v = canary();
+    let mut v = with_selector(json!({"matchLabels": {"app": "my-app"}}));
     set(&mut v, "/spec/template/metadata/labels/tier", json!("gpu"));
-    set(
-        &mut v,
-        "/spec/selector",
-        json!({"matchLabels": {"app": "my-app"}}),
-    );
     accepts(&v);
     set(
         &mut v,
@@ -599,23 +591,17 @@ fn selector_must_match_template_labels() {
     );
     rejects(&v, &["spec.template.metadata.labels"]);
     // Labels and expressions together: both must hold.
-    let mut v = canary();
-    set(
-        &mut v,
-        "/spec/selector",
-        json!({"matchLabels": {"app": "my-app"},
-               "matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["my-app"]}]}),
+    rejects(
+        &with_selector(json!({"matchLabels": {"app": "my-app"},
+               "matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["my-app"]}]})),
+        &["spec.template.metadata.labels"],
     );
-    rejects(&v, &["spec.template.metadata.labels"]);
     // An operator kube does not know is a broken selector, even beside labels that match.
-    let mut v = canary();
-    set(
-        &mut v,
-        "/spec/selector",
-        json!({"matchLabels": {"app": "my-app"},
-               "matchExpressions": [{"key": "app", "operator": "Near", "values": ["x"]}]}),
+    rejects(
+        &with_selector(json!({"matchLabels": {"app": "my-app"},
+               "matchExpressions": [{"key": "app", "operator": "Near", "values": ["x"]}]})),
+        &["spec.selector"],
     );
-    rejects(&v, &["spec.selector"]);
 }
 
 #[test]

@@ -515,22 +515,10 @@ fn the_one_pass_read_answers_like_the_raw_read() {
     let mut compared = 0;
     for body in &bodies {
         for cluster in [&FakeCluster::default(), &with_policy] {
-            let one = handle_read(
-                Endpoint::Validate,
-                body,
-                Pass::StormService,
-                cluster,
-                &Settings::default(),
-                &Unasked,
-            );
-            let raw = handle_read(
-                Endpoint::Validate,
-                body,
-                Pass::Raw,
-                cluster,
-                &Settings::default(),
-                &Unasked,
-            );
+            let [one, raw] = [Pass::StormService, Pass::Raw].map(|pass| {
+                let settings = Settings::default();
+                handle_read(Endpoint::Validate, body, pass, cluster, &settings, &Unasked)
+            });
             let text = String::from_utf8_lossy(body);
             assert_eq!(one.http_status, raw.http_status, "{text}");
             assert_eq!(
