@@ -133,10 +133,18 @@ current() {
 		[[ $(cat "$DEV/$1.cluster" 2>/dev/null) == "$KUBECONFIG_PATH" ]]
 }
 
+# started <name>: the PID start_component just recorded runs and is not a zombie. Until the forked
+# shell has exec'd the binary its command line is this script's, which `alive` would not accept.
+started() {
+	local pid
+	pid=$(pid_of "$1") || return 1
+	[[ -e /proc/$pid ]] && [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]]
+}
+
 wait_for_port() { # wait_for_port <name>: the component writes its port once it listens
 	local name=$1 deadline=$((SECONDS + 30))
 	until [[ -s $DEV/$name.port ]]; do
-		alive "$name" || {
+		started "$name" || {
 			tail -n 30 "$DEV/$name.log" >&2 || true
 			die "$name exited at start (log: $DEV/$name.log)"
 		}
